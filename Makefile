@@ -1,0 +1,59 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+NPM    := $(shell command -v npm 2>/dev/null)
+
+.PHONY: run test test-python test-web lint types check web system-deps bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+## run: start the service on :5001 with the embedded MongoDB (builds the dashboard when Node is present)
+run: $(VENV)/.runtime
+	@if [ -n "$(NPM)" ]; then $(MAKE) --no-print-directory web; \
+	 else echo "Node.js/npm not found: the dashboard at / is not built; /ws, /events and /api work without it."; fi
+	$(PY) -m service
+
+## web: install the web package's dependencies and build the bundle into web/dist
+web:
+	@test -n "$(NPM)" || { echo "npm is required to build web/ (install Node.js 20)"; exit 1; }
+	cd web && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; }
+	cd web && npm run --silent build
+
+system-deps:
+	scripts/system-deps.sh /usr/bin/chromium=chromium promtool=prometheus
+
+## test: install everything the tests need, then run them all (lint, types, web unit tests, pytest)
+test: $(VENV)/.dev system-deps web
+	$(MAKE) --no-print-directory lint types test-web test-python
+
+test-python: $(VENV)/.dev
+	$(PY) -m pytest
+
+test-web:
+	cd web && npm run --silent typecheck && npm run --silent test
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check service handlers metrics tests bench
+	$(BIN)/ruff format --check service handlers metrics tests bench
+
+types: $(VENV)/.dev
+	$(BIN)/mypy
+
+## bench: fan-out benchmark against nchan and a naive Tornado server (see bench/README.md)
+bench: $(VENV)/.dev
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) web/node_modules web/dist test-artifacts .pytest_cache .mypy_cache .ruff_cache

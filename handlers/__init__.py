@@ -1,0 +1,1 @@
+"""Tornado request handlers: transports, REST API, health and docs."""

@@ -1,0 +1,168 @@
+"""What every handler shares: dependencies, credentials, JSON bodies and JSON errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from http.client import responses
+
+from tornado import httputil
+from tornado.ioloop import IOLoop
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from service.auth import Credentials, Principal
+from service.context import AppContext
+from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def credentials_of(request: httputil.HTTPServerRequest) -> Credentials:
+    """Every place a request may carry a token or ticket (auth.Authenticator picks one)."""
+
+    def query(name: str) -> str | None:
+        values = request.query_arguments.get(name)
+        return values[-1].decode("utf-8", "replace") if values else None
+
+    cookie = request.cookies.get("access_token")
+    return Credentials(
+        authorization=request.headers.get("Authorization"),
+        cookie=cookie.value if cookie is not None else None,
+        ticket=query("ticket"),
+        token=query("token"),
+    )
+
+
+class BaseHandler(RequestHandler):
+    """JSON in, JSON out, errors as `{"error": ..., ...}` with the right status."""
+
+    ctx: AppContext
+    transport_label = "http"  # the auth-failure metric's `transport` for plain HTTP
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        origin = self.request.headers.get("Origin")
+        if origin and self.ctx.settings.origin_allowed(origin, self.request.host):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Allow-Credentials", "true")
+            self.set_header("Vary", "Origin")
+
+    def options(self, *args: str) -> None:
+        """CORS preflight."""
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+
+    async def principal(self, role: str = "user") -> Principal:
+        """Authenticate the request and check a role.
+
+        Raises:
+            AuthError: 401; Forbidden: 403.
+        """
+        try:
+            principal = await self.ctx.auth.authenticate(credentials_of(self.request))
+        except AuthError as exc:
+            self.ctx.metrics.auth_failures.labels(self.transport_label, exc.reason).inc()
+            raise
+        if not principal.has_role(role):
+            raise Forbidden(f"requires role {role!r}")
+        return principal
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        body: dict[str, Any]
+        if isinstance(exc, Forbidden):
+            status_code, body = 403, {"error": "forbidden", "reason": exc.reason}
+        elif isinstance(exc, AuthError):
+            status_code, body = 401, {"error": "unauthorized", "reason": exc.reason}
+            self.set_header("WWW-Authenticate", 'Bearer realm="realtime"')
+        elif isinstance(exc, BadMessage):
+            status_code, body = 400, {"error": "invalid", "message": exc.message, "fields": exc.fields}
+        elif isinstance(exc, NotFound):
+            status_code, body = 404, {"error": "not_found", "message": f"no {exc}"}
+        elif isinstance(exc, StoreUnavailable):
+            status_code, body = 503, {"error": "unavailable", "reason": "database unavailable, retry later"}
+            self.set_header("Retry-After", "2")
+        elif isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
+            body = {
+                "error": responses.get(status_code, "error").lower().replace(" ", "_"),
+                "message": exc.log_message,
+            }
+        else:
+            body = {"error": responses.get(status_code, "error").lower().replace(" ", "_")}
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(body, ensure_ascii=False))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, StoreUnavailable):
+            log.warning("%s %s: %s", self.request.method, self.request.path, value)
+        elif not isinstance(value, ServiceError):  # expected client errors are not logged as errors
+            super().log_exception(typ, value, tb)
+
+
+@stream_request_body
+class ApiHandler(BaseHandler):
+    """A REST handler: bodies are read with a 1 MiB cap, answered 413 beyond it."""
+
+    def prepare(self) -> None:
+        self._body = bytearray()
+        self._too_large = False
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            self._too_large = True
+            raise HTTPError(413, "request body over 1 MiB")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large or len(self._body) + len(chunk) > MAX_BODY_BYTES:
+            self._too_large = True
+            self._body.clear()
+            return
+        self._body.extend(chunk)
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object.
+
+        Raises:
+            HTTPError: 413 over the cap; BadMessage: not a JSON object.
+        """
+        if self._too_large:
+            raise HTTPError(413, "request body over 1 MiB")
+        try:
+            body = json.loads(bytes(self._body) or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise BadMessage("body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadMessage("body must be a JSON object")
+        return body
+
+
+def later(delay: float, callback: Any) -> object:
+    """Schedule a callback on the current loop; returns a handle for `cancel`."""
+    return IOLoop.current().call_later(max(0.0, delay), callback)
+
+
+def cancel(handle: object | None) -> None:
+    if handle is not None:
+        IOLoop.current().remove_timeout(handle)
+
+
+def path_id(raw: str) -> int:
+    """An integer id from the URL; anything else names nothing (404)."""
+    if not raw.isdigit() or len(raw) > 15:
+        raise NotFound(f"resource {raw[:32]!r}")
+    return int(raw)

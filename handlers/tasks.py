@@ -1,0 +1,108 @@
+"""`/api/tasks`: list, create, read, change, delete and execute tasks; each change emits an event."""
+
+from __future__ import annotations
+
+from handlers.base import ApiHandler, path_id
+from service.events import event_document
+from service.models import EXECUTE_FIELDS, TASK_FIELDS, validate, validate_listing
+
+
+class TasksHandler(ApiHandler):
+    """`GET /api/tasks` and `POST /api/tasks`."""
+
+    async def get(self) -> None:
+        await self.principal()
+        status, limit, after = validate_listing(
+            self.get_query_argument("status", None),
+            self.get_query_argument("limit", None),
+            self.get_query_argument("after", None),
+        )
+        tasks = await self.ctx.store.list_tasks(status=status, limit=limit, after=after)
+        next_cursor = tasks[-1]["id"] if len(tasks) == limit else None
+        self.write_json({"tasks": tasks, "next": next_cursor})
+
+    async def post(self) -> None:
+        user = await self.principal()
+        fields = validate(self.json_body(), TASK_FIELDS, required=("title", "taskType"))
+        task = await self.ctx.store.create_task(fields, user.user_id, user.name)
+        await self.ctx.store.publish(
+            event_document(
+                "task_created",
+                {
+                    "userId": user.user_id,
+                    "userName": user.name,
+                    "taskId": task["id"],
+                    "taskType": task["taskType"],
+                    "title": task["title"],
+                },
+            )
+        )
+        self.set_header("Location", f"/api/tasks/{task['id']}")
+        self.write_json(task, 201)
+
+
+class TaskHandler(ApiHandler):
+    """`GET`, `PATCH` and `DELETE /api/tasks/{id}`."""
+
+    async def get(self, raw_id: str) -> None:
+        await self.principal()
+        self.write_json(await self.ctx.store.get_task(path_id(raw_id)))
+
+    async def patch(self, raw_id: str) -> None:
+        user = await self.principal()
+        task_id = path_id(raw_id)
+        changes = validate(self.json_body(), TASK_FIELDS, partial=True)
+        task = await self.ctx.store.update_task(task_id, changes)
+        await self.ctx.store.publish(
+            event_document(
+                "task_updated",
+                {
+                    "userId": user.user_id,
+                    "userName": user.name,
+                    "taskId": task_id,
+                    "taskType": task["taskType"],
+                    **changes,
+                },
+            )
+        )
+        self.write_json(task)
+
+    async def delete(self, raw_id: str) -> None:
+        user = await self.principal()
+        task = await self.ctx.store.delete_task(path_id(raw_id))
+        await self.ctx.store.publish(
+            event_document(
+                "task_deleted",
+                {
+                    "userId": user.user_id,
+                    "userName": user.name,
+                    "taskId": task["id"],
+                    "taskType": task["taskType"],
+                },
+            )
+        )
+        self.set_status(204)
+        self.finish()
+
+
+class TaskExecutionHandler(ApiHandler):
+    """`POST /api/tasks/{id}/execute`: record a run and tell everyone."""
+
+    async def post(self, raw_id: str) -> None:
+        user = await self.principal()
+        task_id = path_id(raw_id)
+        body = validate(self.json_body(), EXECUTE_FIELDS, required=("resultStatus",))
+        task = await self.ctx.store.record_execution(task_id, body["resultStatus"], body.get("note"))
+        await self.ctx.store.publish(
+            event_document(
+                "task_executed",
+                {
+                    "userId": user.user_id,
+                    "userName": user.name,
+                    "taskId": task_id,
+                    "taskType": task["taskType"],
+                    "resultStatus": body["resultStatus"],
+                },
+            )
+        )
+        self.write_json(task)

@@ -1,0 +1,1 @@
+"""Prometheus metrics: an injected registry object and the `/metrics` handler."""

@@ -1,0 +1,120 @@
+"""The service's Prometheus metrics (SPEC §8), held by one object passed into the app.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (several workers), values live in files in that
+directory and `exposition()` sums them over every worker.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+TRANSPORTS = ("websocket", "sse")
+
+
+class Metrics:
+    """Every metric of the service, registered in its own registry."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, multiproc_dir: Path | None = None) -> None:
+        self.multiproc_dir = multiproc_dir
+        if multiproc_dir is not None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # prometheus_client picks its storage when a metric is created, from this variable.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge(
+            "realtime_connections",
+            "Open client connections",
+            ["transport"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.connections_opened = Counter(
+            "realtime_connections_opened",
+            "Connections accepted after authentication",
+            ["transport"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "realtime_disconnects", "Connections closed, by close code", ["transport", "code"], registry=r
+        )
+        self.auth_failures = Counter(
+            "realtime_auth_failures", "Rejected credentials", ["transport", "reason"], registry=r
+        )
+        self.events_published = Counter(
+            "realtime_events_published", "Events seen on the change stream, by type", ["type"], registry=r
+        )
+        self.messages_sent = Counter(
+            "realtime_messages_sent", "Messages written to clients", ["transport"], registry=r
+        )
+        self.broadcast_latency = Histogram(
+            "realtime_broadcast_latency_seconds",
+            "Event inserted into MongoDB to written to the last local socket",
+            ["transport"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fanout_duration = Histogram(
+            "realtime_fanout_duration_seconds",
+            "Time to hand one event to every local connection",
+            buckets=FANOUT_BUCKETS,
+            registry=r,
+        )
+        self.bus_lag = Histogram(
+            "realtime_bus_lag_seconds",
+            "Event inserted into MongoDB to seen on the change stream",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slow_consumers = Counter(
+            "realtime_slow_consumer_disconnects",
+            "Connections closed for unread data",
+            ["transport"],
+            registry=r,
+        )
+        self.resumes = Counter(
+            "realtime_resumes", "Reconnects with a last event id", ["transport", "outcome"], registry=r
+        )
+        self.http_duration = Histogram(
+            "realtime_http_request_duration_seconds",
+            "HTTP request duration",
+            ["handler", "method", "code"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        if multiproc_dir is None:
+            ProcessCollector(registry=r)
+        for transport in TRANSPORTS:  # export zeros before the first connection
+            self.connections.labels(transport)
+            self.connections_opened.labels(transport)
+            self.messages_sent.labels(transport)
+            self.slow_consumers.labels(transport)
+
+    def exposition(self) -> bytes:
+        """The text format scraped at `/metrics` (summed over workers in multiprocess mode)."""
+        if self.multiproc_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(merged, path=str(self.multiproc_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+
+def exported_metric_names() -> set[str]:
+    """Base names of every metric the service exports (no `_total`, `_bucket`, ... suffixes)."""
+    return {family.name for family in Metrics().registry.collect()}

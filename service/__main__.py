@@ -1,0 +1,148 @@
+"""Command line: `python -m service` serves; `token` signs a development token; `tail` follows
+the event stream from a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from service import logs
+from service.auth import issue_token
+from service.config import Settings, load_settings
+from service.embedded_mongo import EmbeddedMongo
+from service.errors import ConfigError, ServiceError
+
+log = logging.getLogger("service")
+
+WORKER_ENV = "REALTIME_WORKER"
+DEV_USER_ID, DEV_USER_NAME, DEV_ROLES = 1, "محمد حسن", ("user", "publisher", "admin")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def announce(settings: Settings, port: int, mongo: EmbeddedMongo | None) -> None:
+    """Print where the service is and, in dev mode, a token to try it with."""
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base = f"http://{host}:{port}"
+    where = f"embedded MongoDB pid {mongo.pid}, data in {settings.data_dir}" if mongo else "MONGODB_URI"
+    lines = [f"Realtime events service on {base} ({settings.workers} worker(s), {where})"]
+    if settings.dev_mode and settings.jwt_secret:
+        token = issue_token(
+            settings,
+            sub=DEV_USER_ID,
+            name=DEV_USER_NAME,
+            roles=DEV_ROLES,
+            ttl_seconds=24 * 3600,
+        )
+        lines += [
+            f"  dashboard  {base}/?token={token}",
+            f"  WebSocket  ws://{host}:{port}/ws?token={token}",
+            f"  SSE        {base}/events?token={token}",
+            f"  dev token  (user 1, roles user,publisher,admin, valid 24 h): {token}",
+            "  DEV_MODE: a development secret is in use; set JWT_SECRET or JWT_PUBLIC_KEY in production.",
+        ]
+    lines.append(f"  API        {base}/api/openapi.json   metrics {base}/metrics")
+    print("\n".join(lines), flush=True)
+
+
+async def _serve_one(settings: Settings, uri: str, mongo: EmbeddedMongo | None, *, worker: bool) -> int:
+    from service.server import Server, build_context
+
+    server = Server(build_context(settings, uri), reuse_port=worker or settings.workers > 1)
+    try:
+        await server.start()
+    except ServiceError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        await server.ctx.store.close()
+        return 1
+    server.install_signal_handlers()
+    if not worker:
+        announce(settings, server.port, mongo)
+    await server.stopped.wait()
+    log.info("stopped")
+    return 0
+
+
+def serve() -> int:
+    """Serve until SIGTERM/SIGINT; exit status 0 after a clean drain."""
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.dev_mode:
+        log.warning("DEV_MODE is on: tokens are signed with a development secret from %s", settings.data_dir)
+    worker = os.environ.get(WORKER_ENV) == "1"
+    if settings.workers > 1 and not worker:
+        from service.workers import supervise
+
+        return supervise(settings)
+    mongo: EmbeddedMongo | None = None
+    try:
+        if settings.mongodb_uri:
+            uri = settings.mongodb_uri
+        else:
+            mongo = EmbeddedMongo(
+                settings.data_dir / "mongo", oplog_retention_seconds=settings.history_ttl_seconds
+            )
+            uri = mongo.start()
+        return asyncio.run(_serve_one(settings, uri, mongo, worker=worker))
+    except ServiceError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if mongo is not None:
+            mongo.stop()
+
+
+def token(args: argparse.Namespace) -> int:
+    settings = _settings()
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    try:
+        print(
+            issue_token(
+                settings, sub=args.sub, name=args.name or str(args.sub), roles=roles, ttl_seconds=args.ttl
+            )
+        )
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the service (the default)")
+    t = commands.add_parser("token", help="print a signed development token")
+    t.add_argument("--sub", required=True, help="user id")
+    t.add_argument("--name", default="", help="display name (any script)")
+    t.add_argument("--roles", default="user", help="comma-separated: user,publisher,admin")
+    t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    f = commands.add_parser("tail", help="print live events, one JSON per line")
+    f.add_argument("--url", default="http://localhost:5001", help="service base URL")
+    f.add_argument("--token", default=os.environ.get("REALTIME_TOKEN"), help="JWT (or REALTIME_TOKEN)")
+    f.add_argument("--sse", action="store_true", help="use Server-Sent Events instead of WebSocket")
+    f.add_argument("--events", default="", help="comma-separated event types (default: all)")
+    f.add_argument("--last-event-id", default=None, help="resume after this id")
+    f.add_argument("--max-events", type=int, default=0, help="exit after this many events (0: never)")
+    args = parser.parse_args(argv)
+    if args.command == "token":
+        return token(args)
+    if args.command == "tail":
+        from service.tail import tail
+
+        return tail(args)
+    return serve()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

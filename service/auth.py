@@ -1,0 +1,189 @@
+"""JWT verification, the token sources in SPEC order, one-time tickets, and `Principal`."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+
+from service.config import HMAC_ALGORITHMS, Settings
+from service.errors import AuthError, ConfigError
+
+LEEWAY_SECONDS = 30
+TICKET_SECONDS = 60
+KNOWN_ROLES = frozenset({"user", "publisher", "admin"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is connected: the token's subject, display name, roles and expiry."""
+
+    user_id: int | str
+    name: str
+    roles: frozenset[str]
+    expires_at: float
+
+    def has_role(self, role: str) -> bool:
+        """Admins may do everything."""
+        return role in self.roles or "admin" in self.roles
+
+    def to_document(self) -> dict[str, Any]:
+        """How a ticket stores the principal."""
+        return {"sub": self.user_id, "name": self.name, "roles": sorted(self.roles), "exp": self.expires_at}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Principal:
+        return cls(doc["sub"], doc["name"], frozenset(doc["roles"]), float(doc["exp"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a request carries that may authenticate it, one field per source."""
+
+    authorization: str | None = None
+    cookie: str | None = None
+    ticket: str | None = None
+    token: str | None = None
+
+
+class TicketStore(Protocol):
+    """Where tickets live (MongoDB in the service, so any replica can redeem them)."""
+
+    async def save_ticket(self, ticket_hash: str, principal: dict[str, Any], expires_at: float) -> None: ...
+
+    async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None: ...
+
+
+def _ticket_hash(ticket: str) -> str:
+    # Only the hash is stored: a database dump does not hand out live tickets.
+    return hashlib.sha256(ticket.encode("utf-8")).hexdigest()
+
+
+def _subject(value: object) -> int | str:
+    if isinstance(value, str) and value:
+        return int(value) if value.isdigit() and len(value) < 19 else value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise AuthError("invalid token")
+
+
+class Authenticator:
+    """Verifies tokens and tickets with the configured key and algorithms."""
+
+    def __init__(self, settings: Settings, tickets: TicketStore) -> None:
+        self._settings = settings
+        self._tickets = tickets
+        self._key = settings.verification_key
+        self._algorithms = list(settings.jwt_algorithms)
+
+    def verify(self, token: str) -> Principal:
+        """Decode and check a JWT.
+
+        Raises:
+            AuthError: `token expired` or `invalid token`.
+        """
+        s = self._settings
+        options: Any = {"require": ["exp", "sub"], "verify_aud": s.jwt_audience is not None}
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                options=options,
+                leeway=LEEWAY_SECONDS,
+                issuer=s.jwt_issuer,
+                audience=s.jwt_audience,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid token") from None
+        name = claims.get("name")
+        roles = claims.get("roles", ["user"])
+        if name is not None and not isinstance(name, str):
+            raise AuthError("invalid token")
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise AuthError("invalid token")
+        exp = claims["exp"]
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise AuthError("invalid token")
+        user_id = _subject(claims["sub"])
+        return Principal(user_id, name or str(user_id), frozenset(roles), float(exp))
+
+    async def authenticate(self, credentials: Credentials) -> Principal:
+        """Authenticate from the first source present, in SPEC order.
+
+        Raises:
+            AuthError: `missing token`, `invalid token`, `token expired`, `invalid ticket`.
+        """
+        if credentials.authorization is not None:
+            scheme, _, token = credentials.authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthError("invalid token")
+            return self.verify(token.strip())
+        if credentials.cookie:
+            return self.verify(credentials.cookie)
+        if credentials.ticket:
+            return await self.redeem_ticket(credentials.ticket)
+        if credentials.token:
+            return self.verify(credentials.token)
+        raise AuthError("missing token")
+
+    async def issue_ticket(self, principal: Principal) -> str:
+        """A random one-time ticket for `principal`, valid for TICKET_SECONDS."""
+        ticket = secrets.token_urlsafe(32)
+        expires_at = min(time.time() + TICKET_SECONDS, principal.expires_at)
+        await self._tickets.save_ticket(_ticket_hash(ticket), principal.to_document(), expires_at)
+        return ticket
+
+    async def redeem_ticket(self, ticket: str) -> Principal:
+        """Use a ticket up; a second use fails.
+
+        Raises:
+            AuthError: `invalid ticket` (unknown, used or expired) or `token expired`.
+        """
+        doc = await self._tickets.take_ticket(_ticket_hash(ticket))
+        if doc is None:
+            raise AuthError("invalid ticket")
+        principal = Principal.from_document(doc)
+        if principal.expires_at + LEEWAY_SECONDS < time.time():
+            raise AuthError("token expired")
+        return principal
+
+
+def issue_token(
+    settings: Settings,
+    *,
+    sub: int | str,
+    name: str,
+    roles: Iterable[str] = ("user",),
+    ttl_seconds: float = 3600,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Sign a token with the configured HMAC secret (development and tests).
+
+    Raises:
+        ConfigError: when the service verifies with a public key (it holds no private key).
+    """
+    if settings.jwt_secret is None:
+        raise ConfigError("JWT_SECRET: tokens can only be issued with an HMAC secret")
+    algorithm = next((a for a in settings.jwt_algorithms if a in HMAC_ALGORITHMS), "HS256")
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": str(sub),
+        "name": name,
+        "roles": list(roles),
+        "iat": now,
+        "exp": now + int(ttl_seconds),
+    }
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    claims.update(extra or {})
+    return jwt.encode(claims, settings.jwt_secret, algorithm=algorithm)

@@ -1,0 +1,299 @@
+"""Settings from environment variables: parsed once, validated, one clear line on bad values.
+
+Every variable the service reads is listed in `ENV_VARS`; the Kubernetes manifests are
+checked against that list.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.errors import ConfigError
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEV_SECRET_FILE = "dev-jwt-secret"
+
+ENV_VARS: tuple[str, ...] = (
+    "HOST",
+    "PORT",
+    "WORKERS",
+    "MONGODB_URI",
+    "MONGODB_DB",
+    "MONGODB_TIMEOUT_MS",
+    "DATA_DIR",
+    "JWT_SECRET",
+    "JWT_PUBLIC_KEY",
+    "JWT_ALGORITHMS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "DEV_MODE",
+    "ALLOWED_ORIGINS",
+    "HEARTBEAT_SECONDS",
+    "SSE_RETRY_MS",
+    "HISTORY_SIZE",
+    "HISTORY_TTL_SECONDS",
+    "MAX_CONNECTIONS_PER_USER",
+    "MAX_PENDING_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "DRAIN_SECONDS",
+    "WS_COMPRESSION",
+    "WEB_DIR",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with; build it with `load_settings`."""
+
+    host: str = "0.0.0.0"
+    port: int = 5001
+    workers: int = 1
+    mongodb_uri: str | None = None
+    mongodb_db: str = "realtime"
+    mongodb_timeout_ms: int = 3000
+    data_dir: Path = Path("data")
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    dev_mode: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    heartbeat_seconds: float = 15.0
+    sse_retry_ms: int = 3000
+    history_size: int = 10_000
+    history_ttl_seconds: int = 86_400
+    max_connections_per_user: int = 20
+    max_pending_bytes: int = 1_048_576
+    max_message_bytes: int = 65_536
+    drain_seconds: float = 20.0
+    ws_compression: bool = False
+    web_dir: Path | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
+    multiproc_dir: Path | None = None
+
+    @property
+    def verification_key(self) -> str:
+        """The key tokens are verified with (HMAC secret or PEM public key)."""
+        key = self.jwt_public_key or self.jwt_secret
+        if key is None:  # load_settings guarantees one of them
+            raise ConfigError("JWT_SECRET: no verification key configured")
+        return key
+
+    def origin_allowed(self, origin: str | None, host: str) -> bool:
+        """Whether a browser `Origin` may connect; no header means a non-browser client."""
+        if not origin:
+            return True
+        if "*" in self.allowed_origins or origin in self.allowed_origins:
+            return True
+        # Same origin: the Origin's host[:port] equals the Host the request was sent to.
+        bare = origin.split("://", 1)[-1].rstrip("/")
+        return bare.lower() == host.lower()
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigError(f"{name}: must be at least {minimum}, got {raw}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+
+
+def _public_key(raw: str) -> str:
+    """Accept the PEM text itself or a path to a file holding it."""
+    if "-----BEGIN" in raw:
+        return raw
+    try:
+        return Path(raw).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"JWT_PUBLIC_KEY: cannot read key file {raw!r}: {exc.strerror}") from None
+
+
+def _key_algorithm(pem: str) -> str:
+    """The natural JWT algorithm for a public key, used when JWT_ALGORITHMS is unset."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except ValueError:
+        raise ConfigError("JWT_PUBLIC_KEY: not a PEM public key") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return {256: "ES256", 384: "ES384", 521: "ES512"}.get(key.curve.key_size, "ES256")
+    raise ConfigError(f"JWT_PUBLIC_KEY: unsupported key type {type(key).__name__}")
+
+
+def _algorithms(env: Mapping[str, str], secret: str | None, public_key: str | None) -> tuple[str, ...]:
+    raw = _text(env, "JWT_ALGORITHMS")
+    if raw is None:
+        return (_key_algorithm(public_key),) if public_key else ("HS256",)
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for name in names:
+        if name.lower() == "none":
+            raise ConfigError("JWT_ALGORITHMS: 'none' is never accepted")
+        if name not in HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS:
+            raise ConfigError(f"JWT_ALGORITHMS: unknown algorithm {name!r}")
+    if not names:
+        raise ConfigError("JWT_ALGORITHMS: empty list")
+    uses_hmac = any(n in HMAC_ALGORITHMS for n in names)
+    uses_public = any(n in PUBLIC_KEY_ALGORITHMS for n in names)
+    if uses_hmac and uses_public:
+        raise ConfigError("JWT_ALGORITHMS: mixes HMAC and public-key algorithms; pick one family")
+    if uses_public and not public_key:
+        raise ConfigError("JWT_ALGORITHMS: public-key algorithms need JWT_PUBLIC_KEY")
+    if uses_hmac and public_key:
+        raise ConfigError("JWT_ALGORITHMS: HMAC algorithms cannot be used with JWT_PUBLIC_KEY")
+    return names
+
+
+def _origins(env: Mapping[str, str], dev_mode: bool) -> tuple[str, ...]:
+    raw = _text(env, "ALLOWED_ORIGINS")
+    if raw is None:
+        return ("*",) if dev_mode else ()
+    return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+
+
+def dev_secret(data_dir: Path) -> str:
+    """Read, or create once, the development HMAC secret kept in DATA_DIR."""
+    path = data_dir / DEV_SECRET_FILE
+    try:
+        secret = path.read_text(encoding="ascii").strip()
+        if len(secret) >= 32:
+            return secret
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"DATA_DIR: cannot read {path}: {exc.strerror}") from None
+    secret = secrets.token_urlsafe(48)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secret + "\n")
+    except OSError as exc:
+        raise ConfigError(f"DATA_DIR: cannot write {path}: {exc.strerror}") from None
+    return secret
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from the environment.
+
+    Args:
+        env: the variables to read; `os.environ` when omitted.
+
+    Raises:
+        ConfigError: naming the first variable with a bad value.
+    """
+    env = os.environ if env is None else env
+    secret = env.get("JWT_SECRET")
+    secret = secret if secret else None
+    raw_key = _text(env, "JWT_PUBLIC_KEY")
+    public_key = _public_key(raw_key) if raw_key else None
+    if secret and public_key:
+        raise ConfigError("JWT_SECRET: set either JWT_SECRET or JWT_PUBLIC_KEY, not both")
+    dev_mode = _bool(env, "DEV_MODE", default=not (secret or public_key))
+    data_dir = Path(_text(env, "DATA_DIR") or "data")
+    if not (secret or public_key):
+        if not dev_mode:
+            raise ConfigError("JWT_SECRET: no JWT_SECRET or JWT_PUBLIC_KEY set and DEV_MODE=0")
+        secret = dev_secret(data_dir)
+    algorithms = _algorithms(env, secret, public_key)
+    port = _int(env, "PORT", 5001)
+    if port > 65535:
+        raise ConfigError(f"PORT: must be at most 65535, got {port}")
+    heartbeat = _float(env, "HEARTBEAT_SECONDS", 15.0, minimum=0.05)
+    web_dir = _text(env, "WEB_DIR")
+    multiproc = _text(env, "PROMETHEUS_MULTIPROC_DIR")
+    return Settings(
+        host=_text(env, "HOST") or "0.0.0.0",
+        port=port,
+        workers=_int(env, "WORKERS", 1) or (os.cpu_count() or 1),
+        mongodb_uri=_text(env, "MONGODB_URI"),
+        mongodb_db=_text(env, "MONGODB_DB") or "realtime",
+        mongodb_timeout_ms=_int(env, "MONGODB_TIMEOUT_MS", 3000, minimum=100),
+        data_dir=data_dir,
+        jwt_secret=secret,
+        jwt_public_key=public_key,
+        jwt_algorithms=algorithms,
+        jwt_issuer=_text(env, "JWT_ISSUER"),
+        jwt_audience=_text(env, "JWT_AUDIENCE"),
+        dev_mode=dev_mode,
+        allowed_origins=_origins(env, dev_mode),
+        heartbeat_seconds=heartbeat,
+        sse_retry_ms=_int(env, "SSE_RETRY_MS", 3000),
+        history_size=_int(env, "HISTORY_SIZE", 10_000, minimum=1),
+        history_ttl_seconds=_int(env, "HISTORY_TTL_SECONDS", 86_400, minimum=60),
+        max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+        max_pending_bytes=_int(env, "MAX_PENDING_BYTES", 1_048_576, minimum=1024),
+        max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 65_536, minimum=128),
+        drain_seconds=_float(env, "DRAIN_SECONDS", 20.0, minimum=0.0),
+        ws_compression=_bool(env, "WS_COMPRESSION", False),
+        web_dir=Path(web_dir) if web_dir else None,
+        log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
+        log_format=_choice(env, "LOG_FORMAT", "text", LOG_FORMATS),
+        multiproc_dir=Path(multiproc) if multiproc else None,
+    )

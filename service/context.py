@@ -1,0 +1,33 @@
+"""The objects every handler needs, built once per process and passed through `initialize`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from metrics.registry import Metrics
+from service.auth import Authenticator
+from service.bus import Bus
+from service.config import Settings
+from service.hub import Hub
+from service.store import MongoStore
+
+
+@dataclass
+class Lifecycle:
+    """Process state the health and transport handlers consult."""
+
+    draining: bool = False
+    started_at: float = 0.0
+
+
+@dataclass
+class AppContext:
+    """Dependencies of the handlers; tests build their own."""
+
+    settings: Settings
+    store: MongoStore
+    auth: Authenticator
+    hub: Hub
+    bus: Bus
+    metrics: Metrics
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)

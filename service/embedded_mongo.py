@@ -1,0 +1,161 @@
+"""The embedded MongoDB: a SecantusDB server run as a child process on a free loopback port.
+
+Used when MONGODB_URI is unset. Its data lives in DATA_DIR/mongo, so it survives restarts.
+The child is stopped on every exit path: `stop()` on normal exit and signals, and the
+kernel sends it SIGTERM if this process dies without cleaning up (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from service.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedMongoError(ServiceError):
+    """The embedded server could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: stop() still runs on every orderly exit
+    os.setpgrp()  # Ctrl-C in a terminal reaches the service, which stops the child itself
+
+
+def server_command() -> str:
+    """Path of `secantusd-py`, next to this Python first (a venv need not be activated)."""
+    beside = Path(sys.executable).parent / "secantusd-py"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("secantusd-py")
+    if found is None:
+        raise EmbeddedMongoError("secantusd-py not found: pip install -r requirements.txt")
+    return found
+
+
+class EmbeddedMongo:
+    """Start, wait for, and stop one SecantusDB server."""
+
+    def __init__(self, storage: Path | str, *, oplog_retention_seconds: int = 86_400) -> None:
+        self.storage = storage
+        self.oplog_retention_seconds = oplog_retention_seconds
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start the server and wait until it answers `hello`; returns its URI.
+
+        Raises:
+            EmbeddedMongoError: it exited or did not answer in time (with its last log lines).
+        """
+        storage = str(self.storage)
+        log_path: Path | None = None
+        if storage != ":memory:":
+            Path(storage).mkdir(parents=True, exist_ok=True)
+            log_path = Path(storage).parent / "mongo.log"
+        self.port = free_port()
+        command = [
+            server_command(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            storage,
+            "--log-level",
+            "WARNING",
+            "--oplog-retention-seconds",
+            str(self.oplog_retention_seconds),
+            "--oplog-max-entries",
+            "1000000",
+        ]
+        output = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdout=output,
+                stderr=output,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if log_path:
+                output.close()  # type: ignore[union-attr]
+        try:
+            self._wait_ready(timeout, log_path)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("embedded MongoDB (SecantusDB) pid %d on port %d, data in %s", self.pid, self.port, storage)
+        return self.uri
+
+    def _wait_ready(self, timeout: float, log_path: Path | None) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedMongoError(
+                    f"embedded MongoDB exited with code {self.process.returncode}: {_tail(log_path)}"
+                )
+            client: MongoClient[dict[str, object]] = MongoClient(self.uri, serverSelectionTimeoutMS=250)
+            try:
+                client.admin.command("hello")
+                return
+            except PyMongoError:
+                time.sleep(0.1)
+            finally:
+                client.close()
+        raise EmbeddedMongoError(f"embedded MongoDB did not answer within {timeout:.0f}s: {_tail(log_path)}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, wait, then SIGKILL if it would not stop (idempotent)."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("embedded MongoDB did not stop in %.0fs; killing it", timeout)
+            process.kill()
+            process.wait()
+
+
+def _tail(log_path: Path | None, lines: int = 5) -> str:
+    if log_path is None or not log_path.exists():
+        return "no log"
+    text = log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+    return " | ".join(text) or "empty log"

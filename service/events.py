@@ -1,0 +1,225 @@
+"""The event envelope: types, validation of published events, ids from the change stream.
+
+An event is stored in the `events` collection as a flat document (the seed's shape) plus
+`createdAt` and an optional `to`; its `id` is the change stream's position, so every
+process sees the same id for the same event, in the same order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import Timestamp
+
+from service.errors import BadMessage
+
+JSONValue = Any  # what json.loads can produce; kept as Any only inside payload dicts
+Payload = dict[str, JSONValue]
+
+TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
+APP_TYPES = frozenset({"task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"})
+# Messages the server itself produces per connection; nobody may publish them.
+CONTROL_TYPES = frozenset({"connected", "pong", "resync", "token_expiring", "error", "auth_ok", "close"})
+RESERVED_FIELDS = frozenset({"id", "ts", "_id", "createdAt"})
+# Stored fields that are not part of what clients receive.
+PRIVATE_FIELDS = frozenset({"_id", "createdAt", "to"})
+MAX_ADDRESSEES = 1000
+
+
+def metric_type(event_type: str) -> str:
+    """The low-cardinality label for an event type: known types, else `custom`."""
+    return event_type if event_type in APP_TYPES else "custom"
+
+
+def iso(moment: datetime) -> str:
+    """An ISO-8601 UTC timestamp with milliseconds and a `Z`, as clients receive it."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now_iso() -> str:
+    """The current time as `iso` formats it."""
+    return iso(datetime.now(UTC))
+
+
+def event_id(cluster_time: Timestamp) -> str:
+    """Encode an oplog position as an id that sorts like the position (16 hex digits)."""
+    return f"{cluster_time.time:08x}{cluster_time.inc:08x}"
+
+
+def parse_event_id(value: str) -> Timestamp | None:
+    """The oplog position of an id made by `event_id`; None if it is not one."""
+    if len(value) != 16:
+        return None
+    try:
+        return Timestamp(int(value[:8], 16), int(value[8:], 16))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Who may receive an event; an event without one goes to everybody."""
+
+    users: frozenset[int | str] = frozenset()
+    roles: frozenset[str] = frozenset()
+
+    def admits(self, user_id: int | str, roles: frozenset[str]) -> bool:
+        """Whether a principal with this id and these roles is addressed."""
+        return user_id in self.users or not self.roles.isdisjoint(roles)
+
+    def to_document(self) -> dict[str, list[int | str]]:
+        """The stored `to` sub-document."""
+        doc: dict[str, list[int | str]] = {}
+        if self.users:
+            doc["users"] = sorted(self.users, key=str)
+        if self.roles:
+            doc["roles"] = sorted(self.roles)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as delivered: id, type, time, the flat fields, and its audience."""
+
+    id: str
+    type: str
+    ts: str
+    fields: Payload
+    audience: Audience | None
+    inserted_at: float  # epoch seconds when it was written to MongoDB
+
+    def payload(self) -> Payload:
+        """The JSON object clients receive: `id`, `type`, `ts` first, then the fields."""
+        return {"id": self.id, "type": self.type, "ts": self.ts, **self.fields}
+
+
+def user_id_of(value: object) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("not a user id")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value:
+        return int(value) if value.isdigit() else value
+    raise ValueError("not a user id")
+
+
+def parse_audience(raw: object) -> Audience | None:
+    """Validate a `to` value: `{"users": [...], "roles": [...]}`.
+
+    Raises:
+        BadMessage: with a `to` field error.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not set(raw) <= {"users", "roles"}:
+        raise BadMessage("invalid addressing", {"to": "must be an object with users and/or roles"})
+    users_raw = raw.get("users", [])
+    roles_raw = raw.get("roles", [])
+    if not isinstance(users_raw, list) or len(users_raw) > MAX_ADDRESSEES:
+        raise BadMessage("invalid addressing", {"to.users": "must be a list of user ids"})
+    if not isinstance(roles_raw, list) or len(roles_raw) > MAX_ADDRESSEES:
+        raise BadMessage("invalid addressing", {"to.roles": "must be a list of role names"})
+    try:
+        users = frozenset(user_id_of(u) for u in users_raw)
+    except ValueError:
+        raise BadMessage("invalid addressing", {"to.users": "must be a list of user ids"}) from None
+    if not all(isinstance(r, str) and r for r in roles_raw):
+        raise BadMessage("invalid addressing", {"to.roles": "must be a list of role names"})
+    if not users and not roles_raw:
+        raise BadMessage("invalid addressing", {"to": "names no users and no roles"})
+    return Audience(users=users, roles=frozenset(roles_raw))
+
+
+def validate_type(value: object) -> str:
+    """Check a publishable event type.
+
+    Raises:
+        BadMessage: for a non-string, a malformed or a reserved type.
+    """
+    if not isinstance(value, str) or not TYPE_PATTERN.fullmatch(value):
+        raise BadMessage("invalid event type", {"type": "must match [a-z][a-z0-9_.:-]{0,63}"})
+    if value in CONTROL_TYPES:
+        raise BadMessage("invalid event type", {"type": f"{value!r} is reserved for the server"})
+    return value
+
+
+def document_for_publish(body: Mapping[str, object], created_at: datetime) -> dict[str, object]:
+    """Turn a `POST /api/events` body into the document inserted into `events`.
+
+    Raises:
+        BadMessage: naming every rejected field.
+    """
+    event_type = validate_type(body.get("type"))
+    reserved = sorted(RESERVED_FIELDS & set(body))
+    if reserved:
+        raise BadMessage("reserved fields", {name: "is set by the server" for name in reserved})
+    audience = parse_audience(body.get("to"))
+    doc: dict[str, object] = {k: v for k, v in body.items() if k != "to"}
+    doc["type"] = event_type
+    doc["createdAt"] = created_at
+    if audience is not None:
+        doc["to"] = audience.to_document()
+    return doc
+
+
+def event_from_change(change: Mapping[str, Any]) -> Event | None:
+    """Build the event for one change stream insert notification.
+
+    Returns None for a document that is not a valid event (for example one inserted
+    directly by another program with a bad `type`); the caller logs and counts it.
+    """
+    doc = change.get("fullDocument")
+    if not isinstance(doc, Mapping):
+        return None
+    event_type = doc.get("type")
+    if not isinstance(event_type, str) or not TYPE_PATTERN.fullmatch(event_type):
+        return None
+    if event_type in CONTROL_TYPES:
+        return None
+    try:
+        audience = parse_audience(doc.get("to"))
+    except BadMessage:
+        return None
+    created = doc.get("createdAt")
+    if not isinstance(created, datetime):
+        wall = change.get("wallTime")
+        created = (
+            wall if isinstance(wall, datetime) else datetime.fromtimestamp(change["clusterTime"].time, UTC)
+        )
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    fields = {
+        k: _plain(v) for k, v in doc.items() if k not in PRIVATE_FIELDS and k not in ("type", "id", "ts")
+    }
+    return Event(
+        id=event_id(change["clusterTime"]),
+        type=event_type,
+        ts=iso(created),
+        fields=fields,
+        audience=audience,
+        inserted_at=created.timestamp(),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """BSON values as JSON values: datetimes as ISO strings, ObjectIds and others as strings."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def event_document(event_type: str, fields: Mapping[str, object]) -> dict[str, object]:
+    """The document for an event the service itself emits (REST side effects)."""
+    return {"type": event_type, **fields, "createdAt": datetime.now(UTC)}

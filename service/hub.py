@@ -1,0 +1,109 @@
+"""The local registry of connections and the fan-out of one event to all of them.
+
+`deliver` is synchronous: it hands ready-made bytes to each connection in turn and never
+awaits one connection before the next, so a stalled client cannot delay the others; a
+connection whose unsent bytes pass the limit is closed as a slow consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from metrics.registry import Metrics
+from service.connection import Connection
+from service.errors import CloseCode
+from service.wire import Encoded
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    """Connections of this process, by transport and by user."""
+
+    def __init__(self, metrics: Metrics, *, max_pending_bytes: int, max_per_user: int) -> None:
+        self._metrics = metrics
+        self._max_pending = max_pending_bytes
+        self._max_per_user = max_per_user
+        self._by_transport: dict[str, dict[str, Connection]] = {"websocket": {}, "sse": {}}
+        self._by_user: dict[int | str, dict[str, Connection]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._by_transport.values())
+
+    def __iter__(self) -> Iterator[Connection]:
+        for group in self._by_transport.values():
+            yield from list(group.values())
+
+    def has_room_for(self, user_id: int | str) -> bool:
+        """Whether a user may open one more connection on this process."""
+        return len(self._by_user.get(user_id, ())) < self._max_per_user
+
+    def attach(self, connection: Connection) -> None:
+        """Register a connection; from now on it is offered every event."""
+        self._by_transport.setdefault(connection.kind, {})[connection.id] = connection
+        self._by_user.setdefault(connection.principal.user_id, {})[connection.id] = connection
+        self._metrics.connections.labels(connection.kind).inc()
+        self._metrics.connections_opened.labels(connection.kind).inc()
+
+    def detach(self, connection: Connection) -> None:
+        """Forget a connection (idempotent)."""
+        group = self._by_transport.get(connection.kind, {})
+        if group.pop(connection.id, None) is None:
+            return
+        mine = self._by_user.get(connection.principal.user_id)
+        if mine is not None:
+            mine.pop(connection.id, None)
+            if not mine:
+                del self._by_user[connection.principal.user_id]
+        self._metrics.connections.labels(connection.kind).dec()
+
+    def get(self, connection_id: str) -> Connection | None:
+        for group in self._by_transport.values():
+            if connection_id in group:
+                return group[connection_id]
+        return None
+
+    def of_user(self, user_id: int | str) -> list[Connection]:
+        return list(self._by_user.get(user_id, {}).values())
+
+    def deliver(self, encoded: Encoded) -> None:
+        """Hand one event to every local connection that should get it."""
+        started = time.perf_counter()
+        m = self._metrics
+        inserted_at = encoded.event.inserted_at
+        for kind, group in self._by_transport.items():
+            sent = 0
+            for connection in list(group.values()):
+                if connection.offer(encoded):
+                    sent += 1
+                    if connection.transport.pending_bytes() > self._max_pending:
+                        self.close_slow(connection)
+            if sent:
+                m.messages_sent.labels(kind).inc(sent)
+                m.broadcast_latency.labels(kind).observe(max(0.0, time.time() - inserted_at))
+        m.fanout_duration.observe(time.perf_counter() - started)
+
+    def heartbeat(self) -> None:
+        """Ping every connection; also catches slow consumers that received no event lately."""
+        for connection in self:
+            if connection.closed:
+                continue
+            connection.transport.heartbeat()
+            if connection.transport.pending_bytes() > self._max_pending:
+                self.close_slow(connection)
+
+    def close_slow(self, connection: Connection) -> None:
+        """Disconnect a client that does not read what it is sent."""
+        log.warning(
+            "closing slow consumer",
+            extra={
+                "connection_id": connection.id,
+                "user_id": connection.principal.user_id,
+                "transport": connection.kind,
+                "close_code": int(CloseCode.SLOW_CONSUMER),
+            },
+        )
+        self._metrics.slow_consumers.labels(connection.kind).inc()
+        connection.close(CloseCode.SLOW_CONSUMER, "slow consumer")

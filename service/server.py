@@ -1,0 +1,130 @@
+"""One serving process: builds the objects, listens, heartbeats, drains on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
+from tornado.netutil import bind_sockets
+
+from metrics.registry import Metrics
+from service.app import make_app
+from service.auth import Authenticator
+from service.bus import Bus
+from service.config import Settings
+from service.context import AppContext, Lifecycle
+from service.errors import CloseCode
+from service.hub import Hub
+from service.store import MongoStore
+
+log = logging.getLogger(__name__)
+
+# Tornado reads bodies up to this; the API answers 413 past 1 MiB, larger bodies are refused.
+MAX_BODY_SIZE = 16 * 1024 * 1024
+
+
+def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None = None) -> AppContext:
+    """Every dependency of the handlers, wired together (nothing started yet)."""
+    metrics = metrics or Metrics(settings.multiproc_dir)
+    store = MongoStore(settings, mongodb_uri)
+    hub = Hub(
+        metrics, max_pending_bytes=settings.max_pending_bytes, max_per_user=settings.max_connections_per_user
+    )
+    bus = Bus(store, hub, metrics, history_size=settings.history_size)
+    return AppContext(
+        settings=settings,
+        store=store,
+        auth=Authenticator(settings, store),
+        hub=hub,
+        bus=bus,
+        metrics=metrics,
+        lifecycle=Lifecycle(started_at=time.time()),
+    )
+
+
+class Server:
+    """The HTTP server of one process and the things that run beside it."""
+
+    def __init__(self, ctx: AppContext, *, reuse_port: bool = False) -> None:
+        self.ctx = ctx
+        self.reuse_port = reuse_port
+        self.http: HTTPServer | None = None
+        self.port = 0
+        self._heartbeat: PeriodicCallback | None = None
+        self.stopped = asyncio.Event()
+        self._tasks: set[asyncio.Future[None]] = set()  # keeps signal-started work alive
+
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Check MongoDB, open the change stream, then accept connections."""
+        ctx = self.ctx
+        await ctx.store.start()
+        await ctx.bus.start()
+        app = make_app(ctx)
+        self.http = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY_SIZE, idle_connection_timeout=75)
+        if sockets is None:
+            sockets = bind_sockets(
+                ctx.settings.port, ctx.settings.host, reuse_port=self.reuse_port, backlog=4096
+            )
+        self.http.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        self._heartbeat = PeriodicCallback(ctx.hub.heartbeat, ctx.settings.heartbeat_seconds * 1000)
+        self._heartbeat.start()
+
+    async def drain(self, window: float | None = None) -> None:
+        """Refuse new streams, close open ones spread over the window, then stop.
+
+        Args:
+            window: seconds to spread the closes over; DRAIN_SECONDS when omitted.
+        """
+        ctx = self.ctx
+        if ctx.lifecycle.draining:
+            return
+        ctx.lifecycle.draining = True
+        connections = [c for c in ctx.hub if not c.closed]
+        window = ctx.settings.drain_seconds if window is None else window
+        log.info("draining %d connections over %.0fs", len(connections), window)
+        step = window / len(connections) if connections else 0.0
+        started = time.monotonic()
+        for index, connection in enumerate(connections):
+            delay = started + index * step - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            connection.close(CloseCode.SERVICE_RESTART, "service restart")
+        await self.stop()
+
+    async def stop(self) -> None:
+        ctx = self.ctx
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self.http is not None:
+            self.http.stop()
+        for connection in list(ctx.hub):
+            connection.close(CloseCode.GOING_AWAY, "server stopping")
+        if self.http is not None:
+            try:
+                await asyncio.wait_for(self.http.close_all_connections(), timeout=5)
+            except TimeoutError:
+                log.warning("some HTTP connections did not close within 5s")
+        await ctx.bus.stop()
+        await ctx.store.close()
+        self.stopped.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM drains over DRAIN_SECONDS; SIGINT (Ctrl-C) drains at once; a second signal stops."""
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if self.ctx.lifecycle.draining:
+                log.info("second signal: stopping now")
+                self._tasks.add(asyncio.ensure_future(self.stop()))
+                return
+            log.info("received %s: draining", signal.Signals(signum).name)
+            self._tasks.add(asyncio.ensure_future(self.drain(0.0 if signum == signal.SIGINT else None)))
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)

@@ -1,0 +1,282 @@
+"""MongoDB repository (PyMongo async): tasks, schedules, events, counters and tickets.
+
+Every driver error that means "MongoDB is not reachable" becomes `StoreUnavailable`, so
+handlers answer 503 without knowing PyMongo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import Timestamp
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.change_stream import AsyncChangeStream
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from service.config import Settings
+from service.errors import ConfigError, NotFound, StoreUnavailable
+from service.events import iso
+
+log = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+INSERTS_ONLY = [{"$match": {"operationType": "insert"}}]
+
+
+@contextlib.asynccontextmanager
+async def _available() -> AsyncIterator[None]:
+    try:
+        yield
+    except ConnectionFailure as exc:
+        raise StoreUnavailable(f"MongoDB unavailable: {type(exc).__name__}") from exc
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def task_view(doc: Mapping[str, Any]) -> Document:
+    """A task as the API returns it."""
+    return {
+        "id": doc["_id"],
+        "title": doc["title"],
+        "taskType": doc["taskType"],
+        "status": doc.get("status", "pending"),
+        "scheduleId": doc.get("scheduleId"),
+        "userId": doc["userId"],
+        "userName": doc["userName"],
+        "createdAt": iso(doc["createdAt"]),
+        "updatedAt": iso(doc["updatedAt"]),
+        "executions": doc.get("executions", 0),
+        "lastResultStatus": doc.get("lastResultStatus"),
+    }
+
+
+def schedule_view(doc: Mapping[str, Any]) -> Document:
+    """A schedule as the API returns it."""
+    return {
+        "id": doc["_id"],
+        "name": doc["name"],
+        "cron": doc["cron"],
+        "taskType": doc["taskType"],
+        "enabled": doc.get("enabled", True),
+        "createdAt": iso(doc["createdAt"]),
+        "updatedAt": iso(doc["updatedAt"]),
+    }
+
+
+class MongoStore:
+    """The service's only door to MongoDB."""
+
+    def __init__(self, settings: Settings, uri: str) -> None:
+        self._settings = settings
+        self.client: AsyncMongoClient[Document] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
+            connectTimeoutMS=settings.mongodb_timeout_ms,
+            appname="realtime-events",
+        )
+        self.db = self.client[settings.mongodb_db]
+        self.tasks = self.db["tasks"]
+        self.schedules = self.db["schedules"]
+        self.events = self.db["events"]
+        self.counters = self.db["counters"]
+        self.tickets = self.db["tickets"]
+
+    async def start(self) -> None:
+        """Check the deployment and create indexes.
+
+        Raises:
+            ConfigError: MongoDB is not a replica set (change streams need one).
+            StoreUnavailable: MongoDB did not answer.
+        """
+        async with _available():
+            hello = await self.client.admin.command("hello")
+            if not hello.get("setName"):
+                raise ConfigError(
+                    "MONGODB_URI: MongoDB is not a replica set; change streams need one "
+                    "(a single-node replica set is enough: mongod --replSet rs0, then rs.initiate())"
+                )
+            ttl = self._settings.history_ttl_seconds
+            await self.events.create_index([("createdAt", ASCENDING)], expireAfterSeconds=ttl)
+            await self.tickets.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
+            await self.tasks.create_index([("status", ASCENDING), ("_id", DESCENDING)])
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ping(self) -> bool:
+        """Whether MongoDB answers right now."""
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    async def next_id(self, name: str) -> int:
+        """The next integer id of a sequence (atomic `$inc`)."""
+        async with _available():
+            doc = await self.counters.find_one_and_update(
+                {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        assert doc is not None  # upsert with AFTER always returns the document
+        return int(doc["seq"])
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def publish(self, doc: Document) -> None:
+        """Insert an event; the change stream delivers it to every process."""
+        async with _available():
+            await self.events.insert_one(doc)
+
+    async def watch_events(
+        self, *, resume_after: Mapping[str, Any] | None = None, start_at: Timestamp | None = None
+    ) -> AsyncChangeStream[Document]:
+        """A change stream of inserts into `events`, from now, a resume token or a position."""
+        async with _available():
+            return await self.events.watch(
+                INSERTS_ONLY, resume_after=resume_after, start_at_operation_time=start_at
+            )
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def create_task(self, fields: Mapping[str, Any], user_id: int | str, user_name: str) -> Document:
+        now = utcnow()
+        doc = {
+            "_id": await self.next_id("tasks"),
+            **fields,
+            "status": "pending",
+            "userId": user_id,
+            "userName": user_name,
+            "createdAt": now,
+            "updatedAt": now,
+            "executions": 0,
+            "lastResultStatus": None,
+        }
+        async with _available():
+            await self.tasks.insert_one(doc)
+        return task_view(doc)
+
+    async def list_tasks(self, *, status: str | None, limit: int, after: int | None) -> list[Document]:
+        query: Document = {}
+        if status:
+            query["status"] = status
+        if after is not None:
+            query["_id"] = {"$lt": after}
+        async with _available():
+            cursor = self.tasks.find(query).sort("_id", DESCENDING).limit(limit)
+            return [task_view(doc) async for doc in cursor]
+
+    async def get_task(self, task_id: int) -> Document:
+        async with _available():
+            doc = await self.tasks.find_one({"_id": task_id})
+        if doc is None:
+            raise NotFound(f"task {task_id}")
+        return task_view(doc)
+
+    async def update_task(self, task_id: int, changes: Mapping[str, Any]) -> Document:
+        async with _available():
+            doc = await self.tasks.find_one_and_update(
+                {"_id": task_id},
+                {"$set": {**changes, "updatedAt": utcnow()}},
+                return_document=ReturnDocument.AFTER,
+            )
+        if doc is None:
+            raise NotFound(f"task {task_id}")
+        return task_view(doc)
+
+    async def record_execution(self, task_id: int, result_status: str, note: str | None) -> Document:
+        now = utcnow()
+        async with _available():
+            doc = await self.tasks.find_one_and_update(
+                {"_id": task_id},
+                {
+                    "$set": {"status": result_status, "lastResultStatus": result_status, "updatedAt": now},
+                    "$inc": {"executions": 1},
+                    "$push": {
+                        "history": {
+                            "$each": [{"at": now, "resultStatus": result_status, "note": note}],
+                            "$slice": -50,
+                        }
+                    },
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+        if doc is None:
+            raise NotFound(f"task {task_id}")
+        return task_view(doc)
+
+    async def delete_task(self, task_id: int) -> Document:
+        async with _available():
+            doc = await self.tasks.find_one_and_delete({"_id": task_id})
+        if doc is None:
+            raise NotFound(f"task {task_id}")
+        return task_view(doc)
+
+    # -- schedules ------------------------------------------------------------------------
+
+    async def create_schedule(self, fields: Mapping[str, Any]) -> Document:
+        now = utcnow()
+        doc = {
+            "_id": await self.next_id("schedules"),
+            "enabled": True,
+            **fields,
+            "createdAt": now,
+            "updatedAt": now,
+        }
+        async with _available():
+            await self.schedules.insert_one(doc)
+        return schedule_view(doc)
+
+    async def list_schedules(self) -> list[Document]:
+        async with _available():
+            cursor = self.schedules.find({}).sort("_id", ASCENDING).limit(1000)
+            return [schedule_view(doc) async for doc in cursor]
+
+    async def get_schedule(self, schedule_id: int) -> Document:
+        async with _available():
+            doc = await self.schedules.find_one({"_id": schedule_id})
+        if doc is None:
+            raise NotFound(f"schedule {schedule_id}")
+        return schedule_view(doc)
+
+    async def update_schedule(self, schedule_id: int, changes: Mapping[str, Any]) -> Document:
+        async with _available():
+            doc = await self.schedules.find_one_and_update(
+                {"_id": schedule_id},
+                {"$set": {**changes, "updatedAt": utcnow()}},
+                return_document=ReturnDocument.AFTER,
+            )
+        if doc is None:
+            raise NotFound(f"schedule {schedule_id}")
+        return schedule_view(doc)
+
+    async def delete_schedule(self, schedule_id: int) -> Document:
+        async with _available():
+            doc = await self.schedules.find_one_and_delete({"_id": schedule_id})
+        if doc is None:
+            raise NotFound(f"schedule {schedule_id}")
+        return schedule_view(doc)
+
+    # -- tickets (auth.TicketStore) -------------------------------------------------------
+
+    async def save_ticket(self, ticket_hash: str, principal: dict[str, Any], expires_at: float) -> None:
+        async with _available():
+            await self.tickets.insert_one(
+                {
+                    "_id": ticket_hash,
+                    "principal": principal,
+                    "expiresAt": datetime.fromtimestamp(expires_at, UTC),
+                }
+            )
+
+    async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None:
+        """Delete and return a live ticket: a ticket can be taken only once."""
+        async with _available():
+            doc = await self.tickets.find_one_and_delete({"_id": ticket_hash, "expiresAt": {"$gt": utcnow()}})
+        return None if doc is None else dict(doc["principal"])

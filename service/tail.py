@@ -1,0 +1,156 @@
+"""`python -m service tail`: follow the stream from a terminal, reconnecting like the browser
+client (backoff from 3 s with full jitter, capped at 30 s) and resuming from the last id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from urllib.parse import urlencode
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from service.errors import CloseCode
+
+BASE_DELAY = 3.0
+MAX_DELAY = 30.0
+STABLE_SECONDS = 10.0
+FINAL_CODES = {
+    CloseCode.NORMAL,
+    CloseCode.MESSAGE_TOO_BIG,
+    CloseCode.DISCONNECTED_BY_ADMIN,
+    CloseCode.TOO_MANY_BAD_MESSAGES,
+    CloseCode.UNAUTHORIZED,
+    CloseCode.FORBIDDEN,
+}
+
+
+def backoff(attempt: int, rng: random.Random) -> float:
+    """Full jitter: uniform between 0 and min(cap, base * 2^attempt)."""
+    return rng.uniform(0, min(MAX_DELAY, BASE_DELAY * 2**attempt))
+
+
+class Follower:
+    """One reconnecting subscription that prints every message as a JSON line."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.base = args.url.rstrip("/")
+        self.token = args.token
+        self.sse = args.sse
+        self.events = args.events
+        self.last_id: str | None = args.last_event_id
+        self.max_events = args.max_events
+        self.count = 0
+        self.final: int | None = None  # a close code that means "do not retry"
+
+    def _query(self) -> str:
+        params = {"token": self.token}
+        if self.events:
+            params["events"] = self.events
+        if self.last_id:
+            params["last_event_id"] = self.last_id
+        return urlencode(params)
+
+    def _emit(self, text: str) -> bool:
+        """Print one message; False when the event budget is spent."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return True
+        if isinstance(message, dict) and isinstance(message.get("id"), str):
+            self.last_id = message["id"]
+        print(json.dumps(message, ensure_ascii=False), flush=True)
+        if isinstance(message, dict) and message.get("type") not in ("connected", "pong"):
+            self.count += 1
+        return not (self.max_events and self.count >= self.max_events)
+
+    async def websocket_once(self) -> None:
+        url = self.base.replace("http", "ws", 1) + "/ws?" + self._query()
+        conn = await websocket_connect(url)
+        while True:
+            message = await conn.read_message()
+            if message is None:
+                code = conn.close_code or CloseCode.GOING_AWAY
+                print(f"closed {code} {conn.close_reason or ''}".strip(), file=sys.stderr)
+                if code in FINAL_CODES:
+                    self.final = code
+                return
+            if not self._emit(message if isinstance(message, str) else message.decode()):
+                conn.close()
+                self.final = CloseCode.NORMAL
+                return
+
+    async def sse_once(self) -> None:
+        buffer = b""
+        data_lines: list[bytes] = []
+        event_name = ""
+
+        def on_chunk(chunk: bytes) -> None:
+            nonlocal buffer, data_lines, event_name
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                line = line.rstrip(b"\r")
+                if not line:
+                    if data_lines:
+                        text = b"\n".join(data_lines).decode()
+                        if event_name == "close":
+                            self.final = json.loads(text).get("code", CloseCode.NORMAL)
+                        elif not self._emit(text):
+                            self.final = CloseCode.NORMAL
+                            raise StopAsyncIteration
+                    data_lines, event_name = [], ""
+                elif line.startswith(b"data:"):
+                    data_lines.append(line[5:].removeprefix(b" "))
+                elif line.startswith(b"event:"):
+                    event_name = line[6:].strip().decode()
+
+        request = HTTPRequest(
+            self.base + "/events?" + self._query(),
+            headers={
+                "Accept": "text/event-stream",
+                **({"Last-Event-ID": self.last_id} if self.last_id else {}),
+            },
+            streaming_callback=on_chunk,
+            request_timeout=10**7,
+            connect_timeout=10,
+        )
+        try:
+            await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as exc:
+            if exc.code in (401, 403):
+                self.final = CloseCode.UNAUTHORIZED if exc.code == 401 else CloseCode.FORBIDDEN
+            raise
+
+    async def run(self) -> int:
+        rng = random.Random()
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await (self.sse_once() if self.sse else self.websocket_once())
+            except StopAsyncIteration:
+                pass
+            except (OSError, HTTPClientError) as exc:
+                print(f"connection failed: {exc}", file=sys.stderr)
+            if self.final is not None:
+                return 0 if self.final == CloseCode.NORMAL else 1
+            attempt = 0 if time.monotonic() - started > STABLE_SECONDS else attempt + 1
+            delay = backoff(attempt, rng)
+            print(f"reconnecting in {delay:.1f}s", file=sys.stderr)
+            await asyncio.sleep(delay)
+
+
+def tail(args: argparse.Namespace) -> int:
+    if not args.token:
+        print("tail needs --token (or REALTIME_TOKEN)", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(Follower(args).run())
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,127 @@
+"""`WORKERS=N`: a parent that runs N serving processes on one port (SO_REUSEPORT).
+
+The parent starts the embedded MongoDB once, prepares the Prometheus multiprocess
+directory, restarts a worker that dies, forwards SIGTERM to all and exits 0 when they
+have drained. Each worker has its own change stream, hub and connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+from service.config import Settings
+from service.embedded_mongo import EmbeddedMongo
+
+log = logging.getLogger("service.workers")
+
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def _metrics_dir(settings: Settings) -> tuple[Path, bool]:
+    """The multiprocess directory, emptied; and whether we created it (and so remove it)."""
+    if settings.multiproc_dir is not None:
+        path = settings.multiproc_dir
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return path, False
+    return Path(tempfile.mkdtemp(prefix="realtime-metrics-")), True
+
+
+def _wait_listening(port: int, workers: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(w.poll() is not None for w in workers):
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def supervise(settings: Settings) -> int:
+    """Run the workers until a signal; returns the exit status."""
+    from prometheus_client import multiprocess
+
+    from service.__main__ import WORKER_ENV, announce
+
+    mongo: EmbeddedMongo | None = None
+    metrics_dir, owned = _metrics_dir(settings)
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    workers: list[subprocess.Popen[bytes]] = []
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        uri = settings.mongodb_uri
+        if not uri:
+            mongo = EmbeddedMongo(
+                settings.data_dir / "mongo", oplog_retention_seconds=settings.history_ttl_seconds
+            )
+            uri = mongo.start()
+        env = {
+            **os.environ,
+            WORKER_ENV: "1",
+            "MONGODB_URI": uri,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        }
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env)
+
+        workers.extend(spawn() for _ in range(settings.workers))
+        log.info("started %d workers: %s", len(workers), " ".join(str(w.pid) for w in workers))
+        if _wait_listening(settings.port, workers):
+            announce(settings, settings.port, mongo)
+        crashes = 0
+        while not stopping:
+            for index, worker in enumerate(workers):
+                code = worker.poll()
+                if code is None or stopping:
+                    continue
+                multiprocess.mark_process_dead(worker.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
+                delay = RESTART_DELAYS[min(crashes, len(RESTART_DELAYS) - 1)]
+                log.error("worker %d exited with %d; restarting in %.1fs", worker.pid, code, delay)
+                crashes += 1
+                time.sleep(delay)
+                workers[index] = spawn()
+            time.sleep(0.2)
+        grace = settings.drain_seconds + 15
+        deadline = time.monotonic() + grace
+        for worker in workers:
+            try:
+                worker.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not drain in %.0fs; killing it", worker.pid, grace)
+                worker.kill()
+                worker.wait()
+        failed = [w.pid for w in workers if w.returncode not in (0, -signal.SIGTERM)]
+        return 1 if failed else 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        if mongo is not None:
+            mongo.stop()
+        if owned:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
