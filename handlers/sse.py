@@ -89,7 +89,7 @@ class EventStreamTransport(BaseHandler):
     def on_connection_close(self) -> None:
         if hasattr(self, "_done") and not self._done.done():
             self._close_code, self._close_reason = int(CloseCode.GOING_AWAY), "client left"
-            self._done.set_result(None)
+            self._end()
 
     # -- Transport ------------------------------------------------------------------------
 
@@ -117,7 +117,7 @@ class EventStreamTransport(BaseHandler):
             self._raw(sse_retry(random.randint(1000, 5000)))
         else:
             self._raw(sse_block(json.dumps({"code": int(code), "reason": reason}).encode(), event="close"))
-        self._done.set_result(None)  # get() returns and Tornado ends the response
+        self._end()  # get() returns and Tornado ends the response
 
     def _raw(self, data: bytes) -> None:
         """Write an SSE block that was not pre-framed as an HTTP chunk."""
@@ -129,6 +129,9 @@ class EventStreamTransport(BaseHandler):
         try:
             write_nowait(self.request.connection.stream, data)  # type: ignore[union-attr]
         except StreamClosedError:
-            if not self._done.done():
-                self._close_code, self._close_reason = int(CloseCode.GOING_AWAY), "client left"
-                self._done.set_result(None)
+            self._close_code, self._close_reason = int(CloseCode.GOING_AWAY), "client left"
+            self._end()
+
+    def _end(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 MAX_STORE_REPLAY = 100_000
+FUTURE_TOLERANCE_SECONDS = 60  # clock skew between replicas that an id may show
 
 
 class Bus:
@@ -141,12 +142,12 @@ class Bus:
         Memory first; otherwise a change stream started at the client's position reads
         forward until it meets what memory holds.
         """
+        position = parse_event_id(last_id)
+        if position is None or position.time > time.time() + FUTURE_TOLERANCE_SECONDS:
+            return None  # not an id of ours: following it would filter out every live event
         recent = self.recent_since(last_id)
         if recent is not None:
             return recent
-        position = parse_event_id(last_id)
-        if position is None:
-            return None
         replayed: list[Encoded] = []
         try:
             stream = await self._store.watch_events(start_at=position)

@@ -148,7 +148,10 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             raise BadMessage("nonce must be a string (at most 128 characters) or a number")
         return ClientMessage(type="ping", nonce=nonce)
     if kind in ("subscribe", "unsubscribe"):
-        return ClientMessage(type=kind, events=parse_event_list(message.get("events")))
+        events = message.get("events")
+        if not isinstance(events, list):
+            raise BadMessage(f"{kind} needs a list of event types in 'events'")
+        return ClientMessage(type=kind, events=parse_event_list(events))
     if kind == "auth":
         token = message.get("token")
         if not isinstance(token, str) or not token:

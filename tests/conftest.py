@@ -1,0 +1,78 @@
+"""Shared fixtures: one real SecantusDB per session, a real service per test on a free port."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from metrics.registry import Metrics  # noqa: E402
+from service.config import Settings  # noqa: E402
+from service.embedded_mongo import EmbeddedMongo  # noqa: E402
+from service.server import Server, build_context  # noqa: E402
+from tests.clients import Service  # noqa: E402
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    """A real SecantusDB server for the whole session (in-memory storage)."""
+    server = EmbeddedMongo(":memory:")
+    uri = server.start()
+    yield uri
+    server.stop()
+
+
+def base_settings(**overrides: Any) -> Settings:
+    """Settings for a test service: a fresh database, a known secret, fast heartbeats."""
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        mongodb_db=f"test_{uuid.uuid4().hex[:12]}",
+        mongodb_timeout_ms=2000,
+        jwt_secret=TEST_SECRET,
+        jwt_algorithms=("HS256",),
+        dev_mode=False,
+        allowed_origins=("http://allowed.example",),
+        heartbeat_seconds=15.0,
+        drain_seconds=0.0,
+    )
+    return replace(settings, **overrides)
+
+
+StartService = Callable[..., Awaitable[Service]]
+
+
+@pytest.fixture
+def start_service(io_loop: Any, mongo_uri: str) -> Iterator[StartService]:
+    """Start a real service (HTTP server, change stream) on a free port; stopped after the test."""
+    started: list[Server] = []
+
+    async def start(mongodb_uri: str | None = None, **overrides: Any) -> Service:
+        settings = base_settings(**overrides)
+        ctx = build_context(settings, mongodb_uri or mongo_uri, Metrics())
+        server = Server(ctx)
+        await server.start()
+        started.append(server)
+        return Service(server=server, settings=settings)
+
+    yield start
+    for server in started:
+        if not server.stopped.is_set():
+            io_loop.run_sync(server.stop, timeout=30)
+
+
+@pytest.fixture
+def service(io_loop: Any, start_service: StartService) -> Service:
+    """A running service with default test settings."""
+    return io_loop.run_sync(start_service)  # type: ignore[no-any-return]
