@@ -47,11 +47,10 @@ def announce(settings: Settings, port: int, mongo: EmbeddedMongo | None) -> None
         )
         lines += [
             f"  dashboard  {base}/?token={token}",
-            f"  WebSocket  ws://{host}:{port}/ws?token={token}",
-            f"  SSE        {base}/events?token={token}",
             f"  dev token  (user 1, roles user,publisher,admin, valid 24 h): {token}",
             "  DEV_MODE: a development secret is in use; set JWT_SECRET or JWT_PUBLIC_KEY in production.",
         ]
+    lines.append(f"  streams    ws://{host}:{port}/ws   {base}/events   (?token=... or ?ticket=...)")
     lines.append(f"  API        {base}/api/openapi.json   metrics {base}/metrics")
     print("\n".join(lines), flush=True)
 
@@ -90,9 +89,7 @@ def serve() -> int:
         if settings.mongodb_uri:
             uri = settings.mongodb_uri
         else:
-            mongo = EmbeddedMongo(
-                settings.data_dir / "mongo", oplog_retention_seconds=settings.history_ttl_seconds
-            )
+            mongo = EmbeddedMongo(settings.data_dir / "mongo", oplog_retention_seconds=settings.history_ttl_seconds)
             uri = mongo.start()
         return asyncio.run(_serve_one(settings, uri, mongo, worker=worker))
     except ServiceError as exc:
@@ -107,11 +104,7 @@ def token(args: argparse.Namespace) -> int:
     settings = _settings()
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     try:
-        print(
-            issue_token(
-                settings, sub=args.sub, name=args.name or str(args.sub), roles=roles, ttl_seconds=args.ttl
-            )
-        )
+        print(issue_token(settings, sub=args.sub, name=args.name or str(args.sub), roles=roles, ttl_seconds=args.ttl))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

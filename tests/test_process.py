@@ -1,0 +1,192 @@
+"""`python -m service` as users run it: embedded MongoDB lifecycle, restarts, signals, logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from service.auth import issue_token
+from service.config import load_settings
+from service.embedded_mongo import EmbeddedMongo, free_port, server_command
+from tests.processes import ROOT, ServiceProcess, children_of, pid_alive, running, wait_until
+
+
+def dev_token(data_dir: Path, **claims: object) -> str:
+    settings = load_settings({"DATA_DIR": str(data_dir)})
+    return issue_token(
+        settings,
+        sub=claims.get("sub", 1),
+        name=str(claims.get("name", "محمد حسن")),  # type: ignore[arg-type]
+        roles=("user", "publisher"),
+    )
+
+
+def call(url: str, method: str = "GET", body: object = None, token: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    request = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def mongo_child(service: ServiceProcess) -> int:
+    kids = children_of(service.pid)
+    assert len(kids) == 1, f"expected the embedded MongoDB as the only child, got {kids}"
+    return kids[0]
+
+
+def test_service_starts_embedded_mongodb_and_prints_dev_token(tmp_path: Path) -> None:
+    """With no MONGODB_URI it runs SecantusDB as a child and prints the URLs and a working token."""
+    with running(tmp_path) as service:
+        output = service.output()
+        assert f"{service.url}/?token=" in output
+        token = output.split("dev token", 1)[1].split(": ", 1)[1].split()[0]
+        status, body = call(service.url + "/api/tasks", token=token)
+        assert status == 200 and body["tasks"] == []
+        assert pid_alive(mongo_child(service))
+        assert (tmp_path / "mongo").is_dir()
+
+
+def test_sigterm_stops_service_and_embedded_mongodb(tmp_path: Path) -> None:
+    """SIGTERM: exit status 0 and no process left behind."""
+    service = ServiceProcess(tmp_path).start()
+    try:
+        mongo = mongo_child(service)
+        service.signal(signal.SIGTERM)
+        assert service.wait() == 0
+        wait_until(lambda: not pid_alive(mongo), 15, "embedded MongoDB to exit")
+    finally:
+        service.stop()
+
+
+def test_ctrl_c_stops_service_and_embedded_mongodb(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) also stops both, exit status 0."""
+    service = ServiceProcess(tmp_path).start()
+    try:
+        mongo = mongo_child(service)
+        service.signal(signal.SIGINT)
+        assert service.wait() == 0
+        wait_until(lambda: not pid_alive(mongo), 15, "embedded MongoDB to exit")
+    finally:
+        service.stop()
+
+
+def test_killed_service_leaves_no_orphaned_mongodb(tmp_path: Path) -> None:
+    """Even SIGKILL of the service (no cleanup code runs) takes the embedded server down."""
+    service = ServiceProcess(tmp_path).start()
+    try:
+        mongo = mongo_child(service)
+        service.signal(signal.SIGKILL)
+        service.wait()
+        wait_until(lambda: not pid_alive(mongo), 15, "orphaned MongoDB to exit")
+    finally:
+        service.stop()
+
+
+def test_data_survives_a_restart(tmp_path: Path) -> None:
+    """Tasks created before a restart are there after it (data in DATA_DIR/mongo)."""
+    token = dev_token(tmp_path)
+    with running(tmp_path) as service:
+        status, task = call(service.url + "/api/tasks", "POST", {"title": "باقية", "taskType": "weekly"}, token)
+        assert status == 201
+    with running(tmp_path) as service:
+        status, again = call(f"{service.url}/api/tasks/{task['id']}", token=token)
+        assert status == 200 and again["title"] == "باقية"
+
+
+def test_bad_configuration_exits_with_one_line(tmp_path: Path) -> None:
+    """A bad value stops the service at start with one line naming the variable."""
+    service = ServiceProcess(tmp_path, {"HEARTBEAT_SECONDS": "soon"})
+    service.start(wait=False)
+    assert service.wait() == 2
+    lines = service.output().strip().splitlines()
+    assert lines == ["configuration error: HEARTBEAT_SECONDS: expected a number, got 'soon'"]
+
+
+def test_mongodb_that_is_not_a_replica_set_is_refused(tmp_path: Path) -> None:
+    """Change streams need a replica set: a standalone server stops the service with a clear error."""
+    port = free_port()
+    standalone = subprocess.Popen(
+        [
+            server_command(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            ":memory:",
+            "--standalone",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        probe = EmbeddedMongo(":memory:")
+        probe.port, probe.process = port, standalone
+        probe._wait_ready(30, None)
+        probe.process = None  # stopped below, by pid
+        service = ServiceProcess(tmp_path, {"MONGODB_URI": f"mongodb://127.0.0.1:{port}/?directConnection=true"})
+        service.start(wait=False)
+        assert service.wait() == 1
+        assert "is not a replica set; change streams need one" in service.output()
+    finally:
+        standalone.terminate()
+        standalone.wait(15)
+
+
+def test_logs_never_contain_tokens_or_tickets(tmp_path: Path) -> None:
+    """Access log lines show `[redacted]` where the token and ticket were."""
+    token = dev_token(tmp_path, sub=4)
+    with running(tmp_path) as service:
+        status, body = call(service.url + "/api/realtime/ticket", "POST", {}, token)
+        assert status == 200
+        for path in (
+            f"/api/tasks?token={token}",
+            f"/events?ticket={body['ticket']}&x=1",
+            "/ws?token=abc.def.ghi",
+        ):
+            try:
+                urllib.request.urlopen(service.url + path, timeout=5).close()
+            except urllib.error.HTTPError:
+                pass
+        wait_until(lambda: service.output().count("[redacted]") >= 3, 10, "access log lines")
+        output = service.output()
+        signature = token.rsplit(".", 1)[1]
+        assert signature not in output.split("dev token", 1)[0] + output.split("API ", 1)[1]
+        assert body["ticket"] not in output and "abc.def.ghi" not in output
+
+
+def test_cli_token_prints_a_token_the_service_accepts(tmp_path: Path) -> None:
+    """`python -m service token` signs with the same development secret."""
+    env = {"DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "token",
+            "--sub",
+            "1",
+            "--name",
+            "محمد حسن",
+            "--roles",
+            "user,publisher",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    token = result.stdout.strip()
+    with running(tmp_path) as service:
+        status, _ = call(service.url + "/api/events", "POST", {"type": "hello"}, token)
+        assert status == 202

@@ -1,0 +1,159 @@
+"""Scale-out: several service processes on one MongoDB carry one ordered stream."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.config import Settings
+from tests.clients import Service, SseClient, WsClient
+from tests.processes import ServiceProcess, children_of, pid_alive, wait_until
+
+SECRET = "scaling-test-secret-0123456789-0123456789-abcdef"
+
+
+def shared_env(mongo_uri: str) -> dict[str, str]:
+    return {
+        "MONGODB_URI": mongo_uri,
+        "MONGODB_DB": f"scale_{uuid.uuid4().hex[:10]}",
+        "JWT_SECRET": SECRET,
+        "DEV_MODE": "0",
+        "ALLOWED_ORIGINS": "*",
+    }
+
+
+def as_service(process: ServiceProcess) -> Service:
+    """Test helpers (clients, tokens) for a service running in another process."""
+
+    class Remote:
+        port = process.port
+
+    return Service(server=Remote(), settings=Settings(jwt_secret=SECRET, jwt_algorithms=("HS256",)))
+
+
+@pytest.fixture
+def two_services(tmp_path: Path, mongo_uri: str):  # type: ignore[no-untyped-def]
+    env = shared_env(mongo_uri)
+    first = ServiceProcess(tmp_path / "a", env)
+    second = ServiceProcess(tmp_path / "b", env)
+    try:
+        first.start(wait=False)
+        second.start(wait=False)
+        first.wait_ready()
+        second.wait_ready()
+        yield as_service(first), as_service(second)
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_events_from_either_process_reach_clients_of_both_in_one_order(two_services) -> None:  # type: ignore[no-untyped-def]
+    """Publishing through A and B alternately: every client on A and B sees one order, one set of ids."""
+    a, b = two_services
+    token = a.token(sub=1)
+    publisher = a.token(sub=2, roles=("publisher",))
+    clients: list[WsClient | SseClient] = []
+    for service in (a, b):
+        ws = await service.websocket({"token": token})
+        await ws.recv_type("connected")
+        sse = await service.sse({"token": token})
+        await sse.next_of("connected")
+        clients += [ws, sse]
+    count = 20
+    await asyncio.gather(*[(a if n % 2 else b).publish(publisher, {"type": "tick", "n": n}) for n in range(count)])
+    streams = []
+    for client in clients:
+        if isinstance(client, WsClient):
+            streams.append([(m["id"], m["n"]) for m in [await client.recv() for _ in range(count)]])
+        else:
+            streams.append([(e.id, e.json()["n"]) for e in [await client.next_event() for _ in range(count)]])
+    assert all(stream == streams[0] for stream in streams)
+    ids = [event_id for event_id, _ in streams[0]]
+    assert ids == sorted(ids) and len(set(ids)) == count
+    assert sorted(n for _, n in streams[0]) == list(range(count))
+    for client in clients:
+        await client.close() if isinstance(client, WsClient) else client.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_resume_works_on_the_other_process(two_services) -> None:  # type: ignore[no-untyped-def]
+    """An id seen on A resumes on B: the missed events, in order, once."""
+    a, b = two_services
+    token = a.token(sub=1)
+    publisher = a.token(sub=2, roles=("publisher",))
+    ws = await a.websocket({"token": token})
+    await ws.recv_type("connected")
+    await a.publish(publisher, {"type": "tick", "n": 0})
+    last = await ws.recv()
+    await ws.close()
+    for n in range(1, 6):
+        await a.publish(publisher, {"type": "tick", "n": n})
+    sse = await b.sse({"token": token}, headers={"Last-Event-ID": last["id"]})
+    assert (await sse.next_of("connected")).json()["resumed"] is True
+    assert [(await sse.next_event()).json()["n"] for _ in range(5)] == [1, 2, 3, 4, 5]
+    sse.close()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_workers_share_the_port_and_metrics_are_summed(tmp_path: Path, mongo_uri: str) -> None:
+    """WORKERS=2: two processes serve one port; any scrape reports connections of both."""
+    env = {**shared_env(mongo_uri), "WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    process = ServiceProcess(tmp_path / "w", env).start()
+    clients: list[WsClient] = []
+    try:
+        workers = children_of(process.pid)
+        assert len(workers) == 2
+        service = as_service(process)
+        token = service.token(sub=1)
+        for _ in range(16):
+            ws = await service.websocket({"token": token + ""})
+            await ws.recv_type("connected")
+            clients.append(ws)
+        key = ("realtime_connections", (("transport", "websocket"),))
+        for _ in range(6):  # new TCP connection each time: the kernel spreads them over workers
+            assert scrape(process.url)[key] == 16
+        publisher = service.token(sub=2, roles=("publisher",))
+        await service.publish(publisher, {"type": "tick", "n": 1})
+        for ws in clients:
+            assert (await ws.recv())["n"] == 1
+        sent = scrape(process.url)[("realtime_messages_sent_total", (("transport", "websocket"),))]
+        assert sent >= 16
+    finally:
+        for ws in clients:
+            await ws.close()
+        assert process.stop() == 0
+    for pid in workers:
+        assert not pid_alive(pid)
+
+
+def test_dead_worker_is_restarted(tmp_path: Path, mongo_uri: str) -> None:
+    """The parent replaces a worker that dies and keeps serving."""
+    env = {**shared_env(mongo_uri), "WORKERS": "2"}
+    process = ServiceProcess(tmp_path / "w", env).start()
+    try:
+        victim = children_of(process.pid)[0]
+        import os
+        import signal
+
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len([p for p in children_of(process.pid) if p != victim]) == 2, 30, "a new worker")
+        wait_until(process.ready, 30, "readiness")
+        assert "restarting" in process.output()
+    finally:
+        assert process.stop() == 0
