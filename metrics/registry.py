@@ -60,9 +60,7 @@ class Metrics:
         self.events_published = Counter(
             "realtime_events_published", "Events seen on the change stream, by type", ["type"], registry=r
         )
-        self.messages_sent = Counter(
-            "realtime_messages_sent", "Messages written to clients", ["transport"], registry=r
-        )
+        self.messages_sent = Counter("realtime_messages_sent", "Messages written to clients", ["transport"], registry=r)
         self.broadcast_latency = Histogram(
             "realtime_broadcast_latency_seconds",
             "Event inserted into MongoDB to written to the last local socket",

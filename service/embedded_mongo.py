@@ -75,8 +75,12 @@ class EmbeddedMongo:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def start(self, timeout: float = 30.0) -> str:
+    def start(self, timeout: float = 30.0, port: int | None = None) -> str:
         """Start the server and wait until it answers `hello`; returns its URI.
+
+        Args:
+            timeout: seconds to wait for it to answer.
+            port: a fixed port (a restart on the same address); a free one when omitted.
 
         Raises:
             EmbeddedMongoError: it exited or did not answer in time (with its last log lines).
@@ -86,7 +90,7 @@ class EmbeddedMongo:
         if storage != ":memory:":
             Path(storage).mkdir(parents=True, exist_ok=True)
             log_path = Path(storage).parent / "mongo.log"
-        self.port = free_port()
+        self.port = port or free_port()
         command = [
             server_command(),
             "--host",

@@ -32,9 +32,7 @@ def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None 
     """Every dependency of the handlers, wired together (nothing started yet)."""
     metrics = metrics or Metrics(settings.multiproc_dir)
     store = MongoStore(settings, mongodb_uri)
-    hub = Hub(
-        metrics, max_pending_bytes=settings.max_pending_bytes, max_per_user=settings.max_connections_per_user
-    )
+    hub = Hub(metrics, max_pending_bytes=settings.max_pending_bytes, max_per_user=settings.max_connections_per_user)
     bus = Bus(store, hub, metrics, history_size=settings.history_size)
     return AppContext(
         settings=settings,
@@ -67,9 +65,7 @@ class Server:
         app = make_app(ctx)
         self.http = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY_SIZE, idle_connection_timeout=75)
         if sockets is None:
-            sockets = bind_sockets(
-                ctx.settings.port, ctx.settings.host, reuse_port=self.reuse_port, backlog=4096
-            )
+            sockets = bind_sockets(ctx.settings.port, ctx.settings.host, reuse_port=self.reuse_port, backlog=4096)
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         self._heartbeat = PeriodicCallback(ctx.hub.heartbeat, ctx.settings.heartbeat_seconds * 1000)

@@ -139,9 +139,7 @@ class MongoStore:
     ) -> AsyncChangeStream[Document]:
         """A change stream of inserts into `events`, from now, a resume token or a position."""
         async with _available():
-            return await self.events.watch(
-                INSERTS_ONLY, resume_after=resume_after, start_at_operation_time=start_at
-            )
+            return await self.events.watch(INSERTS_ONLY, resume_after=resume_after, start_at_operation_time=start_at)
 
     # -- tasks ----------------------------------------------------------------------------
 

@@ -74,9 +74,7 @@ def supervise(settings: Settings) -> int:
     try:
         uri = settings.mongodb_uri
         if not uri:
-            mongo = EmbeddedMongo(
-                settings.data_dir / "mongo", oplog_retention_seconds=settings.history_ttl_seconds
-            )
+            mongo = EmbeddedMongo(settings.data_dir / "mongo", oplog_retention_seconds=settings.history_ttl_seconds)
             uri = mongo.start()
         env = {
             **os.environ,

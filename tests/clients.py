@@ -42,12 +42,26 @@ class Service:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def token(self, sub: int | str = 1, name: str = "محمد حسن", roles: tuple[str, ...] = ("user",),
-              ttl: float = 3600, **extra: Any) -> str:
+    def token(
+        self,
+        sub: int | str = 1,
+        name: str = "محمد حسن",
+        roles: tuple[str, ...] = ("user",),
+        ttl: float = 3600,
+        **extra: Any,
+    ) -> str:
         return issue_token(self.settings, sub=sub, name=name, roles=roles, ttl_seconds=ttl, extra=extra or None)
 
-    async def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-                      headers: dict[str, str] | None = None, raw: bytes | None = None) -> HTTPResponse:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> HTTPResponse:
         all_headers = {"Content-Type": "application/json", **(headers or {})}
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
@@ -55,8 +69,13 @@ class Service:
         if payload is None and method in ("POST", "PATCH", "PUT"):
             payload = b""
         return await AsyncHTTPClient().fetch(
-            self.http + path, method=method, body=payload, headers=all_headers, raise_error=False,
-            request_timeout=wait_bound(20), allow_nonstandard_methods=True,
+            self.http + path,
+            method=method,
+            body=payload,
+            headers=all_headers,
+            raise_error=False,
+            request_timeout=wait_bound(20),
+            allow_nonstandard_methods=True,
         )
 
     async def publish(self, token: str, event: dict[str, Any]) -> None:

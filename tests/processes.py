@@ -8,14 +8,36 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from service.config import Settings
 from service.embedded_mongo import free_port
-from tests.clients import wait_bound
+from tests.clients import Service, wait_bound
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = "scaling-test-secret-0123456789-0123456789-abcdef"
+
+
+def shared_env(mongo_uri: str) -> dict[str, str]:
+    return {
+        "MONGODB_URI": mongo_uri,
+        "MONGODB_DB": f"scale_{uuid.uuid4().hex[:10]}",
+        "JWT_SECRET": SECRET,
+        "DEV_MODE": "0",
+        "ALLOWED_ORIGINS": "*",
+    }
+
+
+def as_service(process: ServiceProcess) -> Service:
+    """Test helpers (clients, tokens) for a service running in another process."""
+
+    class Remote:
+        port = process.port
+
+    return Service(server=Remote(), settings=Settings(jwt_secret=SECRET, jwt_algorithms=("HS256",)))
 
 
 def pid_alive(pid: int) -> bool:

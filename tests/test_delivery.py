@@ -27,8 +27,9 @@ async def both(service: Service, token: str, **query: str) -> tuple[WsClient, Ss
 
 async def drive_every_event_type(service: Service, token: str) -> None:
     """Cause each application event once, over REST."""
-    created = json.loads((await service.request("POST", "/api/tasks", {"title": "تقرير يومي", "taskType": "daily"},
-                                                token=token)).body)
+    created = json.loads(
+        (await service.request("POST", "/api/tasks", {"title": "تقرير يومي", "taskType": "daily"}, token=token)).body
+    )
     path = f"/api/tasks/{created['id']}"
     assert (await service.request("POST", path + "/execute", {"resultStatus": "completed"}, token=token)).code == 200
     assert (await service.request("PATCH", path, {"title": "تقرير أسبوعي"}, token=token)).code == 200

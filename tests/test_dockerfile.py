@@ -156,9 +156,7 @@ def test_final_stage_copies_only_the_service_code() -> None:
     for args in arguments(final_stage(), "COPY"):
         *sources, _destination = args.split()
         stage = next((flag.removeprefix("--from=") for flag in sources if flag.startswith("--from=")), "")
-        copied |= {
-            f"{stage}:{source}" if stage else source for source in sources if not source.startswith("--")
-        }
+        copied |= {f"{stage}:{source}" if stage else source for source in sources if not source.startswith("--")}
     web_stage = stages()[0][0][1].split()[-1]
     assert copied == {"requirements.txt", "service/", "handlers/", "metrics/", f"{web_stage}:/web/dist/"}
 

@@ -204,9 +204,7 @@ def test_probe_paths_are_routes_of_the_app() -> None:
 
     patterns = route_patterns()
     container = realtime_container(render("base"))
-    probes = {
-        kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")
-    }
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes["livenessProbe"]["path"] == "/healthz"
     assert probes["readinessProbe"]["path"] == "/readyz"
     for kind, probe in probes.items():
@@ -385,9 +383,7 @@ def test_selectors_match_the_pod_labels(path: str) -> None:
     selectors = {
         "Deployment": one(docs, "Deployment", "realtime")["spec"]["selector"]["matchLabels"],
         "Service": one(docs, "Service", "realtime")["spec"]["selector"],
-        "PodDisruptionBudget": one(docs, "PodDisruptionBudget", "realtime")["spec"]["selector"][
-            "matchLabels"
-        ],
+        "PodDisruptionBudget": one(docs, "PodDisruptionBudget", "realtime")["spec"]["selector"]["matchLabels"],
         "NetworkPolicy": one(docs, "NetworkPolicy", "realtime")["spec"]["podSelector"]["matchLabels"],
     }
     for kind, selector in selectors.items():
@@ -406,9 +402,7 @@ def test_networkpolicy_admits_ingress_controller_and_prometheus_on_http() -> Non
     policy = one(docs, "NetworkPolicy", "realtime")["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     [rule] = policy["ingress"]
-    namespaces = {
-        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]
-    }
+    namespaces = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]}
     assert namespaces == {"ingress-nginx", "monitoring"}
     container_ports = {port["name"]: port["containerPort"] for port in realtime_container(docs)["ports"]}
     for port in rule["ports"]:
@@ -468,9 +462,7 @@ def test_mongodb_replica_set_has_three_members_with_storage() -> None:
     statefulset = one(render("mongodb"), "StatefulSet", "mongodb")["spec"]
     assert statefulset["replicas"] == 3
     [claim] = statefulset["volumeClaimTemplates"]
-    mounts = {
-        m["name"]: m["mountPath"] for m in statefulset["template"]["spec"]["containers"][0]["volumeMounts"]
-    }
+    mounts = {m["name"]: m["mountPath"] for m in statefulset["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert mounts[claim["metadata"]["name"]] == "/data/db"
 
 

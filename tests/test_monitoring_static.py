@@ -125,9 +125,7 @@ def promtool() -> str:
 
 
 def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
+    return subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -9,10 +10,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from service.auth import issue_token
 from service.config import load_settings
 from service.embedded_mongo import EmbeddedMongo, free_port, server_command
-from tests.processes import ROOT, ServiceProcess, children_of, pid_alive, running, wait_until
+from tests.processes import ROOT, SECRET, ServiceProcess, as_service, children_of, pid_alive, running, wait_until
 
 
 def dev_token(data_dir: Path, **claims: object) -> str:
@@ -190,3 +193,31 @@ def test_cli_token_prints_a_token_the_service_accepts(tmp_path: Path) -> None:
     with running(tmp_path) as service:
         status, _ = call(service.url + "/api/events", "POST", {"type": "hello"}, token)
         assert status == 202
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_sigterm_drains_streams_then_exits_zero(tmp_path: Path) -> None:
+    """SIGTERM: readiness 503 at once, no new streams, WebSocket 1012 and SSE retry+end, exit 0."""
+    process = ServiceProcess(tmp_path, {"JWT_SECRET": SECRET, "DEV_MODE": "0", "DRAIN_SECONDS": "3"})
+    await asyncio.to_thread(process.start)
+    try:
+        service = as_service(process)
+        clients = []
+        for sub in range(1, 4):
+            ws = await service.websocket({"token": service.token(sub=sub)})
+            await ws.recv_type("connected")
+            clients.append(ws)
+        sse = await service.sse({"token": service.token(sub=9)})
+        await sse.next_of("connected")
+        process.signal(signal.SIGTERM)
+        await asyncio.to_thread(wait_until, lambda: not process.ready(), 5, "readiness to turn 503")
+        assert (await service.request("GET", "/readyz")).code == 503
+        late = await service.sse({"token": service.token(sub=10)})
+        assert late.status == 503
+        for ws in clients:
+            assert await ws.closed(seconds=15) == (1012, "service restart")
+        await sse.until_end(seconds=15)
+        assert b"retry: " in bytes(sse.raw).split(b"event: connected", 1)[1]
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        process.stop()

@@ -4,36 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.config import Settings
-from tests.clients import Service, SseClient, WsClient
-from tests.processes import ServiceProcess, children_of, pid_alive, wait_until
-
-SECRET = "scaling-test-secret-0123456789-0123456789-abcdef"
-
-
-def shared_env(mongo_uri: str) -> dict[str, str]:
-    return {
-        "MONGODB_URI": mongo_uri,
-        "MONGODB_DB": f"scale_{uuid.uuid4().hex[:10]}",
-        "JWT_SECRET": SECRET,
-        "DEV_MODE": "0",
-        "ALLOWED_ORIGINS": "*",
-    }
-
-
-def as_service(process: ServiceProcess) -> Service:
-    """Test helpers (clients, tokens) for a service running in another process."""
-
-    class Remote:
-        port = process.port
-
-    return Service(server=Remote(), settings=Settings(jwt_secret=SECRET, jwt_algorithms=("HS256",)))
+from tests.clients import SseClient, WsClient
+from tests.processes import ServiceProcess, as_service, children_of, pid_alive, shared_env, wait_until
 
 
 @pytest.fixture

@@ -108,11 +108,24 @@ async def test_message_over_limit_closes_with_1009(start_service) -> None:  # ty
         (lambda s: {}, "missing token"),
         (lambda s: {"token": "not-a-jwt"}, "invalid token"),
         (lambda s: {"token": s.token(ttl=-120)}, "token expired"),
-        (lambda s: {"token": jwt.encode({"sub": "1", "exp": time.time() + 60}, "another-key-of-sufficient-length-xx",
-                                        algorithm="HS256")}, "invalid token"),
-        (lambda s: {"token": jwt.encode({"sub": "1", "exp": time.time() + 60}, None, algorithm="none")},
-         "invalid token"),
-        (lambda s: {"token": jwt.encode({"sub": "1"}, s.settings.jwt_secret, algorithm="HS256")}, "invalid token"),
+        (
+            lambda s: {
+                "token": jwt.encode(
+                    {"sub": "1", "exp": time.time() + 60},
+                    "another-key-of-sufficient-length-xx",
+                    algorithm="HS256",
+                )
+            },
+            "invalid token",
+        ),
+        (
+            lambda s: {"token": jwt.encode({"sub": "1", "exp": time.time() + 60}, None, algorithm="none")},
+            "invalid token",
+        ),
+        (
+            lambda s: {"token": jwt.encode({"sub": "1"}, s.settings.jwt_secret, algorithm="HS256")},
+            "invalid token",
+        ),
         (lambda s: {"ticket": "never-issued"}, "invalid ticket"),
     ],
     ids=["missing", "garbage", "expired", "foreign-key", "alg-none", "no-exp", "unknown-ticket"],

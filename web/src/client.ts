@@ -1,0 +1,708 @@
+/**
+ * The realtime client: WebSocket first, SSE when WebSocket cannot open, reconnects with
+ * backoff and resumes from the last event id. No framework; usable on its own.
+ */
+
+import { DEFAULT_BACKOFF, backoffDelay } from "./backoff";
+import { CloseCode, closeAction, type StopReason } from "./close-codes";
+import { CONTROL_TYPES, type EventMap, type RealtimeEvent, type TransportName } from "./events";
+import { endpoint, resolveBase, webSocketUrl } from "./urls";
+
+export type Status = "connecting" | "open" | "reconnecting" | "closed";
+export type TokenSource = () => string | null | undefined | Promise<string | null | undefined>;
+
+export interface ReconnectOptions {
+  /** First backoff ceiling in ms (default 3000). */
+  baseMs?: number;
+  /** Largest backoff ceiling in ms (default 30000). */
+  capMs?: number;
+  /** A connection open this long resets the backoff (default 10000). */
+  stableMs?: number;
+  /** A transport that has not opened by then counts as failed (default 10000). */
+  openTimeoutMs?: number;
+}
+
+export interface RealtimeClientOptions {
+  /** Service base URL (`https://host`, `wss://host/ws`); default: the page's origin. */
+  url?: string;
+  /** Returns the current JWT; called again on 4401 and on `token_expiring`. */
+  getToken: TokenSource;
+  /** Allowed transports in order of preference (default `["websocket", "sse"]`). */
+  transports?: readonly TransportName[];
+  /** Event types to receive (default: all). */
+  events?: readonly string[];
+  /** `false` never reconnects; an object tunes the backoff. */
+  reconnect?: boolean | ReconnectOptions;
+  /** One-time ticket endpoint (default `/api/realtime/ticket`); `null` sends `?token=`. */
+  ticketUrl?: string | null;
+  WebSocketImpl?: typeof WebSocket;
+  EventSourceImpl?: typeof EventSource;
+  fetchImpl?: typeof fetch;
+  /** Where the SSE fallback is remembered (default `sessionStorage`; `null`: nowhere). */
+  storage?: Pick<Storage, "getItem" | "setItem"> | null;
+  /** Source of `online` events (default `window`). */
+  window?: Pick<EventTarget, "addEventListener" | "removeEventListener"> | null;
+  /** Source of `visibilitychange` (default `document`). */
+  document?: (Pick<EventTarget, "addEventListener" | "removeEventListener"> & { visibilityState: string }) | null;
+  /** Random source in [0, 1) for the jitter (default `Math.random`). */
+  random?: () => number;
+}
+
+export interface StatusInfo {
+  status: Status;
+  transport: TransportName | null;
+  /** Why the client is `closed`, else null. */
+  reason: StopReason | null;
+}
+
+export type Listener<E> = (event: E) => void;
+
+export interface RealtimeClient {
+  readonly status: Status;
+  readonly transport: TransportName | null;
+  readonly reason: StopReason | null;
+  /** The id of the last event received; sent as `last_event_id` on reconnect. */
+  readonly lastEventId: string | null;
+  /** Listen to one type, or to every message with `"*"`; returns the unsubscribe function. */
+  on<K extends keyof EventMap>(type: K, listener: Listener<EventMap[K]>): () => void;
+  on(type: string, listener: Listener<RealtimeEvent>): () => void;
+  onStatus(listener: (info: StatusInfo) => void): () => void;
+  /** Send a message over an open WebSocket; false when there is none. */
+  send(message: object | string): boolean;
+  /** Round trip in ms, measured with `ping`/`pong` over WebSocket. */
+  ping(timeoutMs?: number): Promise<number>;
+  subscribe(types: readonly string[]): void;
+  unsubscribe(types: readonly string[]): void;
+  /** Connect now: skips a pending backoff, or starts again after `closed`. */
+  reconnect(): void;
+  close(): void;
+}
+
+const FALLBACK_AFTER = 2; // WebSocket attempts that never opened before trying SSE
+const WS_OPEN = 1;
+const STORAGE_PREFIX = "realtime.transport:";
+
+type Auth = { ticket: string } | { token: string };
+
+interface PendingPing {
+  sentAt: number;
+  resolve: (ms: number) => void;
+  reject: (error: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+export function createRealtimeClient(options: RealtimeClientOptions): RealtimeClient {
+  const base = resolveBase(options.url);
+  const wanted = options.transports?.length ? options.transports : (["websocket", "sse"] as const);
+  const WebSocketImpl = options.WebSocketImpl ?? globalThis.WebSocket;
+  const EventSourceImpl = options.EventSourceImpl ?? globalThis.EventSource;
+  const fetchImpl = options.fetchImpl ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
+  const wsAllowed = wanted.includes("websocket") && typeof WebSocketImpl === "function";
+  const sseAllowed = wanted.includes("sse") && typeof EventSourceImpl === "function";
+  if (!wsAllowed && !sseAllowed) throw new Error("realtime client: no usable transport");
+
+  const reconnectEnabled = options.reconnect !== false;
+  const tuning = typeof options.reconnect === "object" ? options.reconnect : {};
+  const backoff = { baseMs: tuning.baseMs ?? DEFAULT_BACKOFF.baseMs, capMs: tuning.capMs ?? DEFAULT_BACKOFF.capMs };
+  const stableMs = tuning.stableMs ?? 10_000;
+  const openTimeoutMs = tuning.openTimeoutMs ?? 10_000;
+  const random = options.random ?? Math.random;
+  const ticketUrl = options.ticketUrl === null ? null : endpoint(base, options.ticketUrl ?? "/api/realtime/ticket");
+  const storage = options.storage === undefined ? defaultStorage() : options.storage;
+  const win = options.window === undefined ? (typeof window === "undefined" ? null : window) : options.window;
+  const doc = options.document === undefined ? (typeof document === "undefined" ? null : document) : options.document;
+  const storageKey = STORAGE_PREFIX + base;
+
+  let status: Status = "connecting";
+  let transport: TransportName | null = null;
+  let stopReason: StopReason | null = null;
+  let lastEventId: string | null = null;
+  let token: string | null = null;
+  let subscriptions: Set<string> | null = options.events?.length ? new Set(options.events) : null;
+  const excluded = new Set<string>();
+  // websocket: normal; sse-trial: WebSocket failed, SSE not yet proven; sse: remembered.
+  let mode: "websocket" | "sse-trial" | "sse" =
+    !wsAllowed || (sseAllowed && readStorage(storage, storageKey) === "sse") ? "sse" : "websocket";
+  let attempt = 0; // consecutive failures, drives the backoff
+  let wsFailures = 0; // consecutive WebSocket attempts that never opened
+  let authFailures = 0; // consecutive 4401s answered with a new token
+  let generation = 0; // bumped on every (re)start; stale async work checks it and gives up
+  let socket: WebSocket | null = null;
+  let source: EventSource | null = null;
+  let sourceTypes = new Set<string>();
+  let aborter: AbortController | null = null;
+  let retryTimer: ReturnType<typeof setTimeout> | null = null;
+  let openTimer: ReturnType<typeof setTimeout> | null = null;
+  let stableTimer: ReturnType<typeof setTimeout> | null = null;
+  let pingCounter = 0;
+  let windowListening = false;
+  const pings = new Map<string, PendingPing>();
+  const listeners = new Map<string, Set<Listener<RealtimeEvent>>>();
+  const statusListeners = new Set<(info: StatusInfo) => void>();
+
+  function setStatus(next: Status, nextTransport: TransportName | null = transport): void {
+    if (next === status && nextTransport === transport) return;
+    status = next;
+    transport = nextTransport;
+    if (next !== "closed") stopReason = null;
+    notifyStatus();
+  }
+
+  function notifyStatus(): void {
+    const info: StatusInfo = { status, transport, reason: stopReason };
+    for (const listener of [...statusListeners]) safely(listener, info);
+  }
+
+  function emit(event: RealtimeEvent): void {
+    for (const key of [event.type, "*"]) {
+      const set = listeners.get(key);
+      if (!set) continue;
+      for (const listener of [...set]) safely(listener, event);
+    }
+  }
+
+  function clearTimer(timer: ReturnType<typeof setTimeout> | null): null {
+    if (timer !== null) clearTimeout(timer);
+    return null;
+  }
+
+  /** Detach and close the current transport without reporting its close. */
+  function dropTransport(): void {
+    openTimer = clearTimer(openTimer);
+    stableTimer = clearTimer(stableTimer);
+    aborter?.abort();
+    aborter = null;
+    if (socket) {
+      const ws = socket;
+      socket = null;
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      if (ws.readyState <= WS_OPEN) ws.close(CloseCode.NORMAL);
+    }
+    if (source) {
+      const es = source;
+      source = null;
+      es.onopen = es.onmessage = es.onerror = null;
+      es.close();
+    }
+    rejectPings("connection closed");
+  }
+
+  function rejectPings(message: string): void {
+    for (const [nonce, ping] of pings) {
+      clearTimeout(ping.timer);
+      pings.delete(nonce);
+      ping.reject(new Error(message));
+    }
+  }
+
+  function start(tokenHint?: string): void {
+    retryTimer = clearTimer(retryTimer);
+    dropTransport();
+    const gen = ++generation;
+    setStatus(status === "open" || status === "reconnecting" ? "reconnecting" : "connecting");
+    void run(gen, tokenHint);
+  }
+
+  async function run(gen: number, tokenHint?: string): Promise<void> {
+    let current: string | null;
+    if (tokenHint !== undefined) {
+      current = tokenHint;
+    } else {
+      try {
+        current = (await options.getToken()) ?? null;
+      } catch {
+        if (gen === generation) failed(gen, CloseCode.ABNORMAL);
+        return;
+      }
+    }
+    if (gen !== generation) return;
+    if (!current) {
+      stop("unauthorized");
+      return;
+    }
+    token = current;
+    const auth = await authorize(current);
+    if (gen !== generation) return;
+    if (auth === "unauthorized") {
+      void reauthorize(gen);
+      return;
+    }
+    if (mode === "websocket") openWebSocket(gen, auth);
+    else openEventSource(gen, auth);
+  }
+
+  /** A one-time ticket for the token; `?token=` when tickets are unavailable. */
+  async function authorize(current: string): Promise<Auth | "unauthorized"> {
+    if (!ticketUrl || !fetchImpl) return { token: current };
+    const mine = typeof AbortController === "function" ? new AbortController() : null;
+    aborter = mine;
+    // A ticket request that hangs must not hang the connection: give up and use the token.
+    const timer = setTimeout(() => mine?.abort(), openTimeoutMs);
+    try {
+      const response = await fetchImpl(ticketUrl, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${current}` },
+        signal: mine?.signal ?? null,
+      });
+      if (response.status === 401) return "unauthorized";
+      if (response.ok) {
+        const body: unknown = await response.json();
+        if (isRecord(body) && typeof body.ticket === "string" && body.ticket) return { ticket: body.ticket };
+      }
+    } catch {
+      // Network failure or no ticket endpoint: the token itself still works.
+    } finally {
+      clearTimeout(timer);
+      if (aborter === mine) aborter = null;
+    }
+    return { token: current };
+  }
+
+  function query(auth: Auth): Record<string, string> {
+    const params: Record<string, string> = { ...auth };
+    if (lastEventId) params.last_event_id = lastEventId;
+    if (subscriptions?.size) params.events = [...subscriptions].join(",");
+    return params;
+  }
+
+  function armOpenTimer(gen: number, onTimeout: () => void): void {
+    openTimer = setTimeout(() => {
+      openTimer = null;
+      if (gen === generation) onTimeout();
+    }, openTimeoutMs);
+  }
+
+  function opened(): void {
+    openTimer = clearTimer(openTimer);
+    stableTimer = clearTimer(stableTimer);
+    stableTimer = setTimeout(() => {
+      stableTimer = null;
+      attempt = 0;
+    }, stableMs);
+  }
+
+  function openWebSocket(gen: number, auth: Auth): void {
+    setStatus(status, "websocket");
+    let ws: WebSocket;
+    try {
+      ws = new WebSocketImpl(webSocketUrl(base, query(auth)));
+    } catch {
+      ended(gen, "websocket", false, CloseCode.ABNORMAL);
+      return;
+    }
+    socket = ws;
+    let isOpen = false;
+    armOpenTimer(gen, () => {
+      // Never opening (a proxy that swallows the upgrade) means: use SSE now.
+      wsFailures = Math.max(wsFailures, FALLBACK_AFTER - 1);
+      dropTransport();
+      ended(gen, "websocket", false, CloseCode.ABNORMAL);
+    });
+    ws.onopen = () => {
+      if (socket !== ws) return;
+      isOpen = true;
+      wsFailures = 0;
+      opened();
+    };
+    ws.onmessage = (message: MessageEvent) => {
+      if (socket === ws && typeof message.data === "string") received(message.data);
+    };
+    ws.onerror = () => {
+      // Always followed by `close`, which carries the code.
+    };
+    ws.onclose = (close: CloseEvent) => {
+      if (socket !== ws) return;
+      socket = null;
+      ended(gen, "websocket", isOpen, close.code);
+    };
+  }
+
+  function openEventSource(gen: number, auth: Auth): void {
+    setStatus(status, "sse");
+    let es: EventSource;
+    try {
+      es = new EventSourceImpl(endpoint(base, "/events", query(auth)));
+    } catch {
+      ended(gen, "sse", false, CloseCode.ABNORMAL);
+      return;
+    }
+    source = es;
+    sourceTypes = new Set();
+    let isOpen = false;
+    armOpenTimer(gen, () => {
+      dropTransport();
+      ended(gen, "sse", false, CloseCode.ABNORMAL);
+    });
+    es.onopen = () => {
+      if (source !== es) return;
+      isOpen = true;
+      if (mode === "sse-trial") {
+        mode = "sse";
+        writeStorage(storage, storageKey, "sse");
+      }
+      opened();
+    };
+    es.onmessage = (message: MessageEvent) => {
+      if (source === es) received(String(message.data), message.lastEventId);
+    };
+    // SSE dispatches `event: <type>` blocks only to listeners of that exact name.
+    for (const type of sseTypes()) listenSse(es, type);
+    es.addEventListener("close", (message: Event) => {
+      if (source !== es) return;
+      const data = parseJson((message as MessageEvent).data);
+      const code = isRecord(data) && typeof data.code === "number" ? data.code : CloseCode.NORMAL;
+      dropTransport();
+      ended(gen, "sse", true, code);
+    });
+    // EventSource would retry on its own with a used ticket and no backoff: take over.
+    es.onerror = () => {
+      if (source !== es) return;
+      dropTransport();
+      ended(gen, "sse", isOpen, CloseCode.ABNORMAL);
+    };
+  }
+
+  function sseTypes(): Set<string> {
+    const types = new Set<string>(KNOWN_TYPES);
+    for (const type of subscriptions ?? []) types.add(type);
+    for (const type of listeners.keys()) types.add(type);
+    types.delete("*");
+    types.delete("close");
+    types.delete("message");
+    return types;
+  }
+
+  function listenSse(es: EventSource, type: string): void {
+    if (sourceTypes.has(type) || type === "*" || type === "close" || type === "message") return;
+    sourceTypes.add(type);
+    es.addEventListener(type, (message: Event) => {
+      if (source !== es) return;
+      const { data, lastEventId: sseId } = message as MessageEvent;
+      received(String(data), sseId, type);
+    });
+  }
+
+  function received(raw: string, transportId?: string, sseType?: string): void {
+    const parsed = parseJson(raw);
+    if (!isRecord(parsed)) return;
+    if (typeof parsed.type !== "string") {
+      if (!sseType) return;
+      parsed.type = sseType;
+    }
+    const event = parsed as RealtimeEvent;
+    if (event.type === "connected") {
+      authFailures = 0;
+      setStatus("open");
+    } else if (status !== "open") {
+      setStatus("open");
+    }
+    if (CONTROL_TYPES.has(event.type)) {
+      if (event.type === "pong") settlePing(event.nonce);
+      else if (event.type === "token_expiring") void refreshToken(generation);
+    } else {
+      const id = typeof event.id === "string" && event.id ? event.id : transportId;
+      if (id) lastEventId = id;
+      if ((subscriptions && !subscriptions.has(event.type)) || excluded.has(event.type)) return;
+    }
+    emit(event);
+  }
+
+  function settlePing(nonce: unknown): void {
+    const key = String(nonce);
+    const ping = pings.get(key);
+    if (!ping) return;
+    pings.delete(key);
+    clearTimeout(ping.timer);
+    ping.resolve(Date.now() - ping.sentAt);
+  }
+
+  async function refreshToken(gen: number): Promise<void> {
+    let next: string | null;
+    try {
+      next = (await options.getToken()) ?? null;
+    } catch {
+      return; // The server closes with 4401 at expiry; that path asks again.
+    }
+    if (gen !== generation || !next || next === token) return;
+    token = next;
+    if (socket && socket.readyState === WS_OPEN) {
+      socket.send(JSON.stringify({ type: "auth", token: next }));
+    } else if (source) {
+      start(next); // SSE cannot send: reconnect with the new token, resuming.
+    }
+  }
+
+  /** Closed with 4401 (or the ticket endpoint said 401): only a different token helps. */
+  async function reauthorize(gen: number): Promise<void> {
+    setStatus("reconnecting");
+    const previous = token;
+    let next: string | null;
+    try {
+      next = (await options.getToken()) ?? null;
+    } catch {
+      next = null;
+    }
+    if (gen !== generation) return;
+    if (!next || next === previous) {
+      stop("unauthorized");
+      return;
+    }
+    authFailures += 1;
+    if (authFailures === 1) start(next);
+    else scheduleRetry(); // New tokens that keep failing: do not hammer the server.
+  }
+
+  function ended(gen: number, kind: TransportName, wasOpen: boolean, code: number): void {
+    if (gen !== generation) return;
+    dropTransport();
+    if (!wasOpen) {
+      if (kind === "websocket") {
+        wsFailures += 1;
+        if (wsFailures >= FALLBACK_AFTER && sseAllowed) {
+          mode = "sse-trial";
+          start();
+          return;
+        }
+      } else if (mode === "sse-trial") {
+        // SSE failed too: the server is unreachable, not the WebSocket path.
+        mode = "websocket";
+        wsFailures = 0;
+      }
+    }
+    failed(gen, code);
+  }
+
+  function failed(gen: number, code: number): void {
+    if (gen !== generation) return;
+    if (!reconnectEnabled) {
+      stop("closed");
+      return;
+    }
+    const decision = closeAction(code);
+    if (decision.action === "stop") stop(decision.reason);
+    else if (decision.action === "reauth") void reauthorize(gen);
+    else scheduleRetry();
+  }
+
+  function scheduleRetry(): void {
+    const delay = backoffDelay(attempt, backoff, random);
+    attempt += 1;
+    setStatus("reconnecting");
+    retryTimer = clearTimer(retryTimer);
+    retryTimer = setTimeout(() => {
+      retryTimer = null;
+      start();
+    }, delay);
+  }
+
+  function stop(reason: StopReason, nextTransport: TransportName | null = transport): void {
+    generation += 1;
+    retryTimer = clearTimer(retryTimer);
+    dropTransport();
+    const changed = status !== "closed" || stopReason !== reason || transport !== nextTransport;
+    status = "closed";
+    stopReason = reason;
+    transport = nextTransport;
+    if (changed) notifyStatus();
+  }
+
+  /** `online` or the page became visible: try now instead of waiting out the backoff. */
+  function wake(): void {
+    if (status === "reconnecting" && retryTimer !== null) {
+      start();
+    } else if (status === "closed" && stopReason === "unauthorized") {
+      void recheckToken();
+    }
+  }
+
+  async function recheckToken(): Promise<void> {
+    const gen = generation;
+    let next: string | null;
+    try {
+      next = (await options.getToken()) ?? null;
+    } catch {
+      return;
+    }
+    if (gen !== generation || status !== "closed" || !next || next === token) return;
+    attempt = 0;
+    authFailures = 0;
+    start(next);
+  }
+
+  const onOnline = (): void => wake();
+  const onVisibility = (): void => {
+    if (doc?.visibilityState === "visible") wake();
+  };
+
+  function listenWindow(): void {
+    if (windowListening) return;
+    windowListening = true;
+    win?.addEventListener("online", onOnline);
+    doc?.addEventListener("visibilitychange", onVisibility);
+  }
+
+  function unlistenWindow(): void {
+    if (!windowListening) return;
+    windowListening = false;
+    win?.removeEventListener("online", onOnline);
+    doc?.removeEventListener("visibilitychange", onVisibility);
+  }
+
+  const client: RealtimeClient = {
+    get status() {
+      return status;
+    },
+    get transport() {
+      return transport;
+    },
+    get reason() {
+      return stopReason;
+    },
+    get lastEventId() {
+      return lastEventId;
+    },
+    on(type: string, listener: Listener<never>): () => void {
+      const fn = listener as Listener<RealtimeEvent>;
+      let set = listeners.get(type);
+      if (!set) listeners.set(type, (set = new Set()));
+      set.add(fn);
+      if (source) listenSse(source, type);
+      return () => {
+        set.delete(fn);
+      };
+    },
+    onStatus(listener) {
+      statusListeners.add(listener);
+      return () => {
+        statusListeners.delete(listener);
+      };
+    },
+    send(message) {
+      if (!socket || socket.readyState !== WS_OPEN) return false;
+      socket.send(typeof message === "string" ? message : JSON.stringify(message));
+      return true;
+    },
+    ping(timeoutMs = 10_000) {
+      const ws = socket;
+      if (!ws || ws.readyState !== WS_OPEN) return Promise.reject(new Error("ping needs an open WebSocket"));
+      pingCounter += 1;
+      const nonce = `p${pingCounter}`;
+      return new Promise<number>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          pings.delete(nonce);
+          reject(new Error("ping timed out"));
+        }, timeoutMs);
+        pings.set(nonce, { sentAt: Date.now(), resolve, reject, timer });
+        ws.send(JSON.stringify({ type: "ping", nonce }));
+      });
+    },
+    subscribe(types) {
+      if (!types.length) return;
+      for (const type of types) excluded.delete(type);
+      subscriptions = new Set([...(subscriptions ?? []), ...types]);
+      changeSubscription("subscribe", types);
+    },
+    unsubscribe(types) {
+      if (!types.length) return;
+      if (!subscriptions) {
+        // Receiving everything: the server can only narrow explicit subscriptions
+        // (it answers `error` otherwise), so filter here.
+        for (const type of types) excluded.add(type);
+        return;
+      }
+      for (const type of types) subscriptions.delete(type);
+      if (!subscriptions.size) {
+        // An empty `events=` would mean "everything" on the next connect: filter here too.
+        subscriptions = null;
+        for (const type of types) excluded.add(type);
+      }
+      changeSubscription("unsubscribe", types);
+    },
+    reconnect() {
+      if (status === "closed") {
+        attempt = 0;
+        authFailures = 0;
+        listenWindow();
+      }
+      start();
+    },
+    close() {
+      unlistenWindow();
+      stop("closed", null);
+    },
+  };
+
+  function changeSubscription(kind: "subscribe" | "unsubscribe", types: readonly string[]): void {
+    if (socket && socket.readyState === WS_OPEN) {
+      socket.send(JSON.stringify({ type: kind, events: [...types] }));
+    } else if (source) {
+      start(token ?? undefined); // SSE filters are fixed per request.
+    }
+  }
+
+  listenWindow();
+  start();
+  return client;
+}
+
+const KNOWN_TYPES: readonly (keyof EventMap)[] = [
+  "task_created",
+  "task_executed",
+  "task_updated",
+  "task_deleted",
+  "schedule_updated",
+  "connected",
+  "pong",
+  "resync",
+  "token_expiring",
+  "auth_ok",
+  "error",
+];
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function parseJson(raw: unknown): unknown {
+  if (typeof raw !== "string") return undefined;
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+}
+
+function safely<T>(fn: (value: T) => void, value: T): void {
+  try {
+    fn(value);
+  } catch (error) {
+    // A broken listener must not break delivery to the others; surface it asynchronously.
+    queueMicrotask(() => {
+      throw error;
+    });
+  }
+}
+
+function defaultStorage(): Pick<Storage, "getItem" | "setItem"> | null {
+  try {
+    return typeof sessionStorage === "undefined" ? null : sessionStorage;
+  } catch {
+    return null; // Storage access can throw (privacy modes, sandboxed frames).
+  }
+}
+
+function readStorage(storage: Pick<Storage, "getItem"> | null, key: string): string | null {
+  try {
+    return storage?.getItem(key) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function writeStorage(storage: Pick<Storage, "setItem"> | null, key: string, value: string): void {
+  try {
+    storage?.setItem(key, value);
+  } catch {
+    // Remembering the fallback is an optimisation.
+  }
+}

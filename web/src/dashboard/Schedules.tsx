@@ -1,0 +1,83 @@
+/** Schedules: the list (rows carry `data-schedule-id`) and a small create form. */
+
+import { useState, type FormEvent } from "react";
+import type { Api } from "../api";
+import { TASK_TYPES, type Schedule, type TaskType } from "../events";
+import { describeError } from "./format";
+import type { Translate } from "./i18n";
+
+export function Schedules(props: { api: Api; schedules: Schedule[]; t: Translate; onSchedule: (s: Schedule) => void }) {
+  const { api, schedules, t, onSchedule } = props;
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+
+  async function submit(event: FormEvent<HTMLFormElement>): Promise<void> {
+    event.preventDefault();
+    const form = event.currentTarget;
+    const data = new FormData(form);
+    setBusy(true);
+    setError(null);
+    try {
+      onSchedule(
+        await api.createSchedule({
+          name: String(data.get("name") ?? "").trim(),
+          cron: String(data.get("cron") ?? "").trim(),
+          taskType: String(data.get("taskType")) as TaskType,
+        }),
+      );
+      form.reset();
+    } catch (caught) {
+      setError(describeError(caught, t));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <>
+      {schedules.length ? (
+        <ul className="schedules">
+          {schedules.map((schedule) => (
+            <li key={schedule.id} className="schedule" data-schedule-id={schedule.id}>
+              <span className="schedule-name" dir="auto">{schedule.name}</span>
+              <code dir="ltr">{schedule.cron}</code>
+              <span className="badge">{t(`taskType.${schedule.taskType}`)}</span>
+              <span className={`badge ${schedule.enabled ? "status-completed" : "status-skipped"}`}>
+                {t(schedule.enabled ? "schedule.enabled" : "schedule.disabled")}
+              </span>
+            </li>
+          ))}
+        </ul>
+      ) : (
+        <p className="empty">{t("schedules.empty")}</p>
+      )}
+      <form className="card create-schedule" onSubmit={(e) => void submit(e)} aria-label={t("schedules.new")}>
+        <h3>{t("schedules.new")}</h3>
+        <div className="fields">
+          <label>
+            <span>{t("field.name")}</span>
+            <input name="name" required maxLength={200} autoComplete="off" />
+          </label>
+          <label>
+            <span>{t("field.cron")}</span>
+            <input name="cron" required defaultValue="0 9 * * *" dir="ltr" autoComplete="off" spellCheck={false} />
+          </label>
+          <label>
+            <span>{t("field.taskType")}</span>
+            <select name="taskType" defaultValue="daily">
+              {TASK_TYPES.map((type) => (
+                <option key={type} value={type}>
+                  {t(`taskType.${type}`)}
+                </option>
+              ))}
+            </select>
+          </label>
+          <button type="submit" disabled={busy}>
+            {t("create")}
+          </button>
+        </div>
+        {error && <p className="form-error">{error}</p>}
+      </form>
+    </>
+  );
+}

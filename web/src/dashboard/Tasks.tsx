@@ -1,0 +1,130 @@
+/** The live task list (rows carry `data-task-id`), the create form and per-task execute. */
+
+import { useState, type FormEvent } from "react";
+import type { Api } from "../api";
+import { RESULT_STATUSES, TASK_TYPES, type ResultStatus, type Task, type TaskType } from "../events";
+import { describeError, formatTime } from "./format";
+import type { Lang, Translate } from "./i18n";
+
+interface TasksProps {
+  api: Api;
+  tasks: Task[];
+  loading: boolean;
+  lang: Lang;
+  t: Translate;
+  onTask: (task: Task) => void;
+}
+
+export function TaskForm(props: Pick<TasksProps, "api" | "t" | "onTask">) {
+  const { api, t, onTask } = props;
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+
+  async function submit(event: FormEvent<HTMLFormElement>): Promise<void> {
+    event.preventDefault();
+    const form = event.currentTarget;
+    const data = new FormData(form);
+    const title = String(data.get("title") ?? "").trim();
+    if (!title) return;
+    setBusy(true);
+    setError(null);
+    try {
+      onTask(await api.createTask({ title, taskType: String(data.get("taskType")) as TaskType }));
+      form.reset();
+    } catch (caught) {
+      setError(describeError(caught, t));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <form className="card create-task" onSubmit={(e) => void submit(e)} aria-label={t("tasks.new")}>
+      <h3>{t("tasks.new")}</h3>
+      <div className="fields">
+        <label>
+          <span>{t("field.title")}</span>
+          <input name="title" required maxLength={200} autoComplete="off" />
+        </label>
+        <label>
+          <span>{t("field.taskType")}</span>
+          <select name="taskType" defaultValue="daily">
+            {TASK_TYPES.map((type) => (
+              <option key={type} value={type}>
+                {t(`taskType.${type}`)}
+              </option>
+            ))}
+          </select>
+        </label>
+        <button type="submit" disabled={busy}>
+          {t("create")}
+        </button>
+      </div>
+      {error && <p className="form-error">{error}</p>}
+    </form>
+  );
+}
+
+function TaskRow(props: { task: Task } & Pick<TasksProps, "api" | "lang" | "t" | "onTask">) {
+  const { task, api, lang, t, onTask } = props;
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+
+  async function execute(event: FormEvent<HTMLFormElement>): Promise<void> {
+    event.preventDefault();
+    const resultStatus = String(new FormData(event.currentTarget).get("resultStatus")) as ResultStatus;
+    setBusy(true);
+    setError(null);
+    try {
+      onTask(await api.executeTask(task.id, { resultStatus }));
+    } catch (caught) {
+      setError(describeError(caught, t));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <li className="task" data-task-id={task.id} data-status={task.status}>
+      <div className="task-head">
+        <span className="task-title" dir="auto">{task.title}</span>
+        <span className="badge">{t(`taskType.${task.taskType}`)}</span>
+        <span className={`badge status-${task.status}`}>{t(`taskStatus.${task.status}`)}</span>
+      </div>
+      <div className="task-meta">
+        <span>{t("owner", { name: task.userName })}</span>
+        <span>{t("runs", { count: task.executions })}</span>
+        <time dateTime={task.updatedAt}>{formatTime(task.updatedAt, lang)}</time>
+      </div>
+      <form className="execute" onSubmit={(e) => void execute(e)}>
+        <label>
+          <span className="visually-hidden">{t("field.result")}</span>
+          <select name="resultStatus" defaultValue="completed" aria-label={t("field.result")}>
+            {RESULT_STATUSES.map((status) => (
+              <option key={status} value={status}>
+                {t(`taskStatus.${status}`)}
+              </option>
+            ))}
+          </select>
+        </label>
+        <button type="submit" disabled={busy}>
+          {t("execute")}
+        </button>
+      </form>
+      {error && <p className="form-error">{error}</p>}
+    </li>
+  );
+}
+
+export function TaskList(props: TasksProps) {
+  const { tasks, loading, t } = props;
+  if (loading && !tasks.length) return <p className="empty">{t("loading")}</p>;
+  if (!tasks.length) return <p className="empty">{t("tasks.empty")}</p>;
+  return (
+    <ul className="tasks">
+      {tasks.map((task) => (
+        <TaskRow key={task.id} task={task} api={props.api} lang={props.lang} t={t} onTask={props.onTask} />
+      ))}
+    </ul>
+  );
+}
