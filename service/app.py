@@ -51,11 +51,11 @@ class NotFoundHandler(BaseHandler):
 
 
 class WebAppHandler(StaticFileHandler):
-    """The built dashboard; `index.html` is never cached so deploys show up at once."""
+    """The built dashboard. Its file names do not change between builds, so browsers must
+    revalidate (cheap: ETag) or a new page could run an old script."""
 
     def set_extra_headers(self, path: str) -> None:
-        if path.endswith(".html") or not path:
-            self.set_header("Cache-Control", "no-cache")
+        self.set_header("Cache-Control", "no-cache")
 
 
 class NoDashboardHandler(RequestHandler):
