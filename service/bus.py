@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -134,7 +135,7 @@ class Bus:
 
     def _memory_after(self, last_id: str) -> list[Encoded]:
         start = bisect.bisect_right(self._history_ids, last_id)
-        return list(self.history)[start:] if start < len(self.history) else []
+        return list(itertools.islice(self.history, start, None))
 
     async def replay_since(self, last_id: str) -> list[Encoded] | None:
         """Every event after `last_id`, in order; None when they cannot be replayed (resync).

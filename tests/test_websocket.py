@@ -229,3 +229,21 @@ async def test_draining_service_refuses_new_websockets(service: Service) -> None
     assert info.value.response.status_code == 503
     service.ctx.lifecycle.draining = False
     await asyncio.sleep(0)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_35_second_token_warns_at_30_seconds_left_and_refresh_keeps_it_open(service: Service) -> None:
+    """With 35 s to live, `token_expiring` comes ~5 s in; an in-band refresh keeps the connection open."""
+    token = service.token(sub=11, ttl=35)
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    ws = await service.websocket({"token": token})
+    await ws.recv_type("connected")
+    warned_at = time.time()
+    warning = await ws.recv_type("token_expiring", seconds=15)
+    assert expires - time.time() <= 31 and time.time() - warned_at >= 3
+    assert warning["expiresAt"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(expires)))
+    await ws.send({"type": "auth", "token": service.token(sub=11, ttl=3600)})
+    await ws.recv_type("auth_ok")
+    await ws.send({"type": "ping", "nonce": "alive"})
+    assert (await ws.recv_type("pong"))["nonce"] == "alive"
+    await ws.close()
