@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
-
 from http.client import responses
+from typing import Any
 
 from tornado import httputil
 from tornado.ioloop import IOLoop
@@ -15,10 +14,12 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from service.auth import Credentials, Principal
 from service.context import AppContext
 from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreUnavailable
+from service.wire import loads
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def credentials_of(request: httputil.HTTPServerRequest) -> Credentials:
@@ -45,11 +46,19 @@ class BaseHandler(RequestHandler):
 
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        self.set_cors_headers()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        # Tornado calls this from __init__, before `initialize` gives us the settings; it
+        # calls it again when an error resets the headers, and then they are needed.
+        if hasattr(self, "ctx"):
+            self.set_cors_headers()
+
+    def set_cors_headers(self) -> None:
+        """Let an allowed browser origin read the response."""
         origin = self.request.headers.get("Origin")
         if origin and self.ctx.settings.origin_allowed(origin, self.request.host):
             self.set_header("Access-Control-Allow-Origin", origin)
@@ -69,11 +78,17 @@ class BaseHandler(RequestHandler):
         Raises:
             AuthError: 401; Forbidden: 403.
         """
+        credentials = credentials_of(self.request)
         try:
-            principal = await self.ctx.auth.authenticate(credentials_of(self.request))
+            principal = await self.ctx.auth.authenticate(credentials)
         except AuthError as exc:
             self.ctx.metrics.auth_failures.labels(self.transport_label, exc.reason).inc()
             raise
+        if credentials.authorization is None and credentials.cookie and self.request.method not in SAFE_METHODS:
+            # A cookie rides along on any site's form post: only allowed origins may change things with it.
+            origin = self.request.headers.get("Origin")
+            if origin is not None and not self.ctx.settings.origin_allowed(origin, self.request.host):
+                raise Forbidden("cross-origin request authenticated by cookie")
         if not principal.has_role(role):
             raise Forbidden(f"requires role {role!r}")
         return principal
@@ -104,9 +119,16 @@ class BaseHandler(RequestHandler):
             }
         else:
             body = {"error": responses.get(status_code, "error").lower().replace(" ", "_")}
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_status(status_code)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(body, ensure_ascii=False))
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The methods this handler implements (the `Allow` header of a 405)."""
+        return [m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower())]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, StoreUnavailable):
@@ -143,11 +165,11 @@ class ApiHandler(BaseHandler):
         if self._too_large:
             raise HTTPError(413, "request body over 1 MiB")
         try:
-            body = json.loads(bytes(self._body) or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise BadMessage("body is not valid JSON") from None
+            body = loads(bytes(self._body) or b"null")
+        except ValueError as exc:
+            raise BadMessage("body is not valid JSON", {"body": str(exc)[:200]}) from None
         if not isinstance(body, dict):
-            raise BadMessage("body must be a JSON object")
+            raise BadMessage("body must be a JSON object", {"body": "must be a JSON object"})
         return body
 
 
@@ -163,6 +185,6 @@ def cancel(handle: object | None) -> None:
 
 def path_id(raw: str) -> int:
     """An integer id from the URL; anything else names nothing (404)."""
-    if not raw.isdigit() or len(raw) > 15:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
         raise NotFound(f"resource {raw[:32]!r}")
     return int(raw)

@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from handlers.base import BaseHandler
-from service.models import MAX_LIST_LIMIT, MAX_NOTE, MAX_TITLE, RESULT_STATUSES, TASK_STATUSES, TASK_TYPES
+from service.models import MAX_ID, MAX_LIST_LIMIT, MAX_NOTE, MAX_TITLE, RESULT_STATUSES, TASK_STATUSES, TASK_TYPES
 
 JSON = "application/json"
 
@@ -33,7 +33,12 @@ ERRORS = {
     "413": _answer("body over 1 MiB", _ref("Error")),
     "503": _answer("MongoDB unavailable", _ref("Error")),
 }
-ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+}
 
 
 def _op(
@@ -60,7 +65,7 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI document (built once)."""
     task_type = {"type": "string", "enum": list(TASK_TYPES)}
     title = {"type": "string", "minLength": 1, "maxLength": MAX_TITLE, "pattern": r"\S"}
-    schedule_id = {"type": ["integer", "null"], "minimum": 1}
+    schedule_id = {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_ID}
     cron = {"type": "string", "maxLength": 100, "examples": ["0 9 * * 1"]}
     schemas: dict[str, Any] = {
         "Error": {
@@ -146,13 +151,28 @@ def openapi_document() -> dict[str, Any]:
                 "enabled": {"type": "boolean"},
             },
         },
+        "Connection": {
+            "type": "object",
+            "required": ["id", "userId", "userName", "transport", "since", "remote", "pendingBytes"],
+            "properties": {
+                "id": {"type": "string"},
+                "userId": {"type": ["integer", "string"]},
+                "userName": {"type": "string"},
+                "transport": {"type": "string", "enum": ["websocket", "sse"]},
+                "since": {"type": "number", "description": "when it opened, in epoch seconds"},
+                "remote": {"type": "string"},
+                "subscriptions": {"type": ["array", "null"], "items": {"type": "string"}},
+                "pendingBytes": {"type": "integer"},
+                "lastEventId": {"type": ["string", "null"]},
+            },
+        },
         "Event": {
             "type": "object",
             "required": ["type"],
             "properties": {
                 "type": {"type": "string", "pattern": "^[a-z][a-z0-9_.:-]{0,63}$"},
                 "to": {
-                    "type": "object",
+                    "type": ["object", "null"],
                     "properties": {
                         "users": {"type": "array", "items": {"type": ["integer", "string"]}},
                         "roles": {"type": "array", "items": {"type": "string"}},
@@ -162,6 +182,7 @@ def openapi_document() -> dict[str, Any]:
             "additionalProperties": True,
         },
     }
+    closed = {"type": "object", "required": ["closed"], "properties": {"closed": {"type": "integer"}}}
     task_list = {
         "type": "object",
         "required": ["tasks", "next"],
@@ -197,7 +218,7 @@ def openapi_document() -> dict[str, Any]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
                     },
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
                 ],
             ),
             "post": _op(
@@ -207,9 +228,7 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "/api/tasks/{id}": {
-            "get": _op(
-                "Read a task", {"200": _answer("the task", _ref("Task"))}, params=[ID_PARAM], not_found=True
-            ),
+            "get": _op("Read a task", {"200": _answer("the task", _ref("Task"))}, params=[ID_PARAM], not_found=True),
             "patch": _op(
                 "Change a task (emits task_updated)",
                 {"200": _answer("changed", _ref("Task"))},
@@ -293,6 +312,42 @@ def openapi_document() -> dict[str, Any]:
                         },
                     )
                 },
+            ),
+        },
+        "/api/openapi.json": {
+            "get": {
+                "summary": "This OpenAPI document",
+                "responses": {"200": _answer("OpenAPI 3.1 document", {"type": "object"})},
+            },
+        },
+        "/api/connections": {
+            "get": _op(
+                "This instance's open connections (admin role)",
+                {
+                    "200": _answer(
+                        "connections",
+                        {
+                            "type": "object",
+                            "required": ["connections"],
+                            "properties": {"connections": {"type": "array", "items": _ref("Connection")}},
+                        },
+                    )
+                },
+            ),
+        },
+        "/api/connections/{id}": {
+            "delete": _op(
+                "Close one connection on this instance with 4000 (admin role)",
+                {"200": _answer("closed", closed)},
+                params=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                not_found=True,
+            ),
+        },
+        "/api/users/{userId}/connections": {
+            "delete": _op(
+                "Close every connection of a user on this instance with 4000 (admin role)",
+                {"200": _answer("closed", closed)},
+                params=[{"name": "userId", "in": "path", "required": True, "schema": {"type": ["integer", "string"]}}],
             ),
         },
         "/events": {

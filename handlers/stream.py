@@ -131,14 +131,18 @@ async def open_session(ctx: AppContext, connection: Connection) -> None:
 
 
 def log_disconnect(connection: Connection, code: int, reason: str) -> None:
+    """The INFO line for a connection that ended: how long it lasted, its close code and reason."""
+    duration = time.time() - connection.since
     log.info(
         "disconnected after %.1fs: %s",
-        time.time() - connection.since,
+        duration,
         reason or "closed",
         extra={
             "connection_id": connection.id,
             "user_id": connection.principal.user_id,
             "transport": connection.kind,
             "close_code": code,
+            "reason": reason or "closed",
+            "duration_seconds": round(duration, 3),
         },
     )

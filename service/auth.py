@@ -13,6 +13,7 @@ import jwt
 
 from service.config import HMAC_ALGORITHMS, Settings
 from service.errors import AuthError, ConfigError
+from service.events import user_id_of
 
 LEEWAY_SECONDS = 30
 TICKET_SECONDS = 60
@@ -65,11 +66,11 @@ def _ticket_hash(ticket: str) -> str:
 
 
 def _subject(value: object) -> int | str:
-    if isinstance(value, str) and value:
-        return int(value) if value.isdigit() and len(value) < 19 else value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise AuthError("invalid token")
+    # The same rule as event addressing (`to.users`), so a token's user is the one addressed.
+    try:
+        return user_id_of(value)
+    except ValueError:
+        raise AuthError("invalid token") from None
 
 
 class Authenticator:

@@ -6,10 +6,11 @@ checked against that list.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.errors import ConfigError
@@ -97,7 +98,8 @@ class Settings:
         """Whether a browser `Origin` may connect; no header means a non-browser client."""
         if not origin:
             return True
-        if "*" in self.allowed_origins or origin in self.allowed_origins:
+        # Scheme and host are case-insensitive; `_origins` stores the configured ones lowercased.
+        if "*" in self.allowed_origins or origin.lower() in self.allowed_origins:
             return True
         # Same origin: the Origin's host[:port] equals the Host the request was sent to.
         bare = origin.split("://", 1)[-1].rstrip("/")
@@ -132,7 +134,9 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float)
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
-    if not value >= minimum:  # also rejects NaN
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: expected a finite number, got {raw!r}")
+    if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {raw}")
     return value
 
@@ -187,6 +191,15 @@ def _key_algorithm(pem: str) -> str:
     raise ConfigError(f"JWT_PUBLIC_KEY: unsupported key type {type(key).__name__}")
 
 
+def _fits_key(algorithm: str, natural: str) -> bool:
+    """Whether a public-key algorithm can use a key whose natural algorithm is `natural`."""
+    if natural.startswith("RS"):
+        return algorithm[:2] in ("RS", "PS")
+    if natural.startswith("ES"):
+        return algorithm.startswith("ES")
+    return algorithm == natural
+
+
 def _algorithms(env: Mapping[str, str], secret: str | None, public_key: str | None) -> tuple[str, ...]:
     raw = _text(env, "JWT_ALGORITHMS")
     if raw is None:
@@ -207,6 +220,11 @@ def _algorithms(env: Mapping[str, str], secret: str | None, public_key: str | No
         raise ConfigError("JWT_ALGORITHMS: public-key algorithms need JWT_PUBLIC_KEY")
     if uses_hmac and public_key:
         raise ConfigError("JWT_ALGORITHMS: HMAC algorithms cannot be used with JWT_PUBLIC_KEY")
+    if public_key:
+        natural = _key_algorithm(public_key)
+        for name in names:
+            if not _fits_key(name, natural):
+                raise ConfigError(f"JWT_ALGORITHMS: {name} cannot verify with the {natural} key in JWT_PUBLIC_KEY")
     return names
 
 
@@ -214,7 +232,7 @@ def _origins(env: Mapping[str, str], dev_mode: bool) -> tuple[str, ...]:
     raw = _text(env, "ALLOWED_ORIGINS")
     if raw is None:
         return ("*",) if dev_mode else ()
-    return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    return tuple(part.strip().rstrip("/").lower() for part in raw.split(",") if part.strip())
 
 
 def dev_secret(data_dir: Path) -> str:
@@ -257,10 +275,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("JWT_SECRET: set either JWT_SECRET or JWT_PUBLIC_KEY, not both")
     dev_mode = _bool(env, "DEV_MODE", default=not (secret or public_key))
     data_dir = Path(_text(env, "DATA_DIR") or "data")
-    if not (secret or public_key):
-        if not dev_mode:
-            raise ConfigError("JWT_SECRET: no JWT_SECRET or JWT_PUBLIC_KEY set and DEV_MODE=0")
-        secret = dev_secret(data_dir)
+    if not (secret or public_key) and not dev_mode:
+        raise ConfigError("JWT_SECRET: no JWT_SECRET or JWT_PUBLIC_KEY set and DEV_MODE=0")
     algorithms = _algorithms(env, secret, public_key)
     port = _int(env, "PORT", 5001)
     if port > 65535:
@@ -268,7 +284,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     heartbeat = _float(env, "HEARTBEAT_SECONDS", 15.0, minimum=0.05)
     web_dir = _text(env, "WEB_DIR")
     multiproc = _text(env, "PROMETHEUS_MULTIPROC_DIR")
-    return Settings(
+    settings = Settings(
         host=_text(env, "HOST") or "0.0.0.0",
         port=port,
         workers=_int(env, "WORKERS", 1) or (os.cpu_count() or 1),
@@ -297,3 +313,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=_choice(env, "LOG_FORMAT", "text", LOG_FORMATS),
         multiproc_dir=Path(multiproc) if multiproc else None,
     )
+    if secret is None and public_key is None:
+        # Only once every value is valid: a rejected configuration leaves DATA_DIR untouched.
+        settings = replace(settings, jwt_secret=dev_secret(data_dir))
+    return settings

@@ -21,6 +21,7 @@ JSONValue = Any  # what json.loads can produce; kept as Any only inside payload 
 Payload = dict[str, JSONValue]
 
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
+EVENT_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 APP_TYPES = frozenset({"task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"})
 # Messages the server itself produces per connection; nobody may publish them.
 CONTROL_TYPES = frozenset({"connected", "pong", "resync", "token_expiring", "error", "auth_ok", "close"})
@@ -28,6 +29,8 @@ RESERVED_FIELDS = frozenset({"id", "ts", "_id", "createdAt"})
 # Stored fields that are not part of what clients receive.
 PRIVATE_FIELDS = frozenset({"_id", "createdAt", "to"})
 MAX_ADDRESSEES = 1000
+MAX_DEPTH = 32  # nesting of published fields; MongoDB refuses documents past 100 levels
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def metric_type(event_type: str) -> str:
@@ -54,12 +57,9 @@ def event_id(cluster_time: Timestamp) -> str:
 
 def parse_event_id(value: str) -> Timestamp | None:
     """The oplog position of an id made by `event_id`; None if it is not one."""
-    if len(value) != 16:
+    if not EVENT_ID_PATTERN.fullmatch(value):
         return None
-    try:
-        return Timestamp(int(value[:8], 16), int(value[8:], 16))
-    except ValueError:
-        return None
+    return Timestamp(int(value[:8], 16), int(value[8:], 16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +100,20 @@ class Event:
 
 
 def user_id_of(value: object) -> int | str:
+    """A user id as tokens and addressing both compare it.
+
+    ASCII numeric strings of up to 18 digits become integers (so `"7"`, `7` and a token's
+    `"sub": "7"` are one user); every other id stays a string, also integers that do not fit.
+
+    Raises:
+        ValueError: not a non-empty string or an integer.
+    """
     if isinstance(value, bool):
         raise ValueError("not a user id")
     if isinstance(value, int):
-        return value
+        value = str(value)
     if isinstance(value, str) and value:
-        return int(value) if value.isdigit() else value
+        return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else value
     raise ValueError("not a user id")
 
 
@@ -161,11 +169,35 @@ def document_for_publish(body: Mapping[str, object], created_at: datetime) -> di
         raise BadMessage("reserved fields", {name: "is set by the server" for name in reserved})
     audience = parse_audience(body.get("to"))
     doc: dict[str, object] = {k: v for k, v in body.items() if k != "to"}
+    unstorable = {name: problem for name, value in doc.items() if (problem := _unstorable(name, value, 0))}
+    if unstorable:
+        raise BadMessage("fields MongoDB cannot store", unstorable)
     doc["type"] = event_type
     doc["createdAt"] = created_at
     if audience is not None:
         doc["to"] = audience.to_document()
     return doc
+
+
+def _unstorable(key: str, value: object, depth: int) -> str | None:
+    """Why a published field cannot be stored as BSON as it is, or None when it can."""
+    if key.startswith("$") or "\x00" in key:
+        return "field names must not start with '$' or contain NUL"
+    if depth > MAX_DEPTH:
+        return f"nested more than {MAX_DEPTH} levels"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        return "integers must fit in 64 bits"
+    if isinstance(value, Mapping):
+        children = list(value.items())
+    elif isinstance(value, list):
+        children = [("", item) for item in value]
+    else:
+        return None
+    for child_key, child in children:
+        problem = _unstorable(str(child_key), child, depth + 1)
+        if problem:
+            return problem
+    return None
 
 
 def event_from_change(change: Mapping[str, Any]) -> Event | None:
@@ -189,14 +221,10 @@ def event_from_change(change: Mapping[str, Any]) -> Event | None:
     created = doc.get("createdAt")
     if not isinstance(created, datetime):
         wall = change.get("wallTime")
-        created = (
-            wall if isinstance(wall, datetime) else datetime.fromtimestamp(change["clusterTime"].time, UTC)
-        )
+        created = wall if isinstance(wall, datetime) else datetime.fromtimestamp(change["clusterTime"].time, UTC)
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
-    fields = {
-        k: _plain(v) for k, v in doc.items() if k not in PRIVATE_FIELDS and k not in ("type", "id", "ts")
-    }
+    fields = {k: _plain(v) for k, v in doc.items() if k not in PRIVATE_FIELDS and k not in ("type", "id", "ts")}
     return Event(
         id=event_id(change["clusterTime"]),
         type=event_type,

@@ -6,24 +6,37 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
+from urllib.parse import unquote_plus
 
 from tornado.web import RequestHandler
 
 from metrics.registry import Metrics
 
-SECRET_QUERY = re.compile(r"(?i)([?&](?:token|ticket|access_token)=)[^&#]*")
+SECRET_NAMES = frozenset({"token", "ticket", "access_token"})
 # Attributes a `logging.LogRecord` always has; anything else came in through `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 access_log = logging.getLogger("service.access")
 
 
 def redact(uri: str) -> str:
-    """The URI with token and ticket query values replaced."""
-    return SECRET_QUERY.sub(r"\1[redacted]", uri)
+    """The URI with token and ticket query values replaced.
+
+    Names are compared decoded, as Tornado reads them: `?%74oken=` is a token too.
+    """
+    path, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    query, hash_mark, fragment = query.partition("#")
+    pairs = []
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        if equals and unquote_plus(name).strip().lower() in SECRET_NAMES:
+            pair = f"{name}=[redacted]"
+        pairs.append(pair)
+    return f"{path}?{'&'.join(pairs)}{hash_mark}{fragment}"
 
 
 class JsonFormatter(logging.Formatter):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,8 +13,21 @@ TASK_STATUSES = ("pending", *RESULT_STATUSES)
 MAX_TITLE = 200
 MAX_NOTE = 2000
 MAX_LIST_LIMIT = 200
-_CRON_FIELD = re.compile(
-    r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*"
+MAX_ID = 10**15 - 1  # the largest id a URL may name (handlers.base.path_id)
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1
+    )
+}
+_DAYS = {name: number for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+# Per cron field: lowest and highest value, and the names it accepts.
+_CRON_FIELDS: tuple[tuple[int, int, dict[str, int]], ...] = (
+    (0, 59, {}),  # minute
+    (0, 23, {}),  # hour
+    (1, 31, {}),  # day of month
+    (1, 12, _MONTHS),  # month
+    (0, 7, _DAYS),  # day of week (0 and 7 are Sunday)
 )
 
 Check = Callable[[Any], str | None]  # returns an error text, or None when valid
@@ -42,21 +54,51 @@ def _one_of(choices: tuple[str, ...]) -> Check:
 def _optional_id(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
         return "must be a positive integer or null"
     return None
+
+
+def _digits(text: str) -> bool:
+    """At most 15 ASCII digits: `str.isdigit` also accepts `١` and `²`, and `int` refuses
+    strings of over 4300 digits, each of which would otherwise be a 500."""
+    return text.isascii() and text.isdigit() and len(text) <= 15
 
 
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
+def _cron_value(text: str, low: int, high: int, names: dict[str, int]) -> int | None:
+    if text.lower() in names:
+        return names[text.lower()]
+    if _digits(text) and low <= int(text) <= high:
+        return int(text)
+    return None
+
+
+def _cron_field(text: str, low: int, high: int, names: dict[str, int]) -> bool:
+    """One field: comma-separated `*`, values or ranges, each with an optional `/step`."""
+    for item in text.split(","):
+        base, slash, step = item.partition("/")
+        if slash and not (_digits(step) and 1 <= int(step) <= high):
+            return False
+        if base == "*":
+            continue
+        start, dash, end = base.partition("-")
+        first = _cron_value(start, low, high, names)
+        last = _cron_value(end, low, high, names) if dash else first
+        if first is None or last is None or first > last:
+            return False
+    return True
+
+
 def _cron(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > 100:
         return "must be a cron expression such as '0 9 * * 1'"
     fields = value.split()
-    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
-        return "must be a cron expression with five fields, such as '0 9 * * 1'"
+    if len(fields) != 5 or not all(_cron_field(f, *rule) for f, rule in zip(fields, _CRON_FIELDS, strict=True)):
+        return "must be a cron expression with five fields in range, such as '0 9 * * 1'"
     return None
 
 
@@ -122,9 +164,7 @@ def validate(
     }
 
 
-def validate_listing(
-    status: str | None, limit: str | None, after: str | None
-) -> tuple[str | None, int, int | None]:
+def validate_listing(status: str | None, limit: str | None, after: str | None) -> tuple[str | None, int, int | None]:
     """Check the `GET /api/tasks` query.
 
     Raises:
@@ -135,13 +175,13 @@ def validate_listing(
         errors["status"] = f"must be one of {', '.join(TASK_STATUSES)}"
     size = 50
     if limit is not None:
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST_LIMIT:
+        if not _digits(limit) or not 1 <= int(limit) <= MAX_LIST_LIMIT:
             errors["limit"] = f"must be a whole number from 1 to {MAX_LIST_LIMIT}"
         else:
             size = int(limit)
     cursor = None
     if after is not None:
-        if not after.isdigit() or len(after) > 15:
+        if not _digits(after):
             errors["after"] = "must be a task id"
         else:
             cursor = int(after)

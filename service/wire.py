@@ -8,6 +8,7 @@ the frame is identical for all of them.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,35 @@ MAX_SUBSCRIPTIONS = 64
 def dumps(payload: Payload) -> bytes:
     """Compact UTF-8 JSON (Arabic stays as UTF-8, not `\\u` escapes)."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(data: str | bytes) -> Any:
+    """Strict JSON from a client: only what can be stored and sent on as JSON again.
+
+    Raises:
+        ValueError: not JSON (or not UTF-8), NaN or Infinity, a lone surrogate, or nested
+            too deeply to parse.
+    """
+    try:
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+        escaped = "\\u" in data if isinstance(data, str) else b"\\u" in data
+        if escaped:
+            # `\ud800` escapes can decode to lone surrogates, which cannot be stored or sent as UTF-8.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    return value
 
 
 def ws_frame(data: bytes, opcode: int = WS_OPCODE_TEXT) -> bytes:
@@ -130,8 +160,8 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             `unknown_type`.
     """
     try:
-        message: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+        message: Any = loads(text)
+    except ValueError:
         raise BadMessage("message is not valid JSON") from None
     if not isinstance(message, dict):
         raise BadMessage("message must be a JSON object")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import SECRET, ServiceProcess, as_service
 
 CHECKS = ",".join(
@@ -20,6 +22,7 @@ CHECKS = ",".join(
 )
 
 
+@pytest.mark.timeout(240)
 def test_schemathesis_finds_no_server_error_or_schema_violation(tmp_path: Path) -> None:
     """Generated requests for every REST operation get documented statuses and bodies, never a 500."""
     process = ServiceProcess(tmp_path, {"JWT_SECRET": SECRET, "DEV_MODE": "0", "LOG_LEVEL": "WARNING"}).start()
@@ -34,7 +37,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(tmp_path: Path) 
                 "--seed", "20261125",
                 "--exclude-path-regex", "^/(ws|events)$",
                 "--request-timeout", "10",
-                "--max-time", "120",
+                "--max-time", "30",
             ],
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
