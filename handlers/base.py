@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from http.client import responses
 from typing import Any
 
@@ -14,6 +15,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from service.auth import Credentials, Principal
 from service.context import AppContext
 from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreUnavailable
+from service.events import event_document
 from service.wire import loads
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,11 @@ class ApiHandler(BaseHandler):
             self._body.clear()
             return
         self._body.extend(chunk)
+
+    async def emit(self, user: Principal, event_type: str, fields: dict[str, Any], at: datetime | None = None) -> None:
+        """Publish the event for a change this request made, signed with the user's id and name."""
+        fields = {"userId": user.user_id, "userName": user.name, **fields}
+        await self.ctx.store.publish(event_document(event_type, fields, at))
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object.

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from handlers.base import ApiHandler, path_id
 from service.auth import Principal
-from service.events import event_document
 from service.models import SCHEDULE_FIELDS, validate
+from service.store import utcnow
 
 
 class _ScheduleEvents(ApiHandler):
-    async def emit(self, user: Principal, schedule: dict[str, Any], action: str) -> None:
-        await self.ctx.store.publish(
-            event_document(
-                "schedule_updated",
-                {
-                    "scheduleId": schedule["id"],
-                    "action": action,
-                    "name": schedule["name"],
-                    "userId": user.user_id,
-                    "userName": user.name,
-                },
-            )
-        )
+    async def schedule_changed(
+        self, user: Principal, schedule: dict[str, Any], action: str, at: datetime | None = None
+    ) -> None:
+        fields = {"scheduleId": schedule["id"], "action": action, "name": schedule["name"]}
+        await self.emit(user, "schedule_updated", fields, at)
 
 
 class SchedulesHandler(_ScheduleEvents):
@@ -36,8 +29,9 @@ class SchedulesHandler(_ScheduleEvents):
     async def post(self) -> None:
         user = await self.principal()
         fields = validate(self.json_body(), SCHEDULE_FIELDS, required=("name", "cron", "taskType"))
-        schedule = await self.ctx.store.create_schedule(fields)
-        await self.emit(user, schedule, "created")
+        now = utcnow()
+        schedule = await self.ctx.store.create_schedule(fields, now)
+        await self.schedule_changed(user, schedule, "created", now)
         self.set_header("Location", f"/api/schedules/{schedule['id']}")
         self.write_json(schedule, 201)
 
@@ -53,13 +47,14 @@ class ScheduleHandler(_ScheduleEvents):
         user = await self.principal()
         schedule_id = path_id(raw_id)
         changes = validate(self.json_body(), SCHEDULE_FIELDS, partial=True)
-        schedule = await self.ctx.store.update_schedule(schedule_id, changes)
-        await self.emit(user, schedule, "updated")
+        now = utcnow()
+        schedule = await self.ctx.store.update_schedule(schedule_id, changes, now)
+        await self.schedule_changed(user, schedule, "updated", now)
         self.write_json(schedule)
 
     async def delete(self, raw_id: str) -> None:
         user = await self.principal()
         schedule = await self.ctx.store.delete_schedule(path_id(raw_id))
-        await self.emit(user, schedule, "deleted")
+        await self.schedule_changed(user, schedule, "deleted")
         self.set_status(204)
         self.finish()

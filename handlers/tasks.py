@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler, path_id
-from service.events import event_document
 from service.models import EXECUTE_FIELDS, TASK_FIELDS, validate, validate_listing
+from service.store import utcnow
 
 
 class TasksHandler(ApiHandler):
@@ -24,19 +24,10 @@ class TasksHandler(ApiHandler):
     async def post(self) -> None:
         user = await self.principal()
         fields = validate(self.json_body(), TASK_FIELDS, required=("title", "taskType"))
-        task = await self.ctx.store.create_task(fields, user.user_id, user.name)
-        await self.ctx.store.publish(
-            event_document(
-                "task_created",
-                {
-                    "userId": user.user_id,
-                    "userName": user.name,
-                    "taskId": task["id"],
-                    "taskType": task["taskType"],
-                    "title": task["title"],
-                },
-            )
-        )
+        now = utcnow()
+        task = await self.ctx.store.create_task(fields, user.user_id, user.name, now)
+        summary = {"taskId": task["id"], "taskType": task["taskType"], "title": task["title"]}
+        await self.emit(user, "task_created", summary, now)
         self.set_header("Location", f"/api/tasks/{task['id']}")
         self.write_json(task, 201)
 
@@ -52,35 +43,15 @@ class TaskHandler(ApiHandler):
         user = await self.principal()
         task_id = path_id(raw_id)
         changes = validate(self.json_body(), TASK_FIELDS, partial=True)
-        task = await self.ctx.store.update_task(task_id, changes)
-        await self.ctx.store.publish(
-            event_document(
-                "task_updated",
-                {
-                    "userId": user.user_id,
-                    "userName": user.name,
-                    "taskId": task_id,
-                    "taskType": task["taskType"],
-                    **changes,
-                },
-            )
-        )
+        now = utcnow()
+        task = await self.ctx.store.update_task(task_id, changes, now)
+        await self.emit(user, "task_updated", {"taskId": task_id, "taskType": task["taskType"], **changes}, now)
         self.write_json(task)
 
     async def delete(self, raw_id: str) -> None:
         user = await self.principal()
         task = await self.ctx.store.delete_task(path_id(raw_id))
-        await self.ctx.store.publish(
-            event_document(
-                "task_deleted",
-                {
-                    "userId": user.user_id,
-                    "userName": user.name,
-                    "taskId": task["id"],
-                    "taskType": task["taskType"],
-                },
-            )
-        )
+        await self.emit(user, "task_deleted", {"taskId": task["id"], "taskType": task["taskType"]})
         self.set_status(204)
         self.finish()
 
@@ -92,17 +63,13 @@ class TaskExecutionHandler(ApiHandler):
         user = await self.principal()
         task_id = path_id(raw_id)
         body = validate(self.json_body(), EXECUTE_FIELDS, required=("resultStatus",))
-        task = await self.ctx.store.record_execution(task_id, body["resultStatus"], body.get("note"))
-        await self.ctx.store.publish(
-            event_document(
-                "task_executed",
-                {
-                    "userId": user.user_id,
-                    "userName": user.name,
-                    "taskId": task_id,
-                    "taskType": task["taskType"],
-                    "resultStatus": body["resultStatus"],
-                },
-            )
-        )
+        now = utcnow()
+        task = await self.ctx.store.record_execution(task_id, body["resultStatus"], body.get("note"), now)
+        fields = {
+            "taskId": task_id,
+            "taskType": task["taskType"],
+            "resultStatus": body["resultStatus"],
+            "executions": task["executions"],
+        }
+        await self.emit(user, "task_executed", fields, now)
         self.write_json(task)

@@ -248,6 +248,13 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def event_document(event_type: str, fields: Mapping[str, object]) -> dict[str, object]:
-    """The document for an event the service itself emits (REST side effects)."""
-    return {"type": event_type, **fields, "createdAt": datetime.now(UTC)}
+def event_document(
+    event_type: str, fields: Mapping[str, object], created_at: datetime | None = None
+) -> dict[str, object]:
+    """The document for an event the service itself emits (REST side effects).
+
+    Args:
+        created_at: the change's own time (a task's `updatedAt`), so the event's `ts`
+            equals it and clients can tell which of the two is newer; now when omitted.
+    """
+    return {"type": event_type, **fields, "createdAt": created_at or datetime.now(UTC)}

@@ -143,8 +143,9 @@ class MongoStore:
 
     # -- tasks ----------------------------------------------------------------------------
 
-    async def create_task(self, fields: Mapping[str, Any], user_id: int | str, user_name: str) -> Document:
-        now = utcnow()
+    async def create_task(
+        self, fields: Mapping[str, Any], user_id: int | str, user_name: str, now: datetime
+    ) -> Document:
         doc = {
             "_id": await self.next_id("tasks"),
             **fields,
@@ -177,19 +178,18 @@ class MongoStore:
             raise NotFound(f"task {task_id}")
         return task_view(doc)
 
-    async def update_task(self, task_id: int, changes: Mapping[str, Any]) -> Document:
+    async def update_task(self, task_id: int, changes: Mapping[str, Any], now: datetime) -> Document:
         async with _available():
             doc = await self.tasks.find_one_and_update(
                 {"_id": task_id},
-                {"$set": {**changes, "updatedAt": utcnow()}},
+                {"$set": {**changes, "updatedAt": now}},
                 return_document=ReturnDocument.AFTER,
             )
         if doc is None:
             raise NotFound(f"task {task_id}")
         return task_view(doc)
 
-    async def record_execution(self, task_id: int, result_status: str, note: str | None) -> Document:
-        now = utcnow()
+    async def record_execution(self, task_id: int, result_status: str, note: str | None, now: datetime) -> Document:
         async with _available():
             doc = await self.tasks.find_one_and_update(
                 {"_id": task_id},
@@ -218,8 +218,7 @@ class MongoStore:
 
     # -- schedules ------------------------------------------------------------------------
 
-    async def create_schedule(self, fields: Mapping[str, Any]) -> Document:
-        now = utcnow()
+    async def create_schedule(self, fields: Mapping[str, Any], now: datetime) -> Document:
         doc = {
             "_id": await self.next_id("schedules"),
             "enabled": True,
@@ -243,11 +242,11 @@ class MongoStore:
             raise NotFound(f"schedule {schedule_id}")
         return schedule_view(doc)
 
-    async def update_schedule(self, schedule_id: int, changes: Mapping[str, Any]) -> Document:
+    async def update_schedule(self, schedule_id: int, changes: Mapping[str, Any], now: datetime) -> Document:
         async with _available():
             doc = await self.schedules.find_one_and_update(
                 {"_id": schedule_id},
-                {"$set": {**changes, "updatedAt": utcnow()}},
+                {"$set": {**changes, "updatedAt": now}},
                 return_document=ReturnDocument.AFTER,
             )
         if doc is None:

@@ -169,3 +169,25 @@ async def test_last_event_id_from_the_future_gets_resync(service: Service) -> No
     assert (await ws.recv())["resumed"] is False
     assert (await ws.recv())["type"] == "resync"
     await ws.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_event_ts_equals_the_changed_tasks_updated_at(service: Service) -> None:
+    """A change and its event carry one time, so clients can order REST snapshots and events."""
+    token = service.token()
+    ws = await service.websocket({"token": token})
+    await ws.recv_type("connected")
+    created = json.loads(
+        (await service.request("POST", "/api/tasks", {"title": "t", "taskType": "daily"}, token=token)).body
+    )
+    executed = json.loads(
+        (
+            await service.request(
+                "POST", f"/api/tasks/{created['id']}/execute", {"resultStatus": "failed"}, token=token
+            )
+        ).body
+    )
+    first, second = await ws.recv(), await ws.recv()
+    assert first["ts"] == created["updatedAt"] and second["ts"] == executed["updatedAt"]
+    assert second["executions"] == executed["executions"] == 1
+    await ws.close()
