@@ -36,7 +36,8 @@ def call(url: str, method: str = "GET", body: object = None, token: str | None =
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        with error:
+            return error.code, json.loads(error.read() or b"{}")
 
 
 def mongo_child(service: ServiceProcess) -> int:
@@ -157,8 +158,8 @@ def test_logs_never_contain_tokens_or_tickets(tmp_path: Path) -> None:
         ):
             try:
                 urllib.request.urlopen(service.url + path, timeout=5).close()
-            except urllib.error.HTTPError:
-                pass
+            except urllib.error.HTTPError as error:
+                error.close()
         wait_until(lambda: service.output().count("[redacted]") >= 3, 10, "access log lines")
         output = service.output()
         signature = token.rsplit(".", 1)[1]

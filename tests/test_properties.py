@@ -65,7 +65,8 @@ def post(url: str, token: str, payload: bytes) -> tuple[int, object]:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+        with error:
+            return error.code, json.loads(error.read() or b"null")
 
 
 @pytest.mark.parametrize("path", ["/api/tasks", "/api/schedules", "/api/events", "/api/tasks/1/execute"])
