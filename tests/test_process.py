@@ -222,3 +222,30 @@ async def test_sigterm_drains_streams_then_exits_zero(tmp_path: Path) -> None:
         assert await asyncio.to_thread(process.wait, 30) == 0
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_cli_tail_prints_events_as_json_lines(tmp_path: Path, transport: str) -> None:
+    """`python -m service tail` prints each event as one JSON line, on either transport."""
+    token = dev_token(tmp_path, sub=3, name="يوسف")
+    with running(tmp_path) as service:
+        command = [sys.executable, "-m", "service", "tail", "--url", service.url, "--token", token, "--max-events", "2"]
+        tail = subprocess.Popen(
+            [*command, *(["--sse"] if transport == "sse" else [])],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert json.loads(tail.stdout.readline())["type"] == "connected"  # type: ignore[union-attr]
+            for n in (1, 2):
+                assert (
+                    call(service.url + "/api/events", "POST", {"type": "note", "n": n, "text": "مرحبا"}, token)[0]
+                    == 202
+                )
+            out, _ = tail.communicate(timeout=30)
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+                tail.communicate()
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [(m["type"], m["n"], m["text"]) for m in lines] == [("note", 1, "مرحبا"), ("note", 2, "مرحبا")]
+        assert tail.returncode == 0
