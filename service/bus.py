@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 MAX_STORE_REPLAY = 100_000
+REPLAY_BATCH = 1000
 FUTURE_TOLERANCE_SECONDS = 60  # clock skew between replicas that an id may show
 
 
@@ -151,7 +152,7 @@ class Bus:
             return recent
         replayed: list[Encoded] = []
         try:
-            stream = await self._store.watch_events(start_at=position)
+            stream = await self._store.watch_events(start_at=position, batch_size=REPLAY_BATCH)
             async with stream:
                 while len(replayed) < MAX_STORE_REPLAY:
                     change = await stream.try_next()

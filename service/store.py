@@ -135,11 +135,21 @@ class MongoStore:
             await self.events.insert_one(doc)
 
     async def watch_events(
-        self, *, resume_after: Mapping[str, Any] | None = None, start_at: Timestamp | None = None
+        self,
+        *,
+        resume_after: Mapping[str, Any] | None = None,
+        start_at: Timestamp | None = None,
+        batch_size: int | None = None,
     ) -> AsyncChangeStream[Document]:
-        """A change stream of inserts into `events`, from now, a resume token or a position."""
+        """A change stream of inserts into `events`, from now, a resume token or a position.
+
+        Args:
+            batch_size: documents per round trip; large for replays that read history.
+        """
         async with _available():
-            return await self.events.watch(INSERTS_ONLY, resume_after=resume_after, start_at_operation_time=start_at)
+            return await self.events.watch(
+                INSERTS_ONLY, resume_after=resume_after, start_at_operation_time=start_at, batch_size=batch_size
+            )
 
     # -- tasks ----------------------------------------------------------------------------
 
