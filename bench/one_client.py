@@ -13,17 +13,15 @@ import argparse
 import asyncio
 import json
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient
 from websockets.asyncio.client import connect
 
+from bench.local import local_service
 from service.auth import issue_token
 from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo
-from tests.processes import SECRET, ServiceProcess
+from tests.processes import SECRET
 
 
 async def measure(port: int, events: int) -> list[float]:
@@ -54,18 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200)
     args = parser.parse_args()
-    mongo = EmbeddedMongo(":memory:")
-    uri = mongo.start()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            env = {"MONGODB_URI": uri, "JWT_SECRET": SECRET, "DEV_MODE": "0", "LOG_LEVEL": "WARNING"}
-            service = ServiceProcess(Path(tmp), env).start()
-            try:
-                samples = asyncio.run(measure(service.port, args.events))
-            finally:
-                service.stop()
-    finally:
-        mongo.stop()
+    with local_service() as (service, _):
+        samples = asyncio.run(measure(service.port, args.events))
     ms = sorted(s * 1000 for s in samples)
     print(
         f"{len(ms)} events, one WebSocket client: publish (POST /api/events) → receive "

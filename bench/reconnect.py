@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
+from bench.local import local_service
 from service.auth import issue_token
 from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo
 from tests.clients import Service
 from tests.processes import SECRET, ServiceProcess, as_service
 
@@ -98,22 +96,13 @@ def main() -> None:
     parser.add_argument("--offline", type=float, default=5.0)
     parser.add_argument("--restart", action="store_true", help="also restart the service while offline")
     args = parser.parse_args()
-    mongo = EmbeddedMongo(":memory:")
-    uri = mongo.start()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            env = {"MONGODB_URI": uri, "JWT_SECRET": SECRET, "DEV_MODE": "0", "LOG_LEVEL": "WARNING"}
-            process = ServiceProcess(Path(tmp), env).start()
-            try:
-                for restart in (False, True) if args.restart else (False,):
-                    for transport in ("websocket", "sse"):
-                        cycle = run(as_service(process), uri, args.events, args.offline, transport,
-                                    process if restart else None)  # fmt: skip
-                        print(json.dumps(asyncio.run(cycle), ensure_ascii=False))
-            finally:
-                process.stop()
-    finally:
-        mongo.stop()
+    with local_service() as (process, uri):
+        for restart in (False, True) if args.restart else (False,):
+            for transport in ("websocket", "sse"):
+                cycle = run(
+                    as_service(process), uri, args.events, args.offline, transport, process if restart else None
+                )
+                print(json.dumps(asyncio.run(cycle), ensure_ascii=False))
 
 
 if __name__ == "__main__":
