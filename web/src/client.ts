@@ -20,6 +20,12 @@ export interface ReconnectOptions {
   stableMs?: number;
   /** A transport that has not opened by then counts as failed (default 10000). */
   openTimeoutMs?: number;
+  /**
+   * WebSocket liveness: after this long without a message the client sends a `ping`, and
+   * after as long again without any answer it drops the connection and reconnects. Default:
+   * the server's `heartbeatSeconds` (from `connected`); `0` turns the check off.
+   */
+  silenceMs?: number;
 }
 
 export interface RealtimeClientOptions {
@@ -79,6 +85,7 @@ export interface RealtimeClient {
 }
 
 const FALLBACK_AFTER = 2; // WebSocket attempts that never opened before trying SSE
+const LIVENESS_NONCE = "liveness"; // pings sent by the silence check; their pongs stay internal
 const WS_OPEN = 1;
 const STORAGE_PREFIX = "realtime.transport:";
 
@@ -106,6 +113,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   const backoff = { baseMs: tuning.baseMs ?? DEFAULT_BACKOFF.baseMs, capMs: tuning.capMs ?? DEFAULT_BACKOFF.capMs };
   const stableMs = tuning.stableMs ?? 10_000;
   const openTimeoutMs = tuning.openTimeoutMs ?? 10_000;
+  const silenceOverride = tuning.silenceMs;
   const random = options.random ?? Math.random;
   const ticketUrl = options.ticketUrl === null ? null : endpoint(base, options.ticketUrl ?? "/api/realtime/ticket");
   const storage = options.storage === undefined ? defaultStorage() : options.storage;
@@ -134,6 +142,8 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   let retryTimer: ReturnType<typeof setTimeout> | null = null;
   let openTimer: ReturnType<typeof setTimeout> | null = null;
   let stableTimer: ReturnType<typeof setTimeout> | null = null;
+  let silenceTimer: ReturnType<typeof setTimeout> | null = null;
+  let silenceMs = 0; // per connection, from `connected` (or the option)
   let pingCounter = 0;
   let windowListening = false;
   const pings = new Map<string, PendingPing>();
@@ -170,6 +180,8 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   function dropTransport(): void {
     openTimer = clearTimer(openTimer);
     stableTimer = clearTimer(stableTimer);
+    silenceTimer = clearTimer(silenceTimer);
+    silenceMs = 0;
     aborter?.abort();
     aborter = null;
     if (socket) {
@@ -392,10 +404,13 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     const event = parsed as RealtimeEvent;
     if (event.type === "connected") {
       authFailures = 0;
+      silenceMs = silenceOverride ?? (Number(event.heartbeatSeconds) > 0 ? Number(event.heartbeatSeconds) * 1000 : 0);
       setStatus("open");
     } else if (status !== "open") {
       setStatus("open");
     }
+    armSilence();
+    if (event.type === "pong" && event.nonce === LIVENESS_NONCE) return;
     if (CONTROL_TYPES.has(event.type)) {
       if (event.type === "pong") settlePing(event.nonce);
       else if (event.type === "token_expiring") void refreshToken(generation);
@@ -405,6 +420,31 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       if ((subscriptions && !subscriptions.has(event.type)) || excluded.has(event.type)) return;
     }
     emit(event);
+  }
+
+  /**
+   * A WebSocket whose peer froze or vanished without a FIN (a partition, a suspended host)
+   * stays "open" in the browser, and protocol pings are invisible to scripts: after a quiet
+   * `silenceMs` ask with a `ping`; no message for another `silenceMs` means the connection
+   * is dead, so drop it and reconnect (resuming). Any message proves the connection alive.
+   */
+  function armSilence(): void {
+    silenceTimer = clearTimer(silenceTimer);
+    const ws = socket;
+    if (!ws || silenceMs <= 0) return;
+    const gen = generation;
+    const wait = silenceMs;
+    silenceTimer = setTimeout(() => {
+      silenceTimer = null;
+      if (gen !== generation || socket !== ws || ws.readyState !== WS_OPEN) return;
+      ws.send(JSON.stringify({ type: "ping", nonce: LIVENESS_NONCE }));
+      silenceTimer = setTimeout(() => {
+        silenceTimer = null;
+        if (gen !== generation || socket !== ws) return;
+        dropTransport();
+        ended(gen, "websocket", true, CloseCode.ABNORMAL);
+      }, wait);
+    }, wait);
   }
 
   function settlePing(nonce: unknown): void {

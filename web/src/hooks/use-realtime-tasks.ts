@@ -93,6 +93,8 @@ export function useRealtimeTasks(options: UseRealtimeTasksOptions = {}): UseReal
   const [schedules, setSchedules] = useState<Schedule[]>([]);
   const [loading, setLoading] = useState(true);
   const [error, setError] = useState<Error | null>(null);
+  const latestError = useRef(error);
+  latestError.current = error;
   const sync = useRef<SyncState>(newSyncState());
   const enabled = options.enabled !== false;
 
@@ -172,9 +174,11 @@ export function useRealtimeTasks(options: UseRealtimeTasksOptions = {}): UseReal
       if (event.type === "connected") {
         const connected = event as Extract<RealtimeEvent, { type: "connected" }>;
         state.userId = connected.userId;
-        // Events may have been missed while disconnected (or before the first connect).
-        state.freshSinceConnect = !connected.resumed;
-        if (!connected.resumed) void refresh();
+        // Events may have been missed while disconnected (or before the first connect); a
+        // resumed stream replays them, but a fetch that failed meanwhile is still stale.
+        const refetch = !connected.resumed || latestError.current !== null;
+        state.freshSinceConnect = refetch;
+        if (refetch) void refresh();
         return;
       }
       if (event.type === "resync") {
