@@ -1,0 +1,221 @@
+"""`python -m bench`: fan-out latency, delivery, memory and connect rate of the service against
+nginx+nchan and a naive Tornado server, in one run, with the same client harness.
+
+Each system runs alone in turn: start it, open the clients from separate load processes,
+measure idle memory, publish `--rate` events per second for `--duration` seconds (each
+carrying its sequence number and send time), count what every client received, stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import secrets
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from typing import Any
+
+from bench import load, report
+from bench.stats import Delivery, Histogram
+from bench.systems import NaiveSystem, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
+from service.embedded_mongo import EmbeddedMongo
+
+SYSTEMS = ("service1", "service2", "naive", "nchan1", "nchan2")
+PIPE_TIMEOUT = 300.0  # no single step of a load process may take longer than this
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--ws", type=int, default=200, help="WebSocket clients (issue size: 5000)")
+    parser.add_argument("--sse", type=int, default=200, help="SSE clients (issue size: 5000)")
+    parser.add_argument("--rate", type=float, default=20, help="events published per second")
+    parser.add_argument("--duration", type=float, default=5, help="seconds of publishing (issue size: 20)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, any of {','.join(SYSTEMS)}")
+    parser.add_argument("--procs", type=int, default=2, help="load processes (each holds at most ~19,000 sockets)")
+    parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before memory is read")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=120.0,
+        help="longest wait for the last event after publishing (a saturated server drains its backlog)",
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="keep server logs and configs here")
+    parser.add_argument("--out", default="latest", help="results/<OUT>.json; only `latest` also updates README.md")
+    parser.add_argument("--no-save", action="store_true", help="print only: leave results/ and README.md alone")
+    args = parser.parse_args(argv)
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    names = ["nchan2" if s == "nchan" else s for s in names]
+    unknown = sorted(set(names) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(unknown)}")
+    args.systems = names
+    return args
+
+
+def _recv(pipe: Connection, what: str) -> Any:
+    if not pipe.poll(PIPE_TIMEOUT):
+        raise RuntimeError(f"load process did not answer {what} within {PIPE_TIMEOUT:.0f}s")
+    return pipe.recv()
+
+
+def _plans(system: System, args: argparse.Namespace, secret: str) -> list[load.Plan]:
+    plans = []
+    user = 1
+    for i in range(args.procs):
+        ws = args.ws // args.procs + (1 if i < args.ws % args.procs else 0)
+        sse = args.sse // args.procs + (1 if i < args.sse % args.procs else 0)
+        plans.append(
+            load.Plan(
+                port=system.port,
+                ws_path=system.ws_path,
+                sse_path=system.sse_path,
+                ws=ws,
+                sse=sse,
+                first_user=user,
+                jwt_secret=secret,
+                greeting=system.greeting,
+            )
+        )
+        user += ws + sse
+    return plans
+
+
+def publish(system: System, rate: float, duration: float) -> tuple[int, int]:
+    """Publish at a steady rate, bounded in count and time; returns (sent, accepted)."""
+    publisher = system.publisher()
+    count = max(1, int(rate * duration))
+    started = time.monotonic()
+    try:
+        for seq in range(1, count + 1):
+            delay = started + (seq - 1) / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            publisher.send(seq)
+    finally:
+        publisher.close()
+    return count, publisher.accepted
+
+
+def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[str, Any]:
+    """Start, load, publish, count, stop. Every process started here is stopped by pid."""
+    ctx = multiprocessing.get_context("spawn")
+    workers: list[tuple[SpawnProcess, Connection]] = []
+    print(f"[{system.name}] starting", file=sys.stderr, flush=True)
+    system.start()
+    try:
+        pids = system.server_pids()
+        base_rss = rss_bytes(pids)
+        for plan in _plans(system, args, secret):
+            mine, theirs = ctx.Pipe()
+            process = ctx.Process(target=load.main, args=(plan, theirs), daemon=True)
+            process.start()
+            workers.append((process, mine))
+        for _, pipe in workers:
+            pipe.send(("connect", None))
+        connects = [_recv(pipe, "connect") for _, pipe in workers]
+        opened = sum(c["opened"] for c in connects)
+        failed = sum(c["failed"] for c in connects)
+        connect_seconds = max(c["finished"] for c in connects) - min(c["started"] for c in connects)
+        note = f"[{system.name}] {opened} connected, {failed} failed, {connect_seconds:.1f}s"
+        print(note, file=sys.stderr, flush=True)
+        time.sleep(args.settle)
+        pids = system.server_pids()
+        idle_rss = rss_bytes(pids)
+        cpu_before = cpu_seconds(pids)
+        sent, accepted = publish(system, args.rate, args.duration)
+        for _, pipe in workers:
+            pipe.send(("finish", (sent, args.drain)))
+        deliveries = [_recv(pipe, "finish") for _, pipe in workers]
+        cpu_used = cpu_seconds(pids) - cpu_before
+    finally:
+        for process, pipe in workers:
+            try:
+                pipe.send(("exit", None))
+            except OSError:
+                pass
+            process.join(15)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+        system.stop()
+    merged = {"websocket": Delivery(), "sse": Delivery()}
+    for part in deliveries:
+        for kind, d in part.items():
+            merged[kind].merge(d)
+    everything, worst = Histogram(), Delivery()
+    for d in merged.values():
+        everything.merge(d.latency)
+        worst.merge(Delivery(worst_by_event=d.worst_by_event))
+    result = {
+        "workers": system.workers,
+        "published": sent,
+        "publish_accepted": accepted,
+        "connections": opened,
+        "connect_failed": failed,
+        "connect_seconds": round(connect_seconds, 3),
+        "connect_per_second": opened / connect_seconds if connect_seconds > 0 else 0.0,
+        "rss_baseline_mb": base_rss / 2**20,
+        "rss_idle_mb": idle_rss / 2**20,
+        "rss_per_connection_kb": (idle_rss - base_rss) / max(1, opened) / 1024,
+        "server_cpu_seconds": cpu_used,
+        "websocket": report.delivery_summary(merged["websocket"]),
+        "sse": report.delivery_summary(merged["sse"]),
+        "all": report.latency_summary(everything),
+        "slowest_events": report.slowest_events(worst.worst_by_event),
+    }
+    print(f"[{system.name}] done: p99 {result['all']['p99_ms']:.1f} ms", file=sys.stderr, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    secret = secrets.token_urlsafe(32)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        mongo: EmbeddedMongo | None = None
+        try:
+            if any(s.startswith("service") for s in args.systems):
+                mongo = EmbeddedMongo(":memory:")
+                mongo_uri = mongo.start()
+            for name in args.systems:
+                system: System
+                if name.startswith("service"):
+                    system = ServiceSystem(workdir, secret, workers=int(name[-1]), mongo_uri=mongo_uri)
+                elif name == "naive":
+                    system = NaiveSystem(workdir, secret)
+                else:
+                    system = NchanSystem(workdir, secret, workers=int(name[-1]))
+                results[name] = run_system(system, args, secret)
+        finally:
+            if mongo is not None:
+                mongo.stop()
+    report.add_ratios(results)
+    markdown = report.table(results)
+    print(markdown)
+    if not args.no_save:
+        document = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": report.machine(),
+            "sizes": {"ws": args.ws, "sse": args.sse, "rate": args.rate, "duration": args.duration},
+            "publish_path": {
+                "service": "insert_one into `events` (acknowledged, sequential); delivery via the change stream",
+                "naive": "POST /publish (broadcast in the request)",
+                "nchan": "POST /pub (nchan_publisher)",
+            },
+            "results": results,
+            "table": markdown,
+        }
+        print(f"saved {report.save(document, markdown, args.out)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,356 @@
+"""A load process: opens WebSocket and SSE clients to one server and records what they receive.
+
+Both clients are lean `asyncio.Protocol`s (uvloop when installed): they parse only what a
+benchmark needs (the 101/200 answer, WebSocket frame boundaries and pings, SSE block ends)
+and find each event's `"b":"<seq>:<sent µs>"` field with one regex, so the harness costs the
+same for every system. The runner drives it over a pipe: connect, then finish, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, cast
+
+import jwt
+
+from bench.stats import Delivery, Histogram
+
+MARK = re.compile(rb'"b": ?"(\d+):(\d+)"')
+CONNECTED = b'"connected"'
+QUIET_SECONDS = 5.0
+DISORDER: list[tuple[int, int, int]] = []  # first few (seq, last seen, count) out of order, for diagnosis
+PONG_EMPTY = b"\x8a\x80\x00\x00\x00\x00"  # masked (with a zero key), empty pong
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one load process opens, and against which server."""
+
+    port: int
+    ws_path: str
+    sse_path: str
+    ws: int
+    sse: int
+    first_user: int  # user ids are first_user, first_user + 1, ...: one user per client
+    jwt_secret: str
+    greeting: bool  # the server sends a first message (`connected`) once it has authenticated
+    concurrency: int = 100
+    connect_timeout: float = 30.0
+
+
+class Tracker:
+    """One client's view of the event sequence: loss, duplicates, order, latency."""
+
+    __slots__ = ("closed", "duplicated", "established", "hist", "last", "out_of_order", "received", "seen", "worst")
+
+    def __init__(self, hist: Histogram, worst: dict[int, int], established: asyncio.Future[bool]) -> None:
+        self.hist = hist
+        self.worst = worst  # per event: the longest any client of this process waited (µs)
+        self.established = established
+        self.seen = bytearray(64)
+        self.last = 0
+        self.received = 0
+        self.duplicated = 0
+        self.out_of_order = 0
+        self.closed = False
+
+    def ready(self, ok: bool) -> None:
+        if not self.established.done():
+            self.established.set_result(ok)
+
+    def scan(self, data: bytes, start: int, end: int, now_us: int) -> bool:
+        """Record every event mark in data[start:end]; False when there was none."""
+        found = False
+        for match in MARK.finditer(data, start, end):
+            found = True
+            seq = int(match.group(1))
+            seen = self.seen
+            if seq >= len(seen):
+                seen.extend(bytes(seq - len(seen) + 256))
+            if seen[seq]:
+                self.duplicated += 1
+                continue
+            seen[seq] = 1
+            self.received += 1
+            if seq < self.last:
+                self.out_of_order += 1
+                if len(DISORDER) < 20:
+                    DISORDER.append((seq, self.last, self.received))
+            else:
+                self.last = seq
+            latency = now_us - int(match.group(2))
+            self.hist.add(max(1.0, float(latency)))
+            if latency > self.worst.get(seq, 0):
+                self.worst[seq] = latency
+        return found
+
+    def lost(self, last_seq: int) -> int:
+        return max(0, last_seq - self.received)
+
+
+class WsClient(asyncio.Protocol):
+    """A WebSocket client: handshake, then frames (text recorded, pings answered)."""
+
+    def __init__(self, request: bytes, tracker: Tracker, greeting: bool) -> None:
+        self.request = request
+        self.tracker = tracker
+        self.greeting = greeting
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = False
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tracker.closed = True
+        self.tracker.ready(False)
+
+    def data_received(self, data: bytes) -> None:
+        now_us = time.time_ns() // 1000
+        buf = self.buffer + data if self.buffer else data
+        pos = 0
+        if not self.upgraded:
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                self.buffer = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.tracker.ready(False)
+                self.close()
+                return
+            self.upgraded = True
+            if not self.greeting:
+                self.tracker.ready(True)
+            pos = head_end + 4
+        size = len(buf)
+        while size - pos >= 2:
+            opcode = buf[pos] & 0x0F
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            end = pos + head + length
+            if end > size:
+                break
+            if opcode == 0x1:
+                if not self.tracker.scan(buf, pos + head, end, now_us):
+                    self.tracker.ready(True)  # the greeting, or another per-connection message
+            elif opcode == 0x9:
+                self._pong(buf[pos + head : end])
+            elif opcode == 0x8:
+                self.close()
+                return
+            pos = end
+        self.buffer = buf[pos:]
+
+    def _pong(self, payload: bytes) -> None:
+        if self.transport is None:
+            return
+        if not payload:
+            self.transport.write(PONG_EMPTY)
+        elif len(payload) < 126:  # a zero mask key leaves the payload as it is
+            self.transport.write(bytes((0x8A, 0x80 | len(payload), 0, 0, 0, 0)) + payload)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class SseClient(asyncio.Protocol):
+    """An EventSource-like reader: status line, then complete `\\n\\n`-terminated blocks."""
+
+    def __init__(self, request: bytes, tracker: Tracker, greeting: bool) -> None:
+        self.request = request
+        self.tracker = tracker
+        self.greeting = greeting
+        self.transport: asyncio.Transport | None = None
+        self.headers_done = False
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tracker.closed = True
+        self.tracker.ready(False)
+
+    def data_received(self, data: bytes) -> None:
+        now_us = time.time_ns() // 1000
+        buf = self.buffer + data if self.buffer else data
+        pos = 0
+        if not self.headers_done:
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                self.buffer = buf
+                return
+            if not buf.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+                self.tracker.ready(False)
+                self.close()
+                return
+            self.headers_done = True
+            if not self.greeting:
+                self.tracker.ready(True)
+            pos = head_end + 4
+        end = buf.rfind(b"\n\n", pos)
+        if end < 0:
+            self.buffer = buf[pos:]
+            return
+        if self.greeting and not self.tracker.established.done() and buf.find(CONNECTED, pos, end) >= 0:
+            self.tracker.ready(True)
+        self.tracker.scan(buf, pos, end, now_us)
+        self.buffer = buf[end + 2 :]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _token(secret: str, user: int) -> str:
+    now = int(time.time())
+    claims = {"sub": str(user), "name": "محمد حسن", "roles": ["user"], "iat": now, "exp": now + 3600}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _ws_request(plan: Plan, token: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {plan.ws_path}?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{plan.port}\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def _sse_request(plan: Plan, token: str) -> bytes:
+    return (
+        f"GET {plan.sse_path}?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{plan.port}\r\n"
+        "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+    ).encode()
+
+
+class Load:
+    """The clients of one process, opened with bounded concurrency."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.hists = {"websocket": Histogram(), "sse": Histogram()}
+        self.worst: dict[int, int] = {}
+        self.clients: dict[str, list[tuple[Tracker, asyncio.Protocol]]] = {"websocket": [], "sse": []}
+        self.failed = 0
+
+    async def connect(self) -> dict[str, Any]:
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        secret, first = plan.jwt_secret, plan.first_user
+        requests = [("websocket", _ws_request(plan, _token(secret, first + i))) for i in range(plan.ws)]
+        requests += [("sse", _sse_request(plan, _token(secret, first + plan.ws + i))) for i in range(plan.sse)]
+        limit = asyncio.Semaphore(plan.concurrency)
+
+        async def open_one(kind: str, request: bytes) -> None:
+            async with limit:
+                tracker = Tracker(self.hists[kind], self.worst, loop.create_future())
+                protocol: asyncio.Protocol = (
+                    WsClient(request, tracker, plan.greeting)
+                    if kind == "websocket"
+                    else SseClient(request, tracker, plan.greeting)
+                )
+                try:
+                    await loop.create_connection(lambda: protocol, "127.0.0.1", plan.port)
+                    ok = await asyncio.wait_for(tracker.established, plan.connect_timeout)
+                except (OSError, TimeoutError):
+                    ok = False
+                if ok:
+                    self.clients[kind].append((tracker, protocol))
+                else:
+                    self.failed += 1
+                    protocol.close()  # type: ignore[attr-defined]
+
+        started = time.time()
+        await asyncio.gather(*(open_one(kind, request) for kind, request in requests))
+        finished = time.time()
+        opened = sum(len(group) for group in self.clients.values())
+        return {"opened": opened, "failed": self.failed, "started": started, "finished": finished}
+
+    async def finish(self, last_seq: int, wait_seconds: float) -> dict[str, Delivery]:
+        """Wait until every open client has the last event, or nothing arrived for QUIET_SECONDS
+        (what is still missing then is lost, not late), or `wait_seconds` passed; then count."""
+        deadline = time.monotonic() + wait_seconds
+        everyone = [t for group in self.clients.values() for t, _ in group]
+        progress, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if all(t.closed or t.last >= last_seq for t in everyone):
+                break
+            received = sum(t.received for t in everyone)
+            if received != progress:
+                progress, quiet_since = received, time.monotonic()
+            elif time.monotonic() - quiet_since > QUIET_SECONDS:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # a duplicate right behind the last event still counts
+        result: dict[str, Delivery] = {}
+        for kind, group in self.clients.items():
+            d = Delivery(clients=len(group), latency=self.hists[kind])
+            missing: dict[int, int] = {}
+            for tracker, _ in group:
+                d.received += tracker.received
+                d.lost += tracker.lost(last_seq)
+                if tracker.lost(last_seq) and len(missing) < 50:
+                    seen = tracker.seen.ljust(last_seq + 1, b"\0")
+                    for seq in range(1, last_seq + 1):
+                        if not seen[seq]:
+                            missing[seq] = missing.get(seq, 0) + 1
+                d.duplicated += tracker.duplicated
+                d.out_of_order += tracker.out_of_order
+                d.disconnected += int(tracker.closed)
+            d.missing_examples = missing
+            d.worst_by_event = self.worst
+            d.disorder = DISORDER
+            result[kind] = d
+        return result
+
+    async def close(self) -> None:
+        for group in self.clients.values():
+            for _, protocol in group:
+                protocol.close()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.5)
+
+
+async def _serve(plan: Plan, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    load = Load(plan)
+    try:
+        while True:
+            command, arg = await loop.run_in_executor(None, pipe.recv)
+            if command == "connect":
+                pipe.send(await load.connect())
+            elif command == "finish":
+                last_seq, wait_seconds = arg
+                pipe.send(await load.finish(last_seq, wait_seconds))
+            else:
+                break
+    finally:
+        await load.close()
+
+
+def main(plan: Plan, pipe: Connection) -> None:
+    """Entry point of a load process (multiprocessing target)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(plan, pipe))
+    else:
+        uvloop.run(_serve(plan, pipe))
