@@ -16,6 +16,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
@@ -36,6 +37,9 @@ class Metrics:
         if multiproc_dir is not None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             # prometheus_client picks its storage when a metric is created, from this variable.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+        # No `<name>_created` gauge beside every counter and histogram: SPEC §8 names the
+        # series, the multiprocess collector never exports them, and they double the count.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections = Gauge(
