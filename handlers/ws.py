@@ -122,6 +122,12 @@ class WebSocketTransport(WebSocketHandler):
         super().close(code, reason)
 
     def _end(self, code: CloseCode, reason: str) -> None:
+        """Refuse a connection after the upgrade (auth, limits), with a log line saying why."""
+        log.info(
+            "refused: %s",
+            reason,
+            extra={"transport": self.kind, "close_code": int(code), "remote": self.request.remote_ip},
+        )
         self.close(code, reason)
 
     def _write(self, data: bytes) -> None:

@@ -36,6 +36,10 @@ def announce(settings: Settings, port: int, mongo: EmbeddedMongo | None) -> None
     host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
     base = f"http://{host}:{port}"
     where = f"embedded MongoDB pid {mongo.pid}, data in {settings.data_dir}" if mongo else "MONGODB_URI"
+    if settings.log_format == "json":
+        # Containers read stdout/stderr as one JSON log: no banner, and no token in a log line.
+        log.info("listening", extra={"url": base, "workers": settings.workers, "mongodb": where})
+        return
     lines = [f"Realtime events service on {base} ({settings.workers} worker(s), {where})"]
     if settings.dev_mode and settings.jwt_secret:
         token = issue_token(

@@ -19,6 +19,7 @@ SECRET_NAMES = frozenset({"token", "ticket", "access_token"})
 # Attributes a `logging.LogRecord` always has; anything else came in through `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 access_log = logging.getLogger("service.access")
+STREAM_HANDLERS = frozenset({"WebSocketTransport", "EventStreamTransport"})
 
 
 def redact(uri: str) -> str:
@@ -88,7 +89,10 @@ def request_logger(metrics: Metrics) -> Any:
         request = handler.request
         seconds = request.request_time()
         name = type(handler).__name__
-        metrics.http_duration.labels(name, request.method or "", str(status)).observe(seconds)
+        if status >= 400 or name not in STREAM_HANDLERS:
+            # An accepted stream's "request time" is its whole life: the connection metrics
+            # cover it; only its rejections are HTTP latencies.
+            metrics.http_duration.labels(name, request.method or "", str(status)).observe(seconds)
         level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         if status < 400 and name in ("LivenessHandler", "ReadinessHandler", "MetricsHandler"):
             level = logging.DEBUG  # probes and scrapes every few seconds would drown the log

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +25,20 @@ from tests.clients import Service  # noqa: E402
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect garbage at each test's end, so nothing a test left behind surfaces in another.
+
+    asyncio transports closed by a test close their socket one loop turn later; when
+    pytest-tornado closes the loop first, the socket is only reclaimed here. That is the test
+    client's socket, already shut down, so its ResourceWarning is not news.
+    """
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +87,14 @@ def start_service(io_loop: Any, mongo_uri: str) -> Iterator[StartService]:
     for server in started:
         if not server.stopped.is_set():
             io_loop.run_sync(server.stop, timeout=30)
+
+    async def settle() -> None:
+        # Transports closed by the test finish closing their sockets on the next loop turns;
+        # let them run before pytest-tornado closes the loop (else: ResourceWarning).
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    io_loop.run_sync(settle)
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def test_sigterm_stops_service_and_embedded_mongodb(tmp_path: Path) -> None:
         mongo = mongo_child(service)
         service.signal(signal.SIGTERM)
         assert service.wait() == 0
-        wait_until(lambda: not pid_alive(mongo), 15, "embedded MongoDB to exit")
+        wait_until(lambda: not pid_alive(mongo), 45, "embedded MongoDB to exit")
     finally:
         service.stop()
 
@@ -77,7 +77,7 @@ def test_ctrl_c_stops_service_and_embedded_mongodb(tmp_path: Path) -> None:
         mongo = mongo_child(service)
         service.signal(signal.SIGINT)
         assert service.wait() == 0
-        wait_until(lambda: not pid_alive(mongo), 15, "embedded MongoDB to exit")
+        wait_until(lambda: not pid_alive(mongo), 45, "embedded MongoDB to exit")
     finally:
         service.stop()
 
@@ -89,7 +89,7 @@ def test_killed_service_leaves_no_orphaned_mongodb(tmp_path: Path) -> None:
         mongo = mongo_child(service)
         service.signal(signal.SIGKILL)
         service.wait()
-        wait_until(lambda: not pid_alive(mongo), 15, "orphaned MongoDB to exit")
+        wait_until(lambda: not pid_alive(mongo), 45, "orphaned MongoDB to exit")
     finally:
         service.stop()
 
