@@ -94,15 +94,14 @@ class Tracker:
         return max(0, last_seq - self.received)
 
 
-class WsClient(asyncio.Protocol):
-    """A WebSocket client: handshake, then frames (text recorded, pings answered)."""
+class LoadClient(asyncio.Protocol):
+    """What both clients share: send the request on connect, record the end on loss."""
 
     def __init__(self, request: bytes, tracker: Tracker, greeting: bool) -> None:
         self.request = request
         self.tracker = tracker
         self.greeting = greeting
         self.transport: asyncio.Transport | None = None
-        self.upgraded = False
         self.buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -112,6 +111,18 @@ class WsClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.tracker.closed = True
         self.tracker.ready(False)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class WsClient(LoadClient):
+    """A WebSocket client: handshake, then frames (text recorded, pings answered)."""
+
+    def __init__(self, request: bytes, tracker: Tracker, greeting: bool) -> None:
+        super().__init__(request, tracker, greeting)
+        self.upgraded = False
 
     def data_received(self, data: bytes) -> None:
         now_us = time.time_ns() // 1000
@@ -165,29 +176,13 @@ class WsClient(asyncio.Protocol):
         elif len(payload) < 126:  # a zero mask key leaves the payload as it is
             self.transport.write(bytes((0x8A, 0x80 | len(payload), 0, 0, 0, 0)) + payload)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
-
-class SseClient(asyncio.Protocol):
+class SseClient(LoadClient):
     """An EventSource-like reader: status line, then complete `\\n\\n`-terminated blocks."""
 
     def __init__(self, request: bytes, tracker: Tracker, greeting: bool) -> None:
-        self.request = request
-        self.tracker = tracker
-        self.greeting = greeting
-        self.transport: asyncio.Transport | None = None
+        super().__init__(request, tracker, greeting)
         self.headers_done = False
-        self.buffer = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.transport.write(self.request)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.tracker.closed = True
-        self.tracker.ready(False)
 
     def data_received(self, data: bytes) -> None:
         now_us = time.time_ns() // 1000
@@ -214,10 +209,6 @@ class SseClient(asyncio.Protocol):
             self.tracker.ready(True)
         self.tracker.scan(buf, pos, end, now_us)
         self.buffer = buf[end + 2 :]
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 def _token(secret: str, user: int) -> str:
