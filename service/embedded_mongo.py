@@ -1,8 +1,10 @@
 """The embedded MongoDB: a SecantusDB server run as a child process on a free loopback port.
 
 Used when MONGODB_URI is unset. Its data lives in DATA_DIR/mongo, so it survives restarts.
-The child is stopped on every exit path: `stop()` on normal exit and signals, and the
-kernel sends it SIGTERM if this process dies without cleaning up (PR_SET_PDEATHSIG).
+The child is stopped on every exit path: `stop()` (SIGTERM, a clean shutdown) on normal exit
+and signals, and the kernel kills it if this process dies without cleaning up
+(PR_SET_PDEATHSIG with SIGKILL: an orphan must not keep holding the data directory, and a
+SIGTERM to an orphan was seen not to end it within 45 s on a busy machine).
 """
 
 from __future__ import annotations
@@ -39,11 +41,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def signal_on_parent_death(signum: int) -> None:
+    """Ask the kernel to send `signum` to this process when its parent dies (Linux).
+
+    Runs in a child between fork and exec (`preexec_fn`); elsewhere it does nothing, and the
+    parent's orderly exit paths still stop the child.
+    """
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
     except OSError:
-        pass  # not Linux: stop() still runs on every orderly exit
+        pass
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    signal_on_parent_death(signal.SIGKILL)
     os.setpgrp()  # Ctrl-C in a terminal reaches the service, which stops the child itself
 
 

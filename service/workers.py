@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo
+from service.embedded_mongo import EmbeddedMongo, signal_on_parent_death
 
 log = logging.getLogger("service.workers")
 
@@ -84,7 +84,12 @@ def supervise(settings: Settings) -> int:
         }
 
         def spawn() -> subprocess.Popen[bytes]:
-            return subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env)
+            # A worker whose supervisor is killed drains and exits instead of serving on alone.
+            return subprocess.Popen(
+                [sys.executable, "-m", "service", "serve"],
+                env=env,
+                preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM),
+            )
 
         workers.extend(spawn() for _ in range(settings.workers))
         log.info("started %d workers: %s", len(workers), " ".join(str(w.pid) for w in workers))
