@@ -599,6 +599,92 @@ describe("messages", () => {
   });
 });
 
+describe("liveness", () => {
+  const LIVENESS_PING = { type: "ping", nonce: "liveness" };
+
+  it("sends a liveness ping only after a heartbeat window without messages", async () => {
+    start();
+    await flush();
+    const socket = FakeWebSocket.last;
+    await openWebSocket(socket, { heartbeatSeconds: 5 });
+    await vi.advanceTimersByTimeAsync(4999);
+    expect(socket.sent).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(socket.messages).toEqual([LIVENESS_PING]);
+  });
+
+  it("sends no ping while messages keep arriving", async () => {
+    const { client } = start();
+    await flush();
+    const socket = FakeWebSocket.last;
+    await openWebSocket(socket, { heartbeatSeconds: 5 });
+    for (let i = 1; i <= 6; i += 1) {
+      await vi.advanceTimersByTimeAsync(4000);
+      socket.deliver({ id: String(i), type: "task_updated", ts: "t", taskId: i });
+    }
+    await vi.advanceTimersByTimeAsync(4999);
+    expect(socket.sent).toEqual([]);
+    expect(socket.closedWith).toBeNull();
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(client.status).toBe("open");
+  });
+
+  it("without an answer closes the socket and reconnects with last_event_id of the last event", async () => {
+    const { client } = start();
+    await flush();
+    const socket = FakeWebSocket.last;
+    await openWebSocket(socket, { heartbeatSeconds: 5 });
+    socket.deliver({ id: "0000000a00000006", type: "task_created", ts: "t", taskId: 1, title: "a" });
+    socket.deliver({ id: "0000000a00000007", type: "task_executed", ts: "t", taskId: 1 });
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(socket.messages).toEqual([LIVENESS_PING]);
+    await vi.advanceTimersByTimeAsync(4999);
+    expect(socket.closedWith).toBeNull();
+    expect(client.status).toBe("open");
+    await vi.advanceTimersByTimeAsync(1);
+    expect(socket.readyState).toBe(FakeWebSocket.CLOSED);
+    expect(client.status).toBe("reconnecting");
+    await untilSocket(2);
+    expect(FakeWebSocket.instances).toHaveLength(2);
+    expect(FakeWebSocket.last.query.get("last_event_id")).toBe("0000000a00000007");
+  });
+
+  it("keeps the liveness pong from `pong` listeners, and the answer keeps the connection", async () => {
+    const { client } = start();
+    const pongs: unknown[] = [];
+    const all: string[] = [];
+    client.on("pong", (event) => pongs.push(event.nonce));
+    client.on("*", (event) => all.push(event.type));
+    await flush();
+    const socket = FakeWebSocket.last;
+    await openWebSocket(socket, { heartbeatSeconds: 5 });
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(socket.messages).toEqual([LIVENESS_PING]);
+    socket.deliver({ type: "pong", ts: "t", nonce: "liveness" });
+    expect(pongs).toEqual([]);
+    expect(all).toEqual(["connected"]);
+    await vi.advanceTimersByTimeAsync(4999); // the answer restarted the window: no drop
+    expect(socket.closedWith).toBeNull();
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    socket.deliver({ type: "pong", ts: "t", nonce: "someone-else" });
+    expect(pongs).toEqual(["someone-else"]); // other pongs still reach listeners
+    expect(client.status).toBe("open");
+  });
+
+  it("`silenceMs: 0` turns the check off", async () => {
+    const { client } = start({ reconnect: { silenceMs: 0 } });
+    await flush();
+    const socket = FakeWebSocket.last;
+    await openWebSocket(socket, { heartbeatSeconds: 5 });
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(socket.sent).toEqual([]);
+    expect(socket.closedWith).toBeNull();
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(client.status).toBe("open");
+    expect(vi.getTimerCount()).toBe(0);
+  });
+});
+
 describe("close()", () => {
   it("closes the socket, cancels timers and stops listening to the window", async () => {
     const { client, options } = start();
