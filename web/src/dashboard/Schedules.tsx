@@ -2,8 +2,9 @@
 
 import { useState, type FormEvent } from "react";
 import type { Api } from "../api";
-import { TASK_TYPES, type Schedule, type TaskType } from "../events";
+import type { Schedule, TaskType } from "../events";
 import { describeError } from "./format";
+import { TaskTypeField } from "./TaskTypeField";
 import type { Translate } from "./i18n";
 
 export function Schedules(props: { api: Api; schedules: Schedule[]; t: Translate; onSchedule: (s: Schedule) => void }) {
@@ -62,16 +63,7 @@ export function Schedules(props: { api: Api; schedules: Schedule[]; t: Translate
             <span>{t("field.cron")}</span>
             <input name="cron" required defaultValue="0 9 * * *" dir="ltr" autoComplete="off" spellCheck={false} />
           </label>
-          <label>
-            <span>{t("field.taskType")}</span>
-            <select name="taskType" defaultValue="daily">
-              {TASK_TYPES.map((type) => (
-                <option key={type} value={type}>
-                  {t(`taskType.${type}`)}
-                </option>
-              ))}
-            </select>
-          </label>
+          <TaskTypeField t={t} />
           <button type="submit" disabled={busy}>
             {t("create")}
           </button>

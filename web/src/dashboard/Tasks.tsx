@@ -2,8 +2,9 @@
 
 import { useState, type FormEvent } from "react";
 import type { Api } from "../api";
-import { RESULT_STATUSES, TASK_TYPES, type ResultStatus, type Task, type TaskType } from "../events";
+import { RESULT_STATUSES, type ResultStatus, type Task, type TaskType } from "../events";
 import { describeError, formatTime } from "./format";
+import { TaskTypeField } from "./TaskTypeField";
 import type { Lang, Translate } from "./i18n";
 
 interface TasksProps {
@@ -46,16 +47,7 @@ export function TaskForm(props: Pick<TasksProps, "api" | "t" | "onTask">) {
           <span>{t("field.title")}</span>
           <input name="title" required maxLength={200} autoComplete="off" />
         </label>
-        <label>
-          <span>{t("field.taskType")}</span>
-          <select name="taskType" defaultValue="daily">
-            {TASK_TYPES.map((type) => (
-              <option key={type} value={type}>
-                {t(`taskType.${type}`)}
-              </option>
-            ))}
-          </select>
-        </label>
+        <TaskTypeField t={t} />
         <button type="submit" disabled={busy}>
           {t("create")}
         </button>
