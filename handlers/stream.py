@@ -75,33 +75,37 @@ def pending_bytes(stream: IOStream | None) -> int:
 
 
 class TokenClock:
-    """Warns a connection 30 s before its token expires and closes it at expiry."""
+    """Warns a connection 30 s before its token expires and closes it at expiry.
+
+    One timer at a time (warning, then expiry): with thousands of connections, each timer
+    handle is memory that every connection pays for.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._warning: object | None = None
-        self._expiry: object | None = None
+        self._timer: object | None = None
+        self._expires_at = 0.0
 
     def start(self, expires_at: float) -> None:
         self.stop()
+        self._expires_at = expires_at
         remaining = expires_at - time.time()
-        self._expiry = later(remaining, self._expired)
         if remaining > EXPIRY_WARNING_SECONDS:
-            self._warning = later(remaining - EXPIRY_WARNING_SECONDS, lambda: self._warn(expires_at))
+            self._timer = later(remaining - EXPIRY_WARNING_SECONDS, self._warn)
         else:
-            self._warn(expires_at)
+            self._warn()
 
     def stop(self) -> None:
-        cancel(self._warning)
-        cancel(self._expiry)
-        self._warning = self._expiry = None
+        cancel(self._timer)
+        self._timer = None
 
-    def _warn(self, expires_at: float) -> None:
-        self._connection.send_message(
-            {"type": "token_expiring", "expiresAt": iso(datetime.fromtimestamp(expires_at, UTC))}
-        )
+    def _warn(self) -> None:
+        expires = datetime.fromtimestamp(self._expires_at, UTC)
+        self._connection.send_message({"type": "token_expiring", "expiresAt": iso(expires)})
+        self._timer = later(self._expires_at - time.time(), self._expired)
 
     def _expired(self) -> None:
+        self._timer = None
         self._connection.close(CloseCode.UNAUTHORIZED, "token expired")
 
 
