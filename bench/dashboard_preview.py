@@ -19,14 +19,11 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import random
 import re
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,33 +43,12 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from service.auth import issue_token  # noqa: E402
 from service.config import Settings  # noqa: E402
+from tests.processes import PrometheusProcess, ServiceProcess, wait_until  # noqa: E402
 
 DASHBOARD = ROOT / "k8s" / "monitoring" / "dashboard.json"
 EVENT_TYPES = ("task_created", "task_executed", "task_updated", "schedule_updated", "deploy_finished")
 ID_FIELD = re.compile(rb"id: ([0-9a-f]{16})\n")
 BULK_PADDING = "x" * 60_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def get_json(url: str) -> Any:
@@ -83,104 +59,64 @@ def get_json(url: str) -> Any:
     return body["data"]
 
 
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM by pid, then SIGKILL if it does not exit."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 # -- processes --------------------------------------------------------------------------
 
 
 @dataclass
 class Processes:
+    """The service and a Prometheus scraping it, each stopped by pid (tests/processes.py)."""
+
     workdir: Path
     secret: str = field(default_factory=lambda: secrets.token_hex(32))
-    service_port: int = field(default_factory=free_port)
-    prometheus_port: int = field(default_factory=free_port)
-    service: subprocess.Popen[bytes] | None = None
-    prometheus: subprocess.Popen[bytes] | None = None
+    service: ServiceProcess | None = None
+    prometheus: PrometheusProcess | None = None
+
+    @property
+    def service_port(self) -> int:
+        assert self.service is not None
+        return self.service.port
 
     @property
     def service_url(self) -> str:
         return f"http://127.0.0.1:{self.service_port}"
 
-    @property
-    def prometheus_url(self) -> str:
-        return f"http://127.0.0.1:{self.prometheus_port}"
-
     def start(self, max_pending_bytes: int) -> None:
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "MONGODB_", "WORKERS", "PROMETHEUS_"))},
-            "HOST": "127.0.0.1",
-            "PORT": str(self.service_port),
-            "DATA_DIR": str(self.workdir / "data"),
             "JWT_SECRET": self.secret,
             "DEV_MODE": "0",
             "ALLOWED_ORIGINS": "*",
             "LOG_LEVEL": "WARNING",
-            "DRAIN_SECONDS": "0",
             "MAX_PENDING_BYTES": str(max_pending_bytes),
         }
-        with open(self.workdir / "service.log", "wb") as log:
-            self.service = subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_for(lambda: self._alive(self.service) and http_ok(self.service_url + "/readyz"), 90, "the service")
-        prometheus = shutil.which("prometheus") or "/usr/bin/prometheus"
-        config = self.workdir / "prometheus.yml"
-        config.write_text(
-            json.dumps(  # JSON is YAML
-                {
-                    "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-                    "scrape_configs": [
-                        {"job_name": "realtime", "static_configs": [{"targets": [f"127.0.0.1:{self.service_port}"]}]}
-                    ],
-                }
-            )
-        )
-        with open(self.workdir / "prometheus.log", "wb") as log:
-            self.prometheus = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
-                    "--log.level=warn",
-                ],
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: self._alive(self.prometheus) and self.scraped(), 60, "prometheus to scrape the service")
-
-    def _alive(self, process: subprocess.Popen[bytes] | None) -> bool:
-        if process is None or process.poll() is not None:
-            raise SystemExit(f"a process exited; logs in {self.workdir}")
-        return True
+        self.service = ServiceProcess(self.workdir / "data", env)
+        self.service.start()
+        self.prometheus = PrometheusProcess(self.workdir / "prometheus", f"127.0.0.1:{self.service_port}")
+        self.prometheus.start()
+        wait_until(self.scraped, 60, "prometheus to scrape the service")
 
     def scraped(self) -> bool:
+        assert self.prometheus is not None and self.prometheus.process is not None
+        if self.prometheus.process.poll() is not None:
+            raise SystemExit(f"prometheus exited; log in {self.prometheus.log_path}")
         try:
             return bool(self.query('up{job="realtime"} == 1'))
         except (OSError, RuntimeError):
             return False
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        return get_json(self.prometheus_url + "/api/v1/query?" + urlencode({"query": expr}))["result"]  # type: ignore[no-any-return]
+        assert self.prometheus is not None
+        return get_json(self.prometheus.url + "/api/v1/query?" + urlencode({"query": expr}))["result"]  # type: ignore[no-any-return]
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        assert self.prometheus is not None
         params = urlencode({"query": expr, "start": start, "end": end, "step": step})
-        return get_json(self.prometheus_url + "/api/v1/query_range?" + params)["result"]  # type: ignore[no-any-return]
+        return get_json(self.prometheus.url + "/api/v1/query_range?" + params)["result"]  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        stop(self.prometheus)
-        stop(self.service)
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        if self.service is not None:
+            self.service.stop()
 
 
 # -- load -------------------------------------------------------------------------------
@@ -518,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(load.run(args.seconds))
         ended = time.time()
         # Two more scrapes, so the last second of the run is in the TSDB.
-        wait_for(lambda: bool(procs.query(f"timestamp(up) > {ended + 2}")), 30, "the last scrapes")
+        wait_until(lambda: bool(procs.query(f"timestamp(up) > {ended + 2}")), 30, "the last scrapes")
         with urllib.request.urlopen(procs.service_url + "/metrics", timeout=10) as response:
             metrics_text = response.read().decode()
         dashboard = json.loads(DASHBOARD.read_text())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,7 +81,7 @@ class ServiceProcess:
         self.data_dir = data_dir
         self.log_path = data_dir / f"service-{self.port}.log"
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "MONGODB_", "WORKERS"))},
+            **{k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "MONGODB_", "WORKERS", "PROMETHEUS_"))},
             "PORT": str(self.port),
             "HOST": "127.0.0.1",
             "DATA_DIR": str(data_dir),
@@ -155,3 +157,59 @@ def running(data_dir: Path, env: dict[str, str] | None = None, port: int | None 
         yield service
     finally:
         service.stop()
+
+
+def prometheus_binary() -> str:
+    """Debian's `prometheus` server (`make system-deps` installs it)."""
+    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
+    if found is None:
+        raise FileNotFoundError("prometheus not found: install the Debian package `prometheus` (make system-deps)")
+    return found
+
+
+class PrometheusProcess:
+    """A Prometheus server on a free loopback port scraping one target every second; stopped by pid."""
+
+    def __init__(self, workdir: Path, target: str, rule_files: tuple[Path, ...] = ()) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.log_path = workdir / "prometheus.log"
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(path) for path in rule_files],
+            "scrape_configs": [{"job_name": "realtime", "static_configs": [{"targets": [target]}]}],
+        }
+        self.config_path = workdir / "prometheus.yml"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(config))  # JSON is YAML
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    prometheus_binary(),
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        """SIGTERM by pid and wait; SIGKILL if it does not stop."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(wait_bound(30))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

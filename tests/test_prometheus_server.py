@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,8 +18,8 @@ import pytest
 import yaml
 from tornado.httpclient import AsyncHTTPClient
 
-from service.embedded_mongo import free_port
 from tests.clients import Service, wait_bound
+from tests.processes import PrometheusProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "k8s" / "monitoring"
@@ -32,59 +30,8 @@ P99_BY_TRANSPORT = (
 )
 
 
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
-    if found is None:
-        pytest.fail("prometheus not found: install the Debian package `prometheus` (make system-deps)")
-    return found
-
-
-class Prometheus:
-    """A Prometheus server on a free loopback port, scraping one target every second."""
-
-    def __init__(self, workdir: Path, target: str, rule_files: tuple[Path, ...] = ()) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.log_path = workdir / "prometheus.log"
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": "realtime", "static_configs": [{"targets": [target]}]}],
-        }
-        self.config_path = workdir / "prometheus.yml"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    prometheus_binary(),
-                    f"--config.file={self.config_path}",
-                    f"--storage.tsdb.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        """SIGTERM by pid and wait; SIGKILL if it does not stop."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(wait_bound(30))
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+class Prometheus(PrometheusProcess):
+    """The shared launcher plus the HTTP API calls the tests make."""
 
     async def get(self, path: str, **params: str) -> Any:
         """A Prometheus HTTP API call; the `data` of a successful answer."""
