@@ -1,38 +1,23 @@
 /** Schedules: the list (rows carry `data-schedule-id`) and a small create form. */
 
-import { useState, type FormEvent } from "react";
 import type { Api } from "../api";
 import type { Schedule, TaskType } from "../events";
-import { describeError } from "./format";
 import { TaskTypeField } from "./TaskTypeField";
+import { useFormAction } from "./use-form-action";
 import type { Translate } from "./i18n";
 
 export function Schedules(props: { api: Api; schedules: Schedule[]; t: Translate; onSchedule: (s: Schedule) => void }) {
   const { api, schedules, t, onSchedule } = props;
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<string | null>(null);
-
-  async function submit(event: FormEvent<HTMLFormElement>): Promise<void> {
-    event.preventDefault();
-    const form = event.currentTarget;
-    const data = new FormData(form);
-    setBusy(true);
-    setError(null);
-    try {
-      onSchedule(
-        await api.createSchedule({
-          name: String(data.get("name") ?? "").trim(),
-          cron: String(data.get("cron") ?? "").trim(),
-          taskType: String(data.get("taskType")) as TaskType,
-        }),
-      );
-      form.reset();
-    } catch (caught) {
-      setError(describeError(caught, t));
-    } finally {
-      setBusy(false);
-    }
-  }
+  const { busy, error, onSubmit } = useFormAction(t, async (form, data) => {
+    onSchedule(
+      await api.createSchedule({
+        name: String(data.get("name") ?? "").trim(),
+        cron: String(data.get("cron") ?? "").trim(),
+        taskType: String(data.get("taskType")) as TaskType,
+      }),
+    );
+    form.reset();
+  });
 
   return (
     <>
@@ -52,7 +37,7 @@ export function Schedules(props: { api: Api; schedules: Schedule[]; t: Translate
       ) : (
         <p className="empty">{t("schedules.empty")}</p>
       )}
-      <form className="card create-schedule" onSubmit={(e) => void submit(e)} aria-label={t("schedules.new")}>
+      <form className="card create-schedule" onSubmit={onSubmit} aria-label={t("schedules.new")}>
         <h3>{t("schedules.new")}</h3>
         <div className="fields">
           <label>

@@ -1,10 +1,10 @@
 /** The live task list (rows carry `data-task-id`), the create form and per-task execute. */
 
-import { useState, type FormEvent } from "react";
 import type { Api } from "../api";
 import { RESULT_STATUSES, type ResultStatus, type Task, type TaskType } from "../events";
-import { describeError, formatTime } from "./format";
+import { formatTime } from "./format";
 import { TaskTypeField } from "./TaskTypeField";
+import { useFormAction } from "./use-form-action";
 import type { Lang, Translate } from "./i18n";
 
 interface TasksProps {
@@ -18,29 +18,15 @@ interface TasksProps {
 
 export function TaskForm(props: Pick<TasksProps, "api" | "t" | "onTask">) {
   const { api, t, onTask } = props;
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<string | null>(null);
-
-  async function submit(event: FormEvent<HTMLFormElement>): Promise<void> {
-    event.preventDefault();
-    const form = event.currentTarget;
-    const data = new FormData(form);
+  const { busy, error, onSubmit } = useFormAction(t, async (form, data) => {
     const title = String(data.get("title") ?? "").trim();
     if (!title) return;
-    setBusy(true);
-    setError(null);
-    try {
-      onTask(await api.createTask({ title, taskType: String(data.get("taskType")) as TaskType }));
-      form.reset();
-    } catch (caught) {
-      setError(describeError(caught, t));
-    } finally {
-      setBusy(false);
-    }
-  }
+    onTask(await api.createTask({ title, taskType: String(data.get("taskType")) as TaskType }));
+    form.reset();
+  });
 
   return (
-    <form className="card create-task" onSubmit={(e) => void submit(e)} aria-label={t("tasks.new")}>
+    <form className="card create-task" onSubmit={onSubmit} aria-label={t("tasks.new")}>
       <h3>{t("tasks.new")}</h3>
       <div className="fields">
         <label>
@@ -59,22 +45,9 @@ export function TaskForm(props: Pick<TasksProps, "api" | "t" | "onTask">) {
 
 function TaskRow(props: { task: Task } & Pick<TasksProps, "api" | "lang" | "t" | "onTask">) {
   const { task, api, lang, t, onTask } = props;
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<string | null>(null);
-
-  async function execute(event: FormEvent<HTMLFormElement>): Promise<void> {
-    event.preventDefault();
-    const resultStatus = String(new FormData(event.currentTarget).get("resultStatus")) as ResultStatus;
-    setBusy(true);
-    setError(null);
-    try {
-      onTask(await api.executeTask(task.id, { resultStatus }));
-    } catch (caught) {
-      setError(describeError(caught, t));
-    } finally {
-      setBusy(false);
-    }
-  }
+  const { busy, error, onSubmit } = useFormAction(t, async (_form, data) => {
+    onTask(await api.executeTask(task.id, { resultStatus: String(data.get("resultStatus")) as ResultStatus }));
+  });
 
   return (
     <li className="task" data-task-id={task.id} data-status={task.status}>
@@ -88,7 +61,7 @@ function TaskRow(props: { task: Task } & Pick<TasksProps, "api" | "lang" | "t" |
         <span>{t("runs", { count: task.executions })}</span>
         <time dateTime={task.updatedAt}>{formatTime(task.updatedAt, lang)}</time>
       </div>
-      <form className="execute" onSubmit={(e) => void execute(e)}>
+      <form className="execute" onSubmit={onSubmit}>
         <label>
           <span className="visually-hidden">{t("field.result")}</span>
           <select name="resultStatus" defaultValue="completed" aria-label={t("field.result")}>
