@@ -61,7 +61,6 @@ class EventStreamTransport(BaseHandler):
             subscriptions=subscriptions,
             last_event_id=last_id or None,
             remote=self.request.remote_ip or "",
-            user_agent=self.request.headers.get("User-Agent", "")[:200],
         )
         self.set_status(200)
         # Headers and the retry field go out first; open_session then writes `connected` and

@@ -79,7 +79,6 @@ class WebSocketTransport(WebSocketHandler):
             subscriptions=subscriptions,
             last_event_id=last_id,
             remote=self.request.remote_ip or "",
-            user_agent=self.request.headers.get("User-Agent", "")[:200],
         )
         if self.ws_connection is None:  # the client left during authentication
             return

@@ -17,7 +17,6 @@ from service.events import user_id_of
 
 LEEWAY_SECONDS = 30
 TICKET_SECONDS = 60
-KNOWN_ROLES = frozenset({"user", "publisher", "admin"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,6 @@ class Bus:
         self._task: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self.running = False
-        self.received = 0
 
     async def start(self) -> None:
         """Open the change stream (so events inserted after this returns are seen) and run it."""
@@ -118,7 +117,6 @@ class Bus:
             self.covered_from = self.history[0].event.id
         self.history.append(encoded)
         self._history_ids.append(event.id)
-        self.received += 1
         self._hub.deliver(encoded)
 
     def _history_lost(self) -> None:

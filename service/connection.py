@@ -54,7 +54,6 @@ class Connection:
         "since",
         "subscriptions",
         "transport",
-        "user_agent",
     )
 
     def __init__(
@@ -65,7 +64,6 @@ class Connection:
         subscriptions: frozenset[str] | None = None,
         last_event_id: str | None = None,
         remote: str = "",
-        user_agent: str = "",
     ) -> None:
         self.id = secrets.token_hex(8)
         self.transport = transport
@@ -73,7 +71,6 @@ class Connection:
         self.subscriptions = subscriptions  # None: every type
         self.last_event_id = last_event_id
         self.remote = remote
-        self.user_agent = user_agent
         self.since = time.time()
         self.closed = False
         self._replay_buffer: list[Encoded] | None = None

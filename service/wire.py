@@ -110,14 +110,6 @@ class Encoded:
     sse: bytes
     sse_chunk: bytes
 
-    @property
-    def id(self) -> str:
-        return self.event.id
-
-    @property
-    def type(self) -> str:
-        return self.event.type
-
 
 def encode_event(event: Event) -> Encoded:
     """Encode an event for both transports."""
