@@ -16,6 +16,7 @@ from service.auth import Credentials, Principal
 from service.context import AppContext
 from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreUnavailable
 from service.events import event_document
+from service.logs import redact
 from service.wire import loads
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,12 @@ class BaseHandler(RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
 
+    def reject(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer with an error and extra headers (`send_error` would reset the headers)."""
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+        self.write_json({"error": _error_name(status), "message": message}, status)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         body: dict[str, Any]
@@ -115,12 +122,9 @@ class BaseHandler(RequestHandler):
             status_code, body = 503, {"error": "unavailable", "reason": "database unavailable, retry later"}
             self.set_header("Retry-After", "2")
         elif isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
-            body = {
-                "error": responses.get(status_code, "error").lower().replace(" ", "_"),
-                "message": exc.log_message,
-            }
+            body = {"error": _error_name(status_code), "message": exc.log_message}
         else:
-            body = {"error": responses.get(status_code, "error").lower().replace(" ", "_")}
+            body = {"error": _error_name(status_code)}
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_status(status_code)
@@ -135,6 +139,13 @@ class BaseHandler(RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, StoreUnavailable):
             log.warning("%s %s: %s", self.request.method, self.request.path, value)
+        elif isinstance(value, HTTPError) and value.status_code < 500:
+            # Tornado's own line would show the raw URI, token and all.
+            uri = redact(self.request.uri or "")
+            message = value.log_message or value.reason or ""
+            if value.log_message and value.args:
+                message = value.log_message % value.args
+            log.info("%d %s %s: %s", value.status_code, self.request.method, uri, message)
         elif not isinstance(value, ServiceError):  # expected client errors are not logged as errors
             super().log_exception(typ, value, tb)
 
@@ -178,6 +189,11 @@ class ApiHandler(BaseHandler):
         if not isinstance(body, dict):
             raise BadMessage("body must be a JSON object", {"body": "must be a JSON object"})
         return body
+
+
+def _error_name(status: int) -> str:
+    """`Service Unavailable` → `service_unavailable`."""
+    return responses.get(status, "error").lower().replace(" ", "_")
 
 
 def later(delay: float, callback: Any) -> object:

@@ -1,14 +1,23 @@
-"""What the WebSocket and SSE handlers share: the connect sequence, token expiry, and
-writing ready-made bytes to a Tornado stream without a Future per write.
+"""What the WebSocket and SSE endpoints share: handing a connection from Tornado to a lean
+asyncio protocol, the session that protocol runs, the connect sequence and token expiry.
+
+Tornado answers the HTTP request (routing, auth, headers, errors); once a stream is
+accepted, `take_over` ends Tornado's part and a `StreamSession` owns the socket. A live
+connection then costs a socket, an asyncio transport and a few slotted objects (about
+2 KB) instead of Tornado's handler, request, headers, IOStream and suspended coroutines
+(about 16 KB), and an event reaches the kernel through `transport.write` with no Future.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
 from datetime import UTC, datetime
+from typing import ClassVar
 
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.web import RequestHandler
 
 from handlers.base import cancel, later
 from service.connection import Connection
@@ -21,57 +30,103 @@ log = logging.getLogger("service.connections")
 EXPIRY_WARNING_SECONDS = 30.0
 
 
-def write_nowait(stream: IOStream, data: bytes) -> None:
-    """Queue bytes on a Tornado stream and try to send them now, without allocating a Future.
+def take_over(handler: RequestHandler) -> tuple[socket.socket, bytes]:
+    """End Tornado's part in a request: its socket, and any bytes read past the request head.
 
-    `IOStream.write` creates a Future per call, which dominates fan-out cost with
-    thousands of clients; this does the same buffering and flushing without it.
-
-    Raises:
-        StreamClosedError: the stream is closed.
+    Tornado stops reading and writing the connection and forgets it; the handler, the
+    request and the IOStream become garbage. Whatever Tornado wrote must have been flushed.
     """
-    if stream.closed():
-        raise StreamClosedError()
-    try:
-        buffer = stream._write_buffer
-        if not buffer and type(stream) is IOStream and not stream._connecting:
-            # Nothing queued (the common case): one send() straight to the kernel, and only
-            # what it does not take goes through Tornado's buffer. Profiled: Tornado's
-            # append/peek/advance loop cost more Python time per client than the rest of fan-out.
-            _send_now(stream, data)
+    stream = handler.detach()
+    # IOStream has no public way to give its socket back; these are the attributes of
+    # Tornado 6 (tests/test_websocket.py and test_sse.py fail at once if they change).
+    if stream._write_buffer:
+        raise RuntimeError("take_over before Tornado flushed its writes")
+    sock = stream.socket
+    leftover = bytes(stream._read_buffer[: stream._read_buffer_size])
+    stream.io_loop.remove_handler(sock)
+    stream.socket = None  # type: ignore[assignment]
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock, leftover
+
+
+class StreamSession(asyncio.Protocol):
+    """A connection after `take_over`: writes without awaiting, its place in the hub, and
+    the bookkeeping when it ends. Subclasses add the framing (WebSocket or SSE) and
+    implement the rest of `service.connection.Transport`.
+    """
+
+    kind: ClassVar[str]
+    __slots__ = ("_clock", "_close_code", "_close_reason", "_lost", "_transport", "connection", "ctx")
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.connection: Connection | None = None
+        self._transport: asyncio.Transport | None = None
+        self._clock: TokenClock | None = None
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._lost = False
+
+    async def attach(self, sock: socket.socket) -> None:
+        """Serve `sock` with this protocol on the running loop."""
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: self, sock)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.ctx.hub.stream_opened(self)
+
+    async def start(self, connection: Connection, expires_at: float) -> None:
+        """Attach an authenticated connection: replay, `connected`, then live events."""
+        if self._lost:
             return
-        buffer.append(data)
-        stream._total_write_index += len(data)
-    except AttributeError:  # a Tornado without these internals: take the public road
-        stream.write(data)
-        return
-    if not stream._connecting:
-        stream._handle_write()
-        if stream._write_buffer:
-            stream._add_io_state(stream.io_loop.WRITE)
+        self.connection = connection
+        await open_session(self.ctx, connection)
+        if not connection.closed:
+            self._clock = TokenClock(connection)
+            self._clock.start(expires_at)
 
+    def write(self, data: bytes) -> None:
+        """Queue bytes: the kernel takes them at once when nothing is queued before them."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
-def _send_now(stream: IOStream, data: bytes) -> None:
-    """Send on a plain stream with an empty buffer; queue the rest for Tornado to flush."""
-    try:
-        sent = stream.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError as exc:
-        stream.close(exc_info=exc)
-        raise StreamClosedError(real_error=exc) from exc
-    stream._total_write_index += len(data)
-    stream._total_write_done_index += sent
-    if sent < len(data):
-        stream._write_buffer.append(data[sent:])
-        stream._add_io_state(stream.io_loop.WRITE)
+    def pending_bytes(self) -> int:
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
 
+    def refuse(self, code: CloseCode, reason: str) -> None:
+        """Close a connection that never got attached (auth, limits), logging why."""
+        log.info("refused: %s", reason, extra={"transport": self.kind, "close_code": int(code)})
+        self.close(code, reason)
 
-def pending_bytes(stream: IOStream | None) -> int:
-    """Bytes queued on a stream that the kernel has not taken yet."""
-    if stream is None or stream.closed():
-        return 0
-    return len(stream._write_buffer)
+    def close(self, code: CloseCode, reason: str) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the socket now, whatever is still queued."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def ended_by_peer(self) -> tuple[int, str]:
+        """The close code and reason to record when the client ended the connection."""
+        return int(CloseCode.GOING_AWAY), "client left"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        ctx = self.ctx
+        ctx.hub.stream_closed(self)
+        if self._clock is not None:
+            self._clock.stop()
+        if self._close_code is None:
+            self._close_code, self._close_reason = self.ended_by_peer()
+        code, reason = self._close_code, self._close_reason
+        ctx.metrics.disconnects.labels(self.kind, str(code)).inc()
+        connection = self.connection
+        if connection is not None:
+            connection.closed = True
+            ctx.hub.detach(connection)
+            log_disconnect(connection, code, reason)
 
 
 class TokenClock:

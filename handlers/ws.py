@@ -1,4 +1,7 @@
-"""WebSocket transport at `/ws`: auth after the upgrade (4401), client messages, fast writes."""
+"""WebSocket at `/ws`: Tornado checks the upgrade request, then the service speaks the
+protocol itself (`service.websocket`) on the socket it takes over; auth follows the
+upgrade, so failures are close codes (4401) a browser can read.
+"""
 
 from __future__ import annotations
 
@@ -6,158 +9,202 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from tornado.iostream import IOStream, StreamClosedError
 from tornado.web import HTTPError
-from tornado.websocket import WebSocketHandler
 
-from handlers.base import credentials_of
-from handlers.stream import TokenClock, log_disconnect, open_session, pending_bytes, write_nowait
+from handlers.base import BaseHandler, cancel, credentials_of, later
+from handlers.stream import StreamSession, take_over
 from service.auth import Principal
 from service.connection import Connection
 from service.context import AppContext
 from service.errors import AuthError, BadMessage, CloseCode
 from service.events import Payload, iso, now_iso
+from service.websocket import (
+    NO_STATUS,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Deflate,
+    FrameParser,
+    ProtocolError,
+    close_frame,
+    handshake_response,
+    negotiate_deflate,
+    parse_close,
+    valid_key,
+)
 from service.wire import ClientMessage, Encoded, dumps, parse_client_message, parse_event_list, ws_frame
 
 log = logging.getLogger(__name__)
 
 MAX_BAD_MESSAGES = 10
 MAX_MISSED_PONGS = 2
+CLOSE_TIMEOUT_SECONDS = 5.0  # how long a closing connection waits for the client's close frame
 PING_FRAME = b"\x89\x00"  # an empty, final ping frame; the same bytes for every client
 
 
-class WebSocketTransport(WebSocketHandler):
-    """One WebSocket client; implements `service.connection.Transport`."""
+class WebSocketEndpoint(BaseHandler):
+    """`GET /ws`: validates the upgrade, answers 101, and hands the socket to a session."""
 
-    kind = "websocket"
+    transport_label = "websocket"
 
-    def initialize(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.connection: Connection | None = None
-        self._clock: TokenClock | None = None
-        self._bad_messages = 0
-        self._missed_pongs = 0
-        self._close_code: int | None = None
-        self._close_reason = ""
-
-    # -- handshake ------------------------------------------------------------------------
-
-    def prepare(self) -> None:
-        if self.ctx.lifecycle.draining:
-            raise HTTPError(503, "draining")
-
-    def _detach_stream(self) -> IOStream:
-        # Tornado's own version also replaces eleven response methods with per-instance stubs,
-        # 1.5 KB a connection (measured with tracemalloc), to catch calls this handler never makes.
-        return self.detach()
-
-    def check_origin(self, origin: str) -> bool:
-        return self.ctx.settings.origin_allowed(origin, self.request.host)
-
-    def get_compression_options(self) -> dict[str, Any] | None:
-        return {} if self.ctx.settings.ws_compression else None
-
-    async def open(self, *args: str, **kwargs: str) -> None:
+    async def get(self) -> None:
         ctx = self.ctx
+        if ctx.lifecycle.draining:
+            self.reject(503, "draining", {"Retry-After": "1"})
+            return
+        headers = self.request.headers
+        if headers.get("Upgrade", "").lower() != "websocket":
+            raise HTTPError(400, 'Can "Upgrade" only to "WebSocket".')
+        if "upgrade" not in {part.strip().lower() for part in headers.get("Connection", "").split(",")}:
+            raise HTTPError(400, '"Connection" must be "Upgrade".')
+        if headers.get("Sec-WebSocket-Version") != "13":
+            self.reject(426, "only WebSocket version 13 is supported", {"Sec-WebSocket-Version": "13"})
+            return
+        key = headers.get("Sec-WebSocket-Key", "")
+        if not valid_key(key):
+            raise HTTPError(400, "Sec-WebSocket-Key is missing or invalid")
+        origin = headers.get("Origin")
+        if origin and not ctx.settings.origin_allowed(origin, self.request.host):
+            raise HTTPError(403, "cross-origin WebSocket refused")
+        deflate = negotiate_deflate(headers.get("Sec-WebSocket-Extensions")) if ctx.settings.ws_compression else None
+        credentials = credentials_of(self.request)
+        raw_events = self.get_query_argument("events", None)
+        last_id = self.get_query_argument("last_event_id", None) or None
+        remote = self.request.remote_ip or ""
+        self.set_status(101)
+        self.application.log_request(self)
+        sock, leftover = take_over(self)
+        session = WebSocketSession(ctx, deflate)
+        await session.attach(sock)
+        session.write(handshake_response(key, deflate.response() if deflate else None))
         try:
-            principal = await ctx.auth.authenticate(credentials_of(self.request))
-            subscriptions = self._query_events()
+            principal = await ctx.auth.authenticate(credentials)
+            subscriptions = parse_event_list(raw_events) if raw_events else None
         except AuthError as exc:
-            ctx.metrics.auth_failures.labels(self.kind, exc.reason).inc()
-            self._end(CloseCode.UNAUTHORIZED, exc.reason)
+            ctx.metrics.auth_failures.labels(session.kind, exc.reason).inc()
+            session.refuse(CloseCode.UNAUTHORIZED, exc.reason)
             return
         except BadMessage as exc:
-            self._end(CloseCode.TOO_MANY_BAD_MESSAGES, exc.message[:100])
+            session.refuse(CloseCode.TOO_MANY_BAD_MESSAGES, exc.message[:100])
             return
         if not ctx.hub.has_room_for(principal.user_id):
-            self._end(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
+            session.refuse(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
             return
-        last_id = self.get_query_argument("last_event_id", None) or None
-        self.connection = Connection(
-            self,
-            principal,
-            subscriptions=subscriptions,
-            last_event_id=last_id,
-            remote=self.request.remote_ip or "",
-        )
-        if self.ws_connection is None:  # the client left during authentication
-            return
-        await open_session(ctx, self.connection)
-        self._clock = TokenClock(self.connection)
-        self._clock.start(principal.expires_at)
+        connection = Connection(session, principal, subscriptions=subscriptions, last_event_id=last_id, remote=remote)
+        await session.start(connection, principal.expires_at)
+        session.begin_reading(leftover)
 
-    def _query_events(self) -> frozenset[str] | None:
-        raw = self.get_query_argument("events", None)
-        return parse_event_list(raw) if raw else None
+
+class WebSocketSession(StreamSession):
+    """One WebSocket client; implements `service.connection.Transport`.
+
+    Nothing the client sends is read until it is authenticated and greeted; then frames
+    are parsed as they arrive and answered without awaiting anything.
+    """
+
+    kind = "websocket"
+    __slots__ = ("_bad_messages", "_close_sent", "_closing_timer", "_deflate", "_missed_pongs", "_parser")
+
+    def __init__(self, ctx: AppContext, deflate: Deflate | None) -> None:
+        super().__init__(ctx)
+        self._deflate = deflate
+        self._parser = FrameParser(ctx.settings.max_message_bytes, deflate=deflate is not None)
+        self._bad_messages = 0
+        self._missed_pongs = 0
+        self._close_sent = False
+        self._closing_timer: object | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        transport.pause_reading()
+
+    def begin_reading(self, leftover: bytes) -> None:
+        """Start reading client frames, beginning with any Tornado read past the handshake."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._close_sent:
+            return
+        if leftover:
+            self.data_received(leftover)
+        transport.resume_reading()
 
     # -- Transport ------------------------------------------------------------------------
 
     def send_event(self, encoded: Encoded) -> None:
-        if self.ctx.settings.ws_compression:
-            self._send_text(encoded.json)
+        if self._deflate is None:
+            self.write(encoded.ws_frame)
         else:
-            self._write(encoded.ws_frame)
+            self.write(_compressed_frames.get(encoded, self._deflate))
 
     def send_message(self, payload: Payload) -> None:
         data = dumps(payload)
-        if self.ctx.settings.ws_compression:
-            self._send_text(data)
+        if self._deflate is None:
+            self.write(ws_frame(data))
         else:
-            self._write(ws_frame(data))
+            self.write(ws_frame(self._deflate.compress(data), compressed=True))
 
     def heartbeat(self) -> None:
         """Protocol-level ping; a client that misses two pongs in a row is closed."""
+        if self._close_sent:
+            return
         if self._missed_pongs >= MAX_MISSED_PONGS:
             self.close(CloseCode.GOING_AWAY, "ping timeout")
             return
         self._missed_pongs += 1
-        self._write(PING_FRAME)
+        self.write(PING_FRAME)
 
-    def on_pong(self, data: bytes) -> None:
-        self._missed_pongs = 0
-
-    def pending_bytes(self) -> int:
-        ws = self.ws_connection
-        return pending_bytes(ws.stream) if ws is not None else 0
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None:
-        if code is not None and self._close_code is None:
-            self._close_code, self._close_reason = int(code), reason or ""
-        super().close(code, reason)
-
-    def _end(self, code: CloseCode, reason: str) -> None:
-        """Refuse a connection after the upgrade (auth, limits), with a log line saying why."""
-        log.info(
-            "refused: %s",
-            reason,
-            extra={"transport": self.kind, "close_code": int(code), "remote": self.request.remote_ip},
-        )
-        self.close(code, reason)
-
-    def _write(self, data: bytes) -> None:
-        ws = self.ws_connection
-        if ws is None or ws.is_closing() or ws.stream is None:
+    def close(self, code: CloseCode | int, reason: str) -> None:
+        """Send a close frame and wait (a few seconds at most) for the client's."""
+        transport = self._transport
+        if self._close_sent or transport is None or transport.is_closing():
             return
+        self._close_sent = True
+        self._close_code, self._close_reason = int(code), reason
+        self.write(close_frame(int(code), reason))
+        transport.resume_reading()  # the client's close frame is the answer
+        self._closing_timer = later(CLOSE_TIMEOUT_SECONDS, self.abort)
+
+    # -- client frames --------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
         try:
-            write_nowait(ws.stream, data)
-        except StreamClosedError:
-            pass
+            for opcode, payload in self._parser.feed(data):
+                self._on_frame(opcode, payload)
+                if self._transport is None or self._transport.is_closing():
+                    return
+        except ProtocolError as exc:
+            if not self._close_sent:
+                self.close(exc.code, exc.reason)
+            if self._transport is not None:
+                self._transport.close()
 
-    def _send_text(self, data: bytes) -> None:
-        try:
-            self.write_message(data.decode("utf-8"))
-        except Exception:
-            pass
+    def _on_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_CLOSE:
+            code, reason = parse_close(payload)
+            if not self._close_sent:  # the client began: answer with its code and finish
+                self._close_sent = True
+                self._close_code, self._close_reason = (code, reason) if code != NO_STATUS else (1000, "")
+                self.write(close_frame(code) if code != NO_STATUS else ws_frame(b"", OP_CLOSE))
+            if self._transport is not None:
+                self._transport.close()
+        elif self._close_sent:
+            return  # after our close frame only the client's close frame matters
+        elif opcode == OP_PING:
+            self.write(ws_frame(payload, OP_PONG))
+        elif opcode == OP_PONG:
+            self._missed_pongs = 0
+        elif opcode == OP_TEXT:
+            self._on_message(payload.decode("utf-8"))
+        elif opcode == OP_BINARY:
+            self._on_message(payload)
 
-    # -- client messages ------------------------------------------------------------------
-
-    def on_message(self, message: str | bytes) -> None:
+    def _on_message(self, message: str | bytes) -> None:
         connection = self.connection
         if connection is None or connection.closed:
             return
         try:
-            parsed = parse_client_message(message)
-            self._handle(connection, parsed)
+            self._handle(connection, parse_client_message(message))
         except BadMessage as exc:
             self._bad_messages += 1
             connection.send_message({"type": "error", "code": exc.code, "message": exc.message})
@@ -205,16 +252,29 @@ class WebSocketTransport(WebSocketHandler):
 
     # -- end ------------------------------------------------------------------------------
 
-    def on_close(self) -> None:
-        code = self._close_code or self.close_code or int(CloseCode.GOING_AWAY)
-        reason = self._close_reason or self.close_reason or ""
-        if self._clock is not None:
-            self._clock.stop()
-        connection = self.connection
-        if connection is None:
-            self.ctx.metrics.disconnects.labels(self.kind, str(code)).inc()
-            return
-        connection.closed = True
-        self.ctx.hub.detach(connection)
-        self.ctx.metrics.disconnects.labels(self.kind, str(code)).inc()
-        log_disconnect(connection, code, reason)
+    def connection_lost(self, exc: Exception | None) -> None:
+        cancel(self._closing_timer)
+        self._closing_timer = None
+        super().connection_lost(exc)
+
+
+class _CompressedFrames:
+    """The compressed frame of the event being fanned out: every client of a process gets
+    the same bytes (no context takeover), so it is made once per event and window size.
+    """
+
+    __slots__ = ("_encoded", "_frame", "_window_bits")
+
+    def __init__(self) -> None:
+        self._encoded: Encoded | None = None
+        self._window_bits = 0
+        self._frame = b""
+
+    def get(self, encoded: Encoded, deflate: Deflate) -> bytes:
+        if encoded is not self._encoded or deflate.window_bits != self._window_bits:
+            self._frame = ws_frame(deflate.compress(encoded.json), compressed=True)
+            self._encoded, self._window_bits = encoded, deflate.window_bits
+        return self._frame
+
+
+_compressed_frames = _CompressedFrames()

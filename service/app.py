@@ -13,10 +13,10 @@ from handlers.events import PublishHandler
 from handlers.health import LivenessHandler, ReadinessHandler
 from handlers.openapi import OpenApiHandler
 from handlers.schedules import ScheduleHandler, SchedulesHandler
-from handlers.sse import EventStreamTransport
+from handlers.sse import EventStreamEndpoint
 from handlers.tasks import TaskExecutionHandler, TaskHandler, TasksHandler
 from handlers.tickets import TicketHandler
-from handlers.ws import WebSocketTransport
+from handlers.ws import WebSocketEndpoint
 from metrics.handler import MetricsHandler
 from service.context import AppContext
 from service.logs import request_logger
@@ -25,8 +25,8 @@ DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
 ID = r"([^/]+)"
 
 API_ROUTES: list[tuple[str, type[RequestHandler]]] = [
-    (r"/ws", WebSocketTransport),
-    (r"/events", EventStreamTransport),
+    (r"/ws", WebSocketEndpoint),
+    (r"/events", EventStreamEndpoint),
     (r"/api/tasks", TasksHandler),
     (rf"/api/tasks/{ID}", TaskHandler),
     (rf"/api/tasks/{ID}/execute", TaskExecutionHandler),
@@ -87,7 +87,6 @@ def make_app(ctx: AppContext, **tornado_settings: Any) -> Application:
         routes.append((r"/(.*)", NoDashboardHandler))
     return Application(
         routes,
-        websocket_max_message_size=settings.max_message_bytes,
         websocket_ping_interval=0,  # the hub's heartbeat pings every connection from one timer
         log_function=request_logger(ctx.metrics),
         compress_response=False,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from service.auth import Principal
 from service.errors import CloseCode
@@ -23,7 +23,7 @@ MAX_REPLAY_BUFFER = 50_000
 class Transport(Protocol):
     """What a connection writes to; the WebSocket and SSE handlers implement it."""
 
-    kind: str  # "websocket" or "sse": the metrics label
+    kind: ClassVar[str]  # "websocket" or "sse": the metrics label
 
     def send_event(self, encoded: Encoded) -> None:
         """Queue an event's bytes for this transport; never blocks, never awaits."""

@@ -7,9 +7,11 @@ connection whose unsent bytes pass the limit is closed as a slow consumer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from metrics.registry import Metrics
 from service.connection import Connection
@@ -28,6 +30,10 @@ class Hub:
         self._max_per_user = max_per_user
         self._by_transport: dict[str, dict[str, Connection]] = {"websocket": {}, "sse": {}}
         self._by_user: dict[int | str, dict[str, Connection]] = {}
+        # Every open stream socket, authenticated or not yet: what a stopping server must close.
+        self.streams: set[Any] = set()
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._by_transport.values())
@@ -35,6 +41,19 @@ class Hub:
     def __iter__(self) -> Iterator[Connection]:
         for group in self._by_transport.values():
             yield from list(group.values())
+
+    def stream_opened(self, stream: Any) -> None:
+        self.streams.add(stream)
+        self._no_streams.clear()
+
+    def stream_closed(self, stream: Any) -> None:
+        self.streams.discard(stream)
+        if not self.streams:
+            self._no_streams.set()
+
+    async def streams_closed(self) -> None:
+        """Return once every stream socket has closed."""
+        await self._no_streams.wait()
 
     def has_room_for(self, user_id: int | str) -> bool:
         """Whether a user may open one more connection on this process."""

@@ -19,7 +19,7 @@ SECRET_NAMES = frozenset({"token", "ticket", "access_token"})
 # Attributes a `logging.LogRecord` always has; anything else came in through `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 access_log = logging.getLogger("service.access")
-STREAM_HANDLERS = frozenset({"WebSocketTransport", "EventStreamTransport"})
+STREAM_HANDLERS = frozenset({"WebSocketEndpoint", "EventStreamEndpoint"})
 
 
 def redact(uri: str) -> str:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # Tornado reads bodies up to this; the API answers 413 past 1 MiB, larger bodies are refused.
 MAX_BODY_SIZE = 16 * 1024 * 1024
+STOP_TIMEOUT_SECONDS = 5.0
 
 
 def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None = None) -> AppContext:
@@ -101,14 +102,28 @@ class Server:
             self.http.stop()
         for connection in list(ctx.hub):
             connection.close(CloseCode.GOING_AWAY, "server stopping")
+        for stream in list(ctx.hub.streams):  # not yet authenticated
+            stream.close(CloseCode.GOING_AWAY, "server stopping")
+        await self._streams_closed_or_dropped()
         if self.http is not None:
             try:
-                await asyncio.wait_for(self.http.close_all_connections(), timeout=5)
+                await asyncio.wait_for(self.http.close_all_connections(), timeout=STOP_TIMEOUT_SECONDS)
             except TimeoutError:
                 log.warning("some HTTP connections did not close within 5s")
         await ctx.bus.stop()
         await ctx.store.close()
         self.stopped.set()
+
+    async def _streams_closed_or_dropped(self) -> None:
+        """Give clients a moment to answer the close; then drop whoever has not."""
+        hub = self.ctx.hub
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+                await hub.streams_closed()
+        except TimeoutError:
+            log.warning("%d streams did not close within %.0fs", len(hub.streams), STOP_TIMEOUT_SECONDS)
+            for stream in list(hub.streams):
+                stream.abort()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM drains over DRAIN_SECONDS; SIGINT (Ctrl-C) drains at once; a second signal stops."""

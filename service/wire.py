@@ -55,10 +55,12 @@ def loads(data: str | bytes) -> Any:
     return value
 
 
-def ws_frame(data: bytes, opcode: int = WS_OPCODE_TEXT) -> bytes:
-    """One unmasked, final WebSocket frame (RFC 6455 §5.2) carrying `data`."""
+def ws_frame(data: bytes, opcode: int = WS_OPCODE_TEXT, *, compressed: bool = False) -> bytes:
+    """One unmasked, final WebSocket frame (RFC 6455 §5.2) carrying `data`; `compressed`
+    sets RSV1, which marks a permessage-deflate payload.
+    """
     length = len(data)
-    first = 0x80 | opcode
+    first = 0x80 | (0x40 if compressed else 0) | opcode
     if length < 126:
         header = struct.pack("!BB", first, length)
     elif length < 1 << 16:

@@ -253,3 +253,83 @@ def parse_sse_block(block: str) -> SseEvent | None:
     if not data:
         return None
     return SseEvent(event=event or "message", id=id_, data="\n".join(data))
+
+
+class RawWebSocket:
+    """A WebSocket client that writes frames byte by byte, to test what well-behaved
+    libraries never send: unmasked frames, fragments, bad UTF-8, odd close frames.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        self.reader, self.writer, self.head = reader, writer, head
+
+    @classmethod
+    async def connect(
+        cls, port: int, path: str, *, headers: dict[str, str] | None = None, first_frames: bytes = b""
+    ) -> RawWebSocket:
+        """Upgrade; `first_frames` go out in the same write as the request."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ] + [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + first_frames)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait_bound(10))
+        return cls(reader, writer, head)
+
+    @staticmethod
+    def frame(payload: bytes, opcode: int = 0x1, *, fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
+        first = (0x80 if fin else 0) | rsv | opcode
+        mask = os.urandom(4) if masked else b""
+        length = len(payload)
+        if length < 126:
+            header = bytes([first, (0x80 if masked else 0) | length])
+        else:
+            header = bytes([first, (0x80 if masked else 0) | 126]) + length.to_bytes(2, "big")
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if masked else payload
+        return header + mask + body
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def recv_frame(self, seconds: float = 5) -> tuple[int, bytes]:
+        """The next frame from the server: (opcode, payload)."""
+
+        async def read() -> tuple[int, bytes]:
+            first, second = await self.reader.readexactly(2)
+            length = second & 0x7F
+            if length == 126:
+                length = int.from_bytes(await self.reader.readexactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(await self.reader.readexactly(8), "big")
+            return first & 0x0F, await self.reader.readexactly(length)
+
+        return await asyncio.wait_for(read(), wait_bound(seconds))
+
+    async def recv_json(self, seconds: float = 5) -> dict[str, Any]:
+        """The next text message, skipping pings."""
+        while True:
+            opcode, payload = await self.recv_frame(seconds)
+            if opcode == 0x1:
+                return json.loads(payload)  # type: ignore[no-any-return]
+
+    async def recv_close(self, seconds: float = 5) -> tuple[int, str]:
+        """Skip to the server's close frame; returns (code, reason)."""
+        while True:
+            opcode, payload = await self.recv_frame(seconds)
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+    async def at_eof(self, seconds: float = 5) -> bool:
+        """Whether the server closes the TCP connection (after anything still unread)."""
+        while await asyncio.wait_for(self.reader.read(65536), wait_bound(seconds)):
+            pass
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
