@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import random
 
+from tornado.iostream import StreamClosedError
+
 from handlers.base import BaseHandler
 from handlers.stream import StreamSession, take_over
 from service.connection import Connection
@@ -53,7 +55,10 @@ class EventStreamEndpoint(BaseHandler):
         remote = self.request.remote_ip or ""
         self.set_status(200)
         self.write(sse_retry(ctx.settings.sse_retry_ms))
-        await self.flush()
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return  # the client left before the stream began
         # Tornado chose the framing with the head (chunked for HTTP/1.1); the session keeps it.
         chunked = bool(getattr(self.request.connection, "_chunking_output", False))
         self.application.log_request(self)

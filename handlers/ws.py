@@ -16,7 +16,7 @@ from handlers.stream import StreamSession, take_over
 from service.auth import Principal
 from service.connection import Connection
 from service.context import AppContext
-from service.errors import AuthError, BadMessage, CloseCode
+from service.errors import AuthError, BadMessage, CloseCode, StoreUnavailable
 from service.events import Payload, iso, now_iso
 from service.websocket import (
     NO_STATUS,
@@ -79,6 +79,7 @@ class WebSocketEndpoint(BaseHandler):
         session = WebSocketSession(ctx, deflate)
         await session.attach(sock)
         session.write(handshake_response(key, deflate.response() if deflate else None))
+        # From here on every answer is a close code: Tornado no longer owns the connection.
         try:
             principal = await ctx.auth.authenticate(credentials)
             subscriptions = parse_event_list(raw_events) if raw_events else None
@@ -88,6 +89,13 @@ class WebSocketEndpoint(BaseHandler):
             return
         except BadMessage as exc:
             session.refuse(CloseCode.TOO_MANY_BAD_MESSAGES, exc.message[:100])
+            return
+        except StoreUnavailable:  # a ticket could not be looked up
+            session.refuse(CloseCode.TRY_AGAIN_LATER, "database unavailable, retry later")
+            return
+        except Exception:
+            log.exception("authenticating a WebSocket failed")
+            session.refuse(CloseCode.INTERNAL_ERROR, "internal error")
             return
         if not ctx.hub.has_room_for(principal.user_id):
             session.refuse(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")

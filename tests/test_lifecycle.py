@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import signal
 import socket
@@ -68,7 +69,7 @@ async def test_connections_listing_is_admin_only(service: Service) -> None:
     assert (await service.request("GET", "/api/connections", token=service.token(sub=5))).code == 403
     response = await service.request("GET", "/api/connections", token=service.token(sub=1, roles=("admin",)))
     assert response.code == 200
-    listed = __import__("json").loads(response.body)["connections"]
+    listed = json.loads(response.body)["connections"]
     mine = next(c for c in listed if c["id"] == hello["connectionId"])
     assert mine["userId"] == 5 and mine["userName"] == "سلمى" and mine["transport"] == "websocket"
     assert mine["subscriptions"] == ["task_created"] and mine["pendingBytes"] == 0
@@ -99,7 +100,7 @@ async def test_admin_disconnects_every_connection_of_a_user(service: Service) ->
     other = await service.websocket({"token": service.token(sub=8)})
     await other.recv_type("connected")
     response = await service.request("DELETE", "/api/users/7/connections", token=admin)
-    assert response.code == 200 and __import__("json").loads(response.body) == {"closed": 2}
+    assert response.code == 200 and json.loads(response.body) == {"closed": 2}
     assert await ws.closed() == (4000, "disconnected by admin")
     close = await sse.next_of("close")
     assert close.json() == {"code": 4000, "reason": "disconnected by admin"}
@@ -122,12 +123,21 @@ async def test_mongodb_pause_gives_503_keeps_streams_and_loses_nothing(start_ser
         await sse.next_of("connected")
         await service.publish(publisher, {"type": "tick", "n": 1})
         assert (await sse.next_event()).json()["n"] == 1
+        tickets = []
+        for _ in range(2):
+            issued = await service.request("POST", "/api/realtime/ticket", token=token)
+            tickets.append(json.loads(issued.body)["ticket"])
         assert mongo.pid is not None
         os.kill(mongo.pid, signal.SIGSTOP)
         try:
             response = await service.request("POST", "/api/tasks", {"title": "t", "taskType": "daily"}, token=token)
             assert response.code == 503
-            assert __import__("json").loads(response.body)["error"] == "unavailable"
+            assert json.loads(response.body)["error"] == "unavailable"
+            # A ticket cannot be redeemed: the WebSocket is told to retry later, SSE gets 503.
+            ws = await service.websocket({"ticket": tickets[0]})
+            assert await ws.closed() == (1013, "database unavailable, retry later")
+            refused = await service.sse({"ticket": tickets[1]})
+            assert refused.status == 503 and refused.response_headers["retry-after"] == "2"
             assert (await service.request("GET", "/readyz")).code == 503
             assert await sse.next_block() == ": heartbeat"
             assert await sse.next_block() == ": heartbeat"
