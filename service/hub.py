@@ -34,6 +34,8 @@ class Hub:
         self.streams: set[Any] = set()
         self._no_streams = asyncio.Event()
         self._no_streams.set()
+        self._heartbeat_round: list[Connection] = []
+        self._heartbeat_tick = 0
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._by_transport.values())
@@ -104,9 +106,22 @@ class Hub:
                 m.broadcast_latency.labels(kind).observe(max(0.0, time.time() - inserted_at))
         m.fanout_duration.observe(time.perf_counter() - started)
 
-    def heartbeat(self) -> None:
-        """Ping every connection; also catches slow consumers that received no event lately."""
-        for connection in self:
+    def heartbeat(self, ticks_per_round: int = 1) -> None:
+        """Ping one slice of the connections, so that each is pinged once every
+        `ticks_per_round` calls; also catches slow consumers that received no event lately.
+
+        A round is spread over many small ticks: pinging 10,000 clients at once (and then
+        reading their 10,000 pongs) would hold up any event arriving meanwhile by a whole burst.
+        """
+        tick = self._heartbeat_tick % ticks_per_round
+        self._heartbeat_tick += 1
+        if tick == 0:
+            self._heartbeat_round = list(self)
+        total = len(self._heartbeat_round)
+        batch = self._heartbeat_round[total * tick // ticks_per_round : total * (tick + 1) // ticks_per_round]
+        if tick == ticks_per_round - 1:
+            self._heartbeat_round = []
+        for connection in batch:
             if connection.closed:
                 continue
             connection.transport.heartbeat()

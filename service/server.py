@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # Tornado reads bodies up to this; the API answers 413 past 1 MiB, larger bodies are refused.
 MAX_BODY_SIZE = 16 * 1024 * 1024
 STOP_TIMEOUT_SECONDS = 5.0
+HEARTBEAT_TICK_SECONDS = 0.25  # a heartbeat round is spread over ticks this far apart
 
 
 def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None = None) -> AppContext:
@@ -69,7 +70,9 @@ class Server:
             sockets = bind_sockets(ctx.settings.port, ctx.settings.host, reuse_port=self.reuse_port, backlog=4096)
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
-        self._heartbeat = PeriodicCallback(ctx.hub.heartbeat, ctx.settings.heartbeat_seconds * 1000)
+        interval = ctx.settings.heartbeat_seconds
+        ticks = max(1, round(interval / HEARTBEAT_TICK_SECONDS))
+        self._heartbeat = PeriodicCallback(lambda: ctx.hub.heartbeat(ticks), interval * 1000 / ticks)
         self._heartbeat.start()
 
     async def drain(self, window: float | None = None) -> None:

@@ -333,3 +333,11 @@ class RawWebSocket:
     async def close(self) -> None:
         self.writer.close()
         await self.writer.wait_closed()
+
+
+async def eventually(condition: Any, seconds: float, what: str) -> None:
+    """Wait (without blocking the loop) until `condition()` is true."""
+    deadline = asyncio.get_running_loop().time() + wait_bound(seconds)
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)

@@ -31,7 +31,7 @@ from service.websocket import (
     negotiate_deflate,
     parse_close,
 )
-from tests.clients import RawWebSocket, Service
+from tests.clients import RawWebSocket, Service, eventually
 
 frame = RawWebSocket.frame
 
@@ -305,3 +305,43 @@ async def test_no_tornado_objects_outlive_the_handshake(service: Service) -> Non
         await client.close()
     for stream in sse:
         stream.close()
+
+
+def missed_pongs(service: Service) -> list[int]:
+    return sorted(c.transport._missed_pongs for c in service.ctx.hub)  # type: ignore[attr-defined]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_heartbeat_round_is_spread_over_its_ticks(start_service) -> None:  # type: ignore[no-untyped-def]
+    """Each tick pings its share; after a round every client has had exactly one ping."""
+    service = await start_service(heartbeat_seconds=3600)  # the timer stays out of the way
+    clients = [await RawWebSocket.connect(service.port, f"/ws?token={service.token(sub=i)}") for i in range(8)]
+    for client in clients:
+        assert (await client.recv_json())["type"] == "connected"
+    for tick in range(1, 5):
+        service.ctx.hub.heartbeat(4)
+        assert missed_pongs(service) == [0] * (8 - 2 * tick) + [1] * (2 * tick)
+    for client in clients:
+        assert await client.recv_frame() == (OP_PING, b"")
+    service.ctx.hub.heartbeat(4)  # the next round begins
+    assert missed_pongs(service) == [1] * 6 + [2] * 2
+    for client in clients:
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_client_that_never_answers_pings_is_closed_and_one_that_does_stays(start_service) -> None:  # type: ignore[no-untyped-def]
+    service = await start_service(heartbeat_seconds=3600)
+    silent = await RawWebSocket.connect(service.port, f"/ws?token={service.token(sub=1)}")
+    assert (await silent.recv_json())["type"] == "connected"
+    answering = await service.websocket({"token": service.token(sub=2)})  # python-websockets answers pings
+    await answering.recv_type("connected")
+    session = next(c.transport for c in service.ctx.hub if c.principal.user_id == 2)
+    for _ in range(3):
+        service.ctx.hub.heartbeat()
+        await eventually(lambda: session._missed_pongs == 0, 10, "the pong")  # type: ignore[attr-defined]
+    assert await silent.recv_close() == (1001, "ping timeout")
+    await answering.send({"type": "ping", "nonce": "alive"})
+    assert (await answering.recv_type("pong"))["nonce"] == "alive"
+    await answering.close()
+    await silent.close()
