@@ -4,8 +4,9 @@ asyncio protocol, the session that protocol runs, the connect sequence and token
 Tornado answers the HTTP request (routing, auth, headers, errors); once a stream is
 accepted, `take_over` ends Tornado's part and a `StreamSession` owns the socket. A live
 connection then costs a socket, an asyncio transport and a few slotted objects (about
-2 KB) instead of Tornado's handler, request, headers, IOStream and suspended coroutines
-(about 16 KB), and an event reaches the kernel through `transport.write` with no Future.
+3.4 KB of Python heap) instead of Tornado's handler, request, headers, IOStream and
+suspended coroutines (about 16 KB), and an event reaches the kernel through one
+`transport.write`, with no Future.
 """
 
 from __future__ import annotations
@@ -108,18 +109,14 @@ class StreamSession(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def ended_by_peer(self) -> tuple[int, str]:
-        """The close code and reason to record when the client ended the connection."""
-        return int(CloseCode.GOING_AWAY), "client left"
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         ctx = self.ctx
         ctx.hub.stream_closed(self)
         if self._clock is not None:
             self._clock.stop()
-        if self._close_code is None:
-            self._close_code, self._close_reason = self.ended_by_peer()
+        if self._close_code is None:  # neither side sent a close: the client went away
+            self._close_code, self._close_reason = int(CloseCode.GOING_AWAY), "client left"
         code, reason = self._close_code, self._close_reason
         ctx.metrics.disconnects.labels(self.kind, str(code)).inc()
         connection = self.connection
