@@ -109,7 +109,9 @@ def test_parser_inflates_compressed_messages_and_stops_bombs() -> None:
         1007,
         "compressed message does not inflate",
     )
-    assert protocol_error(frame(b"\x00", 0x0, rsv=0x40), deflate=True)[0] == 1002
+    # RSV1 belongs on a message's first frame only (RFC 7692 §6.1).
+    continued = frame(b"a", fin=False, rsv=0x40) + frame(b"b", 0x0, rsv=0x40)
+    assert protocol_error(continued, deflate=True) == (1002, "reserved bits set without an extension")
 
 
 @pytest.mark.parametrize(
