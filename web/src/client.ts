@@ -5,7 +5,7 @@
 
 import { DEFAULT_BACKOFF, backoffDelay } from "./backoff";
 import { CloseCode, closeAction, type StopReason } from "./close-codes";
-import { CONTROL_TYPES, type EventMap, type RealtimeEvent, type TransportName } from "./events";
+import { CONTROL_TYPES, type EventMap, KNOWN_TYPES, type RealtimeEvent, type TransportName } from "./events";
 import { endpoint, resolveBase, webSocketUrl } from "./urls";
 
 export type Status = "connecting" | "open" | "reconnecting" | "closed";
@@ -684,20 +684,6 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   start();
   return client;
 }
-
-const KNOWN_TYPES: readonly (keyof EventMap)[] = [
-  "task_created",
-  "task_executed",
-  "task_updated",
-  "task_deleted",
-  "schedule_updated",
-  "connected",
-  "pong",
-  "resync",
-  "token_expiring",
-  "auth_ok",
-  "error",
-];
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);

@@ -146,16 +146,21 @@ export const APP_EVENT_TYPES = [
   "schedule_updated",
 ] as const satisfies readonly AppEvent["type"][];
 
-/** Per-connection messages: their ids (if any) are not stream positions, never resume from them. */
-export const CONTROL_TYPES: ReadonlySet<string> = new Set([
+/** Messages about the connection itself, not application events. */
+const CONTROL_MESSAGE_TYPES = [
   "connected",
   "pong",
   "resync",
   "token_expiring",
   "auth_ok",
   "error",
-  "close",
-]);
+] as const satisfies readonly (keyof EventMap)[];
+
+/** Every type with a typed payload in `EventMap`. */
+export const KNOWN_TYPES: readonly (keyof EventMap)[] = [...APP_EVENT_TYPES, ...CONTROL_MESSAGE_TYPES];
+
+/** Per-connection messages: their ids (if any) are not stream positions, never resume from them. */
+export const CONTROL_TYPES: ReadonlySet<string> = new Set([...CONTROL_MESSAGE_TYPES, "close"]);
 
 /** Narrow a message to one known type. */
 export function isEvent<K extends keyof EventMap>(event: RealtimeEvent, type: K): event is EventMap[K] {

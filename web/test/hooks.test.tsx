@@ -6,12 +6,11 @@ import type { Schedule, Task } from "../src/events";
 import { useRealtimeTasks, type Toast, type UseRealtimeTasksResult } from "../src/hooks/use-realtime-tasks";
 import { useWebSocket, type UseWebSocketResult } from "../src/hooks/use-websocket";
 import {
-  FakeDocument,
   FakeEventSource,
   FakeWebSocket,
-  MemoryStorage,
   connectedMessage,
   fakeFetch,
+  fakeOptions,
   flush,
   type FakeResponse,
 } from "./fakes";
@@ -89,17 +88,7 @@ async function server(fn: () => void): Promise<void> {
 }
 
 function clientOptions() {
-  return {
-    url: "http://svc.test",
-    getToken: () => "tok",
-    ticketUrl: null,
-    WebSocketImpl: FakeWebSocket as unknown as typeof WebSocket,
-    EventSourceImpl: FakeEventSource as unknown as typeof EventSource,
-    random: () => 0.5,
-    window: new EventTarget(),
-    document: new FakeDocument(),
-    storage: new MemoryStorage(),
-  };
+  return fakeOptions({ getToken: () => "tok" });
 }
 
 beforeEach(() => {
