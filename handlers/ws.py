@@ -33,15 +33,16 @@ from service.websocket import (
     negotiate_deflate,
     parse_close,
     valid_key,
+    ws_frame,
 )
-from service.wire import ClientMessage, Encoded, dumps, parse_client_message, parse_event_list, ws_frame
+from service.wire import ClientMessage, Encoded, dumps, parse_client_message, parse_event_list
 
 log = logging.getLogger(__name__)
 
 MAX_BAD_MESSAGES = 10
 MAX_MISSED_PONGS = 2
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a closing connection waits for the client's close frame
-PING_FRAME = b"\x89\x00"  # an empty, final ping frame; the same bytes for every client
+PING_FRAME = ws_frame(b"", OP_PING)  # the same bytes for every client
 
 
 class WebSocketEndpoint(BaseHandler):

@@ -16,8 +16,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from service.wire import ws_frame
-
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -122,6 +120,21 @@ def negotiate_deflate(header: str | None) -> Deflate | None:
         if acceptable:
             return Deflate(window_bits)
     return None
+
+
+def ws_frame(data: bytes, opcode: int = OP_TEXT, *, compressed: bool = False) -> bytes:
+    """One unmasked, final WebSocket frame (RFC 6455 §5.2) carrying `data`; `compressed`
+    sets RSV1, which marks a permessage-deflate payload.
+    """
+    length = len(data)
+    first = 0x80 | (0x40 if compressed else 0) | opcode
+    if length < 126:
+        header = struct.pack("!BB", first, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + data
 
 
 def close_frame(code: int, reason: str = "") -> bytes:

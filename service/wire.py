@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 from service.errors import BadMessage
 from service.events import TYPE_PATTERN, Event, Payload
+from service.websocket import ws_frame
 
-WS_OPCODE_TEXT = 0x1
 MAX_NONCE_LENGTH = 128
 MAX_SUBSCRIPTIONS = 64
 
@@ -53,21 +52,6 @@ def loads(data: str | bytes) -> Any:
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     return value
-
-
-def ws_frame(data: bytes, opcode: int = WS_OPCODE_TEXT, *, compressed: bool = False) -> bytes:
-    """One unmasked, final WebSocket frame (RFC 6455 §5.2) carrying `data`; `compressed`
-    sets RSV1, which marks a permessage-deflate payload.
-    """
-    length = len(data)
-    first = 0x80 | (0x40 if compressed else 0) | opcode
-    if length < 126:
-        header = struct.pack("!BB", first, length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", first, 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 127, length)
-    return header + data
 
 
 def _field(value: str) -> str:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from service.errors import BadMessage
 from service.events import Event, event_id
+from service.websocket import ws_frame
 from service.wire import (
     encode_event,
     http_chunk,
@@ -20,7 +21,6 @@ from service.wire import (
     sse_block,
     sse_comment,
     sse_retry,
-    ws_frame,
 )
 from tests.clients import parse_sse_block
 
