@@ -170,6 +170,8 @@ class WebSocketSession(StreamSession):
             return
         self._close_sent = True
         self._close_code, self._close_reason = int(code), reason
+        if self.connection is not None:
+            self.connection.closed = True  # nothing may follow the close frame (RFC 6455 §5.5.1)
         self.write(close_frame(int(code), reason))
         transport.resume_reading()  # the client's close frame is the answer
         self._closing_timer = later(CLOSE_TIMEOUT_SECONDS, self.abort)

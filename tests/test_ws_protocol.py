@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import struct
+import time
 import zlib
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from handlers.sse import EventStreamEndpoint
 from handlers.ws import WebSocketEndpoint
+from service.events import Event
 from service.websocket import (
     OP_BINARY,
     OP_CLOSE,
@@ -31,6 +33,7 @@ from service.websocket import (
     negotiate_deflate,
     parse_close,
 )
+from service.wire import encode_event
 from tests.clients import RawWebSocket, Service, eventually
 
 frame = RawWebSocket.frame
@@ -343,6 +346,12 @@ async def test_a_client_that_never_answers_pings_is_closed_and_one_that_does_sta
         service.ctx.hub.heartbeat()
         await eventually(lambda: session._missed_pongs == 0, 10, "the pong")  # type: ignore[attr-defined]
     assert await silent.recv_close() == (1001, "ping timeout")
+    # Until the client answers the close, it is still in the hub: nothing may follow the close frame.
+    event = Event("00000000000000ff", "note", "2026-01-01T00:00:00Z", {"text": "late"}, None, time.time())
+    service.ctx.hub.deliver(encode_event(event))
+    silent.send(frame(struct.pack("!H", 1001), OP_CLOSE))
+    assert await silent.reader.read() == b""
+    await answering.recv_type("note")
     await answering.send({"type": "ping", "nonce": "alive"})
     assert (await answering.recv_type("pong"))["nonce"] == "alive"
     await answering.close()
