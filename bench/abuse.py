@@ -62,8 +62,10 @@ class Service:
             "DATA_DIR": str(data_dir),
             "DRAIN_SECONDS": "0",
         }
-        self.log = open(data_dir / "service.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=code, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(data_dir / "service.log", "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=code, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 60
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -18,6 +18,7 @@ from service.connection import Connection
 from service.context import AppContext
 from service.errors import CloseCode
 from service.events import Payload
+from service.hub import Slot
 from service.wire import Encoded, dumps, http_chunk, parse_event_list, sse_block, sse_comment, sse_retry
 
 HEARTBEAT = sse_comment("heartbeat")
@@ -47,24 +48,31 @@ class EventStreamEndpoint(BaseHandler):
         principal = await self.principal()
         raw_events = self.get_query_argument("events", None)
         subscriptions = parse_event_list(raw_events) if raw_events else None
-        if not ctx.hub.has_room_for(principal.user_id):
+        last_id = self.request.headers.get("Last-Event-ID") or self.get_query_argument("last_event_id", None)
+        remote = self.request.remote_ip or ""
+        # The slot is taken before the first await below, so concurrent requests cannot all pass.
+        slot = ctx.hub.reserve(principal.user_id)
+        if slot is None:
             self.set_header("Retry-After", "5")
             self.write_json({"error": "too_many_connections", "reason": "too many connections"}, 429)
             return
-        last_id = self.request.headers.get("Last-Event-ID") or self.get_query_argument("last_event_id", None)
-        remote = self.request.remote_ip or ""
-        self.set_status(200)
-        self.write(sse_retry(ctx.settings.sse_retry_ms))
+        session: EventStreamSession | None = None
         try:
-            await self.flush()
-        except StreamClosedError:
-            return  # the client left before the stream began
-        # Tornado chose the framing with the head (chunked for HTTP/1.1); the session keeps it.
-        chunked = bool(getattr(self.request.connection, "_chunking_output", False))
-        self.application.log_request(self)
-        sock, _ = take_over(self)
-        session = EventStreamSession(ctx, chunked=chunked)
-        await session.attach(sock)
+            self.set_status(200)
+            self.write(sse_retry(ctx.settings.sse_retry_ms))
+            try:
+                await self.flush()
+            except StreamClosedError:
+                return  # the client left before the stream began
+            # Tornado chose the framing with the head (chunked for HTTP/1.1); the session keeps it.
+            chunked = bool(getattr(self.request.connection, "_chunking_output", False))
+            self.application.log_request(self)
+            sock, _ = take_over(self)
+            session = EventStreamSession(ctx, slot, chunked=chunked)
+            await session.attach(sock)
+        finally:
+            if session is None or not session.made:  # else the session gives it back when it ends
+                slot.release()
         connection = Connection(
             session, principal, subscriptions=subscriptions, last_event_id=last_id or None, remote=remote
         )
@@ -77,8 +85,8 @@ class EventStreamSession(StreamSession):
     kind = "sse"
     __slots__ = ("_chunked",)
 
-    def __init__(self, ctx: AppContext, *, chunked: bool) -> None:
-        super().__init__(ctx)
+    def __init__(self, ctx: AppContext, slot: Slot | None = None, *, chunked: bool) -> None:
+        super().__init__(ctx, slot)
         self._chunked = chunked
 
     def data_received(self, data: bytes) -> None:
@@ -103,11 +111,10 @@ class EventStreamSession(StreamSession):
             transport.abort()  # it does not read, so nothing more can reach it
             return
         if code == CloseCode.SERVICE_RESTART:
-            self._raw(sse_retry(random.randint(1000, 5000)))  # spread a draining process's reconnects
+            last = sse_retry(random.randint(1000, 5000))  # spread a draining process's reconnects
         else:
-            self._raw(sse_block(json.dumps({"code": int(code), "reason": reason}).encode(), event="close"))
-        if self._chunked:
-            self.write(LAST_CHUNK)
+            last = sse_block(json.dumps({"code": int(code), "reason": reason}).encode(), event="close")
+        self.write_final(http_chunk(last) + LAST_CHUNK if self._chunked else last)
         transport.close()
 
     def _raw(self, data: bytes) -> None:

@@ -7,6 +7,11 @@ connection then costs a socket, an asyncio transport and a few slotted objects (
 3.4 KB of Python heap) instead of Tornado's handler, request, headers, IOStream and
 suspended coroutines (about 16 KB), and an event reaches the kernel through one
 `transport.write`, with no Future.
+
+Every byte a session writes — events, replies to the client (pongs, `error`, `auth_ok`),
+heartbeats — passes `StreamSession.write`, which refuses to queue past the hub's
+`max_pending_bytes` and closes the client as a slow consumer instead: what a client that
+does not read can cost is bounded where the bytes are queued, not by a periodic sweep.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from service.connection import Connection
 from service.context import AppContext
 from service.errors import CloseCode
 from service.events import iso, now_iso
+from service.hub import Slot
 
 log = logging.getLogger("service.connections")
 
@@ -57,16 +63,27 @@ class StreamSession(asyncio.Protocol):
     """
 
     kind: ClassVar[str]
-    __slots__ = ("_clock", "_close_code", "_close_reason", "_lost", "_transport", "connection", "ctx")
+    __slots__ = ("_clock", "_close_code", "_close_reason", "_lost", "_transport", "connection", "ctx", "slot")
 
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, slot: Slot | None = None) -> None:
         self.ctx = ctx
         self.connection: Connection | None = None
+        self.slot = slot  # the user's connection slot this stream holds; given back when it ends
         self._transport: asyncio.Transport | None = None
         self._clock: TokenClock | None = None
         self._close_code: int | None = None
         self._close_reason = ""
         self._lost = False
+
+    @property
+    def lost(self) -> bool:
+        """Whether the socket has closed (`connection_lost` ran)."""
+        return self._lost
+
+    @property
+    def made(self) -> bool:
+        """Whether asyncio serves the socket (then `connection_lost` will run when it ends)."""
+        return self._transport is not None
 
     async def attach(self, sock: socket.socket) -> None:
         """Serve `sock` with this protocol on the running loop."""
@@ -87,10 +104,39 @@ class StreamSession(asyncio.Protocol):
             self._clock.start(expires_at)
 
     def write(self, data: bytes) -> None:
-        """Queue bytes: the kernel takes them at once when nothing is queued before them."""
+        """Queue bytes: the kernel takes them at once when nothing is queued before them.
+
+        Bytes that would take the unsent backlog past `max_pending_bytes` are not queued: the
+        client is closed as a slow consumer instead. (A single write into an empty backlog is
+        let through, as the kernel takes most of it; if it still leaves more than the bound
+        queued, the client is closed at once.) Nothing is written once the close has begun.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._close_code is not None:
+            return
+        limit = self.ctx.hub.max_pending_bytes
+        pending = transport.get_write_buffer_size()
+        if pending and pending + len(data) > limit:
+            self._too_slow()
+            return
+        transport.write(data)
+        if not pending and transport.get_write_buffer_size() > limit:
+            self._too_slow()
+
+    def write_final(self, data: bytes) -> None:
+        """Queue the last bytes of a closing stream (a close frame, the last chunk): one per
+        stream and small, so past the bound too."""
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+
+    def _too_slow(self) -> None:
+        connection = self.connection
+        if connection is not None and not connection.closed:
+            self.ctx.hub.close_slow(connection)
+        elif self._close_code is None:  # not attached yet: nothing to log against a user
+            self.ctx.metrics.slow_consumers.labels(self.kind).inc()
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
     def pending_bytes(self) -> int:
         transport = self._transport
@@ -113,6 +159,8 @@ class StreamSession(asyncio.Protocol):
         self._lost = True
         ctx = self.ctx
         ctx.hub.stream_closed(self)
+        if self.slot is not None:
+            self.slot.release()
         if self._clock is not None:
             self._clock.stop()
         if self._close_code is None:  # neither side sent a close: the client went away

@@ -14,7 +14,7 @@ from tornado.web import HTTPError
 from handlers.base import BaseHandler, cancel, credentials_of, later
 from handlers.stream import StreamSession, take_over
 from service.auth import Principal
-from service.connection import Connection
+from service.connection import Connection, RateLimit
 from service.context import AppContext
 from service.errors import AuthError, BadMessage, CloseCode, StoreUnavailable
 from service.events import Payload, iso, now_iso
@@ -40,6 +40,11 @@ from service.wire import ClientMessage, Encoded, dumps, parse_client_message, pa
 log = logging.getLogger(__name__)
 
 MAX_BAD_MESSAGES = 10
+# Client frames that ask for work or an answer (pings, messages): a burst, then a rate.
+# Beyond it the connection is closed with 4400, whether or not the client reads the answers.
+REQUEST_BURST = 50
+REQUESTS_PER_SECOND = 20.0
+ANSWERED_OPCODES = frozenset((OP_PING, OP_TEXT, OP_BINARY))
 MAX_MISSED_PONGS = 2
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a closing connection waits for the client's close frame
 PING_FRAME = ws_frame(b"", OP_PING)  # the same bytes for every client
@@ -98,7 +103,11 @@ class WebSocketEndpoint(BaseHandler):
             log.exception("authenticating a WebSocket failed")
             session.refuse(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        if not ctx.hub.has_room_for(principal.user_id):
+        if session.lost:
+            return  # the client left during authentication
+        # Reserved with no await since the check above; the session gives it back when it ends.
+        session.slot = ctx.hub.reserve(principal.user_id)
+        if session.slot is None:
             session.refuse(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
             return
         connection = Connection(session, principal, subscriptions=subscriptions, last_event_id=last_id, remote=remote)
@@ -114,7 +123,15 @@ class WebSocketSession(StreamSession):
     """
 
     kind = "websocket"
-    __slots__ = ("_bad_messages", "_close_sent", "_closing_timer", "_deflate", "_missed_pongs", "_parser")
+    __slots__ = (
+        "_bad_messages",
+        "_close_sent",
+        "_closing_timer",
+        "_deflate",
+        "_missed_pongs",
+        "_parser",
+        "_requests",
+    )
 
     def __init__(self, ctx: AppContext, deflate: Deflate | None) -> None:
         super().__init__(ctx)
@@ -124,6 +141,7 @@ class WebSocketSession(StreamSession):
         self._missed_pongs = 0
         self._close_sent = False
         self._closing_timer: object | None = None
+        self._requests: RateLimit | None = None  # made at the first request: most clients send few
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -172,7 +190,7 @@ class WebSocketSession(StreamSession):
         self._close_code, self._close_reason = int(code), reason
         if self.connection is not None:
             self.connection.closed = True  # nothing may follow the close frame (RFC 6455 §5.5.1)
-        self.write(close_frame(int(code), reason))
+        self.write_final(close_frame(int(code), reason))
         transport.resume_reading()  # the client's close frame is the answer
         self._closing_timer = later(CLOSE_TIMEOUT_SECONDS, self.abort)
 
@@ -196,11 +214,13 @@ class WebSocketSession(StreamSession):
             if not self._close_sent:  # the client began: answer with its code and finish
                 self._close_sent = True
                 self._close_code, self._close_reason = (code, reason) if code != NO_STATUS else (1000, "")
-                self.write(close_frame(code) if code != NO_STATUS else ws_frame(b"", OP_CLOSE))
+                self.write_final(close_frame(code) if code != NO_STATUS else ws_frame(b"", OP_CLOSE))
             if self._transport is not None:
                 self._transport.close()
         elif self._close_sent:
             return  # after our close frame only the client's close frame matters
+        elif opcode in ANSWERED_OPCODES and not self._request_allowed():
+            self.close(CloseCode.TOO_MANY_BAD_MESSAGES, "too many messages")
         elif opcode == OP_PING:
             self.write(ws_frame(payload, OP_PONG))
         elif opcode == OP_PONG:
@@ -209,6 +229,11 @@ class WebSocketSession(StreamSession):
             self._on_message(payload.decode("utf-8"))
         elif opcode == OP_BINARY:
             self._on_message(payload)
+
+    def _request_allowed(self) -> bool:
+        if self._requests is None:
+            self._requests = RateLimit(REQUESTS_PER_SECOND, REQUEST_BURST)
+        return self._requests.allow()
 
     def _on_message(self, message: str | bytes) -> None:
         connection = self.connection

@@ -38,7 +38,7 @@ class Principal:
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Principal:
-        return cls(doc["sub"], doc["name"], frozenset(doc["roles"]), float(doc["exp"]))
+        return cls(user_id_of(doc["sub"]), doc["name"], frozenset(doc["roles"]), float(doc["exp"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 from service.auth import Principal
@@ -18,6 +19,32 @@ from service.wire import Encoded
 # Events that arrive while a resuming connection replays history wait here; past this many
 # the connection is treated as a slow consumer rather than growing without bound.
 MAX_REPLAY_BUFFER = 50_000
+
+
+class RateLimit:
+    """A token bucket: `burst` requests at once, then `per_second` on average.
+
+    It bounds the work (and the replies) one client can ask of the server, whatever it sends.
+    """
+
+    __slots__ = ("_allowance", "_burst", "_clock", "_last", "_per_second")
+
+    def __init__(self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_second = per_second
+        self._burst = float(burst)
+        self._clock = clock
+        self._allowance = float(burst)
+        self._last = clock()
+
+    def allow(self) -> bool:
+        """Take one request from the bucket; False when it is empty (refuse the request)."""
+        now = self._clock()
+        self._allowance = min(self._burst, self._allowance + (now - self._last) * self._per_second)
+        self._last = now
+        if self._allowance < 1.0:
+            return False
+        self._allowance -= 1.0
+        return True
 
 
 class Transport(Protocol):

@@ -100,10 +100,12 @@ class Event:
 
 
 def user_id_of(value: object) -> int | str:
-    """A user id as tokens and addressing both compare it.
+    """The one canonical user id, as tokens (`sub`), `to.users`, limits, admin and REST use it.
 
-    ASCII numeric strings of up to 18 digits become integers (so `"7"`, `7` and a token's
-    `"sub": "7"` are one user); every other id stays a string, also integers that do not fit.
+    A string that is the canonical decimal form of a number below 10^18 (ASCII digits, no
+    leading zero) becomes that integer, so `"7"`, `7` and a token's `"sub": "7"` are one user;
+    every other id stays the string it is, so `"0100"`, `"00100"` and `"100"` are three users.
+    An integer is read as its decimal text (a big one stays a string).
 
     Raises:
         ValueError: not a non-empty string or an integer.
@@ -113,7 +115,8 @@ def user_id_of(value: object) -> int | str:
     if isinstance(value, int):
         value = str(value)
     if isinstance(value, str) and value:
-        return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else value
+        canonical = value.isascii() and value.isdigit() and len(value) < 19 and (value == "0" or value[0] != "0")
+        return int(value) if canonical else value
     raise ValueError("not a user id")
 
 

@@ -1,8 +1,10 @@
 """The local registry of connections and the fan-out of one event to all of them.
 
 `deliver` is synchronous: it hands ready-made bytes to each connection in turn and never
-awaits one connection before the next, so a stalled client cannot delay the others; a
-connection whose unsent bytes pass the limit is closed as a slow consumer.
+awaits one connection before the next, so a stalled client cannot delay the others. Each
+transport checks `max_pending_bytes` at every write (events, replies, pings alike) and hands
+a client that does not read to `close_slow`. Per-user limits are `Slot`s, taken before any
+await and given back exactly once, so concurrent connects cannot overshoot them.
 """
 
 from __future__ import annotations
@@ -21,15 +23,32 @@ from service.wire import Encoded
 log = logging.getLogger(__name__)
 
 
+class Slot:
+    """One of a user's connection slots on this process; `release` gives it back once."""
+
+    __slots__ = ("_hub", "user_id")
+
+    def __init__(self, hub: Hub, user_id: int | str) -> None:
+        self._hub: Hub | None = hub
+        self.user_id = user_id
+
+    def release(self) -> None:
+        """Give the slot back (idempotent: every exit path may call it)."""
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            hub._release(self.user_id)
+
+
 class Hub:
     """Connections of this process, by transport and by user."""
 
     def __init__(self, metrics: Metrics, *, max_pending_bytes: int, max_per_user: int) -> None:
         self._metrics = metrics
-        self._max_pending = max_pending_bytes
+        self.max_pending_bytes = max_pending_bytes  # what a transport may hold unsent, checked at each write
         self._max_per_user = max_per_user
         self._by_transport: dict[str, dict[str, Connection]] = {"websocket": {}, "sse": {}}
         self._by_user: dict[int | str, dict[str, Connection]] = {}
+        self._slots: dict[int | str, int] = {}  # slots taken per user: opening, open and closing streams
         # Every open stream socket, authenticated or not yet: what a stopping server must close.
         self.streams: set[Any] = set()
         self._no_streams = asyncio.Event()
@@ -57,9 +76,28 @@ class Hub:
         """Return once every stream socket has closed."""
         await self._no_streams.wait()
 
-    def has_room_for(self, user_id: int | str) -> bool:
-        """Whether a user may open one more connection on this process."""
-        return len(self._by_user.get(user_id, ())) < self._max_per_user
+    def reserve(self, user_id: int | str) -> Slot | None:
+        """Take one of a user's `max_per_user` slots now, or None when all are taken.
+
+        Synchronous, so the check and the count are one step: a caller reserves before its
+        first await and releases the slot on every way out (the stream's end included).
+        """
+        taken = self._slots.get(user_id, 0)
+        if taken >= self._max_per_user:
+            return None
+        self._slots[user_id] = taken + 1
+        return Slot(self, user_id)
+
+    def _release(self, user_id: int | str) -> None:
+        taken = self._slots.get(user_id, 0) - 1
+        if taken > 0:
+            self._slots[user_id] = taken
+        else:
+            self._slots.pop(user_id, None)
+
+    def slots_taken(self, user_id: int | str) -> int:
+        """How many of a user's slots are held (opening, open or closing streams)."""
+        return self._slots.get(user_id, 0)
 
     def attach(self, connection: Connection) -> None:
         """Register a connection; from now on it is offered every event."""
@@ -99,8 +137,6 @@ class Hub:
             for connection in list(group.values()):
                 if connection.offer(encoded):
                     sent += 1
-                    if connection.transport.pending_bytes() > self._max_pending:
-                        self.close_slow(connection)
             if sent:
                 m.messages_sent.labels(kind).inc(sent)
                 m.broadcast_latency.labels(kind).observe(max(0.0, time.time() - inserted_at))
@@ -108,7 +144,7 @@ class Hub:
 
     def heartbeat(self, ticks_per_round: int = 1) -> None:
         """Ping one slice of the connections, so that each is pinged once every
-        `ticks_per_round` calls; also catches slow consumers that received no event lately.
+        `ticks_per_round` calls (the ping's write also catches a client that stopped reading).
 
         A round is spread over many small ticks: pinging 10,000 clients at once (and then
         reading their 10,000 pongs) would hold up any event arriving meanwhile by a whole burst.
@@ -125,11 +161,11 @@ class Hub:
             if connection.closed:
                 continue
             connection.transport.heartbeat()
-            if connection.transport.pending_bytes() > self._max_pending:
-                self.close_slow(connection)
 
     def close_slow(self, connection: Connection) -> None:
-        """Disconnect a client that does not read what it is sent."""
+        """Disconnect a client that does not read what it is sent (once: later calls do nothing)."""
+        if connection.closed:
+            return
         log.warning(
             "closing slow consumer",
             extra={

@@ -159,7 +159,7 @@ def test_non_string_name_is_refused() -> None:
     ("sub", "user_id"),
     [
         ("7", 7),
-        ("007", 7),
+        ("007", "007"),
         ("alice", "alice"),
         ("auth0|5f1", "auth0|5f1"),
         ("١٢", "١٢"),
@@ -169,7 +169,7 @@ def test_non_string_name_is_refused() -> None:
     ids=["numeric", "leading-zeros", "name", "provider-id", "arabic-indic-digits", "superscript", "19-digits"],
 )
 def test_numeric_subject_becomes_integer_other_subjects_stay_strings(sub: str, user_id: int | str) -> None:
-    """Only ASCII digit strings that fit 64 bits become integer user ids."""
+    """Only canonical ASCII decimal strings (no leading zero) that fit 64 bits become integer user ids."""
     assert authenticator().verify(sign(claims(sub=sub))).user_id == user_id
 
 

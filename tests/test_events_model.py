@@ -227,7 +227,7 @@ def test_audience_admits_listed_users_and_roles(
         (["7"], {7}),
         ([7], {7}),
         (["alice"], {"alice"}),
-        (["007"], {7}),
+        (["007"], {"007"}),
         (["١"], {"١"}),
         (["²"], {"²"}),
         (["12345678901234567890"], {"12345678901234567890"}),
@@ -245,6 +245,6 @@ def test_audience_admits_listed_users_and_roles(
     ],
 )
 def test_to_users_follow_the_same_id_rule_as_token_subjects(raw: list[Any], users: set[int | str]) -> None:
-    """Only ASCII numeric strings that fit a token's integer `sub` become integers."""
+    """Only canonical ASCII decimal strings that fit a token's integer `sub` become integers."""
     audience = parse_audience({"users": raw})
     assert audience is not None and audience.users == users
