@@ -221,6 +221,8 @@ class WebSocketSession(StreamSession):
             return  # after our close frame only the client's close frame matters
         elif opcode in ANSWERED_OPCODES and not self._request_allowed():
             self.close(CloseCode.TOO_MANY_BAD_MESSAGES, "too many messages")
+            if self._transport is not None:  # a flood is not worth parsing while we wait to abort
+                self._transport.pause_reading()
         elif opcode == OP_PING:
             self.write(ws_frame(payload, OP_PONG))
         elif opcode == OP_PONG:
