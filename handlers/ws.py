@@ -128,6 +128,7 @@ class WebSocketSession(StreamSession):
         "_close_sent",
         "_closing_timer",
         "_deflate",
+        "_discarding",
         "_missed_pongs",
         "_parser",
         "_requests",
@@ -142,6 +143,7 @@ class WebSocketSession(StreamSession):
         self._close_sent = False
         self._closing_timer: object | None = None
         self._requests: RateLimit | None = None  # made at the first request: most clients send few
+        self._discarding = False
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -197,10 +199,12 @@ class WebSocketSession(StreamSession):
     # -- client frames --------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         try:
             for opcode, payload in self._parser.feed(data):
                 self._on_frame(opcode, payload)
-                if self._transport is None or self._transport.is_closing():
+                if self._transport is None or self._transport.is_closing() or self._discarding:
                     return
         except ProtocolError as exc:
             if not self._close_sent:
@@ -221,8 +225,7 @@ class WebSocketSession(StreamSession):
             return  # after our close frame only the client's close frame matters
         elif opcode in ANSWERED_OPCODES and not self._request_allowed():
             self.close(CloseCode.TOO_MANY_BAD_MESSAGES, "too many messages")
-            if self._transport is not None:  # a flood is not worth parsing while we wait to abort
-                self._transport.pause_reading()
+            self._discarding = True  # a flood is not worth parsing; the client's EOF still ends it
         elif opcode == OP_PING:
             self.write(ws_frame(payload, OP_PONG))
         elif opcode == OP_PONG:
