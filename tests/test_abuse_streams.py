@@ -183,6 +183,21 @@ async def test_streams_that_end_before_they_open_give_their_slot_back(service: S
     await eventually(lambda: hub.slots_taken(43) == 0 and len(hub.streams) == 0, 20, "every slot given back")
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_drained_streams_give_their_slots_back(service: Service) -> None:
+    """After a drain has closed a user's WebSocket and SSE streams, the user holds no slot."""
+    token = service.token(sub=44)
+    ws = await service.websocket({"token": token})
+    sse = await service.sse({"token": token})
+    await ws.recv_type("connected")
+    await sse.next_of("connected")
+    assert service.ctx.hub.slots_taken(44) == 2
+    await service.server.drain(0)
+    assert (await ws.closed())[0] == 1012
+    await sse.until_end()
+    await eventually(lambda: service.ctx.hub.slots_taken(44) == 0, 20, "every slot given back")
+
+
 # -- one canonical user id ------------------------------------------------------------------
 
 
