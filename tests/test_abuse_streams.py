@@ -1,8 +1,9 @@
 """Attacks on the stream endpoints that used to work: replies that pile up unread, floods of
 pings and messages, concurrent connects past the per-user limit, and user ids that collide.
 
-Each test is bounded (loopback, at most a few hundred sockets, seconds) and failed before the
-fix, except the WebSocket race and the slot release, which guard the new reservations.
+Each test is bounded (loopback, at most 400 sockets, seconds). Each failed against the code
+before the fix, except the WebSocket race (that limit already held) and the slot-release
+tests, which guard the new reservations.
 """
 
 from __future__ import annotations
