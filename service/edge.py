@@ -138,15 +138,16 @@ def apply_forwarded(
     """Take the client address and scheme from a trusted proxy's headers.
 
     The client is the right-most `X-Forwarded-For` hop that is not itself a trusted proxy
-    (hops further left were written by whoever the client is, so they prove nothing);
-    `X-Real-Ip`, which a proxy sets rather than appends, wins when present.
+    (hops further left were written by whoever the client is, so they prove nothing).
+    `X-Real-Ip` counts only without `X-Forwarded-For`: a proxy that appends to the one
+    may pass the client's own copy of the other through unchanged.
     """
-    ip = context.remote_ip
-    for hop in reversed([h.strip() for h in headers.get("X-Forwarded-For", "").split(",") if h.strip()]):
+    hops = [h.strip() for h in headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    ip = context.remote_ip if hops else headers.get("X-Real-Ip", context.remote_ip).strip()
+    for hop in reversed(hops):
         ip = hop
         if not trusted(hop):
             break
-    ip = headers.get("X-Real-Ip", ip).strip()
     if netutil.is_valid_ip(ip):
         context.remote_ip = ip
     proto = headers.get("X-Forwarded-Proto") or headers.get("X-Scheme")

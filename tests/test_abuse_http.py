@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from service.app import API_ROUTES
+from service.config import load_settings
+from service.errors import ConfigError
 from service.logs import HTTP_METHODS, redact, scrub
 from tests.clients import Service, wait_bound
 from tests.processes import SECRET, as_service, running, shared_env
@@ -267,6 +269,33 @@ async def test_forwarded_for_from_a_trusted_proxy_names_the_client(start_service
     service = await start_service(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
     headers = {"X-Forwarded-For": "1.2.3.4, 6.6.6.6, 127.0.0.2"}
     assert await remote_seen_by_admin(service, headers) == "6.6.6.6"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_real_ip_behind_a_forwarded_for_is_not_believed(start_service: Any) -> None:
+    """A client's own X-Real-Ip passed through a trusted proxy does not beat the X-Forwarded-For chain."""
+    service = await start_service(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    headers = {"X-Forwarded-For": "6.6.6.6", "X-Real-Ip": "1.1.1.1"}
+    assert await remote_seen_by_admin(service, headers) == "6.6.6.6"
+
+
+def test_trusted_proxies_are_parsed_as_cidrs(tmp_path: Path) -> None:
+    """TRUSTED_PROXIES takes addresses and CIDRs (IPv4-mapped IPv6 peers match their IPv4 network)."""
+    settings = load_settings({"JWT_SECRET": SECRET, "DATA_DIR": str(tmp_path), "TRUSTED_PROXIES": "10.0.0.0/8, ::1"})
+    assert settings.trusted_proxy("10.2.3.4") and settings.trusted_proxy("::ffff:10.0.0.1")
+    assert settings.trusted_proxy("::1")
+    assert not settings.trusted_proxy("127.0.0.1") and not settings.trusted_proxy("unix")
+    assert not load_settings({"JWT_SECRET": SECRET, "DATA_DIR": str(tmp_path)}).trusted_proxy("10.2.3.4")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("TRUSTED_PROXIES", "10.0.0.0/33"), ("TRUSTED_PROXIES", "ingress"), ("DASHBOARD_SERVICE_URL", "evil.example")],
+)
+def test_bad_edge_settings_stop_the_service(tmp_path: Path, name: str, value: str) -> None:
+    """A malformed TRUSTED_PROXIES or DASHBOARD_SERVICE_URL is a configuration error naming the variable."""
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"JWT_SECRET": SECRET, "DATA_DIR": str(tmp_path), name: value})
 
 
 @pytest.mark.gen_test(timeout=30)
