@@ -340,6 +340,18 @@ async def test_responses_carry_security_headers_and_no_server_version(
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_an_accepted_event_stream_head_names_no_server(service: Service) -> None:
+    """The SSE response head (sent before the socket is taken over) has the same headers."""
+    stream = await service.sse({"token": service.token(sub=3)})
+    try:
+        assert stream.status == 200
+        assert "tornado" not in stream.response_headers.get("server", "").lower()
+        assert stream.response_headers["x-content-type-options"] == "nosniff"
+    finally:
+        stream.close()
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_dashboard_csp_allows_only_its_origin_and_the_configured_service(
     start_service: Any, web_dir: Path
 ) -> None:
