@@ -10,19 +10,43 @@ from typing import Any
 
 from tornado import httputil
 from tornado.ioloop import IOLoop
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import HTTPError, OutputTransform, RequestHandler, stream_request_body
 
 from service.auth import Credentials, Principal
 from service.context import AppContext
 from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreUnavailable
 from service.events import event_document
-from service.logs import redact
+from service.logs import RedactedLogging
 from service.wire import loads
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# On every response (API, dashboard, errors, SSE heads): no MIME sniffing, no framing, no
+# Referer carrying a URL out; pages that need more (the dashboard) set their own CSP.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+class SecurityHeaders(OutputTransform):
+    """Applied by the Application to the head of every response of every handler: adds
+    `SECURITY_HEADERS` and drops Tornado's `Server: TornadoServer/<version>`."""
+
+    def transform_first_chunk(
+        self, status_code: int, headers: httputil.HTTPHeaders, chunk: bytes, finishing: bool
+    ) -> tuple[int, httputil.HTTPHeaders, bytes]:
+        if "Server" in headers:
+            del headers["Server"]
+        for name, value in SECURITY_HEADERS.items():
+            headers[name] = value
+        if "Content-Security-Policy" not in headers:
+            headers["Content-Security-Policy"] = DEFAULT_CSP
+        return status_code, headers, chunk
 
 
 def credentials_of(request: httputil.HTTPServerRequest) -> Credentials:
@@ -41,7 +65,7 @@ def credentials_of(request: httputil.HTTPServerRequest) -> Credentials:
     )
 
 
-class BaseHandler(RequestHandler):
+class BaseHandler(RedactedLogging):
     """JSON in, JSON out, errors as `{"error": ..., ...}` with the right status."""
 
     ctx: AppContext
@@ -60,10 +84,16 @@ class BaseHandler(RequestHandler):
         if hasattr(self, "ctx"):
             self.set_cors_headers()
 
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Whether a browser `Origin` may use this request: listed, or the request's own
+        scheme, host and port (`https://host` is not the origin of `http://host`)."""
+        request = self.request
+        return self.ctx.settings.origin_allowed(origin, request.host, request.protocol)
+
     def set_cors_headers(self) -> None:
         """Let an allowed browser origin read the response."""
         origin = self.request.headers.get("Origin")
-        if origin and self.ctx.settings.origin_allowed(origin, self.request.host):
+        if origin and self.origin_allowed(origin):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Access-Control-Allow-Credentials", "true")
             self.set_header("Vary", "Origin")
@@ -90,7 +120,7 @@ class BaseHandler(RequestHandler):
         if credentials.authorization is None and credentials.cookie and self.request.method not in SAFE_METHODS:
             # A cookie rides along on any site's form post: only allowed origins may change things with it.
             origin = self.request.headers.get("Origin")
-            if origin is not None and not self.ctx.settings.origin_allowed(origin, self.request.host):
+            if origin is not None and not self.origin_allowed(origin):
                 raise Forbidden("cross-origin request authenticated by cookie")
         if not principal.has_role(role):
             raise Forbidden(f"requires role {role!r}")
@@ -139,13 +169,6 @@ class BaseHandler(RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, StoreUnavailable):
             log.warning("%s %s: %s", self.request.method, self.request.path, value)
-        elif isinstance(value, HTTPError) and value.status_code < 500:
-            # Tornado's own line would show the raw URI, token and all.
-            uri = redact(self.request.uri or "")
-            message = value.log_message or value.reason or ""
-            if value.log_message and value.args:
-                message = value.log_message % value.args
-            log.info("%d %s %s: %s", value.status_code, self.request.method, uri, message)
         elif not isinstance(value, ServiceError):  # expected client errors are not logged as errors
             super().log_exception(typ, value, tb)
 

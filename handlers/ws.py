@@ -72,7 +72,7 @@ class WebSocketEndpoint(BaseHandler):
         if not valid_key(key):
             raise HTTPError(400, "Sec-WebSocket-Key is missing or invalid")
         origin = headers.get("Origin")
-        if origin and not ctx.settings.origin_allowed(origin, self.request.host):
+        if origin and not self.origin_allowed(origin):
             raise HTTPError(403, "cross-origin WebSocket refused")
         deflate = negotiate_deflate(headers.get("Sec-WebSocket-Extensions")) if ctx.settings.ws_compression else None
         credentials = credentials_of(self.request)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from tornado.web import RequestHandler
-
 from metrics.registry import Metrics
+from service.logs import RedactedLogging
 
 
-class MetricsHandler(RequestHandler):
+class MetricsHandler(RedactedLogging):
     def initialize(self, metrics: Metrics) -> None:
         self.metrics = metrics
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tornado.web import Application, RequestHandler, StaticFileHandler
+from tornado.web import Application, RequestHandler
 
 from handlers.admin import ConnectionHandler, ConnectionsHandler, UserConnectionsHandler
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, SecurityHeaders
+from handlers.dashboard import DashboardHandler, DashboardIndexHandler, NoDashboardHandler
 from handlers.events import PublishHandler
 from handlers.health import LivenessHandler, ReadinessHandler
 from handlers.openapi import OpenApiHandler
@@ -50,25 +51,6 @@ class NotFoundHandler(BaseHandler):
         self.write_json({"error": "not_found", "message": f"no route {self.request.path[:100]}"}, 404)
 
 
-class WebAppHandler(StaticFileHandler):
-    """The built dashboard. Its file names do not change between builds, so browsers must
-    revalidate (cheap: ETag) or a new page could run an old script."""
-
-    def set_extra_headers(self, path: str) -> None:
-        self.set_header("Cache-Control", "no-cache")
-
-
-class NoDashboardHandler(RequestHandler):
-    def get(self, path: str) -> None:
-        self.set_status(404 if path else 200)
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(
-            "<!doctype html><meta charset=utf-8><title>Realtime</title>"
-            "<p>The dashboard is not built. Run <code>make web</code> (needs Node.js 20), then reload.</p>"
-            "<p>The API is at <a href=/api/openapi.json>/api/openapi.json</a>.</p>"
-        )
-
-
 def route_patterns() -> list[str]:
     """Every path pattern the app serves (the Kubernetes checks compare probes against it)."""
     return [pattern for pattern, _ in API_ROUTES] + ["/metrics", "/(.*)"]
@@ -82,14 +64,20 @@ def make_app(ctx: AppContext, **tornado_settings: Any) -> Application:
     routes.append((r"/metrics", MetricsHandler, {"metrics": ctx.metrics}))
     routes.append((r"/api/.*", NotFoundHandler, {"ctx": ctx}))
     if (web_dir / "index.html").is_file():
-        routes.append((r"/(.*)", WebAppHandler, {"path": str(web_dir), "default_filename": "index.html"}))
+        routes.append((r"/(?:index\.html)?", DashboardIndexHandler, {"web_dir": web_dir, "settings": settings}))
+        routes.append(
+            (r"/(.*)", DashboardHandler, {"path": str(web_dir), "default_filename": "index.html", "settings": settings})
+        )
     else:
-        routes.append((r"/(.*)", NoDashboardHandler))
-    return Application(
+        routes.append((r"/(.*)", NoDashboardHandler, {"settings": settings}))
+    app = Application(
         routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"ctx": ctx},
         websocket_ping_interval=0,  # the hub's heartbeat pings every connection from one timer
-        log_function=request_logger(ctx.metrics),
+        log_function=request_logger(ctx.metrics, (route[1].__name__ for route in routes)),
         compress_response=False,
-        xheaders=True,
         **tornado_settings,
     )
+    app.add_transform(SecurityHeaders)
+    return app

@@ -6,6 +6,7 @@ checked against that list.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -51,7 +52,13 @@ ENV_VARS: tuple[str, ...] = (
     "LOG_LEVEL",
     "LOG_FORMAT",
     "PROMETHEUS_MULTIPROC_DIR",
+    "TRUSTED_PROXIES",
+    "HEAD_TIMEOUT_SECONDS",
+    "MAX_PENDING_PER_ADDRESS",
+    "DASHBOARD_SERVICE_URL",
 )
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,22 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     multiproc_dir: Path | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+    head_timeout_seconds: float = 10.0
+    max_pending_per_address: int = 64
+    dashboard_service_url: str | None = None
+
+    def trusted_proxy(self, address: str) -> bool:
+        """Whether a peer address is a proxy whose X-Forwarded-For / X-Real-Ip are believed."""
+        if not self.trusted_proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.trusted_proxies)
 
     @property
     def verification_key(self) -> str:
@@ -94,16 +117,22 @@ class Settings:
             raise ConfigError("JWT_SECRET: no verification key configured")
         return key
 
-    def origin_allowed(self, origin: str | None, host: str) -> bool:
-        """Whether a browser `Origin` may connect; no header means a non-browser client."""
+    def origin_allowed(self, origin: str | None, host: str, scheme: str) -> bool:
+        """Whether a browser `Origin` may connect; no header means a non-browser client.
+
+        Args:
+            origin: the `Origin` header.
+            host: the `Host` the request was sent to.
+            scheme: the request's scheme (`http`/`https`; from a trusted proxy's
+                `X-Forwarded-Proto` when TRUSTED_PROXIES names it).
+        """
         if not origin:
             return True
         # Scheme and host are case-insensitive; `_origins` stores the configured ones lowercased.
         if "*" in self.allowed_origins or origin.lower() in self.allowed_origins:
             return True
-        # Same origin: the Origin's host[:port] equals the Host the request was sent to.
-        bare = origin.split("://", 1)[-1].rstrip("/")
-        return bare.lower() == host.lower()
+        # Same origin: scheme, host and port all equal the request's.
+        return origin.rstrip("/").lower() == f"{scheme}://{host}".lower()
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -235,6 +264,33 @@ def _origins(env: Mapping[str, str], dev_mode: bool) -> tuple[str, ...]:
     return tuple(part.strip().rstrip("/").lower() for part in raw.split(",") if part.strip())
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    raw = _text(env, name)
+    if raw is None:
+        return ()
+    networks = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: expected IP addresses or CIDRs (10.0.0.0/8), got {part!r}") from None
+    return tuple(networks)
+
+
+def _origin_url(env: Mapping[str, str], name: str) -> str | None:
+    """An absolute http(s)/ws(s) URL, kept as its origin plus path without a trailing slash."""
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    scheme, sep, rest = raw.partition("://")
+    host = rest.split("/", 1)[0]
+    if not sep or scheme.lower() not in ("http", "https", "ws", "wss") or not host or any(c in raw for c in "\"'<> "):
+        raise ConfigError(f"{name}: expected an absolute http(s):// or ws(s):// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
 def dev_secret(data_dir: Path) -> str:
     """Read, or create once, the development HMAC secret kept in DATA_DIR."""
     path = data_dir / DEV_SECRET_FILE
@@ -312,6 +368,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
         log_format=_choice(env, "LOG_FORMAT", "text", LOG_FORMATS),
         multiproc_dir=Path(multiproc) if multiproc else None,
+        trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+        head_timeout_seconds=_float(env, "HEAD_TIMEOUT_SECONDS", 10.0, minimum=0.5),
+        max_pending_per_address=_int(env, "MAX_PENDING_PER_ADDRESS", 64, minimum=1),
+        dashboard_service_url=_origin_url(env, "DASHBOARD_SERVICE_URL"),
     )
     if secret is None and public_key is None:
         # Only once every value is valid: a rejected configuration leaves DATA_DIR untouched.

@@ -8,7 +8,6 @@ import signal
 import socket
 import time
 
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 
@@ -18,6 +17,7 @@ from service.auth import Authenticator
 from service.bus import Bus
 from service.config import Settings
 from service.context import AppContext, Lifecycle
+from service.edge import EdgeServer
 from service.errors import CloseCode
 from service.hub import Hub
 from service.store import MongoStore
@@ -53,7 +53,7 @@ class Server:
     def __init__(self, ctx: AppContext, *, reuse_port: bool = False) -> None:
         self.ctx = ctx
         self.reuse_port = reuse_port
-        self.http: HTTPServer | None = None
+        self.http: EdgeServer | None = None
         self.port = 0
         self._heartbeat: PeriodicCallback | None = None
         self.stopped = asyncio.Event()
@@ -65,7 +65,13 @@ class Server:
         await ctx.store.start()
         await ctx.bus.start()
         app = make_app(ctx)
-        self.http = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY_SIZE, idle_connection_timeout=75)
+        self.http = EdgeServer(
+            app,
+            trusted=ctx.settings.trusted_proxy,
+            head_timeout=ctx.settings.head_timeout_seconds,
+            max_pending_per_address=ctx.settings.max_pending_per_address,
+            max_body_size=MAX_BODY_SIZE,
+        )
         if sockets is None:
             sockets = bind_sockets(ctx.settings.port, ctx.settings.host, reuse_port=self.reuse_port, backlog=4096)
         self.http.add_sockets(sockets)

@@ -225,26 +225,28 @@ def test_allowed_origins_default_depends_on_dev_mode(
 
 
 @pytest.mark.parametrize(
-    ("allowed", "origin", "host", "expected"),
+    ("allowed", "origin", "served_at", "expected"),
     [
-        ((), None, "svc.example", True),
-        ((), "", "svc.example", True),
-        ((), "https://svc.example", "svc.example", True),
-        ((), "http://svc.example:5001", "SVC.example:5001", True),
-        ((), "http://svc.example:5002", "svc.example:5001", False),
-        ((), "https://evil.example", "svc.example", False),
-        ((), "https://svc.example.evil.example", "svc.example", False),
-        ((), "null", "svc.example", False),
-        (("https://app.example",), "https://app.example", "svc.example", True),
-        (("https://app.example",), "https://other.example", "svc.example", False),
-        (("*",), "https://anything.example", "svc.example", True),
+        ((), None, "https://svc.example", True),
+        ((), "", "https://svc.example", True),
+        ((), "https://svc.example", "https://svc.example", True),
+        ((), "http://svc.example:5001", "http://SVC.example:5001", True),
+        ((), "http://svc.example:5002", "http://svc.example:5001", False),
+        ((), "https://evil.example", "https://svc.example", False),
+        ((), "https://svc.example.evil.example", "https://svc.example", False),
+        ((), "null", "https://svc.example", False),
+        (("https://app.example",), "https://app.example", "https://svc.example", True),
+        (("https://app.example",), "https://other.example", "https://svc.example", False),
+        (("*",), "https://anything.example", "https://svc.example", True),
+        ((), "http://svc.example", "https://svc.example", False),
     ],
 )
 def test_origin_allowed_by_list_or_same_origin(
-    allowed: tuple[str, ...], origin: str | None, host: str, expected: bool
+    allowed: tuple[str, ...], origin: str | None, served_at: str, expected: bool
 ) -> None:
-    """No Origin (non-browser), a listed origin, `*`, or the request's own host are allowed."""
-    assert Settings(allowed_origins=allowed).origin_allowed(origin, host) is expected
+    """No Origin (non-browser), a listed origin, `*`, or the request's own scheme and host are allowed."""
+    scheme, _, host = served_at.partition("://")
+    assert Settings(allowed_origins=allowed).origin_allowed(origin, host, scheme) is expected
 
 
 def test_configured_origins_match_in_any_case(tmp_path: Path) -> None:
@@ -252,7 +254,7 @@ def test_configured_origins_match_in_any_case(tmp_path: Path) -> None:
     settings = load_settings(
         {"JWT_SECRET": SECRET, "ALLOWED_ORIGINS": "HTTPS://App.Example/", "DATA_DIR": str(tmp_path)}
     )
-    assert settings.origin_allowed("https://app.example", "svc.example")
+    assert settings.origin_allowed("https://app.example", "svc.example", "https")
 
 
 def test_every_variable_read_is_listed_in_env_vars() -> None:

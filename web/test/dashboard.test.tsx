@@ -92,14 +92,6 @@ describe("boot", () => {
     expect(window.location.href).toBe("http://svc.test/?lang=ar#x");
   });
 
-  it("takes the service URL from ?ws= before window.REALTIME_URL", () => {
-    window.REALTIME_URL = "https://configured.test";
-    expect(serviceUrl("?ws=wss%3A%2F%2Fother.test%2Fws")).toBe("wss://other.test/ws");
-    expect(serviceUrl("")).toBe("https://configured.test");
-    delete window.REALTIME_URL;
-    expect(serviceUrl("")).toBeUndefined();
-  });
-
   it("picks the language from ?lang=, then storage, then the browser", () => {
     const storage = new MemoryStorage();
     expect(initialLang("?lang=ar", storage, "en-US")).toBe("ar");
