@@ -181,8 +181,8 @@ def ping_flood(service: Service, seconds: float) -> None:
     )
 
 
-async def connect_one(port: int, request: bytes, start: asyncio.Event) -> tuple[str, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def connect_one(port: int, request: bytes, start: asyncio.Event, source: str) -> tuple[str, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     await start.wait()
     writer.write(request)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
@@ -208,7 +208,8 @@ async def race(port: int, transport: str, count: int) -> None:
         else f"GET /events?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
     )
     start = asyncio.Event()
-    tasks = [asyncio.create_task(connect_one(port, request, start)) for _ in range(count)]
+    # From eight source addresses: the service caps connections per address that have not sent a request.
+    tasks = [asyncio.create_task(connect_one(port, request, start, f"127.0.0.{2 + i % 8}")) for i in range(count)]
     await asyncio.sleep(0.5)  # every socket connected, no request sent yet
     start.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)

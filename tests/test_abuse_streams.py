@@ -114,6 +114,11 @@ async def test_request_flood_is_closed_with_4400(service: Service, request_bytes
     assert answers < 2 * REQUEST_BURST
 
 
+def source_address(i: int) -> str:
+    """One of eight loopback addresses, 127.0.0.2 to 127.0.0.9."""
+    return f"127.0.0.{2 + i % 8}"
+
+
 async def race(service: Service, transport: str, token: str, count: int) -> list[str]:
     """`count` connects for one token, each request written once all sockets are open."""
     path = f"/ws?token={token}" if transport == "websocket" else f"/events?token={token}"
@@ -125,8 +130,10 @@ async def race(service: Service, transport: str, token: str, count: int) -> list
     go = asyncio.Event()
     writers: list[asyncio.StreamWriter] = []
 
-    async def one() -> str:
-        reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    async def one(i: int) -> str:
+        # From several source addresses, as many users' browsers would come: one address may
+        # hold only MAX_PENDING_PER_ADDRESS connections that have not sent their request yet.
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.port, local_addr=(source_address(i), 0))
         writers.append(writer)
         await go.wait()
         writer.write(request.encode())
@@ -138,7 +145,7 @@ async def race(service: Service, transport: str, token: str, count: int) -> list
         opcode, payload = await ws.recv_frame(seconds=20)
         return f"close {parse_close(payload)[0]}" if opcode == OP_CLOSE else json.loads(payload)["type"]
 
-    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
     await eventually(lambda: len(writers) == count, 20, "every socket open")
     go.set()
     try:
