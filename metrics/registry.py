@@ -74,7 +74,7 @@ class Metrics:
         self.messages_sent = Counter("realtime_messages_sent", "Messages written to clients", ["transport"], registry=r)
         self.broadcast_latency = Histogram(
             "realtime_broadcast_latency_seconds",
-            "Event inserted into MongoDB to written to the last local socket",
+            "Event first known to the service to written to the last local socket",
             ["transport"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -87,7 +87,7 @@ class Metrics:
         )
         self.bus_lag = Histogram(
             "realtime_bus_lag_seconds",
-            "Event inserted into MongoDB to seen on the change stream",
+            "Event first known to the service to seen on the change stream",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

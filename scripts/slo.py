@@ -255,6 +255,8 @@ def dashboard_row(slo: Slo) -> list[dict[str, Any]]:
         [(f"1 - {ratio(w)}{selector}", f"{{{{namespace}}}} {w}") for w in ("5m", "1h")],
     )
     _threshold_lines(sli, [(slo.objective, "red")])
+    # A 0-100 % axis would flatten the line against the top; widens when the SLI drops lower.
+    sli["fieldConfig"]["defaults"]["custom"].update({"axisSoftMin": 0.95, "axisSoftMax": 1})
     longs = [w.long for alert in slo.alerts for w in alert.windows]
     burn = _panel(
         SLO_PANEL_IDS[2],
@@ -280,7 +282,7 @@ def dashboard_row(slo: Slo) -> list[dict[str, Any]]:
         f"{target_ms} ms) not yet spent, over the last {slo.period} (or since Prometheus has data).",
         16,
         "percentunit",
-        [(f"{PREFIX}_budget_remaining:ratio{slo.period}{selector}", "{{namespace}}")],
+        [(f"{PREFIX}_budget_remaining:ratio{slo.period}{selector}", "{{namespace}} budget left")],
     )
     _threshold_lines(budget, [(0.0, "red")])
     return [row, sli, burn, budget]
