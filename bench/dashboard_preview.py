@@ -425,6 +425,8 @@ def render(
             soft_min, soft_max = custom.get("axisSoftMin"), custom.get("axisSoftMax")
             bottom = 0.0 if soft_min is None else min([soft_min * scale, *plotted])
             top = None if soft_max is None else max([soft_max * scale, *plotted])
+            if top is not None:
+                top += (top - bottom) * 0.02  # a line at the soft maximum stays visible
             axis.set_ylim(bottom=bottom, top=top)
         if drawn:
             axis.legend(fontsize=7, loc="upper left", ncol=4 if drawn > 6 else 2, framealpha=0.6)
