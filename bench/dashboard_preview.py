@@ -1,6 +1,7 @@
 """Render the Grafana dashboard (k8s/monitoring/dashboard.json) from a short real run.
 
-Starts the service (embedded MongoDB) and a Prometheus server scraping it every second,
+Starts the service (embedded MongoDB) and a Prometheus server scraping it every second (with
+the alert and SLO rules loaded, so the SLO row has its recorded series),
 drives a small load (WebSocket and SSE clients, events, reconnects with resume, rejected
 tokens, one stalled client), then asks Prometheus for every panel's PromQL over the run
 (`query_range`) and draws the panels, placed as in the dashboard, into one PNG.
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import yaml  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
@@ -46,6 +48,7 @@ from service.config import Settings  # noqa: E402
 from tests.processes import PrometheusProcess, ServiceProcess, wait_until  # noqa: E402
 
 DASHBOARD = ROOT / "k8s" / "monitoring" / "dashboard.json"
+RULE_FILES = ("alerts.yaml", "slo-rules.yaml")
 EVENT_TYPES = ("task_created", "task_executed", "task_updated", "schedule_updated", "deploy_finished")
 ID_FIELD = re.compile(rb"id: ([0-9a-f]{16})\n")
 BULK_PADDING = "x" * 60_000
@@ -90,7 +93,15 @@ class Processes:
         }
         self.service = ServiceProcess(self.workdir / "data", env)
         self.service.start()
-        self.prometheus = PrometheusProcess(self.workdir / "prometheus", f"127.0.0.1:{self.service_port}")
+        # The PrometheusRules' groups, so the SLO row's recorded series exist (evaluated each second).
+        rule_files = []
+        for name in RULE_FILES:
+            path = self.workdir / name
+            path.write_text(json.dumps(yaml.safe_load((DASHBOARD.parent / name).read_text())["spec"]))
+            rule_files.append(path)
+        self.prometheus = PrometheusProcess(
+            self.workdir / "prometheus", f"127.0.0.1:{self.service_port}", tuple(rule_files)
+        )
         self.prometheus.start()
         wait_until(self.scraped, 60, "prometheus to scrape the service")
 
@@ -363,7 +374,7 @@ def render(
 
     height = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     figure = plt.figure(figsize=(16, height * 0.5), dpi=100)
-    grid = GridSpec(height, 24, figure=figure, hspace=2.4, wspace=1.6, left=0.05, right=0.98, top=0.97, bottom=0.025)
+    grid = GridSpec(height, 24, figure=figure, hspace=2.4, wspace=1.6, left=0.05, right=0.98, top=0.955, bottom=0.025)
     figure.suptitle(
         f"{json.loads(DASHBOARD.read_text())['title']} — preview from a local run\n{note}; x: seconds into the run",
         fontsize=12,
@@ -379,10 +390,12 @@ def render(
         scale, unit = UNITS.get(defaults.get("unit", "short"), (1.0, defaults.get("unit", "")))
         drawn = 0
         positive: list[float] = []
+        plotted: list[float] = []
         for name, times, values in series.get(panel["id"], []):
             if any(not math.isnan(v) for v in values):
                 axis.plot(times, [v * scale for v in values], linewidth=1.2, label=name)
                 positive += [v * scale for v in values if v > 0]
+                plotted += [v * scale for v in values if not math.isnan(v)]
                 drawn += 1
         # One series far above the rest (e.g. an SSE stream's lifetime among request durations)
         # would flatten the others to zero on a linear axis.
@@ -407,7 +420,14 @@ def render(
         if wide:
             axis.set_yscale("log")
         else:
-            axis.set_ylim(bottom=0)
+            # Grafana's soft limits: the axis spans at least this range, wider when the data do.
+            custom = defaults.get("custom", {})
+            soft_min, soft_max = custom.get("axisSoftMin"), custom.get("axisSoftMax")
+            bottom = 0.0 if soft_min is None else min([soft_min * scale, *plotted])
+            top = None if soft_max is None else max([soft_max * scale, *plotted])
+            if top is not None:
+                top += (top - bottom) * 0.02  # a line at the soft maximum stays visible
+            axis.set_ylim(bottom=bottom, top=top)
         if drawn:
             axis.legend(fontsize=7, loc="upper left", ncol=4 if drawn > 6 else 2, framealpha=0.6)
         else:

@@ -1,8 +1,8 @@
 """The event envelope: types, validation of published events, ids from the change stream.
 
 An event is stored in the `events` collection as a flat document (the seed's shape) plus
-`createdAt` and an optional `to`; its `id` is the change stream's position, so every
-process sees the same id for the same event, in the same order.
+`createdAt`, `createdAtUs` and an optional `to`; its `id` is the change stream's position, so
+every process sees the same id for the same event, in the same order.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import Timestamp
@@ -25,12 +25,17 @@ EVENT_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 APP_TYPES = frozenset({"task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"})
 # Messages the server itself produces per connection; nobody may publish them.
 CONTROL_TYPES = frozenset({"connected", "pong", "resync", "token_expiring", "error", "auth_ok", "close"})
-RESERVED_FIELDS = frozenset({"id", "ts", "_id", "createdAt"})
+# When the service first knew of the event, in whole microseconds since the epoch: the start
+# of the latency metrics. `createdAt` (a BSON date, for the TTL index and `ts`) keeps only
+# milliseconds, too coarse against 5 ms buckets. Documents from other programs may lack it.
+CREATED_US = "createdAtUs"
+RESERVED_FIELDS = frozenset({"id", "ts", "_id", "createdAt", CREATED_US})
 # Stored fields that are not part of what clients receive.
-PRIVATE_FIELDS = frozenset({"_id", "createdAt", "to"})
+PRIVATE_FIELDS = frozenset({"_id", "createdAt", CREATED_US, "to"})
 MAX_ADDRESSEES = 1000
 MAX_DEPTH = 32  # nesting of published fields; MongoDB refuses documents past 100 levels
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def metric_type(event_type: str) -> str:
@@ -43,6 +48,13 @@ def iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def epoch_us(moment: datetime) -> int:
+    """A moment as whole microseconds since the Unix epoch (naive datetimes are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1)
 
 
 def now_iso() -> str:
@@ -92,7 +104,7 @@ class Event:
     ts: str
     fields: Payload
     audience: Audience | None
-    inserted_at: float  # epoch seconds when it was written to MongoDB
+    inserted_at: float  # epoch seconds when the service first knew of it (`createdAtUs`, else `createdAt`)
 
     def payload(self) -> Payload:
         """The JSON object clients receive: `id`, `type`, `ts` first, then the fields."""
@@ -177,6 +189,7 @@ def document_for_publish(body: Mapping[str, object], created_at: datetime) -> di
         raise BadMessage("fields MongoDB cannot store", unstorable)
     doc["type"] = event_type
     doc["createdAt"] = created_at
+    doc[CREATED_US] = epoch_us(created_at)
     if audience is not None:
         doc["to"] = audience.to_document()
     return doc
@@ -228,13 +241,18 @@ def event_from_change(change: Mapping[str, Any]) -> Event | None:
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
     fields = {k: _plain(v) for k, v in doc.items() if k not in PRIVATE_FIELDS and k not in ("type", "id", "ts")}
+    micros = doc.get(CREATED_US)
+    if isinstance(micros, int | float) and not isinstance(micros, bool):
+        inserted_at = micros / 1e6
+    else:
+        inserted_at = created.timestamp()
     return Event(
         id=event_id(change["clusterTime"]),
         type=event_type,
         ts=iso(created),
         fields=fields,
         audience=audience,
-        inserted_at=created.timestamp(),
+        inserted_at=inserted_at,
     )
 
 
@@ -260,4 +278,5 @@ def event_document(
         created_at: the change's own time (a task's `updatedAt`), so the event's `ts`
             equals it and clients can tell which of the two is newer; now when omitted.
     """
-    return {"type": event_type, **fields, "createdAt": created_at or datetime.now(UTC)}
+    created = created_at or datetime.now(UTC)
+    return {"type": event_type, **fields, "createdAt": created, CREATED_US: epoch_us(created)}

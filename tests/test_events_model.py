@@ -14,6 +14,7 @@ from service.errors import BadMessage
 from service.events import (
     Audience,
     document_for_publish,
+    event_document,
     event_from_change,
     event_id,
     iso,
@@ -22,6 +23,7 @@ from service.events import (
 )
 
 CREATED = datetime(2026, 11, 25, 19, 0, 0, 123_456, tzinfo=UTC)
+CREATED_US = 1_795_633_200_123_456  # CREATED in microseconds since the epoch
 U32 = st.integers(min_value=0, max_value=2**32 - 1)
 timestamps = st.builds(Timestamp, U32, U32)
 
@@ -90,13 +92,15 @@ def test_document_for_publish_keeps_fields_and_normalises_to() -> None:
         "userName": "ليلى",
         "n": 1,
         "createdAt": CREATED,
+        "createdAtUs": CREATED_US,
         "to": {"users": [3, 7], "roles": ["admin"]},
     }
 
 
 def test_document_for_publish_without_to_has_no_audience() -> None:
     """An event without `to` is stored without one (delivered to everybody)."""
-    assert document_for_publish({"type": "x"}, CREATED) == {"type": "x", "createdAt": CREATED}
+    expected = {"type": "x", "createdAt": CREATED, "createdAtUs": CREATED_US}
+    assert document_for_publish({"type": "x"}, CREATED) == expected
 
 
 @pytest.mark.parametrize(
@@ -109,6 +113,7 @@ def test_document_for_publish_without_to_has_no_audience() -> None:
         ({"type": "connected"}, {"type"}),
         ({"type": "error"}, {"type"}),
         ({"type": "x", "id": "1", "ts": "now", "_id": 1, "createdAt": 1}, {"id", "ts", "_id", "createdAt"}),
+        ({"type": "x", "createdAtUs": 1}, {"createdAtUs"}),
         ({"type": "x", "to": []}, {"to"}),
         ({"type": "x", "to": {}}, {"to"}),
         ({"type": "x", "to": {"groups": ["a"]}}, {"to"}),
@@ -248,3 +253,25 @@ def test_to_users_follow_the_same_id_rule_as_token_subjects(raw: list[Any], user
     """Only canonical ASCII decimal strings that fit a token's integer `sub` become integers."""
     audience = parse_audience({"users": raw})
     assert audience is not None and audience.users == users
+
+
+def test_published_and_emitted_documents_carry_created_at_in_microseconds() -> None:
+    """`createdAtUs` keeps the microseconds a BSON `createdAt` date drops."""
+    assert document_for_publish({"type": "x"}, CREATED)["createdAtUs"] == CREATED_US
+    assert event_document("task_created", {"taskId": 1}, CREATED)["createdAtUs"] == CREATED_US
+
+
+def test_latency_starts_at_created_at_us_when_present() -> None:
+    """The metrics' start is `createdAtUs` (sub-millisecond), and clients never see it."""
+    millis = CREATED.replace(microsecond=123_000)  # what MongoDB gives back for `createdAt`
+    event = event_from_change(change({"type": "x", "createdAt": millis, "createdAtUs": CREATED_US}))
+    assert event is not None
+    assert event.inserted_at == CREATED_US / 1e6
+    assert "createdAtUs" not in event.payload()
+
+
+def test_latency_falls_back_to_created_at_without_created_at_us() -> None:
+    """A document another program inserted without `createdAtUs` is timed from `createdAt`."""
+    event = event_from_change(change({"type": "x", "createdAt": CREATED, "createdAtUs": "soon"}))
+    assert event is not None
+    assert event.inserted_at == CREATED.timestamp()

@@ -41,7 +41,10 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "realtime_resumes": ("counter", frozenset({"transport", "outcome"})),
     "realtime_http_request_duration_seconds": ("histogram", frozenset({"handler", "method", "code"})),
 }
-SPEC_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+SPEC_LATENCY_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05),
+    *(0.06, 0.075, 0.1, 0.25, 0.5, 1, 2.5),
+)
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
 
@@ -117,7 +120,7 @@ async def test_every_spec_metric_is_exported_with_its_type_and_labels(service: S
 
 @pytest.mark.gen_test(timeout=60)
 async def test_broadcast_latency_buckets_are_exactly_the_spec_list(service: Service) -> None:
-    """`le` of realtime_broadcast_latency_seconds: .001 … 2.5 from SPEC §8, then +Inf."""
+    """`le` of broadcast latency (each transport) and bus lag: .001 … 2.5 from SPEC §8, then +Inf."""
     ws = await service.websocket({"token": service.token()})
     await ws.recv_type("connected")
     sse = await service.sse({"token": service.token()})
@@ -134,6 +137,11 @@ async def test_broadcast_latency_buckets_are_exactly_the_spec_list(service: Serv
             if s.name.endswith("_bucket") and s.labels["transport"] == transport
         ]
         assert bounds == [*SPEC_LATENCY_BUCKETS, math.inf], transport
+    lag = result.families["realtime_bus_lag_seconds"]
+    assert [float(s.labels["le"]) for s in lag.samples if s.name.endswith("_bucket")] == [
+        *SPEC_LATENCY_BUCKETS,
+        math.inf,
+    ]
     assert LATENCY_BUCKETS == SPEC_LATENCY_BUCKETS
     await ws.close()
     sse.close()

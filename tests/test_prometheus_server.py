@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "k8s" / "monitoring"
 # Grafana's variables, as a Prometheus scraping every second can answer them.
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "1s", "$namespace": ".*"}
+SLO_RATIO = "namespace:realtime_latency_slo_error_ratio:rate5m"
 P99_BY_TRANSPORT = (
     "histogram_quantile(0.99, sum by (le, transport) (rate(realtime_broadcast_latency_seconds_bucket[30s])))"
 )
@@ -128,26 +129,40 @@ async def test_prometheus_computes_p99_broadcast_latency_per_transport(service: 
 
 @pytest.mark.gen_test(timeout=120)
 async def test_alert_rules_and_dashboard_queries_run_on_a_real_prometheus(service: Service, tmp_path: Path) -> None:
-    """The PrometheusRule's groups load and evaluate without error; every dashboard query is accepted."""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump(yaml.safe_load((MONITORING / "alerts.yaml").read_text())["spec"]))
+    """Both PrometheusRules' groups load and evaluate without error; every dashboard query is accepted."""
+    rule_files = []
+    for name in ("alerts.yaml", "slo-rules.yaml"):
+        rules = tmp_path / name
+        rules.write_text(yaml.safe_dump(yaml.safe_load((MONITORING / name).read_text())["spec"]))
+        rule_files.append(rules)
     ws = await service.websocket({"token": service.token(sub=1)})
     await ws.recv_type("connected")
-    async with prometheus_scraping(service, tmp_path / "prometheus", (rules,)) as prometheus:
+    async with prometheus_scraping(service, tmp_path / "prometheus", tuple(rule_files)) as prometheus:
 
         async def evaluated() -> bool:
             groups = (await prometheus.get("/api/v1/rules"))["groups"]
             rules_seen = [rule for group in groups for rule in group["rules"]]
-            return bool(rules_seen) and all(rule.get("lastEvaluation", "").startswith("2") for rule in rules_seen)
+            if not rules_seen or not all(rule.get("lastEvaluation", "").startswith("2") for rule in rules_seen):
+                return False
+            # The SLO's recorded error ratio has a value once two scrapes hold events.
+            return any(numeric(s) is not None for s in await prometheus.query(SLO_RATIO))
 
         await publish_until(service, [ws], evaluated)
         groups = (await prometheus.get("/api/v1/rules"))["groups"]
         loaded = [rule for group in groups for rule in group["rules"]]
-        expected = [rule for group in yaml.safe_load(rules.read_text())["groups"] for rule in group["rules"]]
+        expected = [
+            rule
+            for path in rule_files
+            for group in yaml.safe_load(path.read_text())["groups"]
+            for rule in group["rules"]
+        ]
         assert len(loaded) == len(expected)
         assert [(rule["name"], rule["health"], rule.get("lastError", "")) for rule in loaded] == [
-            (rule["alert"], "ok", "") for rule in expected
+            (rule.get("alert") or rule["record"], "ok", "") for rule in expected
         ]
+        # The SLO's ratio counts good events from the `le="0.05"` bucket, which the service exports.
+        [ratio] = await prometheus.query(SLO_RATIO)
+        assert 0 <= float(ratio["value"][1]) <= 1
         dashboard = json.loads((MONITORING / "dashboard.json").read_text())
         exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if t.get("expr")]
         assert exprs
