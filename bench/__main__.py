@@ -31,10 +31,10 @@ PIPE_TIMEOUT = 300.0  # no single step of a load process may take longer than th
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--ws", type=int, default=200, help="WebSocket clients (issue size: 5000)")
-    parser.add_argument("--sse", type=int, default=200, help="SSE clients (issue size: 5000)")
+    parser.add_argument("--ws", type=int, default=200, help="WebSocket clients (`make bench` uses 5000)")
+    parser.add_argument("--sse", type=int, default=200, help="SSE clients (`make bench` uses 5000)")
     parser.add_argument("--rate", type=float, default=20, help="events published per second")
-    parser.add_argument("--duration", type=float, default=5, help="seconds of publishing (issue size: 20)")
+    parser.add_argument("--duration", type=float, default=5, help="seconds of publishing (`make bench` uses 20)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, any of {','.join(SYSTEMS)}")
     parser.add_argument("--procs", type=int, default=2, help="load processes (each holds at most ~19,000 sockets)")
     parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before memory is read")

@@ -1,4 +1,4 @@
-"""`python -m bench.abuse_http [--old DIR]`: the HTTP-edge attacks of issue 12, as figures.
+"""`python -m bench.abuse_http [--old DIR]`: the HTTP-edge attacks, as figures.
 
 For this tree and, with `--old`, another checkout of the service (the code before the fix),
 each started as `python -m service` on one shared in-memory SecantusDB, on loopback:
