@@ -418,7 +418,7 @@ async def test_pod_with_external_mongodb_serves_streams_and_drains(
         uri = mongo_uri.replace("127.0.0.1", PODMAN_HOST_LOOPBACK)
     else:
         network, uri = ["--network", "host"], mongo_uri
-    env = pod.env({"JWT_SECRET": SECRET, "MONGODB_URI": uri, "MONGODB_DB": f"image_{uuid.uuid4().hex[:8]}"})
+    env = pod.env({"JWT_SECRET": SECRET, "MONGODB_URI": uri})
     container = await asyncio.to_thread(run_pod, engine, image, pod, env, network)
     try:
         ready = await asyncio.to_thread(container.wait_ready, pod.probe("readinessProbe")[0])
