@@ -38,7 +38,7 @@ import pytest
 from service.config import usable_cpus
 from service.embedded_mongo import free_port
 from tests.clients import Service
-from tests.processes import SECRET, as_service, wait_until
+from tests.processes import SECRET, as_service, running, shared_env, wait_until
 from tests.test_k8s import one, realtime_container, realtime_pod, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -477,3 +477,16 @@ def test_usable_cpus_follows_a_cgroup_v1_quota(tmp_path: Path) -> None:
     assert usable_cpus(tmp_path) == 1
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert usable_cpus(tmp_path) == usable_cpus(tmp_path / "absent") >= 1
+
+
+def test_single_process_creates_the_metrics_dir_and_drops_a_previous_runs_files(tmp_path: Path, mongo_uri: str) -> None:
+    """WORKERS=1 with PROMETHEUS_MULTIPROC_DIR not there yet starts; a restart drops the old pid's files."""
+    metrics_dir = tmp_path / "tmp" / "prometheus"
+    env = {**shared_env(mongo_uri), "WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with running(tmp_path / "first", env) as first:
+        old_pid = first.pid
+        assert any(path.name.endswith(f"_{old_pid}.db") for path in metrics_dir.iterdir())
+    with running(tmp_path / "second", env) as second:
+        names = [path.name for path in metrics_dir.iterdir()]
+        assert any(name.endswith(f"_{second.pid}.db") for name in names)
+        assert not any(name.endswith(f"_{old_pid}.db") for name in names)
