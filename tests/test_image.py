@@ -112,7 +112,10 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def image(engine: Engine) -> Iterator[str]:
-    """The image, built by scripts/image.sh under a tag of its own; removed afterwards."""
+    """The image, built by scripts/image.sh under a tag of its own; removed afterwards.
+
+    Its parent layers stay (`--no-prune`): they are the build cache the next build reuses.
+    """
     tag = f"localhost/realtime-test:{uuid.uuid4().hex[:10]}"
     started = time.monotonic()
     result = subprocess.run(
@@ -128,7 +131,7 @@ def image(engine: Engine) -> Iterator[str]:
     try:
         yield tag
     finally:
-        engine("rmi", "-f", tag, check=False)
+        engine("rmi", "--no-prune", tag, check=False)
 
 
 # --- the pod, from k8s/base -----------------------------------------------------------------
@@ -359,7 +362,13 @@ async def stream_and_drain(pod: Pod, container: Container, service: Service, lab
     assert check.returncode == 0, f"HEALTHCHECK failed: {check.stdout}{check.stderr}"
 
     usage = await asyncio.to_thread(container.exec, "du", "-sk", "/tmp")
-    record(**{f"{label}_tmp_kib": int(usage.stdout.split()[0]) if usage.returncode == 0 else None})
+    stats = container.engine("stats", "--no-stream", "--format", "{{.MemUsage}}", container.name, check=False)
+    record(
+        **{
+            f"{label}_tmp_kib": int(usage.stdout.split()[0]) if usage.returncode == 0 else None,
+            f"{label}_memory": stats.stdout.strip() or None,
+        }
+    )
 
     # kubectl delete pod: preStop runs to completion, then SIGTERM; the grace period covers both.
     grace = float(pod.spec["terminationGracePeriodSeconds"])
@@ -443,7 +452,9 @@ def test_image_runs_with_its_own_defaults_read_only(engine: Engine, image: str) 
         container.wait_ready("/readyz")
         assert container.exec("id", "-u").stdout.strip() == "10001"
         engine("kill", "--signal", "TERM", container.name)
+        signalled = time.monotonic()
         assert container.wait_exit(45) == 0, container.logs()
+        record(defaults_sigterm_to_exit_seconds=round(time.monotonic() - signalled, 2))
         assert container.written_outside(["/tmp"]) == []
     finally:
         container.remove()
