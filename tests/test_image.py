@@ -441,9 +441,14 @@ async def test_pod_with_external_mongodb_serves_streams_and_drains(
         await asyncio.to_thread(container.remove)
 
 
-def test_image_runs_with_its_own_defaults_read_only(engine: Engine, image: str) -> None:
-    """`run --read-only --tmpfs /tmp --cpus 1` with only JWT_SECRET: ready as uid 10001, exit 0 on SIGTERM."""
-    args = ["--read-only", "--tmpfs", "/tmp", "--cpus", "1"]
+# One CPU: a single process; two (where the host has them): the WORKERS supervisor.
+DEFAULT_RUN_CPUS = sorted({1, min(2, usable_cpus())})
+
+
+@pytest.mark.parametrize("cpu_limit", DEFAULT_RUN_CPUS)
+def test_image_runs_with_its_own_defaults_read_only(engine: Engine, image: str, cpu_limit: int) -> None:
+    """`run --read-only --tmpfs /tmp --cpus N` and JWT_SECRET only: N workers as uid 10001, exit 0 on SIGTERM."""
+    args = ["--read-only", "--tmpfs", "/tmp", "--cpus", str(cpu_limit)]
     if engine.name == "podman":
         args.append("--read-only-tmpfs=false")
     container = Container(engine, image, args, {"JWT_SECRET": SECRET}, port=5001)
@@ -451,10 +456,13 @@ def test_image_runs_with_its_own_defaults_read_only(engine: Engine, image: str) 
         container.start([])
         container.wait_ready("/readyz")
         assert container.exec("id", "-u").stdout.strip() == "10001"
+        assert container.get("/metrics")[0] == 200
         engine("kill", "--signal", "TERM", container.name)
         signalled = time.monotonic()
         assert container.wait_exit(45) == 0, container.logs()
-        record(defaults_sigterm_to_exit_seconds=round(time.monotonic() - signalled, 2))
+        record(**{f"defaults_{cpu_limit}cpu_sigterm_to_exit_seconds": round(time.monotonic() - signalled, 2)})
+        [listening] = [line for line in json_log_lines(container.logs()) if line.get("message") == "listening"]
+        assert listening["workers"] == cpu_limit  # the image's WORKERS=0 under the limit
         assert container.written_outside(["/tmp"]) == []
     finally:
         container.remove()
