@@ -157,7 +157,7 @@ class Pod:
         self.spec = self.template["spec"]
         self.container = realtime_container(self.docs)
         ports = {port["name"]: port["containerPort"] for port in self.container["ports"]}
-        [(self.port_name, self.port)] = ports.items()
+        [self.port] = ports.values()
         self.ports = ports
 
     @property
