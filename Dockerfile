@@ -1,9 +1,13 @@
 # syntax=docker/dockerfile:1
 # Two stages: the browser bundle is built with Node, the runtime is a slim Python image
 # without Node, compilers or the build's node_modules.
+# The bases are build arguments: the official images by default; scripts/image.sh passes
+# locally made Debian bookworm equivalents where no registry can be reached.
+ARG NODE_IMAGE=node:20-slim
+ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- web: the dashboard and browser client, built into web/dist -------------------------
-FROM node:20-slim AS web
+FROM ${NODE_IMAGE} AS web
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -11,7 +15,7 @@ COPY web/ ./
 RUN npm run build
 
 # --- runtime -------------------------------------------------------------------------------
-FROM python:3.11-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 NPM    := $(shell command -v npm 2>/dev/null)
 
-.PHONY: run test test-python test-web lint types check web system-deps bench clean
+.PHONY: run test test-python test-web test-image image image-deps lint types check web system-deps bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,23 @@ test: $(VENV)/.dev system-deps web
 	$(MAKE) --no-print-directory lint types test-web test-python
 
 test-python: $(VENV)/.dev
-	$(PY) -m pytest
+	$(PY) -m pytest --ignore=tests/test_image.py
+
+## image: build the container image (IMAGE=realtime:dev) with docker or podman; without a
+## reachable registry its Debian bookworm bases are made locally (cached in ~/.cache/realtime-image)
+IMAGE ?= realtime:dev
+image: image-deps
+	scripts/image.sh $(IMAGE)
+
+# Debian's podman with runc (and slirp4netns, used by the image test) and mmdebstrap, unless an
+# engine already runs here
+image-deps:
+	@scripts/image.sh --engine >/dev/null 2>&1 || \
+	 scripts/system-deps.sh podman=podman,runc,slirp4netns slirp4netns=slirp4netns mmdebstrap=mmdebstrap
+
+## test-image: build the image and run it as k8s/base's Deployment would (tests/test_image.py, ~1-3 min)
+test-image: $(VENV)/.dev image-deps
+	$(PY) -m pytest tests/test_image.py -s
 
 test-web:
 	cd web && npm run --silent typecheck && npm run --silent test

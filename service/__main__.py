@@ -89,6 +89,13 @@ def serve() -> int:
         from service.workers import supervise
 
         return supervise(settings)
+    if settings.multiproc_dir is not None and not worker:
+        # No supervisor prepares it for a single process: create it (an image's default path
+        # need not exist) and drop the files of a previous run (a restarted container keeps
+        # its emptyDir), as `supervise` does.
+        from service.workers import _metrics_dir
+
+        _metrics_dir(settings)
     mongo: EmbeddedMongo | None = None
     try:
         if settings.mongodb_uri:

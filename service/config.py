@@ -135,6 +135,36 @@ class Settings:
         return origin.rstrip("/").lower() == f"{scheme}://{host}".lower()
 
 
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (rounded down).
+
+    `WORKERS=0` starts one worker per usable CPU. In a container limited to 1 CPU on a bigger
+    node, `os.cpu_count()` is still the node's count (Python 3.11 reads no cgroup limit).
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup)
+    if quota is not None:
+        count = min(count, int(quota))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota(cgroup: Path) -> float | None:
+    """The CPU quota in CPUs: cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`; None if unlimited."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for controller in ("cpu", "cpu,cpuacct"):
+        try:
+            quota_us = int((cgroup / controller / "cpu.cfs_quota_us").read_text())
+            period_us = int((cgroup / controller / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    return None
+
+
 def _text(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     if value is None or value.strip() == "":
@@ -343,7 +373,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         host=_text(env, "HOST") or "0.0.0.0",
         port=port,
-        workers=_int(env, "WORKERS", 1) or (os.cpu_count() or 1),
+        workers=_int(env, "WORKERS", 1) or usable_cpus(),
         mongodb_uri=_text(env, "MONGODB_URI"),
         mongodb_db=_text(env, "MONGODB_DB") or "realtime",
         mongodb_timeout_ms=_int(env, "MONGODB_TIMEOUT_MS", 3000, minimum=100),

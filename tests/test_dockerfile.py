@@ -43,14 +43,34 @@ def instructions() -> list[Instruction]:
     return result
 
 
+def global_args() -> dict[str, str]:
+    """The ARGs before the first FROM (the base images), with their defaults."""
+    result = {}
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            break
+        assert keyword == "ARG", "only ARG may come before the first FROM"
+        name, _, default = args.partition("=")
+        result[name] = default
+    return result
+
+
+def base_image(stage: list[Instruction]) -> str:
+    """A stage's FROM image, with a global ARG's default substituted."""
+    image = stage[0][1].split()[0]
+    match = re.fullmatch(r"\$\{?(\w+)\}?", image)
+    return global_args()[match.group(1)] if match else image
+
+
 def stages() -> list[list[Instruction]]:
-    """Instructions grouped by build stage, each starting with its FROM."""
+    """Instructions grouped by build stage, each starting with its FROM (global ARGs dropped)."""
     grouped: list[list[Instruction]] = []
     for instruction in instructions():
         if instruction[0] == "FROM":
             grouped.append([])
-        assert grouped, "the Dockerfile must start with FROM"
-        grouped[-1].append(instruction)
+        if grouped:
+            grouped[-1].append(instruction)
+    assert grouped, "the Dockerfile has no FROM"
     return grouped
 
 
@@ -92,13 +112,20 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_dockerfile_builds_web_with_node_then_runs_on_slim_python() -> None:
     """Two stages: Node builds web/dist, python:3.11-slim runs the service with it."""
     web, runtime = stages()
-    assert re.fullmatch(r"node:20-slim AS \w+", web[0][1])
+    assert re.fullmatch(r"\S+ AS \w+", web[0][1])
+    assert base_image(web) == "node:20-slim"
     assert any(args.startswith("npm ci") for args in arguments(web, "RUN"))
     assert "npm run build" in arguments(web, "RUN")
-    assert runtime[0][1].startswith("python:3.11-slim")
+    assert base_image(runtime) == "python:3.11-slim"
     stage_name = web[0][1].split()[-1]
     assert f"--from={stage_name} /web/dist/ web/dist/" in arguments(runtime, "COPY")
     assert arguments(runtime, "WORKDIR") == ["/app"]
+
+
+def test_bases_are_build_arguments_defaulting_to_the_official_images() -> None:
+    """Both bases are global ARGs (local bases can be passed in); the defaults are official tags."""
+    assert global_args() == {"NODE_IMAGE": "node:20-slim", "PYTHON_IMAGE": "python:3.11-slim"}
+    assert [stage[0][1].split()[0] for stage in stages()] == ["${NODE_IMAGE}", "${PYTHON_IMAGE}"]
 
 
 def test_final_stage_runs_as_non_root_numeric_user() -> None:
