@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from service.config import DEV_SECRET_FILE, ENV_VARS, Settings, load_settings
+from service.config import DEV_SECRET_FILE, ENV_VARS, Settings, load_settings, usable_cpus
 from service.errors import ConfigError
 from tests.clients import wait_bound
 
@@ -71,9 +71,9 @@ def test_values_are_read_and_trimmed(tmp_path: Path) -> None:
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
 
 
-def test_workers_zero_means_one_per_core() -> None:
-    """WORKERS=0 starts one process per CPU core."""
-    assert load_settings({"JWT_SECRET": SECRET, "WORKERS": "0"}).workers == (os.cpu_count() or 1)
+def test_workers_zero_means_one_per_usable_core() -> None:
+    """WORKERS=0 starts one process per CPU this process may use (affinity and cgroup quota)."""
+    assert load_settings({"JWT_SECRET": SECRET, "WORKERS": "0"}).workers == usable_cpus()
 
 
 @pytest.mark.parametrize(
