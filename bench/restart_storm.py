@@ -6,15 +6,17 @@ stopped (SIGTERM; every connection closed with 1012 at once, DRAIN_SECONDS=0) an
 again on the same port, and every client reconnects under the policy exactly as the browser
 client does (a failed attempt or a drop → `Backoff.next_delay`; `connected` → `Backoff.connected`).
 Reported per policy: the time from the new process answering `/healthz` until 50 %, 95 % and
-100 % of the clients had `connected` again, the per-client distribution of that time, the
-peak connect rate (most `connected` in any one second) and the failed attempts.
+100 % of the clients had `connected` again, the peak connect rate (most `connected` in any
+one second) and the failed attempts (refused while down, or no `connected` within 10 s).
+`--outage S` keeps the service down S seconds longer, so the old policy's delays reach its cap.
 
 Clients are spread over `--procs` processes (a process holds at most ~19,000 sockets; the
 service is another process) and over 127.0.0.2–127.0.0.`--sources`+1 as source addresses, so
 no source runs short of ephemeral ports. Clients authenticate with `?token=` (one user each):
 the browser's ticket request is left out, so each attempt costs the service one request.
 
-    python -m bench.restart_storm --clients 10000 --procs 4
+    python -m bench.restart_storm --clients 10000            # restart: stop, start at once
+    python -m bench.restart_storm --clients 10000 --outage 30
 """
 
 from __future__ import annotations
@@ -218,6 +220,7 @@ def one_policy(name: str, args: argparse.Namespace, mongo_uri: str, workdir: Pat
 
         stopped_at = time.time()
         service.stop()
+        time.sleep(args.outage)  # a longer outage: the clients' backoff climbs to its cap
         restarted = ServiceProcess(workdir / name, env, port=service.port)
         restarted.start(wait=False)
         service = restarted
@@ -266,6 +269,7 @@ def one_policy(name: str, args: argparse.Namespace, mongo_uri: str, workdir: Pat
         "back": back,
         "initial_connect_s": round(initial_s, 2),
         "outage_s": round(answered_at - stopped_at, 3),
+        "extra_outage_s": args.outage,
         "peak_connects_per_s": peak,
         "failed_attempts": failures,
         "restarted_service_cpu_s": round(cpu_after, 2),
@@ -284,6 +288,7 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=50, help="127.0.0.x source addresses")
     parser.add_argument("--policies", default="new,old")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed for each connect phase")
+    parser.add_argument("--outage", type=float, default=0, help="seconds to stay down after the stop")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", default="restart_storm")
