@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 NPM    := $(shell command -v npm 2>/dev/null)
 
-.PHONY: run test test-python test-web test-image image image-deps lint types check web system-deps bench clean
+.PHONY: run test test-python test-web test-example test-image image image-deps lint types check web system-deps bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ system-deps:
 	scripts/system-deps.sh /usr/bin/chromium=chromium promtool=prometheus
 
 ## test: install everything the tests need, then run them all (lint, types, web unit tests, pytest)
-test: $(VENV)/.dev system-deps web
+test: $(VENV)/.dev system-deps web test-example
 	$(MAKE) --no-print-directory lint types test-web test-python
 
 test-python: $(VENV)/.dev
@@ -60,6 +60,11 @@ test-image: $(VENV)/.dev image-deps
 test-web:
 	cd web && npm run --silent typecheck && npm run --silent test
 
+## test-example: pack web/, install the tarball into examples/vite-react, type-check and build it (tsc -b, vite build)
+test-example: web
+	examples/vite-react/install-package.sh
+	cd examples/vite-react && npm run --silent build
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service handlers metrics tests bench
 	$(BIN)/ruff format --check service handlers metrics tests bench
@@ -73,3 +78,4 @@ bench: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf examples/vite-react/node_modules examples/vite-react/dist examples/vite-react/vendor

@@ -1,5 +1,5 @@
 """`python -m service tail`: follow the stream from a terminal, reconnecting like the browser
-client (backoff from 3 s with full jitter, capped at 30 s) and resuming from the last id.
+client (full jitter from 1 s, capped at 5 s: `service/backoff.py`) and resuming from the last id.
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import time
 from urllib.parse import urlencode
@@ -15,11 +14,9 @@ from urllib.parse import urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from service.backoff import Backoff
 from service.errors import CloseCode
 
-BASE_DELAY = 3.0
-MAX_DELAY = 30.0
-STABLE_SECONDS = 10.0
 FINAL_CODES = {
     CloseCode.NORMAL,
     CloseCode.MESSAGE_TOO_BIG,
@@ -28,11 +25,6 @@ FINAL_CODES = {
     CloseCode.UNAUTHORIZED,
     CloseCode.FORBIDDEN,
 }
-
-
-def backoff(attempt: int, rng: random.Random) -> float:
-    """Full jitter: uniform between 0 and min(cap, base * 2^attempt)."""
-    return rng.uniform(0, min(MAX_DELAY, BASE_DELAY * 2**attempt))
 
 
 class Follower:
@@ -47,6 +39,7 @@ class Follower:
         self.max_events = args.max_events
         self.count = 0
         self.final: int | None = None  # a close code that means "do not retry"
+        self.backoff = Backoff()
 
     def _query(self) -> str:
         params = {"token": self.token}
@@ -64,6 +57,8 @@ class Follower:
             return True
         if isinstance(message, dict) and isinstance(message.get("id"), str):
             self.last_id = message["id"]
+        if isinstance(message, dict) and message.get("type") == "connected":
+            self.backoff.connected(time.monotonic())
         print(json.dumps(message, ensure_ascii=False), flush=True)
         if isinstance(message, dict) and message.get("type") not in ("connected", "pong"):
             self.count += 1
@@ -128,10 +123,7 @@ class Follower:
             raise
 
     async def run(self) -> int:
-        rng = random.Random()
-        attempt = 0
         while True:
-            started = time.monotonic()
             try:
                 await (self.sse_once() if self.sse else self.websocket_once())
             except StopAsyncIteration:
@@ -140,8 +132,7 @@ class Follower:
                 print(f"connection failed: {exc}", file=sys.stderr)
             if self.final is not None:
                 return 0 if self.final == CloseCode.NORMAL else 1
-            attempt = 0 if time.monotonic() - started > STABLE_SECONDS else attempt + 1
-            delay = backoff(attempt, rng)
+            delay = self.backoff.next_delay(time.monotonic())
             print(f"reconnecting in {delay:.1f}s", file=sys.stderr)
             await asyncio.sleep(delay)
 

@@ -12,11 +12,15 @@ export type Status = "connecting" | "open" | "reconnecting" | "closed";
 export type TokenSource = () => string | null | undefined | Promise<string | null | undefined>;
 
 export interface ReconnectOptions {
-  /** First backoff ceiling in ms (default 3000). */
+  /** First backoff ceiling in ms (default 1000). */
   baseMs?: number;
-  /** Largest backoff ceiling in ms (default 30000). */
+  /** Largest backoff ceiling in ms (default 5000): the longest wait between two attempts. */
   capMs?: number;
-  /** A connection open this long resets the backoff (default 10000). */
+  /**
+   * Flapping guard: a connection that ends within this long of `connected` (default 1000)
+   * does not reset the backoff, so a server that accepts and drops at once is not hammered.
+   * Any connection that held longer resets it, however soon the next outage comes.
+   */
   stableMs?: number;
   /** A transport that has not opened by then counts as failed (default 10000). */
   openTimeoutMs?: number;
@@ -39,7 +43,12 @@ export interface RealtimeClientOptions {
   events?: readonly string[];
   /** `false` never reconnects; an object tunes the backoff. */
   reconnect?: boolean | ReconnectOptions;
-  /** One-time ticket endpoint (default `/api/realtime/ticket`); `null` sends `?token=`. */
+  /**
+   * One-time ticket endpoint (default `/api/realtime/ticket`). `null` opts in to sending the
+   * token itself as `?token=` (it then shows in browser consoles and proxy logs). Without
+   * `null` the token goes into a URL only when the endpoint answers 404 or 405 (a server
+   * without tickets); when it cannot be reached, the client waits and asks again.
+   */
   ticketUrl?: string | null;
   WebSocketImpl?: typeof WebSocket;
   EventSourceImpl?: typeof EventSource;
@@ -107,11 +116,14 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   const wsAllowed = wanted.includes("websocket") && typeof WebSocketImpl === "function";
   const sseAllowed = wanted.includes("sse") && typeof EventSourceImpl === "function";
   if (!wsAllowed && !sseAllowed) throw new Error("realtime client: no usable transport");
+  if (options.ticketUrl !== null && !fetchImpl) {
+    throw new Error("realtime client: tickets need fetch; pass fetchImpl, or ticketUrl: null to send ?token=");
+  }
 
   const reconnectEnabled = options.reconnect !== false;
   const tuning = typeof options.reconnect === "object" ? options.reconnect : {};
   const backoff = { baseMs: tuning.baseMs ?? DEFAULT_BACKOFF.baseMs, capMs: tuning.capMs ?? DEFAULT_BACKOFF.capMs };
-  const stableMs = tuning.stableMs ?? 10_000;
+  const stableMs = tuning.stableMs ?? 1000;
   const openTimeoutMs = tuning.openTimeoutMs ?? 10_000;
   const silenceOverride = tuning.silenceMs;
   const random = options.random ?? Math.random;
@@ -131,7 +143,9 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   // websocket: normal; sse-trial: WebSocket failed, SSE not yet proven; sse: remembered.
   let mode: "websocket" | "sse-trial" | "sse" =
     !wsAllowed || (sseAllowed && readStorage(storage, storageKey) === "sse") ? "sse" : "websocket";
-  let attempt = 0; // consecutive failures, drives the backoff
+  let attempt = 0; // consecutive failures, drives the backoff; 0 again at `connected`
+  let heldAttempt = 0; // the streak before the last `connected`, kept if that connection did not last
+  let connectedAt: number | null = null; // when the current connection said `connected`
   let wsFailures = 0; // consecutive WebSocket attempts that never opened
   let authFailures = 0; // consecutive 4401s answered with a new token
   let generation = 0; // bumped on every (re)start; stale async work checks it and gives up
@@ -141,7 +155,6 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   let aborter: AbortController | null = null;
   let retryTimer: ReturnType<typeof setTimeout> | null = null;
   let openTimer: ReturnType<typeof setTimeout> | null = null;
-  let stableTimer: ReturnType<typeof setTimeout> | null = null;
   let silenceTimer: ReturnType<typeof setTimeout> | null = null;
   let silenceMs = 0; // per connection, from `connected` (or the option)
   let pingCounter = 0;
@@ -179,7 +192,6 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   /** Detach and close the current transport without reporting its close. */
   function dropTransport(): void {
     openTimer = clearTimer(openTimer);
-    stableTimer = clearTimer(stableTimer);
     silenceTimer = clearTimer(silenceTimer);
     silenceMs = 0;
     aborter?.abort();
@@ -239,16 +251,24 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       void reauthorize(gen);
       return;
     }
+    if (auth === "unreachable") {
+      failed(gen, CloseCode.ABNORMAL); // no ticket, and no token in a URL either: wait and ask again
+      return;
+    }
     if (mode === "websocket") openWebSocket(gen, auth);
     else openEventSource(gen, auth);
   }
 
-  /** A one-time ticket for the token; `?token=` when tickets are unavailable. */
-  async function authorize(current: string): Promise<Auth | "unauthorized"> {
+  /**
+   * A one-time ticket for the token. The token itself goes into the URL only when the app
+   * opted in (`ticketUrl: null`) or the server says it has no tickets (404, 405); a network
+   * failure, a timeout or any other answer is `unreachable`: retry later, with backoff.
+   */
+  async function authorize(current: string): Promise<Auth | "unauthorized" | "unreachable"> {
     if (!ticketUrl || !fetchImpl) return { token: current };
     const mine = typeof AbortController === "function" ? new AbortController() : null;
     aborter = mine;
-    // A ticket request that hangs must not hang the connection: give up and use the token.
+    // A ticket request that hangs must not hang the connection: give up and retry later.
     const timer = setTimeout(() => mine?.abort(), openTimeoutMs);
     try {
       const response = await fetchImpl(ticketUrl, {
@@ -257,17 +277,18 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
         signal: mine?.signal ?? null,
       });
       if (response.status === 401) return "unauthorized";
+      if (response.status === 404 || response.status === 405) return { token: current };
       if (response.ok) {
         const body: unknown = await response.json();
         if (isRecord(body) && typeof body.ticket === "string" && body.ticket) return { ticket: body.ticket };
       }
     } catch {
-      // Network failure or no ticket endpoint: the token itself still works.
+      // Network failure, timeout or a body that is not JSON: the service is not answering yet.
     } finally {
       clearTimeout(timer);
       if (aborter === mine) aborter = null;
     }
-    return { token: current };
+    return "unreachable";
   }
 
   function query(auth: Auth): Record<string, string> {
@@ -286,11 +307,6 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
 
   function opened(): void {
     openTimer = clearTimer(openTimer);
-    stableTimer = clearTimer(stableTimer);
-    stableTimer = setTimeout(() => {
-      stableTimer = null;
-      attempt = 0;
-    }, stableMs);
   }
 
   function openWebSocket(gen: number, auth: Auth): void {
@@ -404,6 +420,10 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     const event = parsed as RealtimeEvent;
     if (event.type === "connected") {
       authFailures = 0;
+      // The service took us back: the next drop starts from the first ceiling again.
+      if (connectedAt === null) heldAttempt = attempt;
+      attempt = 0;
+      connectedAt = Date.now();
       silenceMs = silenceOverride ?? (Number(event.heartbeatSeconds) > 0 ? Number(event.heartbeatSeconds) * 1000 : 0);
       setStatus("open");
     } else if (status !== "open") {
@@ -525,6 +545,11 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   }
 
   function scheduleRetry(): void {
+    if (connectedAt !== null) {
+      // A connection that ended soon after `connected` continues the streak it interrupted.
+      if (Date.now() - connectedAt < stableMs) attempt = Math.max(attempt, heldAttempt);
+      connectedAt = null;
+    }
     const delay = backoffDelay(attempt, backoff, random);
     attempt += 1;
     setStatus("reconnecting");
@@ -565,6 +590,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     }
     if (gen !== generation || status !== "closed" || !next || next === token) return;
     attempt = 0;
+    connectedAt = null;
     authFailures = 0;
     start(next);
   }
@@ -661,6 +687,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     reconnect() {
       if (status === "closed") {
         attempt = 0;
+        connectedAt = null;
         authFailures = 0;
         listenWindow();
       }

@@ -14,37 +14,38 @@ function seeded(seed: number): () => number {
 }
 
 describe("backoff", () => {
-  it("ceiling doubles from 3 s and is capped at 30 s", () => {
+  it("ceiling doubles from 1 s and is capped at 5 s", () => {
     expect([0, 1, 2, 3, 4, 5, 50, 5000].map((n) => backoffCeiling(n))).toEqual([
-      3000, 6000, 12000, 24000, 30000, 30000, 30000, 30000,
+      1000, 2000, 4000, 5000, 5000, 5000, 5000, 5000,
     ]);
   });
 
   it("delay spans [0, ceiling): full jitter", () => {
     expect(backoffDelay(0, undefined, () => 0)).toBe(0);
-    expect(backoffDelay(0, undefined, () => 0.999999)).toBe(2999);
-    expect(backoffDelay(3, undefined, () => 0.5)).toBe(12000);
-    expect(backoffDelay(10, undefined, () => 0.999999)).toBeLessThan(30000);
+    expect(backoffDelay(0, undefined, () => 0.999999)).toBe(999);
+    expect(backoffDelay(2, undefined, () => 0.5)).toBe(2000);
+    expect(backoffDelay(10, undefined, () => 0.999999)).toBeLessThan(5000);
   });
 
   it("clamps a misbehaving random source into bounds", () => {
     expect(backoffDelay(0, undefined, () => -1)).toBe(0);
-    expect(backoffDelay(0, undefined, () => 2)).toBe(3000);
+    expect(backoffDelay(0, undefined, () => 2)).toBe(1000);
   });
 
-  it("honours custom base and cap", () => {
+  it("honours custom base and cap, also for huge attempt counts", () => {
     const options = { baseMs: 100, capMs: 250 };
     expect([0, 1, 2, 3].map((n) => backoffCeiling(n, options))).toEqual([100, 200, 250, 250]);
+    expect(backoffCeiling(1e9, { baseMs: 3000, capMs: 30000 })).toBe(30000);
   });
 
   it("jitter is spread over the whole range for a seeded source", () => {
     const random = seeded(42);
-    const samples = Array.from({ length: 2000 }, () => backoffDelay(2, undefined, random));
+    const samples = Array.from({ length: 2000 }, () => backoffDelay(5, undefined, random));
     const mean = samples.reduce((sum, x) => sum + x, 0) / samples.length;
     expect(Math.min(...samples)).toBeGreaterThanOrEqual(0);
-    expect(Math.max(...samples)).toBeLessThan(12000);
-    expect(Math.min(...samples)).toBeLessThan(600);
-    expect(Math.max(...samples)).toBeGreaterThan(11400);
-    expect(Math.abs(mean - 6000)).toBeLessThan(400);
+    expect(Math.max(...samples)).toBeLessThan(5000);
+    expect(Math.min(...samples)).toBeLessThan(250);
+    expect(Math.max(...samples)).toBeGreaterThan(4750);
+    expect(Math.abs(mean - 2500)).toBeLessThan(200);
   });
 });

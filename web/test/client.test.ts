@@ -130,10 +130,9 @@ describe("tickets", () => {
   });
 
   it.each([
-    ["a server error", { status: 503, body: { error: "unavailable" } }],
-    ["a missing endpoint", { status: 404 }],
-    ["a network failure", new TypeError("Failed to fetch")],
-  ])("falls back to ?token= after %s", async (_name, answer) => {
+    ["404", { status: 404 }],
+    ["405", { status: 405, body: { error: "method not allowed" } }],
+  ])("sends ?token= only when the server says it has no tickets (%s)", async (_name, answer) => {
     const fetch = fakeFetch(() => answer);
     start({ ticketUrl: undefined, fetchImpl: fetch.impl });
     await flush();
@@ -141,16 +140,71 @@ describe("tickets", () => {
     expect(FakeWebSocket.last.query.has("ticket")).toBe(false);
   });
 
-  it("falls back to ?token= when the ticket request hangs", async () => {
-    const hanging = ((_url: string, init?: RequestInit) =>
-      new Promise((_resolve, reject) => {
-        init?.signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
-      })) as unknown as typeof fetch;
-    start({ ticketUrl: undefined, fetchImpl: hanging, reconnect: { openTimeoutMs: 4000 } });
-    await vi.advanceTimersByTimeAsync(3999);
+  it.each([
+    ["a network failure", new TypeError("Failed to fetch")],
+    ["a server error", { status: 503, body: { error: "unavailable" } }],
+    ["a gateway error", { status: 502 }],
+    ["a body without a ticket", { status: 200, body: { nope: 1 } }],
+  ])("puts no credential in a URL after %s: waits and asks for a ticket again", async (_name, answer) => {
+    let calls = 0;
+    const fetch = fakeFetch(() => (++calls === 1 ? answer : { status: 200, body: { ticket: "tk-2", expiresIn: 60 } }));
+    const { client } = start({ ticketUrl: undefined, fetchImpl: fetch.impl });
+    await flush();
     expect(FakeWebSocket.instances).toHaveLength(0);
+    expect(FakeEventSource.instances).toHaveLength(0);
+    expect(client.status).toBe("reconnecting");
+    await vi.advanceTimersByTimeAsync(499); // random 0.5 of the 1 s ceiling
+    expect(fetch.calls).toHaveLength(1);
     await vi.advanceTimersByTimeAsync(1);
-    expect(FakeWebSocket.last.query.get("token")).toBe("token-1");
+    await flush();
+    expect(fetch.calls).toHaveLength(2);
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(FakeWebSocket.last.query.get("ticket")).toBe("tk-2");
+    expect(FakeWebSocket.last.query.has("token")).toBe(false);
+  });
+
+  it("keeps asking for a ticket through a long outage, backing off to the cap, never using the token", async () => {
+    const fetch = fakeFetch(() => new TypeError("Failed to fetch"));
+    start({ ticketUrl: undefined, fetchImpl: fetch.impl });
+    await flush();
+    await vi.advanceTimersByTimeAsync(60_000);
+    // random 0.5: waits of 0.5, 1, 2, 2.5, 2.5, … s
+    expect(fetch.calls.length).toBeGreaterThan(20);
+    expect(FakeWebSocket.instances).toHaveLength(0);
+    expect(FakeEventSource.instances).toHaveLength(0);
+  });
+
+  it("gives up on a ticket request that hangs and retries it, without the token", async () => {
+    let calls = 0;
+    const answering = fakeFetch(() => ({ status: 200, body: { ticket: "tk-late", expiresIn: 60 } }));
+    const fetchImpl = ((url: string, init?: RequestInit) => {
+      calls += 1;
+      if (calls > 1) return answering.impl(url, init);
+      return new Promise((_resolve, reject) => {
+        init?.signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+      });
+    }) as unknown as typeof fetch;
+    start({ ticketUrl: undefined, fetchImpl, reconnect: { openTimeoutMs: 4000 } });
+    await vi.advanceTimersByTimeAsync(4000);
+    expect(FakeWebSocket.instances).toHaveLength(0);
+    await vi.advanceTimersByTimeAsync(500);
+    await flush();
+    expect(calls).toBe(2);
+    expect(FakeWebSocket.last.query.get("ticket")).toBe("tk-late");
+    expect(FakeWebSocket.last.query.has("token")).toBe(false);
+  });
+
+  it("refuses to start without fetch unless the app opted in to ?token=", () => {
+    const original = globalThis.fetch;
+    try {
+      // @ts-expect-error: a browser without fetch
+      delete globalThis.fetch;
+      expect(() => createRealtimeClient(fakeOptions({ ticketUrl: undefined }))).toThrow(/ticketUrl: null/);
+      const optedIn = createRealtimeClient(fakeOptions({ ticketUrl: null }));
+      clients.push(optedIn);
+    } finally {
+      globalThis.fetch = original;
+    }
   });
 
   it("treats a 401 from the ticket endpoint like close code 4401", async () => {
@@ -190,7 +244,7 @@ describe("close codes", () => {
     await openWebSocket();
     FakeWebSocket.last.serverClose(code);
     expect(client.status).toBe("reconnecting");
-    await vi.advanceTimersByTimeAsync(1499); // random 0.5 of the 3 s ceiling
+    await vi.advanceTimersByTimeAsync(499); // random 0.5 of the 1 s ceiling
     expect(FakeWebSocket.instances).toHaveLength(1);
     await vi.advanceTimersByTimeAsync(1);
     expect(FakeWebSocket.instances).toHaveLength(2);
@@ -249,7 +303,7 @@ describe("close codes", () => {
 });
 
 describe("backoff", () => {
-  it("doubles the ceiling from 3 s per failed attempt up to 30 s", async () => {
+  it("doubles the ceiling from 1 s per failed attempt up to 5 s", async () => {
     start({ transports: ["websocket"] });
     await flush();
     const delays: number[] = [];
@@ -257,37 +311,50 @@ describe("backoff", () => {
       FakeWebSocket.last.fail();
       delays.push(await untilSocket(i + 2));
     }
-    // random() = 0.5: half of 3, 6, 12, 24, 30 (cap), 30 s.
-    expect(delays).toEqual([1500, 3000, 6000, 12000, 15000, 15000]);
+    // random() = 0.5: half of 1, 2, 4, 5 (cap), 5, 5 s.
+    expect(delays).toEqual([500, 1000, 2000, 2500, 2500, 2500]);
   });
 
-  it("resets after a connection stayed open long enough", async () => {
+  it("retries at most 5 s apart however long the outage lasts", async () => {
+    start({ transports: ["websocket"], random: () => 0.999999 });
+    await flush();
+    const delays: number[] = [];
+    for (let i = 0; i < 40; i += 1) {
+      FakeWebSocket.last.fail();
+      delays.push(await untilSocket(i + 2));
+    }
+    expect(Math.max(...delays)).toBe(5000);
+    expect(delays.slice(3).every((d) => d === 5000)).toBe(true);
+  });
+
+  it("starts from the first ceiling again as soon as the service says `connected`", async () => {
+    start({ transports: ["websocket"] });
+    await flush();
+    for (let i = 0; i < 5; i += 1) {
+      FakeWebSocket.last.fail();
+      await untilSocket(i + 2);
+    }
+    await openWebSocket();
+    await vi.advanceTimersByTimeAsync(3000); // longer than stableMs (1 s), far less than the old 10 s
+    FakeWebSocket.last.serverClose(1012, "service restart");
+    expect(await untilSocket(7)).toBe(500);
+  });
+
+  it("a connection that drops within stableMs continues the streak it interrupted", async () => {
     start({ transports: ["websocket"] });
     await flush();
     FakeWebSocket.last.fail();
-    await vi.advanceTimersByTimeAsync(1500);
+    await untilSocket(2);
     FakeWebSocket.last.fail();
-    await vi.advanceTimersByTimeAsync(3000);
-    expect(FakeWebSocket.instances).toHaveLength(3);
+    await untilSocket(3); // next ceiling: 4 s
     await openWebSocket();
-    await vi.advanceTimersByTimeAsync(10_000); // stableMs
+    await vi.advanceTimersByTimeAsync(900);
     FakeWebSocket.last.serverClose(1006);
-    await vi.advanceTimersByTimeAsync(1500);
-    expect(FakeWebSocket.instances).toHaveLength(4);
-  });
-
-  it("does not reset after a connection that dropped quickly", async () => {
-    start({ transports: ["websocket"] });
-    await flush();
-    FakeWebSocket.last.fail();
-    await vi.advanceTimersByTimeAsync(1500);
+    expect(await untilSocket(4)).toBe(2000);
     await openWebSocket();
-    await vi.advanceTimersByTimeAsync(1000);
+    await vi.advanceTimersByTimeAsync(900);
     FakeWebSocket.last.serverClose(1006);
-    await vi.advanceTimersByTimeAsync(1500);
-    expect(FakeWebSocket.instances).toHaveLength(2);
-    await vi.advanceTimersByTimeAsync(1500);
-    expect(FakeWebSocket.instances).toHaveLength(3);
+    expect(await untilSocket(5)).toBe(2500);
   });
 
   it("uses the injected random source for jitter", async () => {
@@ -375,7 +442,7 @@ describe("SSE fallback", () => {
     FakeWebSocket.last.fail();
     await flush();
     FakeEventSource.last.fail();
-    expect(await untilSocket(3)).toBe(3000); // backoff, then WebSocket again
+    expect(await untilSocket(3)).toBe(1000); // backoff (0.5 of 2 s), then WebSocket again
     expect(FakeWebSocket.instances).toHaveLength(3);
     expect(FakeEventSource.instances).toHaveLength(1);
     expect(storage.getItem("realtime.transport:http://svc.test")).toBeNull();

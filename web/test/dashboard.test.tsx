@@ -181,6 +181,29 @@ describe("dashboard", () => {
     expect($("h1")?.textContent).toBe("المهام الفورية");
   });
 
+  it("keeps code-like inputs and values left to right in Arabic, free text by its content", async () => {
+    const schedule = { id: 3, name: "تقرير الصباح", cron: "0 9 * * *", taskType: "daily", enabled: true, createdAt: T0, updatedAt: T0 };
+    const others = api.impl;
+    const schedules = fakeFetch(() => ({ status: 200, body: { schedules: [schedule] } }));
+    vi.stubGlobal("fetch", (input: RequestInfo | URL, init?: RequestInit) =>
+      (new URL(String(input)).pathname === "/api/schedules" ? schedules.impl : others)(input, init),
+    );
+    sessionStorage.setItem(TOKEN_STORAGE_KEY, TOKEN);
+    await renderApp("ar");
+    expect(document.documentElement.getAttribute("dir")).toBe("rtl");
+    // A cron string read right to left shows `0 9 * * *` as `* * * 9 0`.
+    expect($('input[name="cron"]')?.getAttribute("dir")).toBe("ltr");
+    const cron = [...container.querySelectorAll("code")].find((el) => el.textContent === "0 9 * * *");
+    expect(cron?.getAttribute("dir")).toBe("ltr");
+    expect($('input[name="title"]')?.getAttribute("dir")).toBe("auto");
+    expect($('input[name="name"]')?.getAttribute("dir")).toBe("auto");
+    await step(() => {
+      FakeWebSocket.last.accept();
+      FakeWebSocket.last.serverClose(4401, "invalid token");
+    });
+    expect($("textarea#token")?.getAttribute("dir")).toBe("ltr"); // a JWT is code too
+  });
+
   it("returns to sign-in when the server rejects the token", async () => {
     sessionStorage.setItem(TOKEN_STORAGE_KEY, TOKEN);
     await renderApp();

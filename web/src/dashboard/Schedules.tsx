@@ -42,7 +42,7 @@ export function Schedules(props: { api: Api; schedules: Schedule[]; t: Translate
         <div className="fields">
           <label>
             <span>{t("field.name")}</span>
-            <input name="name" required maxLength={200} autoComplete="off" />
+            <input name="name" required maxLength={200} autoComplete="off" dir="auto" />
           </label>
           <label>
             <span>{t("field.cron")}</span>

@@ -31,7 +31,7 @@ export function TaskForm(props: Pick<TasksProps, "api" | "t" | "onTask">) {
       <div className="fields">
         <label>
           <span>{t("field.title")}</span>
-          <input name="title" required maxLength={200} autoComplete="off" />
+          <input name="title" required maxLength={200} autoComplete="off" dir="auto" />
         </label>
         <TaskTypeField t={t} />
         <button type="submit" disabled={busy}>

@@ -1,0 +1,333 @@
+"""Restart storm: N WebSocket clients, the service restarted, how fast and how spread they come back.
+
+For each reconnect policy in turn (the current one, `service/backoff.py`'s DEFAULT_POLICY =
+web/src/backoff.ts, and the previous 3 s → 30 s one), N clients connect, the service is
+stopped (SIGTERM; every connection closed with 1012 at once, DRAIN_SECONDS=0) and started
+again on the same port, and every client reconnects under the policy exactly as the browser
+client does (a failed attempt or a drop → `Backoff.next_delay`; `connected` → `Backoff.connected`).
+Reported per policy: the time from the new process answering `/healthz` until 50 %, 95 % and
+100 % of the clients had `connected` again, the peak connect rate (most `connected` in any
+one second) and the failed attempts (refused while down, or no `connected` within 10 s).
+`--outage S` keeps the service down S seconds longer, so the old policy's delays reach its cap.
+
+Clients are spread over `--procs` processes (a process holds at most ~19,000 sockets; the
+service is another process) and over 127.0.0.2–127.0.0.`--sources`+1 as source addresses, so
+no source runs short of ephemeral ports. Clients authenticate with `?token=` (one user each):
+the browser's ticket request is left out, so each attempt costs the service one request.
+
+    python -m bench.restart_storm --clients 10000            # restart: stop, start at once
+    python -m bench.restart_storm --clients 10000 --outage 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from bench.systems import cpu_seconds
+from service.backoff import DEFAULT_POLICY, PREVIOUS_POLICY, Backoff, BackoffPolicy
+from service.embedded_mongo import EmbeddedMongo
+from tests.processes import SECRET, ServiceProcess
+
+POLICIES = {"new": DEFAULT_POLICY, "old": PREVIOUS_POLICY}
+OPEN_TIMEOUT = 10.0  # the browser client's openTimeoutMs
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    port: int
+    clients: int
+    first_user: int
+    sources: int
+    policy: BackoffPolicy
+    seed: int
+    initial_concurrency: int = 100
+
+
+class Client:
+    """One reconnecting WebSocket client; records when each connection said `connected`."""
+
+    def __init__(self, plan: Plan, user: int, rng: random.Random) -> None:
+        self.plan = plan
+        self.source = f"127.0.0.{2 + user % plan.sources}"
+        now = int(time.time())
+        claims = {"sub": str(user), "name": "عميل", "roles": ["user"], "iat": now, "exp": now + 7200}
+        self.token = jwt.encode(claims, SECRET, algorithm="HS256")
+        self.backoff = Backoff(plan.policy, rng)
+        self.connected_at: list[float] = []
+        self.failures = 0
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Handshake until `connected`; None if the attempt failed (refused, timeout, refusal)."""
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /ws?token={self.token} HTTP/1.1\r\nHost: 127.0.0.1:{self.plan.port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", self.plan.port, local_addr=(self.source, 0), limit=1 << 16
+                )
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 101"):
+                    raise ConnectionError(head[:12])
+                first = await reader.readexactly(2)
+                length = first[1] & 0x7F
+                if length == 126:
+                    length = int.from_bytes(await reader.readexactly(2), "big")
+                elif length == 127:
+                    length = int.from_bytes(await reader.readexactly(8), "big")
+                payload = await reader.readexactly(length)
+                if first[0] & 0x0F != 0x1 or b'"connected"' not in payload:
+                    raise ConnectionError(payload[:40])
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            if writer is not None:
+                writer.close()
+            return None
+        self.connected_at.append(time.time())
+        self.backoff.connected(time.monotonic())
+        return reader, writer
+
+    @staticmethod
+    async def hold(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        """Read until the server closes (the restart); heartbeats are off."""
+        reader, writer = connection
+        try:
+            while await reader.read(1 << 16):
+                pass
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def run(self, initial: asyncio.Semaphore) -> None:
+        async with initial:  # the first connect is paced, like pages opened over time
+            connection = await self.open()
+        while True:
+            if connection is None:
+                self.failures += 1
+            else:
+                await self.hold(connection)
+            await asyncio.sleep(self.backoff.next_delay(time.monotonic()))
+            connection = await self.open()
+
+
+async def _serve(plan: Plan, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(plan.seed)
+    clients = [Client(plan, plan.first_user + i, random.Random(rng.random())) for i in range(plan.clients)]
+    initial = asyncio.Semaphore(plan.initial_concurrency)
+    tasks = [asyncio.create_task(client.run(initial)) for client in clients]
+    try:
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            if command == "count":
+                pipe.send(sum(1 for c in clients if c.connected_at))
+            elif command == "report":
+                pipe.send(
+                    {"connected_at": [c.connected_at for c in clients], "failures": [c.failures for c in clients]}
+                )
+            else:
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _client_process(plan: Plan, pipe: Connection) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(plan, pipe))
+    else:
+        uvloop.run(_serve(plan, pipe))
+
+
+def answering(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, int(q * len(sorted_values) + 0.999999))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def one_policy(name: str, args: argparse.Namespace, mongo_uri: str, workdir: Path) -> dict[str, Any]:
+    """Connect the fleet under one policy, restart the service, measure the way back."""
+    policy = POLICIES[name]
+    env = {
+        "MONGODB_URI": mongo_uri,
+        "MONGODB_DB": f"storm_{name}",
+        "JWT_SECRET": SECRET,
+        "DEV_MODE": "0",
+        "LOG_LEVEL": "WARNING",
+        "HEARTBEAT_SECONDS": "3600",
+        "DRAIN_SECONDS": "0",
+        "MAX_CONNECTIONS_PER_USER": "5",
+    }
+    service = ServiceProcess(workdir / name, env).start()
+    context = multiprocessing.get_context("spawn")
+    per = -(-args.clients // args.procs)
+    pipes: list[Connection] = []
+    processes = []
+    try:
+        for p in range(args.procs):
+            count = min(per, args.clients - p * per)
+            plan = Plan(service.port, count, 1 + p * per, args.sources, policy, seed=args.seed * 1000 + p)
+            parent, child = context.Pipe()
+            process = context.Process(target=_client_process, args=(plan, child), daemon=True)
+            process.start()
+            pipes.append(parent)
+            processes.append(process)
+
+        def connected_count() -> int:
+            for pipe in pipes:
+                pipe.send("count")
+            return sum(pipe.recv() for pipe in pipes)
+
+        started = time.time()
+        while (n := connected_count()) < args.clients:
+            if time.time() - started > args.timeout:
+                raise SystemExit(f"{name}: only {n} of {args.clients} clients connected in {args.timeout} s")
+            time.sleep(0.5)
+        initial_s = time.time() - started
+        time.sleep(1.5)  # past `stable`: every client's count has reset
+
+        stopped_at = time.time()
+        service.stop()
+        time.sleep(args.outage)  # a longer outage: the clients' backoff climbs to its cap
+        restarted = ServiceProcess(workdir / name, env, port=service.port)
+        restarted.start(wait=False)
+        service = restarted
+        while not answering(service.port):
+            assert service.process is not None and service.process.poll() is None, service.output()
+            time.sleep(0.01)
+        answered_at = time.time()
+
+        deadline = answered_at + args.timeout
+        back = 0
+        while time.time() < deadline:
+            for pipe in pipes:
+                pipe.send("report")
+            reports = [pipe.recv() for pipe in pipes]
+            times = [
+                min(t for t in ts if t > stopped_at) for r in reports for ts in r["connected_at"] if ts[-1] > stopped_at
+            ]
+            back = len(times)
+            if back >= args.clients:
+                break
+            time.sleep(1.0)
+        cpu_after = cpu_seconds([service.pid])
+        failures = sum(sum(r["failures"]) for r in reports)
+    finally:
+        for pipe in pipes:
+            try:
+                pipe.send("stop")
+            except OSError:
+                pass
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+        service.stop()
+
+    delays = sorted(t - answered_at for t in times)
+    bins: dict[int, int] = {}
+    for t in times:
+        bins[int((t - answered_at) * 10)] = bins.get(int((t - answered_at) * 10), 0) + 1
+    # The most `connected` in any one-second window (ten 100 ms bins).
+    peak = max((sum(bins.get(b + i, 0) for i in range(10)) for b in bins), default=0)
+    result: dict[str, Any] = {
+        "policy": name,
+        "backoff": asdict(policy),
+        "clients": args.clients,
+        "back": back,
+        "initial_connect_s": round(initial_s, 2),
+        "outage_s": round(answered_at - stopped_at, 3),
+        "extra_outage_s": args.outage,
+        "peak_connects_per_s": peak,
+        "failed_attempts": failures,
+        "restarted_service_cpu_s": round(cpu_after, 2),
+    }
+    if delays:
+        for label, q in (("p50", 0.5), ("p95", 0.95), ("p100", 1.0)):
+            result[f"{label}_back_s"] = round(percentile(delays, q), 3)
+        result["mean_back_s"] = round(statistics.fmean(delays), 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--procs", type=int, default=0, help="client processes (default: one per 2,500 clients)")
+    parser.add_argument("--sources", type=int, default=50, help="127.0.0.x source addresses")
+    parser.add_argument("--policies", default="new,old")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds allowed for each connect phase")
+    parser.add_argument("--outage", type=float, default=0, help="seconds to stay down after the stop")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", default="restart_storm")
+    args = parser.parse_args()
+    args.procs = args.procs or max(1, -(-args.clients // 2500))
+    if args.clients / args.procs > 19_000:
+        parser.error("at most 19,000 clients per process (open-file limit 20,000)")
+
+    import tempfile
+
+    mongo = EmbeddedMongo(":memory:")
+    uri = mongo.start()
+    results = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = args.workdir or Path(tmp)
+            for name in args.policies.split(","):
+                result = one_policy(name, args, uri, workdir)
+                results.append(result)
+                print(json.dumps(result, ensure_ascii=False), flush=True)
+    finally:
+        mongo.stop()
+
+    print()
+    print(
+        "| policy | clients | back | outage s | 50 % / 95 % / 100 % back after /healthz answers, s "
+        "| peak connects/s | failed attempts |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        b = r["backoff"]
+        print(
+            f"| {r['policy']} ({b['base']:g} s → {b['cap']:g} s) | {r['clients']} | {r['back']} | {r['outage_s']} | "
+            f"{r.get('p50_back_s')} / {r.get('p95_back_s')} / {r.get('p100_back_s')} | "
+            f"{r['peak_connects_per_s']} | {r['failed_attempts']} |"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
