@@ -1,21 +1,26 @@
-"""MongoDB repository (PyMongo async): tasks, schedules, events, counters and tickets.
+"""MongoDB repository (PyMongo async): tasks, schedules, events, counters, tickets and
+idempotency keys.
 
 Every driver error that means "MongoDB is not reachable" becomes `StoreUnavailable`, so
-handlers answer 503 without knowing PyMongo.
+handlers answer 503 without knowing PyMongo. Writes wait for a majority (unless the URI sets
+`w`), and a REST change commits together with its event in one transaction (`transaction`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
+import pymongo
 from bson import Timestamp
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.change_stream import AsyncChangeStream
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.uri_parser import parse_uri
 
 from service.config import Settings
 from service.errors import ConfigError, NotFound, StoreUnavailable
@@ -24,7 +29,10 @@ from service.events import iso
 log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
+Session = AsyncClientSession
+T = TypeVar("T")
 INSERTS_ONLY = [{"$match": {"operationType": "insert"}}]
+KEY_TTL_SECONDS = 24 * 3600  # how long an Idempotency-Key is remembered
 
 
 @contextlib.asynccontextmanager
@@ -33,6 +41,15 @@ async def _available() -> AsyncIterator[None]:
         yield
     except ConnectionFailure as exc:
         raise StoreUnavailable(f"MongoDB unavailable: {type(exc).__name__}") from exc
+    except PyMongoError as exc:
+        if exc.timeout:  # a bounded transaction ran out of time (pymongo.timeout)
+            raise StoreUnavailable(f"MongoDB did not answer in time: {type(exc).__name__}") from exc
+        raise
+
+
+def write_concern_options(uri: str) -> dict[str, Any]:
+    """`w: majority` unless the URI chooses: an acknowledged write then survives a failover."""
+    return {} if "w" in parse_uri(uri, validate=False)["options"] else {"w": "majority"}
 
 
 def utcnow() -> datetime:
@@ -80,6 +97,7 @@ class MongoStore:
             serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
             connectTimeoutMS=settings.mongodb_timeout_ms,
             appname="realtime-events",
+            **write_concern_options(uri),
         )
         self.db = self.client[settings.mongodb_db]
         self.tasks = self.db["tasks"]
@@ -87,6 +105,8 @@ class MongoStore:
         self.events = self.db["events"]
         self.counters = self.db["counters"]
         self.tickets = self.db["tickets"]
+        self.keys = self.db["idempotency_keys"]
+        self.timeout_seconds = settings.mongodb_timeout_ms / 1000
 
     async def start(self) -> None:
         """Check the deployment and create indexes.
@@ -106,6 +126,7 @@ class MongoStore:
             await self.events.create_index([("createdAt", ASCENDING)], expireAfterSeconds=ttl)
             await self.tickets.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
             await self.tasks.create_index([("status", ASCENDING), ("_id", DESCENDING)])
+            await self.keys.create_index([("createdAt", ASCENDING)], expireAfterSeconds=KEY_TTL_SECONDS)
 
     async def close(self) -> None:
         await self.client.close()
@@ -118,8 +139,28 @@ class MongoStore:
             return False
         return True
 
+    async def transaction(self, work: Callable[[Session], Awaitable[T]]) -> T:
+        """Run `work` in one multi-document transaction and commit it; its result.
+
+        Transient conflicts are retried, but everything (retries and commit included) is
+        bounded by MONGODB_TIMEOUT_MS, after which the caller gets `StoreUnavailable`.
+
+        Raises:
+            StoreUnavailable: MongoDB did not answer or commit in time (the commit may still
+                land: a retry with the same Idempotency-Key finds out).
+        """
+        async with _available():
+            with pymongo.timeout(self.timeout_seconds):
+                async with self.client.start_session() as session:
+                    return await session.with_transaction(work)
+
     async def next_id(self, name: str) -> int:
-        """The next integer id of a sequence (atomic `$inc`)."""
+        """The next integer id of a sequence (atomic `$inc`).
+
+        Never inside a request's transaction: there, every concurrent create would conflict
+        on this one document and be retried; outside, an aborted transaction only leaves a
+        gap in the ids, which are unique, not dense.
+        """
         async with _available():
             doc = await self.counters.find_one_and_update(
                 {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
@@ -129,10 +170,13 @@ class MongoStore:
 
     # -- events ---------------------------------------------------------------------------
 
-    async def publish(self, doc: Document) -> None:
-        """Insert an event; the change stream delivers it to every process."""
+    async def publish(self, doc: Document, session: Session | None = None) -> None:
+        """Insert an event; the change stream delivers it to every process.
+
+        At most one per transaction: an event's id is its commit's oplog position.
+        """
         async with _available():
-            await self.events.insert_one(doc)
+            await self.events.insert_one(doc, session=session)
 
     async def watch_events(
         self,
@@ -154,7 +198,12 @@ class MongoStore:
     # -- tasks ----------------------------------------------------------------------------
 
     async def create_task(
-        self, fields: Mapping[str, Any], user_id: int | str, user_name: str, now: datetime
+        self,
+        fields: Mapping[str, Any],
+        user_id: int | str,
+        user_name: str,
+        now: datetime,
+        session: Session | None = None,
     ) -> Document:
         doc = {
             "_id": await self.next_id("tasks"),
@@ -168,7 +217,7 @@ class MongoStore:
             "lastResultStatus": None,
         }
         async with _available():
-            await self.tasks.insert_one(doc)
+            await self.tasks.insert_one(doc, session=session)
         return task_view(doc)
 
     async def list_tasks(self, *, status: str | None, limit: int, after: int | None) -> list[Document]:
@@ -188,18 +237,23 @@ class MongoStore:
             raise NotFound(f"task {task_id}")
         return task_view(doc)
 
-    async def update_task(self, task_id: int, changes: Mapping[str, Any], now: datetime) -> Document:
+    async def update_task(
+        self, task_id: int, changes: Mapping[str, Any], now: datetime, session: Session | None = None
+    ) -> Document:
         async with _available():
             doc = await self.tasks.find_one_and_update(
                 {"_id": task_id},
                 {"$set": {**changes, "updatedAt": now}},
                 return_document=ReturnDocument.AFTER,
+                session=session,
             )
         if doc is None:
             raise NotFound(f"task {task_id}")
         return task_view(doc)
 
-    async def record_execution(self, task_id: int, result_status: str, note: str | None, now: datetime) -> Document:
+    async def record_execution(
+        self, task_id: int, result_status: str, note: str | None, now: datetime, session: Session | None = None
+    ) -> Document:
         async with _available():
             doc = await self.tasks.find_one_and_update(
                 {"_id": task_id},
@@ -214,21 +268,24 @@ class MongoStore:
                     },
                 },
                 return_document=ReturnDocument.AFTER,
+                session=session,
             )
         if doc is None:
             raise NotFound(f"task {task_id}")
         return task_view(doc)
 
-    async def delete_task(self, task_id: int) -> Document:
+    async def delete_task(self, task_id: int, session: Session | None = None) -> Document:
         async with _available():
-            doc = await self.tasks.find_one_and_delete({"_id": task_id})
+            doc = await self.tasks.find_one_and_delete({"_id": task_id}, session=session)
         if doc is None:
             raise NotFound(f"task {task_id}")
         return task_view(doc)
 
     # -- schedules ------------------------------------------------------------------------
 
-    async def create_schedule(self, fields: Mapping[str, Any], now: datetime) -> Document:
+    async def create_schedule(
+        self, fields: Mapping[str, Any], now: datetime, session: Session | None = None
+    ) -> Document:
         doc = {
             "_id": await self.next_id("schedules"),
             "enabled": True,
@@ -237,7 +294,7 @@ class MongoStore:
             "updatedAt": now,
         }
         async with _available():
-            await self.schedules.insert_one(doc)
+            await self.schedules.insert_one(doc, session=session)
         return schedule_view(doc)
 
     async def list_schedules(self) -> list[Document]:
@@ -252,20 +309,23 @@ class MongoStore:
             raise NotFound(f"schedule {schedule_id}")
         return schedule_view(doc)
 
-    async def update_schedule(self, schedule_id: int, changes: Mapping[str, Any], now: datetime) -> Document:
+    async def update_schedule(
+        self, schedule_id: int, changes: Mapping[str, Any], now: datetime, session: Session | None = None
+    ) -> Document:
         async with _available():
             doc = await self.schedules.find_one_and_update(
                 {"_id": schedule_id},
                 {"$set": {**changes, "updatedAt": now}},
                 return_document=ReturnDocument.AFTER,
+                session=session,
             )
         if doc is None:
             raise NotFound(f"schedule {schedule_id}")
         return schedule_view(doc)
 
-    async def delete_schedule(self, schedule_id: int) -> Document:
+    async def delete_schedule(self, schedule_id: int, session: Session | None = None) -> Document:
         async with _available():
-            doc = await self.schedules.find_one_and_delete({"_id": schedule_id})
+            doc = await self.schedules.find_one_and_delete({"_id": schedule_id}, session=session)
         if doc is None:
             raise NotFound(f"schedule {schedule_id}")
         return schedule_view(doc)
@@ -287,3 +347,45 @@ class MongoStore:
         async with _available():
             doc = await self.tickets.find_one_and_delete({"_id": ticket_hash, "expiresAt": {"$gt": utcnow()}})
         return None if doc is None else dict(doc["principal"])
+
+    # -- idempotency keys (service.idempotency) -------------------------------------------
+
+    async def claim_key(self, key_id: str, fingerprint: str, owner: str, lease_seconds: float) -> Document | None:
+        """Take a key for one request; None when taken, else the record that holds it.
+
+        A pending record whose lease ran out (its request died) is taken over.
+        """
+        now = utcnow()
+        lease = {"state": "pending", "owner": owner, "leaseUntil": now + timedelta(seconds=lease_seconds)}
+        async with _available():
+            with pymongo.timeout(self.timeout_seconds):
+                try:
+                    await self.keys.insert_one({"_id": key_id, "fingerprint": fingerprint, "createdAt": now, **lease})
+                    return None
+                except DuplicateKeyError:
+                    pass
+                taken = await self.keys.find_one_and_update(
+                    {"_id": key_id, "fingerprint": fingerprint, "state": "pending", "leaseUntil": {"$lt": now}},
+                    {"$set": lease},
+                )
+                if taken is not None:
+                    return None
+                held = await self.keys.find_one({"_id": key_id})
+        # Gone between the two reads (expired): report it held; the client's retry claims it.
+        return held if held is not None else {"_id": key_id, "fingerprint": fingerprint, **lease}
+
+    async def complete_key(self, key_id: str, owner: str, answer: Mapping[str, Any], session: Session) -> bool:
+        """Store a request's answer under its key, in the request's transaction; False if it lost the key."""
+        async with _available():
+            result = await self.keys.update_one(
+                {"_id": key_id, "owner": owner, "state": "pending"},
+                {"$set": {"state": "done", "answer": dict(answer)}, "$unset": {"leaseUntil": ""}},
+                session=session,
+            )
+        return result.modified_count == 1
+
+    async def release_key(self, key_id: str, owner: str) -> None:
+        """Forget a key whose request changed nothing, so a retry runs again (best effort)."""
+        with contextlib.suppress(PyMongoError):
+            with pymongo.timeout(self.timeout_seconds):
+                await self.keys.delete_one({"_id": key_id, "owner": owner, "state": "pending"})
