@@ -220,3 +220,20 @@ async def test_each_change_event_has_its_own_increasing_id(service: Service) -> 
     ids = [(await client.recv_type("task_created"))["id"] for _ in range(5)]
     await client.close()
     assert ids == sorted(set(ids)) and len(ids) == 5
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_openapi_documents_the_key_on_every_change(service: Service) -> None:
+    """Every operation that changes tasks, schedules or events takes the header and may answer 409 and 422."""
+    document = json.loads((await service.request("GET", "/api/openapi.json")).body)
+    changes = [
+        (path, method, op)
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+        if method in ("post", "patch", "delete") and path.startswith(("/api/tasks", "/api/schedules", "/api/events"))
+    ]
+    assert len(changes) == 8
+    for path, method, op in changes:
+        names = [param["name"] for param in op["parameters"]]
+        assert "Idempotency-Key" in names, (method, path)
+        assert {"409", "422"} <= set(op["responses"]), (method, path)
