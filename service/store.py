@@ -8,8 +8,10 @@ handlers answer 503 without knowing PyMongo. Writes wait for a majority (unless 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -23,7 +25,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from service.config import Settings
-from service.errors import ConfigError, NotFound, StoreUnavailable
+from service.errors import BadMessage, ConfigError, NotFound, StoreUnavailable
 from service.events import iso
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,11 @@ Session = AsyncClientSession
 T = TypeVar("T")
 INSERTS_ONLY = [{"$match": {"operationType": "insert"}}]
 KEY_TTL_SECONDS = 24 * 3600  # how long an Idempotency-Key is remembered
+# A transaction we gave up on holds its documents until MongoDB reaps it
+# (transactionLifetimeLimitSeconds, 60 s by default); we kill it as soon as MongoDB answers.
+# A statement of it still queued when MongoDB resumes may reopen it: kill it again, spaced out.
+ABANDONED_KILL_DELAYS = (1.0, 2.0, 4.0, 8.0, 0.0)
+ABANDONED_RETRY_SECONDS = 60.0
 
 
 @contextlib.asynccontextmanager
@@ -107,6 +114,7 @@ class MongoStore:
         self.tickets = self.db["tickets"]
         self.keys = self.db["idempotency_keys"]
         self.timeout_seconds = settings.mongodb_timeout_ms / 1000
+        self._reapers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Check the deployment and create indexes.
@@ -129,6 +137,8 @@ class MongoStore:
             await self.keys.create_index([("createdAt", ASCENDING)], expireAfterSeconds=KEY_TTL_SECONDS)
 
     async def close(self) -> None:
+        for reaper in list(self._reapers):
+            reaper.cancel()
         await self.client.close()
 
     async def ping(self) -> bool:
@@ -149,10 +159,42 @@ class MongoStore:
             StoreUnavailable: MongoDB did not answer or commit in time (the commit may still
                 land: a retry with the same Idempotency-Key finds out).
         """
-        async with _available():
-            with pymongo.timeout(self.timeout_seconds):
-                async with self.client.start_session() as session:
+        async with _available(), self.client.start_session() as session:
+            try:
+                with pymongo.timeout(self.timeout_seconds):
                     return await session.with_transaction(work)
+            except (NotFound, BadMessage):
+                raise  # refused before it wrote anything, and aborted
+            except BaseException:
+                # It may have written, and its abort may not have reached MongoDB (the driver
+                # does not say): make sure it does not keep holding what it wrote.
+                self._kill_abandoned(session.session_id)
+                raise
+
+    def _kill_abandoned(self, session_id: Mapping[str, Any]) -> None:
+        """Abort, in the background, a transaction that failed after it may have written.
+
+        MongoDB may still hold it open (when it was stopped, its statements run on resume),
+        and then every write to the same documents waits for it: without this, for a minute.
+        """
+
+        async def kill() -> None:
+            deadline = time.monotonic() + ABANDONED_RETRY_SECONDS
+            kills = 0
+            while kills < len(ABANDONED_KILL_DELAYS) and time.monotonic() < deadline:
+                try:
+                    with pymongo.timeout(self.timeout_seconds):
+                        await self.client.admin.command("killSessions", [dict(session_id)])
+                except PyMongoError:
+                    await asyncio.sleep(0.25)
+                    continue
+                log.debug("killed abandoned session (kill %d)", kills + 1)
+                await asyncio.sleep(ABANDONED_KILL_DELAYS[kills])
+                kills += 1
+
+        reaper = asyncio.get_running_loop().create_task(kill(), name="kill-abandoned-transaction")
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
 
     async def next_id(self, name: str) -> int:
         """The next integer id of a sequence (atomic `$inc`).
