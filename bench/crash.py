@@ -395,7 +395,7 @@ async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="crash-bench-") as tmp:
         killed = await sigkill_rounds(Path(tmp) / "kill", args.rounds, rng, (20, 120))
         stopped = await sigstop_rounds(Path(tmp) / "stop", args.rounds, rng, (20, 120))
-        latencies = await write_latencies(Path(tmp) / "latency", args.writes)
+        latencies = await write_latencies(Path(tmp) / "latency", args.writes) if args.writes else {}
     print(f"SIGKILL rounds: {args.rounds} (service + embedded MongoDB), SIGSTOP rounds: {args.rounds} (MongoDB)")
     print(
         "| faults | acked writes | retried requests | lost acked | change without event | event without change "
@@ -408,6 +408,8 @@ async def main_async(args: argparse.Namespace) -> int:
             f"{a.events_without_change} | {a.duplicate_tasks} / {a.duplicate_executions} | {a.stored_events} | "
             f"{a.delivered_missing} / {a.delivered_twice} / {a.delivered_out_of_order} | {a.resyncs} |"
         )
+    if not latencies:
+        return 1 if killed.problems() or stopped.problems() else 0
     print(f"\nWrite latency, task + event, {args.writes} sequential writes each, interleaved:")
     print("| settings | p50 ms | p90 ms | p99 ms | p50 ÷ old |")
     print("|---|---|---|---|---|")
@@ -423,7 +425,9 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="SIGKILL rounds, and as many SIGSTOP rounds")
-    parser.add_argument("--writes", type=int, default=300, help="writes per setting for the latency comparison")
+    parser.add_argument(
+        "--writes", type=int, default=300, help="writes per setting for the latency comparison (0: skip it)"
+    )
     parser.add_argument("--seed", type=int, default=None)
     return asyncio.run(main_async(parser.parse_args()))
 
