@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -43,13 +44,16 @@ ABANDONED_RETRY_SECONDS = 60.0
 
 
 @contextlib.asynccontextmanager
-async def _available() -> AsyncIterator[None]:
+async def _available(bound: float | None = None) -> AsyncIterator[None]:
+    """Bound what runs inside by `bound` seconds, all retries included (pymongo.timeout), and
+    turn every "MongoDB is not there" into `StoreUnavailable`."""
     try:
-        yield
+        with pymongo.timeout(bound) if bound else contextlib.nullcontext():
+            yield
     except ConnectionFailure as exc:
         raise StoreUnavailable(f"MongoDB unavailable: {type(exc).__name__}") from exc
     except PyMongoError as exc:
-        if exc.timeout:  # a bounded transaction ran out of time (pymongo.timeout)
+        if exc.timeout:  # out of time on the server (ExecutionTimeout)
             raise StoreUnavailable(f"MongoDB did not answer in time: {type(exc).__name__}") from exc
         raise
 
@@ -115,6 +119,7 @@ class MongoStore:
         self.keys = self.db["idempotency_keys"]
         self.timeout_seconds = settings.mongodb_timeout_ms / 1000
         self._reapers: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def start(self) -> None:
         """Check the deployment and create indexes.
@@ -123,7 +128,7 @@ class MongoStore:
             ConfigError: MongoDB is not a replica set (change streams need one).
             StoreUnavailable: MongoDB did not answer.
         """
-        async with _available():
+        async with _available():  # unbounded: building an index on a large collection takes a while
             hello = await self.client.admin.command("hello")
             if not hello.get("setName"):
                 raise ConfigError(
@@ -137,8 +142,10 @@ class MongoStore:
             await self.keys.create_index([("createdAt", ASCENDING)], expireAfterSeconds=KEY_TTL_SECONDS)
 
     async def close(self) -> None:
+        self._closed = True  # PyMongo may turn a reaper's cancellation into an error it retries
         for reaper in list(self._reapers):
             reaper.cancel()
+        await asyncio.gather(*self._reapers, return_exceptions=True)
         await self.client.close()
 
     async def ping(self) -> bool:
@@ -159,10 +166,9 @@ class MongoStore:
             StoreUnavailable: MongoDB did not answer or commit in time (the commit may still
                 land: a retry with the same Idempotency-Key finds out).
         """
-        async with _available(), self.client.start_session() as session:
+        async with _available(self.timeout_seconds), self.client.start_session() as session:
             try:
-                with pymongo.timeout(self.timeout_seconds):
-                    return await session.with_transaction(work)
+                return await session.with_transaction(work)
             except (NotFound, BadMessage):
                 raise  # refused before it wrote anything, and aborted
             except BaseException:
@@ -181,7 +187,7 @@ class MongoStore:
         async def kill() -> None:
             deadline = time.monotonic() + ABANDONED_RETRY_SECONDS
             kills = 0
-            while kills < len(ABANDONED_KILL_DELAYS) and time.monotonic() < deadline:
+            while kills < len(ABANDONED_KILL_DELAYS) and time.monotonic() < deadline and not self._closed:
                 try:
                     with pymongo.timeout(self.timeout_seconds):
                         await self.client.admin.command("killSessions", [dict(session_id)])
@@ -192,7 +198,10 @@ class MongoStore:
                 await asyncio.sleep(ABANDONED_KILL_DELAYS[kills])
                 kills += 1
 
-        reaper = asyncio.get_running_loop().create_task(kill(), name="kill-abandoned-transaction")
+        # A fresh context: this one carries the failed request's pymongo.timeout deadline.
+        reaper = asyncio.get_running_loop().create_task(
+            kill(), name="kill-abandoned-transaction", context=contextvars.Context()
+        )
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
 
@@ -203,7 +212,7 @@ class MongoStore:
         on this one document and be retried; outside, an aborted transaction only leaves a
         gap in the ids, which are unique, not dense.
         """
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.counters.find_one_and_update(
                 {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
             )
@@ -217,7 +226,7 @@ class MongoStore:
 
         At most one per transaction: an event's id is its commit's oplog position.
         """
-        async with _available():
+        async with _available(self.timeout_seconds):
             await self.events.insert_one(doc, session=session)
 
     async def watch_events(
@@ -232,7 +241,7 @@ class MongoStore:
         Args:
             batch_size: documents per round trip; large for replays that read history.
         """
-        async with _available():
+        async with _available():  # unbounded: the stream it opens lives on
             return await self.events.watch(
                 INSERTS_ONLY, resume_after=resume_after, start_at_operation_time=start_at, batch_size=batch_size
             )
@@ -258,7 +267,7 @@ class MongoStore:
             "executions": 0,
             "lastResultStatus": None,
         }
-        async with _available():
+        async with _available(self.timeout_seconds):
             await self.tasks.insert_one(doc, session=session)
         return task_view(doc)
 
@@ -268,12 +277,12 @@ class MongoStore:
             query["status"] = status
         if after is not None:
             query["_id"] = {"$lt": after}
-        async with _available():
+        async with _available(self.timeout_seconds):
             cursor = self.tasks.find(query).sort("_id", DESCENDING).limit(limit)
             return [task_view(doc) async for doc in cursor]
 
     async def get_task(self, task_id: int) -> Document:
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.tasks.find_one({"_id": task_id})
         if doc is None:
             raise NotFound(f"task {task_id}")
@@ -282,7 +291,7 @@ class MongoStore:
     async def update_task(
         self, task_id: int, changes: Mapping[str, Any], now: datetime, session: Session | None = None
     ) -> Document:
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.tasks.find_one_and_update(
                 {"_id": task_id},
                 {"$set": {**changes, "updatedAt": now}},
@@ -296,7 +305,7 @@ class MongoStore:
     async def record_execution(
         self, task_id: int, result_status: str, note: str | None, now: datetime, session: Session | None = None
     ) -> Document:
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.tasks.find_one_and_update(
                 {"_id": task_id},
                 {
@@ -317,7 +326,7 @@ class MongoStore:
         return task_view(doc)
 
     async def delete_task(self, task_id: int, session: Session | None = None) -> Document:
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.tasks.find_one_and_delete({"_id": task_id}, session=session)
         if doc is None:
             raise NotFound(f"task {task_id}")
@@ -335,17 +344,17 @@ class MongoStore:
             "createdAt": now,
             "updatedAt": now,
         }
-        async with _available():
+        async with _available(self.timeout_seconds):
             await self.schedules.insert_one(doc, session=session)
         return schedule_view(doc)
 
     async def list_schedules(self) -> list[Document]:
-        async with _available():
+        async with _available(self.timeout_seconds):
             cursor = self.schedules.find({}).sort("_id", ASCENDING).limit(1000)
             return [schedule_view(doc) async for doc in cursor]
 
     async def get_schedule(self, schedule_id: int) -> Document:
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.schedules.find_one({"_id": schedule_id})
         if doc is None:
             raise NotFound(f"schedule {schedule_id}")
@@ -354,7 +363,7 @@ class MongoStore:
     async def update_schedule(
         self, schedule_id: int, changes: Mapping[str, Any], now: datetime, session: Session | None = None
     ) -> Document:
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.schedules.find_one_and_update(
                 {"_id": schedule_id},
                 {"$set": {**changes, "updatedAt": now}},
@@ -366,7 +375,7 @@ class MongoStore:
         return schedule_view(doc)
 
     async def delete_schedule(self, schedule_id: int, session: Session | None = None) -> Document:
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.schedules.find_one_and_delete({"_id": schedule_id}, session=session)
         if doc is None:
             raise NotFound(f"schedule {schedule_id}")
@@ -375,7 +384,7 @@ class MongoStore:
     # -- tickets (auth.TicketStore) -------------------------------------------------------
 
     async def save_ticket(self, ticket_hash: str, principal: dict[str, Any], expires_at: float) -> None:
-        async with _available():
+        async with _available(self.timeout_seconds):
             await self.tickets.insert_one(
                 {
                     "_id": ticket_hash,
@@ -386,7 +395,7 @@ class MongoStore:
 
     async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None:
         """Delete and return a live ticket: a ticket can be taken only once."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             doc = await self.tickets.find_one_and_delete({"_id": ticket_hash, "expiresAt": {"$gt": utcnow()}})
         return None if doc is None else dict(doc["principal"])
 
@@ -399,26 +408,25 @@ class MongoStore:
         """
         now = utcnow()
         lease = {"state": "pending", "owner": owner, "leaseUntil": now + timedelta(seconds=lease_seconds)}
-        async with _available():
-            with pymongo.timeout(self.timeout_seconds):
-                try:
-                    await self.keys.insert_one({"_id": key_id, "fingerprint": fingerprint, "createdAt": now, **lease})
-                    return None
-                except DuplicateKeyError:
-                    pass
-                taken = await self.keys.find_one_and_update(
-                    {"_id": key_id, "fingerprint": fingerprint, "state": "pending", "leaseUntil": {"$lt": now}},
-                    {"$set": lease},
-                )
-                if taken is not None:
-                    return None
-                held = await self.keys.find_one({"_id": key_id})
+        async with _available(self.timeout_seconds):
+            try:
+                await self.keys.insert_one({"_id": key_id, "fingerprint": fingerprint, "createdAt": now, **lease})
+                return None
+            except DuplicateKeyError:
+                pass
+            taken = await self.keys.find_one_and_update(
+                {"_id": key_id, "fingerprint": fingerprint, "state": "pending", "leaseUntil": {"$lt": now}},
+                {"$set": lease},
+            )
+            if taken is not None:
+                return None
+            held = await self.keys.find_one({"_id": key_id})
         # Gone between the two reads (expired): report it held; the client's retry claims it.
         return held if held is not None else {"_id": key_id, "fingerprint": fingerprint, **lease}
 
     async def complete_key(self, key_id: str, owner: str, answer: Mapping[str, Any], session: Session) -> bool:
         """Store a request's answer under its key, in the request's transaction; False if it lost the key."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             result = await self.keys.update_one(
                 {"_id": key_id, "owner": owner, "state": "pending"},
                 {"$set": {"state": "done", "answer": dict(answer)}, "$unset": {"leaseUntil": ""}},
