@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from bench.crash import sigkill_rounds, sigstop_rounds
+from service.config import load_settings
+from service.embedded_mongo import EmbeddedMongo
 from service.idempotency import fingerprint, key_id
 from service.store import MongoStore
 from tests.clients import Service, wait_bound
@@ -32,6 +34,20 @@ async def events_of(store: MongoStore, **query: Any) -> list[dict[str, Any]]:
 
 
 # -- crashes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("setting", "synced"), [("", True), ("0", False)])
+def test_embedded_mongodb_syncs_each_commit_unless_turned_off(tmp_path: Path, setting: str, synced: bool) -> None:
+    """The embedded server runs with --sync-on-commit by default; EMBEDDED_SYNC_ON_COMMIT=0 drops it."""
+    settings = load_settings({"DATA_DIR": str(tmp_path), "EMBEDDED_SYNC_ON_COMMIT": setting})
+    assert settings.embedded_sync_on_commit is synced
+    mongo = EmbeddedMongo(tmp_path / "mongo", sync_on_commit=settings.embedded_sync_on_commit)
+    mongo.start()
+    try:
+        arguments = Path(f"/proc/{mongo.pid}/cmdline").read_bytes().split(b"\0")
+        assert (b"--sync-on-commit" in arguments) is synced
+    finally:
+        mongo.stop()
 
 
 @pytest.mark.timeout(240)
