@@ -16,7 +16,9 @@ from service.auth import Credentials, Principal
 from service.context import AppContext
 from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreUnavailable
 from service.events import event_document
+from service.idempotency import HEADER, Answer, Change, KeyInUse, KeyReused, commit_once, fingerprint, parse_key
 from service.logs import RedactedLogging
+from service.store import Session
 from service.wire import loads
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ class BaseHandler(RedactedLogging):
     def options(self, *args: str) -> None:
         """CORS preflight."""
         self.set_header("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
-        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, Idempotency-Key")
         self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
 
@@ -192,10 +194,40 @@ class ApiHandler(BaseHandler):
             return
         self._body.extend(chunk)
 
-    async def emit(self, user: Principal, event_type: str, fields: dict[str, Any], at: datetime | None = None) -> None:
+    async def emit(
+        self,
+        user: Principal,
+        event_type: str,
+        fields: dict[str, Any],
+        at: datetime | None = None,
+        session: Session | None = None,
+    ) -> None:
         """Publish the event for a change this request made, signed with the user's id and name."""
         fields = {"userId": user.user_id, "userName": user.name, **fields}
-        await self.ctx.store.publish(event_document(event_type, fields, at))
+        await self.ctx.store.publish(event_document(event_type, fields, at), session)
+
+    async def commit(self, user: Principal, change: Change) -> None:
+        """Commit a change with its one event in one transaction, once per `Idempotency-Key`,
+        and send its answer (the first one again for a retried request)."""
+        key = parse_key(self.request.headers.get(HEADER))
+        same = fingerprint(self.request.method or "", self.request.path, bytes(self._body))
+        try:
+            answer = await commit_once(self.ctx.store, change, key=key, user_id=user.user_id, fingerprint=same)
+        except KeyInUse as exc:
+            self.reject(409, str(exc), {"Retry-After": "1"})
+            return
+        except KeyReused as exc:
+            self.reject(422, str(exc))
+            return
+        self.send_answer(answer)
+
+    def send_answer(self, answer: Answer) -> None:
+        self.set_status(answer.status)
+        if answer.location:
+            self.set_header("Location", answer.location)
+        if answer.replayed:
+            self.set_header("Idempotent-Replayed", "true")
+        self.finish(answer.body)
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object.

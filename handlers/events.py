@@ -6,13 +6,19 @@ from datetime import UTC, datetime
 
 from handlers.base import ApiHandler
 from service.events import document_for_publish
+from service.idempotency import Answer
+from service.store import Session
 
 
 class PublishHandler(ApiHandler):
     """Validate and insert; delivery happens through the change stream like every event."""
 
     async def post(self) -> None:
-        await self.principal("publisher")
+        user = await self.principal("publisher")
         doc = document_for_publish(self.json_body(), datetime.now(UTC))
-        await self.ctx.store.publish(doc)
-        self.write_json({"accepted": True, "type": doc["type"]}, 202)
+
+        async def change(session: Session) -> Answer:
+            await self.ctx.store.publish(doc, session)
+            return Answer.json(202, {"accepted": True, "type": doc["type"]})
+
+        await self.commit(user, change)

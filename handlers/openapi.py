@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from handlers.base import BaseHandler
+from service.idempotency import HEADER, MAX_KEY_LENGTH
 from service.models import MAX_ID, MAX_LIST_LIMIT, MAX_NOTE, MAX_TITLE, RESULT_STATUSES, TASK_STATUSES, TASK_TYPES
 
 JSON = "application/json"
@@ -33,6 +34,21 @@ ERRORS = {
     "413": _answer("body over 1 MiB", _ref("Error")),
     "503": _answer("MongoDB unavailable", _ref("Error")),
 }
+IDEMPOTENCY_PARAM = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "One key per user action, reused on every retry of it: the same key with the same method, path and body "
+        "within 24 h gets the first answer again (with `Idempotent-Replayed: true`) and changes nothing; with "
+        "another request, 422; while the first is still running, 409. Answers that changed nothing are not kept."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[\\x21-\\x7e]+$"},
+}
+IDEMPOTENCY_ERRORS = {
+    "409": _answer("a request with this Idempotency-Key is still in progress (retry after Retry-After)", _ref("Error")),
+    "422": _answer("this Idempotency-Key was used for a different request", _ref("Error")),
+}
 ID_PARAM = {
     "name": "id",
     "in": "path",
@@ -48,10 +64,15 @@ def _op(
     body: dict[str, Any] | None = None,
     params: list[dict[str, Any]] | None = None,
     not_found: bool = False,
+    change: bool = False,
 ) -> dict[str, Any]:
+    """One operation; a `change` commits with its event and takes an `Idempotency-Key`."""
     responses = {**ok, **ERRORS}
     if not_found:
         responses["404"] = _answer("no such id", _ref("Error"))
+    if change:
+        responses.update(IDEMPOTENCY_ERRORS)
+        params = [*(params or []), IDEMPOTENCY_PARAM]
     op: dict[str, Any] = {"summary": summary, "responses": responses, "security": [{"bearer": []}]}
     if body is not None:
         op["requestBody"] = _body(body)
@@ -225,6 +246,7 @@ def openapi_document() -> dict[str, Any]:
                 "Create a task (emits task_created)",
                 {"201": _answer("created", _ref("Task"))},
                 body=_ref("NewTask"),
+                change=True,
             ),
         },
         "/api/tasks/{id}": {
@@ -235,12 +257,14 @@ def openapi_document() -> dict[str, Any]:
                 body=_ref("TaskChange"),
                 params=[ID_PARAM],
                 not_found=True,
+                change=True,
             ),
             "delete": _op(
                 "Remove a task (emits task_deleted)",
                 {"204": _answer("removed")},
                 params=[ID_PARAM],
                 not_found=True,
+                change=True,
             ),
         },
         "/api/tasks/{id}/execute": {
@@ -250,6 +274,7 @@ def openapi_document() -> dict[str, Any]:
                 body=_ref("Execution"),
                 params=[ID_PARAM],
                 not_found=True,
+                change=True,
             ),
         },
         "/api/schedules": {
@@ -269,6 +294,7 @@ def openapi_document() -> dict[str, Any]:
                 "Create a schedule (emits schedule_updated)",
                 {"201": _answer("created", _ref("Schedule"))},
                 body=_ref("NewSchedule"),
+                change=True,
             ),
         },
         "/api/schedules/{id}": {
@@ -284,12 +310,14 @@ def openapi_document() -> dict[str, Any]:
                 body=_ref("ScheduleChange"),
                 params=[ID_PARAM],
                 not_found=True,
+                change=True,
             ),
             "delete": _op(
                 "Remove a schedule (emits schedule_updated)",
                 {"204": _answer("removed")},
                 params=[ID_PARAM],
                 not_found=True,
+                change=True,
             ),
         },
         "/api/events": {
@@ -297,6 +325,7 @@ def openapi_document() -> dict[str, Any]:
                 "Publish an event (publisher role)",
                 {"202": _answer("accepted", {"type": "object"})},
                 body=_ref("Event"),
+                change=True,
             ),
         },
         "/api/realtime/ticket": {

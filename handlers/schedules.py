@@ -1,4 +1,4 @@
-"""`/api/schedules`: schedules of recurring tasks; every change emits `schedule_updated`."""
+"""`/api/schedules`: schedules of recurring tasks; every change commits with its `schedule_updated`."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ from typing import Any
 
 from handlers.base import ApiHandler, path_id
 from service.auth import Principal
+from service.idempotency import Answer
 from service.models import SCHEDULE_FIELDS, validate
-from service.store import utcnow
+from service.store import Session, utcnow
 
 
 class _ScheduleEvents(ApiHandler):
     async def schedule_changed(
-        self, user: Principal, schedule: dict[str, Any], action: str, at: datetime | None = None
+        self, user: Principal, schedule: dict[str, Any], action: str, at: datetime | None, session: Session
     ) -> None:
         fields = {"scheduleId": schedule["id"], "action": action, "name": schedule["name"]}
-        await self.emit(user, "schedule_updated", fields, at)
+        await self.emit(user, "schedule_updated", fields, at, session)
 
 
 class SchedulesHandler(_ScheduleEvents):
@@ -29,11 +30,14 @@ class SchedulesHandler(_ScheduleEvents):
     async def post(self) -> None:
         user = await self.principal()
         fields = validate(self.json_body(), SCHEDULE_FIELDS, required=("name", "cron", "taskType"))
-        now = utcnow()
-        schedule = await self.ctx.store.create_schedule(fields, now)
-        await self.schedule_changed(user, schedule, "created", now)
-        self.set_header("Location", f"/api/schedules/{schedule['id']}")
-        self.write_json(schedule, 201)
+
+        async def change(session: Session) -> Answer:
+            now = utcnow()
+            schedule = await self.ctx.store.create_schedule(fields, now, session)
+            await self.schedule_changed(user, schedule, "created", now, session)
+            return Answer.json(201, schedule, location=f"/api/schedules/{schedule['id']}")
+
+        await self.commit(user, change)
 
 
 class ScheduleHandler(_ScheduleEvents):
@@ -47,14 +51,22 @@ class ScheduleHandler(_ScheduleEvents):
         user = await self.principal()
         schedule_id = path_id(raw_id)
         changes = validate(self.json_body(), SCHEDULE_FIELDS, partial=True)
-        now = utcnow()
-        schedule = await self.ctx.store.update_schedule(schedule_id, changes, now)
-        await self.schedule_changed(user, schedule, "updated", now)
-        self.write_json(schedule)
+
+        async def change(session: Session) -> Answer:
+            now = utcnow()
+            schedule = await self.ctx.store.update_schedule(schedule_id, changes, now, session)
+            await self.schedule_changed(user, schedule, "updated", now, session)
+            return Answer.json(200, schedule)
+
+        await self.commit(user, change)
 
     async def delete(self, raw_id: str) -> None:
         user = await self.principal()
-        schedule = await self.ctx.store.delete_schedule(path_id(raw_id))
-        await self.schedule_changed(user, schedule, "deleted")
-        self.set_status(204)
-        self.finish()
+        schedule_id = path_id(raw_id)
+
+        async def change(session: Session) -> Answer:
+            schedule = await self.ctx.store.delete_schedule(schedule_id, session)
+            await self.schedule_changed(user, schedule, "deleted", None, session)
+            return Answer(204)
+
+        await self.commit(user, change)

@@ -1,10 +1,11 @@
-"""`/api/tasks`: list, create, read, change, delete and execute tasks; each change emits an event."""
+"""`/api/tasks`: list, create, read, change, delete and execute tasks; each change commits with its event."""
 
 from __future__ import annotations
 
 from handlers.base import ApiHandler, path_id
+from service.idempotency import Answer
 from service.models import EXECUTE_FIELDS, TASK_FIELDS, validate, validate_listing
-from service.store import utcnow
+from service.store import Session, utcnow
 
 
 class TasksHandler(ApiHandler):
@@ -24,12 +25,15 @@ class TasksHandler(ApiHandler):
     async def post(self) -> None:
         user = await self.principal()
         fields = validate(self.json_body(), TASK_FIELDS, required=("title", "taskType"))
-        now = utcnow()
-        task = await self.ctx.store.create_task(fields, user.user_id, user.name, now)
-        summary = {"taskId": task["id"], "taskType": task["taskType"], "title": task["title"]}
-        await self.emit(user, "task_created", summary, now)
-        self.set_header("Location", f"/api/tasks/{task['id']}")
-        self.write_json(task, 201)
+
+        async def change(session: Session) -> Answer:
+            now = utcnow()
+            task = await self.ctx.store.create_task(fields, user.user_id, user.name, now, session)
+            summary = {"taskId": task["id"], "taskType": task["taskType"], "title": task["title"]}
+            await self.emit(user, "task_created", summary, now, session)
+            return Answer.json(201, task, location=f"/api/tasks/{task['id']}")
+
+        await self.commit(user, change)
 
 
 class TaskHandler(ApiHandler):
@@ -43,17 +47,26 @@ class TaskHandler(ApiHandler):
         user = await self.principal()
         task_id = path_id(raw_id)
         changes = validate(self.json_body(), TASK_FIELDS, partial=True)
-        now = utcnow()
-        task = await self.ctx.store.update_task(task_id, changes, now)
-        await self.emit(user, "task_updated", {"taskId": task_id, "taskType": task["taskType"], **changes}, now)
-        self.write_json(task)
+
+        async def change(session: Session) -> Answer:
+            now = utcnow()
+            task = await self.ctx.store.update_task(task_id, changes, now, session)
+            fields = {"taskId": task_id, "taskType": task["taskType"], **changes}
+            await self.emit(user, "task_updated", fields, now, session)
+            return Answer.json(200, task)
+
+        await self.commit(user, change)
 
     async def delete(self, raw_id: str) -> None:
         user = await self.principal()
-        task = await self.ctx.store.delete_task(path_id(raw_id))
-        await self.emit(user, "task_deleted", {"taskId": task["id"], "taskType": task["taskType"]})
-        self.set_status(204)
-        self.finish()
+        task_id = path_id(raw_id)
+
+        async def change(session: Session) -> Answer:
+            task = await self.ctx.store.delete_task(task_id, session)
+            await self.emit(user, "task_deleted", {"taskId": task["id"], "taskType": task["taskType"]}, None, session)
+            return Answer(204)
+
+        await self.commit(user, change)
 
 
 class TaskExecutionHandler(ApiHandler):
@@ -63,13 +76,17 @@ class TaskExecutionHandler(ApiHandler):
         user = await self.principal()
         task_id = path_id(raw_id)
         body = validate(self.json_body(), EXECUTE_FIELDS, required=("resultStatus",))
-        now = utcnow()
-        task = await self.ctx.store.record_execution(task_id, body["resultStatus"], body.get("note"), now)
-        fields = {
-            "taskId": task_id,
-            "taskType": task["taskType"],
-            "resultStatus": body["resultStatus"],
-            "executions": task["executions"],
-        }
-        await self.emit(user, "task_executed", fields, now)
-        self.write_json(task)
+
+        async def change(session: Session) -> Answer:
+            now = utcnow()
+            task = await self.ctx.store.record_execution(task_id, body["resultStatus"], body.get("note"), now, session)
+            fields = {
+                "taskId": task_id,
+                "taskType": task["taskType"],
+                "resultStatus": body["resultStatus"],
+                "executions": task["executions"],
+            }
+            await self.emit(user, "task_executed", fields, now, session)
+            return Answer.json(200, task)
+
+        await self.commit(user, change)

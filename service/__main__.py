@@ -101,7 +101,11 @@ def serve() -> int:
         if settings.mongodb_uri:
             uri = settings.mongodb_uri
         else:
-            mongo = EmbeddedMongo(settings.data_dir / "mongo", oplog_retention_seconds=settings.history_ttl_seconds)
+            mongo = EmbeddedMongo(
+                settings.data_dir / "mongo",
+                oplog_retention_seconds=settings.history_ttl_seconds,
+                sync_on_commit=settings.embedded_sync_on_commit,
+            )
             uri = mongo.start()
         return run(_serve_one(settings, uri, mongo, worker=worker))
     except ServiceError as exc:

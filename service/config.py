@@ -32,6 +32,7 @@ ENV_VARS: tuple[str, ...] = (
     "MONGODB_DB",
     "MONGODB_TIMEOUT_MS",
     "DATA_DIR",
+    "EMBEDDED_SYNC_ON_COMMIT",
     "JWT_SECRET",
     "JWT_PUBLIC_KEY",
     "JWT_ALGORITHMS",
@@ -72,6 +73,7 @@ class Settings:
     mongodb_db: str = "realtime"
     mongodb_timeout_ms: int = 3000
     data_dir: Path = Path("data")
+    embedded_sync_on_commit: bool = True
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_algorithms: tuple[str, ...] = ("HS256",)
@@ -378,6 +380,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mongodb_db=_text(env, "MONGODB_DB") or "realtime",
         mongodb_timeout_ms=_int(env, "MONGODB_TIMEOUT_MS", 3000, minimum=100),
         data_dir=data_dir,
+        embedded_sync_on_commit=_bool(env, "EMBEDDED_SYNC_ON_COMMIT", True),
         jwt_secret=secret,
         jwt_public_key=public_key,
         jwt_algorithms=algorithms,

@@ -74,7 +74,11 @@ def supervise(settings: Settings) -> int:
     try:
         uri = settings.mongodb_uri
         if not uri:
-            mongo = EmbeddedMongo(settings.data_dir / "mongo", oplog_retention_seconds=settings.history_ttl_seconds)
+            mongo = EmbeddedMongo(
+                settings.data_dir / "mongo",
+                oplog_retention_seconds=settings.history_ttl_seconds,
+                sync_on_commit=settings.embedded_sync_on_commit,
+            )
             uri = mongo.start()
         env = {
             **os.environ,

@@ -1,4 +1,10 @@
-/** The service's REST API (SPEC §7) as typed functions; every call sends the Bearer token. */
+/**
+ * The service's REST API (SPEC §7) as typed functions; every call sends the Bearer token.
+ *
+ * Each change (POST/PATCH/DELETE) is one user action with one `Idempotency-Key`: when the
+ * answer is lost (network error) or the service says "not now" (409, 502, 503, 504), the
+ * call retries with the same key, so the change happens once however often it is sent.
+ */
 
 import type { ResultStatus, Schedule, Task, TaskType } from "./events";
 import { endpoint, resolveBase } from "./urls";
@@ -9,6 +15,34 @@ export interface ApiOptions {
   url?: string;
   getToken: TokenSource;
   fetchImpl?: typeof fetch;
+  /** Sends of one change after the first, when no answer came or the service said "retry" (default 3). */
+  retries?: number;
+  /** A new Idempotency-Key (default: 128 random bits in hex). */
+  newKey?: () => string;
+  /** Waits between sends (default: setTimeout). */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** Answers after which the same request, with the same key, may simply be sent again. */
+const RETRY_STATUSES = new Set([409, 502, 503, 504]);
+const RETRY_BASE_MS = 500;
+const RETRY_CAP_MS = 5000;
+
+/** Wait before retry `attempt` (1-based): the service's Retry-After if any, else 0.5 s doubling, capped. */
+export function retryDelay(attempt: number, retryAfter: string | null): number {
+  const seconds = retryAfter === null ? Number.NaN : Number(retryAfter);
+  const ms = Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : RETRY_BASE_MS * 2 ** (attempt - 1);
+  return Math.min(RETRY_CAP_MS, ms);
+}
+
+/** 128 random bits as hex: `crypto.randomUUID` exists only on https and localhost pages. */
+export function randomKey(): string {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function isAbort(error: unknown): boolean {
+  return error instanceof Error && error.name === "AbortError";
 }
 
 /** A non-2xx answer; `body` is the service's `{error, reason?, fields?}` when it sent one. */
@@ -43,17 +77,39 @@ export function createApi(options: ApiOptions): Api {
   const base = resolveBase(options.url);
   const fetchImpl = options.fetchImpl ?? globalThis.fetch.bind(globalThis);
 
-  async function call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+  const retries = options.retries ?? 3;
+  const newKey = options.newKey ?? randomKey;
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+
+  async function send(method: string, path: string, body: unknown, key: string | null, signal?: AbortSignal) {
     const token = await options.getToken();
     const headers: Record<string, string> = { Accept: "application/json" };
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetchImpl(endpoint(base, path), {
+    if (key !== null) headers["Idempotency-Key"] = key;
+    return fetchImpl(endpoint(base, path), {
       method,
       headers,
       body: body === undefined ? null : JSON.stringify(body),
       signal: signal ?? null,
     });
+  }
+
+  async function call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+    const key = method === "GET" ? null : newKey();
+    let response: Response;
+    for (let attempt = 0; ; attempt++) {
+      const last = key === null || attempt >= retries;
+      try {
+        response = await send(method, path, body, key, signal);
+      } catch (error) {
+        if (last || isAbort(error)) throw error;
+        await sleep(retryDelay(attempt + 1, null));
+        continue;
+      }
+      if (last || !RETRY_STATUSES.has(response.status)) break;
+      await sleep(retryDelay(attempt + 1, response.headers?.get("Retry-After") ?? null));
+    }
     const text = await response.text();
     let parsed: unknown = null;
     if (text) {

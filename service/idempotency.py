@@ -1,0 +1,122 @@
+"""`Idempotency-Key`: a retried POST/PATCH/DELETE gets the first answer instead of a second change.
+
+A key belongs to one user. The first request with it claims it (a pending record with a
+lease); its change, its event and its answer then commit in one transaction, so the answer
+is remembered exactly when the change happened. A retry with the same request gets that
+answer back; one with another method, path or body is refused (422); one that arrives while
+the first is still running is told to wait (409). Answers that changed nothing (4xx, 503)
+are not remembered: the key is released and a retry runs again. Records expire after 24 h.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import BadMessage, ServiceError
+from service.store import MongoStore, Session
+
+HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+# Visible ASCII: a UUID, a ULID or any opaque token a client makes fits.
+KEY_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+
+
+class KeyInUse(ServiceError):
+    """A request with this key is still running (409); retry shortly."""
+
+
+class KeyReused(ServiceError):
+    """This key was used for a different request (422)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a change request answers: status, JSON body text (None for 204) and `Location`."""
+
+    status: int
+    body: str | None = None
+    location: str | None = None
+    replayed: bool = False
+
+    @classmethod
+    def json(cls, status: int, payload: Any, location: str | None = None) -> Answer:
+        return cls(status, json.dumps(payload, ensure_ascii=False, separators=(",", ":")), location)
+
+    def record(self) -> dict[str, Any]:
+        return {"status": self.status, "body": self.body, "location": self.location}
+
+
+Change = Callable[[Session], Awaitable[Answer]]
+
+
+def parse_key(raw: str | None) -> str | None:
+    """The header's key, or None without one.
+
+    Raises:
+        BadMessage: empty, longer than 255 characters, or not visible ASCII.
+    """
+    if raw is None:
+        return None
+    if not KEY_PATTERN.fullmatch(raw):
+        raise BadMessage(
+            "invalid Idempotency-Key",
+            {HEADER: f"must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (a UUID, say)"},
+        )
+    return raw
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """What makes two requests "the same": method, path and body (JSON compared by value)."""
+    try:
+        canonical = json.dumps(json.loads(body or b"null"), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        canonical = body
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
+
+
+def key_id(user_id: int | str, key: str) -> str:
+    """The record's id: the key within its user's scope (one user cannot replay another's)."""
+    return hashlib.sha256(f"{type(user_id).__name__}:{user_id}\n{key}".encode()).hexdigest()
+
+
+async def commit_once(
+    store: MongoStore, change: Change, *, key: str | None, user_id: int | str, fingerprint: str
+) -> Answer:
+    """Run `change` in a transaction, once per key: the first answer for a repeated request.
+
+    Raises:
+        KeyInUse: the key's first request is still running.
+        KeyReused: the key was used for another request.
+        StoreUnavailable: MongoDB did not answer (the key is released when nothing changed).
+    """
+    if key is None:
+        return await store.transaction(change)
+    record_id = key_id(user_id, key)
+    owner = uuid.uuid4().hex
+    held = await store.claim_key(record_id, fingerprint, owner, lease_seconds=2 * store.timeout_seconds + 1)
+    if held is not None:
+        if held.get("fingerprint") != fingerprint:
+            raise KeyReused("this Idempotency-Key was used for a different request (method, path or body)")
+        if held.get("state") != "done":
+            raise KeyInUse("a request with this Idempotency-Key is still in progress; retry shortly")
+        answer = held["answer"]
+        return Answer(answer["status"], answer.get("body"), answer.get("location"), replayed=True)
+
+    async def change_and_record(session: Session) -> Answer:
+        answer = await change(session)
+        if not await store.complete_key(record_id, owner, answer.record(), session):
+            # Our lease ran out and a retry took the key over: it will make the change.
+            raise KeyInUse("a request with this Idempotency-Key is still in progress; retry shortly")
+        return answer
+
+    try:
+        return await store.transaction(change_and_record)
+    except BaseException:
+        await store.release_key(record_id, owner)
+        raise
