@@ -13,6 +13,7 @@ from handlers.dashboard import DashboardHandler, DashboardIndexHandler, NoDashbo
 from handlers.events import PublishHandler
 from handlers.health import LivenessHandler, ReadinessHandler
 from handlers.openapi import OpenApiHandler
+from handlers.poll import PollHandler
 from handlers.schedules import ScheduleHandler, SchedulesHandler
 from handlers.sse import EventStreamEndpoint
 from handlers.tasks import TaskExecutionHandler, TaskHandler, TasksHandler
@@ -28,6 +29,7 @@ ID = r"([^/]+)"
 API_ROUTES: list[tuple[str, type[RequestHandler]]] = [
     (r"/ws", WebSocketEndpoint),
     (r"/events", EventStreamEndpoint),
+    (r"/poll", PollHandler),
     (r"/api/tasks", TasksHandler),
     (rf"/api/tasks/{ID}", TaskHandler),
     (rf"/api/tasks/{ID}/execute", TaskExecutionHandler),
