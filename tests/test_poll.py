@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from tests.browser import ROOT
 from tests.clients import Service, eventually, wait_bound
 
 PUBLISHER = ("user", "publisher")
@@ -203,3 +205,28 @@ async def test_waiting_polls_count_as_poll_connections(service: Service) -> None
     assert metrics.messages_sent.labels("poll")._value.get() == 1
     assert metrics.connections_opened.labels("poll")._value.get() == 2
     assert b'realtime_connections{transport="poll"}' in metrics.exposition()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_cli_tail_poll_prints_events_as_json_lines(service: Service) -> None:
+    """`python -m service tail --poll` follows over long-polling, one JSON line per message."""
+    token = service.token(sub=3, name="يوسف")
+    command = ["-m", "service", "tail", "--poll", "--url", service.http, "--token", token, "--max-events", "2"]
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable, *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert tail.stdout is not None
+        hello = json.loads(await asyncio.wait_for(tail.stdout.readline(), wait_bound(20)))
+        assert hello["type"] == "connected" and hello["transport"] == "poll"
+        publisher = service.token(sub=2, roles=PUBLISHER)
+        for n in (1, 2):
+            await service.publish(publisher, {"type": "note", "n": n, "text": "مرحبا"})
+        out, _ = await asyncio.wait_for(tail.communicate(), wait_bound(30))
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [(m["type"], m["n"], m["text"]) for m in lines] == [("note", 1, "مرحبا"), ("note", 2, "مرحبا")]
+    assert tail.returncode == 0
