@@ -134,8 +134,13 @@ async def poll(ctx: AppContext, connection: Connection, transport: PollTransport
             # No position, or one the client must drop: start from the newest event known here.
             transport.cursor = connection.last_event_id = head(ctx)
         connection.finish_replay(history)
-        remaining = connection.principal.expires_at - time.time()
-        await transport.wait(max(0.0, min(ctx.settings.poll_timeout_seconds, remaining)))
+        expires_at = connection.principal.expires_at
+        remaining = expires_at - time.time()
+        if remaining > 0:
+            await transport.wait(min(ctx.settings.poll_timeout_seconds, remaining))
+        if time.time() >= expires_at:
+            # As a stream closes at expiry: told, not answered empty (which would be polled again at once).
+            connection.close(CloseCode.UNAUTHORIZED, "token expired")
         newest = head(ctx)
         if transport.complete and newest is not None and (transport.cursor is None or newest > transport.cursor):
             # Every event up to the newest was offered (filtered ones too): a client that

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from typing import Any
 from urllib.parse import urlencode
@@ -230,3 +231,29 @@ async def test_cli_tail_poll_prints_events_as_json_lines(service: Service) -> No
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert [(m["type"], m["n"], m["text"]) for m in lines] == [("note", 1, "مرحبا"), ("note", 2, "مرحبا")]
     assert tail.returncode == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_poll_by_ticket_is_logged_without_it(service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    """A ticket authenticates a poll, and the access line shows the poll without the ticket."""
+    caplog.set_level(logging.DEBUG, logger="service.access")
+    token = service.token(sub=4)
+    response = await service.request("POST", "/api/realtime/ticket", token=token)
+    ticket = json.loads(response.body)["ticket"]
+    status, _, body = await poll(service, None, ticket=ticket)
+    assert status == 200 and body["messages"][0]["userId"] == 4
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.access" and "/poll" in r.getMessage()]
+    assert len(lines) == 1 and ticket not in lines[0] and "ticket=[redacted]" in lines[0]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_poll_ends_with_close_4401_when_its_token_expires(start_service) -> None:  # type: ignore[no-untyped-def]
+    """A poll never outlives its token: at expiry it answers `close` 4401, as a stream closes."""
+    service = await start_service(poll_timeout_seconds=60.0)
+    token = service.token(ttl=2)
+    _, _, first = await poll(service, token)
+    status, _, body = await asyncio.wait_for(poll(service, token, cursor=first["cursor"]), wait_bound(10))
+    assert status == 200 and body["messages"] == [{"type": "close", "code": 4401, "reason": "token expired"}]
+    # Within the verification leeway the token still authenticates, but each poll is told at once.
+    status, _, body = await poll(service, token, cursor=first["cursor"])
+    assert status in (200, 401) and (status == 401 or body["messages"][0]["code"] == 4401)
