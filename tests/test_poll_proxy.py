@@ -161,8 +161,8 @@ def test_dashboard_behind_the_buffering_proxy_goes_live_over_long_polling(
         connected_at = next(entry["at"] for entry in log if entry["status"] == "connected") / 1000
         navigation_start = page.evaluate("performance.timeOrigin") / 1000
 
+        requested = time.time()
         task = create_task(proxy.url, token(service, OTHER), "مهمة عبر الوكيل")
-        created = time.time()
         row = page.locator(f'[data-task-id="{task["id"]}"]')
         expect(row).to_contain_text("مهمة عبر الوكيل", timeout=ms(5))
         shown = time.time()
@@ -172,7 +172,7 @@ def test_dashboard_behind_the_buffering_proxy_goes_live_over_long_polling(
             {
                 "seconds_to_connected_from_navigation": round(connected_at - navigation_start, 3),
                 "seconds_to_connected_from_goto": round(connected_at - started, 3),
-                "task_seconds_created_to_shown_upper_bound": round(shown - created, 3),
+                "task_seconds_from_create_request_to_shown": round(shown - requested, 3),
                 "status_log": log,
             },
         )
