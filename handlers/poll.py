@@ -8,9 +8,11 @@ empty list after up to POLL_TIMEOUT_SECONDS. Each answer is one complete JSON bo
 
 from __future__ import annotations
 
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, credentials_of
+from service.auth import Principal
 from service.connection import Connection
-from service.poll import PollTransport, poll
+from service.context import AppContext
+from service.poll import PollTransport, VerifiedTokens, poll
 from service.wire import parse_event_list
 
 
@@ -20,6 +22,27 @@ class PollHandler(BaseHandler):
     transport_label = "poll"
     _transport: PollTransport | None = None
 
+    def initialize(self, ctx: AppContext, tokens: VerifiedTokens | None = None) -> None:
+        super().initialize(ctx)
+        self.tokens = tokens
+
+    async def poller(self) -> Principal:
+        """`principal()`, remembering a verified bearer token or cookie for the next polls."""
+        credentials = credentials_of(self.request)
+        token: str | None = None
+        if credentials.authorization is not None:
+            scheme, _, value = credentials.authorization.partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+        elif credentials.cookie:
+            token = credentials.cookie
+        if self.tokens is None or not token:
+            return await self.principal()
+        principal = self.tokens.get(token)
+        if principal is None:
+            principal = await self.principal()
+            self.tokens.put(token, principal)
+        return principal
+
     def compute_etag(self) -> None:
         return None
 
@@ -28,7 +51,7 @@ class PollHandler(BaseHandler):
         if ctx.lifecycle.draining:
             self.reject(503, "draining", {"Retry-After": "1"})
             return
-        principal = await self.principal()
+        principal = await self.poller()
         raw_events = self.get_query_argument("events", None)
         subscriptions = parse_event_list(raw_events) if raw_events else None
         cursor = self.get_query_argument("cursor", None)

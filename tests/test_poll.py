@@ -7,11 +7,14 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from service.auth import Principal
+from service.poll import VerifiedTokens
 from tests.browser import ROOT
 from tests.clients import Service, eventually, wait_bound
 
@@ -257,3 +260,16 @@ async def test_a_poll_ends_with_close_4401_when_its_token_expires(start_service)
     # Within the verification leeway the token still authenticates, but each poll is told at once.
     status, _, body = await poll(service, token, cursor=first["cursor"])
     assert status in (200, 401) and (status == 401 or body["messages"][0]["code"] == 4401)
+
+
+def test_remembered_tokens_serve_until_expiry_and_stay_bounded() -> None:
+    """A verified token is reused only until its `exp`, and the least recently used go past the bound."""
+    tokens = VerifiedTokens(size=2)
+    now = time.time()
+    tokens.put("expired", Principal(1, "a", frozenset({"user"}), now - 1))
+    assert tokens.get("expired") is None and len(tokens) == 0
+    for name in ("a", "b"):
+        tokens.put(name, Principal(name, name, frozenset({"user"}), now + 60))
+    assert tokens.get("a") is not None  # now "b" is the least recently used
+    tokens.put("c", Principal("c", "c", frozenset({"user"}), now + 60))
+    assert tokens.get("b") is None and tokens.get("a") is not None and tokens.get("c") is not None
