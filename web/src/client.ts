@@ -175,6 +175,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   let silenceTimer: ReturnType<typeof setTimeout> | null = null;
   let silenceMs = 0; // per connection, from `connected` (or the option)
   let pollWaitMs = 25_000; // how long the server holds a poll (from `connected`)
+  let polling = false; // a poll loop runs for the current generation
   let pingCounter = 0;
   let windowListening = false;
   const pings = new Map<string, PendingPing>();
@@ -229,6 +230,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     connectedTimer = clearTimer(connectedTimer);
     silenceTimer = clearTimer(silenceTimer);
     silenceMs = 0;
+    polling = false;
     aborter?.abort();
     aborter = null;
     if (socket) {
@@ -450,6 +452,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   }
 
   async function pollLoop(gen: number): Promise<void> {
+    polling = true;
     let cursor: string | null = null;
     let isOpen = false;
     while (gen === generation) {
@@ -829,8 +832,10 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   function changeSubscription(kind: "subscribe" | "unsubscribe", types: readonly string[]): void {
     if (socket && socket.readyState === WS_OPEN) {
       socket.send(JSON.stringify({ type: kind, events: [...types] }));
-    } else if (source) {
-      start(token ?? undefined); // SSE filters are fixed per request.
+    } else if (source || polling) {
+      // SSE filters are fixed per request, and a waiting poll's too (its cursor would pass
+      // events of a newly wanted type): reconnect, resuming, with the new filter.
+      start(token ?? undefined);
     }
   }
 

@@ -182,4 +182,19 @@ describe("long-polling fallback", () => {
     expect(client.reason).toBe("disconnected");
     expect(server.pending).toHaveLength(0);
   });
+
+  it("polls again, resuming with the new filter, when the subscription changes", async () => {
+    const { client } = start({ storage: new MemoryStorage(), events: ["task_created"] });
+    await failWebSocket();
+    await vi.advanceTimersByTimeAsync(3000);
+    await flush();
+    await server.connected("c0");
+    expect(new URL(server.pending[0]?.call.url ?? "").searchParams.get("events")).toBe("task_created");
+    client.subscribe(["note"]);
+    await flush();
+    const next = new URL(server.pending.at(-1)?.call.url ?? "").searchParams;
+    expect(next.get("events")).toBe("task_created,note");
+    expect(next.get("last_event_id")).toBe("c0");
+    expect(next.get("cursor")).toBeNull();
+  });
 });
