@@ -32,7 +32,7 @@ web:
 	cd web && npm run --silent build
 
 system-deps:
-	scripts/system-deps.sh /usr/bin/chromium=chromium promtool=prometheus
+	scripts/system-deps.sh /usr/bin/chromium=chromium promtool=prometheus /usr/sbin/nginx=nginx-light
 
 ## test: install everything the tests need, then run them all (lint, types, web unit tests, pytest)
 test: $(VENV)/.dev system-deps web test-example

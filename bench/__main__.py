@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--ws", type=int, default=200, help="WebSocket clients (`make bench` uses 5000)")
     parser.add_argument("--sse", type=int, default=200, help="SSE clients (`make bench` uses 5000)")
+    parser.add_argument("--poll", type=int, default=0, help="long-polling clients (the service only)")
+    parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="run each transport alone (service systems), so server CPU per delivered event is per transport",
+    )
     parser.add_argument("--rate", type=float, default=20, help="events published per second")
     parser.add_argument("--duration", type=float, default=5, help="seconds of publishing (`make bench` uses 20)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, any of {','.join(SYSTEMS)}")
@@ -69,6 +75,7 @@ def _plans(system: System, args: argparse.Namespace, secret: str) -> list[load.P
     for i in range(args.procs):
         ws = args.ws // args.procs + (1 if i < args.ws % args.procs else 0)
         sse = args.sse // args.procs + (1 if i < args.sse % args.procs else 0)
+        poll = args.poll // args.procs + (1 if i < args.poll % args.procs else 0)
         plans.append(
             load.Plan(
                 port=system.port,
@@ -76,12 +83,13 @@ def _plans(system: System, args: argparse.Namespace, secret: str) -> list[load.P
                 sse_path=system.sse_path,
                 ws=ws,
                 sse=sse,
+                poll=poll if system.name.startswith("service") else 0,
                 first_user=user,
                 jwt_secret=secret,
                 greeting=system.greeting,
             )
         )
-        user += ws + sse
+        user += ws + sse + poll
     return plans
 
 
@@ -143,7 +151,7 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
                 process.terminate()
                 process.join(5)
         system.stop()
-    merged = {"websocket": Delivery(), "sse": Delivery()}
+    merged = {kind: Delivery() for kind in load.CLIENTS}
     for part in deliveries:
         for kind, d in part.items():
             merged[kind].merge(d)
@@ -165,11 +173,38 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
         "server_cpu_seconds": cpu_used,
         "websocket": report.delivery_summary(merged["websocket"]),
         "sse": report.delivery_summary(merged["sse"]),
+        "poll": report.delivery_summary(merged["poll"]),
+        "server_cpu_us_per_delivered": cpu_used * 1e6 / max(1, sum(d.received for d in merged.values())),
         "all": report.latency_summary(everything),
         "slowest_events": report.slowest_events(worst.worst_by_event),
     }
     print(f"[{system.name}] done: p99 {result['all']['p99_ms']:.1f} ms", file=sys.stderr, flush=True)
     return result
+
+
+def transport_table(results: dict[str, dict[str, Any]]) -> str:
+    """Per transport: publish→receive latency and server CPU per delivered event."""
+    rows = [
+        "| run | transport | clients | received | lost / dup / out-of-order | p50 / p99 / max ms "
+        "| server CPU s | CPU µs per delivered event |",
+        "|" + "---|" * 8,
+    ]
+    for name, r in results.items():
+        for kind in load.CLIENTS:
+            d = r.get(kind)
+            if not d or not d["clients"]:
+                continue
+            lat = " / ".join(_fmt(d["latency"][k]) for k in ("p50_ms", "p99_ms", "max_ms"))
+            rows.append(
+                f"| {name} | {kind} | {d['clients']} | {d['received']} "
+                f"| {d['lost']} / {d['duplicated']} / {d['out_of_order']} | {lat} "
+                f"| {_fmt(r['server_cpu_seconds'])} | {_fmt(r['server_cpu_us_per_delivered'])} |"
+            )
+    return "\n".join(rows)
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,19 +227,29 @@ def main(argv: list[str] | None = None) -> int:
                     system = NaiveSystem(workdir, secret)
                 else:
                     system = NchanSystem(workdir, secret, workers=int(name[-1]))
+                if args.apart and name.startswith("service"):
+                    for kind, count in (("websocket", args.ws), ("sse", args.sse), ("poll", args.poll)):
+                        if count:
+                            alone = argparse.Namespace(**{**vars(args), "ws": 0, "sse": 0, "poll": 0})
+                            setattr(alone, "ws" if kind == "websocket" else kind, count)
+                            system = ServiceSystem(workdir, secret, workers=int(name[-1]), mongo_uri=mongo_uri)
+                            results[f"{name} {kind}"] = run_system(system, alone, secret)
+                    continue
                 results[name] = run_system(system, args, secret)
         finally:
             if mongo is not None:
                 mongo.stop()
     report.add_ratios(results)
     markdown = report.table(results)
+    if args.poll or args.apart:
+        markdown += "\n\n" + transport_table(results)
     print(markdown)
     if not args.no_save:
         document = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": report.machine(),
-            "sizes": {"ws": args.ws, "sse": args.sse, "rate": args.rate, "duration": args.duration},
+            "sizes": {"ws": args.ws, "sse": args.sse, "poll": args.poll, "rate": args.rate, "duration": args.duration},
             "publish_path": {
                 "service": "insert_one into `events` (acknowledged, sequential); delivery via the change stream",
                 "naive": "POST /publish (broadcast in the request)",

@@ -1,7 +1,9 @@
-"""A load process: opens WebSocket and SSE clients to one server and records what they receive.
+"""A load process: opens WebSocket, SSE and long-polling clients to one server and records
+what they receive.
 
-Both clients are lean `asyncio.Protocol`s (uvloop when installed): they parse only what a
-benchmark needs (the 101/200 answer, WebSocket frame boundaries and pings, SSE block ends)
+The clients are lean `asyncio.Protocol`s (uvloop when installed): they parse only what a
+benchmark needs (the 101/200 answer, WebSocket frame boundaries and pings, SSE block ends,
+a poll answer's length and cursor)
 and find each event's `"b":"<seq>:<sent µs>"` field with one regex, so the harness costs the
 same for every system. The runner drives it over a pipe: connect, then finish, then exit.
 """
@@ -26,6 +28,8 @@ CONNECTED = b'"connected"'
 QUIET_SECONDS = 5.0
 DISORDER: list[tuple[int, int, int]] = []  # first few (seq, last seen, count) out of order, for diagnosis
 PONG_EMPTY = b"\x8a\x80\x00\x00\x00\x00"  # masked (with a zero key), empty pong
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
+CURSOR = re.compile(rb'"cursor":"([0-9a-f]+)"\}$')
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Plan:
     greeting: bool  # the server sends a first message (`connected`) once it has authenticated
     concurrency: int = 100
     connect_timeout: float = 30.0
+    poll: int = 0  # long-polling clients (the service only)
+    poll_path: str = "/poll"
 
 
 class Tracker:
@@ -211,6 +217,48 @@ class SseClient(LoadClient):
         self.buffer = buf[end + 2 :]
 
 
+class PollClient(LoadClient):
+    """A long-polling client on one keep-alive connection: each answer (Content-Length framed)
+    is scanned, then the next poll goes out at once with the answer's cursor."""
+
+    def __init__(self, request: bytes, tracker: Tracker, greeting: bool) -> None:
+        super().__init__(request, tracker, greeting)
+        self.base_request = request  # `GET /poll?... HTTP/1.1\r\n...`: the cursor goes before ` HTTP/1.1`
+
+    def data_received(self, data: bytes) -> None:
+        now_us = time.time_ns() // 1000
+        buf = self.buffer + data if self.buffer else data
+        while True:
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                break
+            length = CONTENT_LENGTH.search(buf, 0, head_end + 2)
+            if not buf.startswith(b"HTTP/1.1 200") or length is None:
+                self.tracker.ready(False)
+                self.close()
+                return
+            end = head_end + 4 + int(length.group(1))
+            if len(buf) < end:
+                break
+            body_start = head_end + 4
+            if not self.tracker.established.done() and buf.find(CONNECTED, body_start, end) >= 0:
+                self.tracker.ready(True)
+            self.tracker.scan(buf, body_start, end, now_us)
+            cursor = CURSOR.search(buf[body_start:end])
+            self._next(cursor.group(1) if cursor else b"")
+            buf = buf[end:]
+        self.buffer = buf
+
+    def _next(self, cursor: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        path_end = self.base_request.index(b" HTTP/1.1")
+        separator = b"&" if b"?" in self.base_request[:path_end] else b"?"
+        self.transport.write(
+            self.base_request[:path_end] + separator + b"cursor=" + cursor + self.base_request[path_end:]
+        )
+
+
 def _token(secret: str, user: int) -> str:
     now = int(time.time())
     claims = {"sub": str(user), "name": "محمد حسن", "roles": ["user"], "iat": now, "exp": now + 3600}
@@ -233,14 +281,23 @@ def _sse_request(plan: Plan, token: str) -> bytes:
     ).encode()
 
 
+def _poll_request(plan: Plan, token: str) -> bytes:
+    return (
+        f"GET {plan.poll_path} HTTP/1.1\r\nHost: 127.0.0.1:{plan.port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+CLIENTS: dict[str, type[LoadClient]] = {"websocket": WsClient, "sse": SseClient, "poll": PollClient}
+
+
 class Load:
     """The clients of one process, opened with bounded concurrency."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.hists = {"websocket": Histogram(), "sse": Histogram()}
+        self.hists = {kind: Histogram() for kind in CLIENTS}
         self.worst: dict[int, int] = {}
-        self.clients: dict[str, list[tuple[Tracker, asyncio.Protocol]]] = {"websocket": [], "sse": []}
+        self.clients: dict[str, list[tuple[Tracker, asyncio.Protocol]]] = {kind: [] for kind in CLIENTS}
         self.failed = 0
 
     async def connect(self) -> dict[str, Any]:
@@ -249,16 +306,14 @@ class Load:
         secret, first = plan.jwt_secret, plan.first_user
         requests = [("websocket", _ws_request(plan, _token(secret, first + i))) for i in range(plan.ws)]
         requests += [("sse", _sse_request(plan, _token(secret, first + plan.ws + i))) for i in range(plan.sse)]
+        first += plan.ws + plan.sse
+        requests += [("poll", _poll_request(plan, _token(secret, first + i))) for i in range(plan.poll)]
         limit = asyncio.Semaphore(plan.concurrency)
 
         async def open_one(kind: str, request: bytes) -> None:
             async with limit:
                 tracker = Tracker(self.hists[kind], self.worst, loop.create_future())
-                protocol: asyncio.Protocol = (
-                    WsClient(request, tracker, plan.greeting)
-                    if kind == "websocket"
-                    else SseClient(request, tracker, plan.greeting)
-                )
+                protocol: asyncio.Protocol = CLIENTS[kind](request, tracker, plan.greeting)
                 try:
                     await loop.create_connection(lambda: protocol, "127.0.0.1", plan.port)
                     ok = await asyncio.wait_for(tracker.established, plan.connect_timeout)

@@ -31,7 +31,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-TRANSPORTS = ("websocket", "sse")
+TRANSPORTS = ("websocket", "sse", "poll")
 
 
 class Metrics:

@@ -153,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--url", default="http://localhost:5001", help="service base URL")
     f.add_argument("--token", default=os.environ.get("REALTIME_TOKEN"), help="JWT (or REALTIME_TOKEN)")
     f.add_argument("--sse", action="store_true", help="use Server-Sent Events instead of WebSocket")
+    f.add_argument("--poll", action="store_true", help="use long-polling (for proxies that buffer streams)")
     f.add_argument("--events", default="", help="comma-separated event types (default: all)")
     f.add_argument("--last-event-id", default=None, help="resume after this id")
     f.add_argument("--max-events", type=int, default=0, help="exit after this many events (0: never)")

@@ -13,6 +13,7 @@ from handlers.dashboard import DashboardHandler, DashboardIndexHandler, NoDashbo
 from handlers.events import PublishHandler
 from handlers.health import LivenessHandler, ReadinessHandler
 from handlers.openapi import OpenApiHandler
+from handlers.poll import PollHandler
 from handlers.schedules import ScheduleHandler, SchedulesHandler
 from handlers.sse import EventStreamEndpoint
 from handlers.tasks import TaskExecutionHandler, TaskHandler, TasksHandler
@@ -21,6 +22,7 @@ from handlers.ws import WebSocketEndpoint
 from metrics.handler import MetricsHandler
 from service.context import AppContext
 from service.logs import request_logger
+from service.poll import VerifiedTokens
 
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
 ID = r"([^/]+)"
@@ -28,6 +30,7 @@ ID = r"([^/]+)"
 API_ROUTES: list[tuple[str, type[RequestHandler]]] = [
     (r"/ws", WebSocketEndpoint),
     (r"/events", EventStreamEndpoint),
+    (r"/poll", PollHandler),
     (r"/api/tasks", TasksHandler),
     (rf"/api/tasks/{ID}", TaskHandler),
     (rf"/api/tasks/{ID}/execute", TaskExecutionHandler),
@@ -60,7 +63,11 @@ def make_app(ctx: AppContext, **tornado_settings: Any) -> Application:
     """The Tornado application for one process."""
     settings = ctx.settings
     web_dir = settings.web_dir or DEFAULT_WEB_DIR
-    routes: list[Any] = [(pattern, handler, {"ctx": ctx}) for pattern, handler in API_ROUTES]
+    tokens = VerifiedTokens()  # the pollers' verified tokens, one set per process
+    routes: list[Any] = [
+        (pattern, handler, {"ctx": ctx, "tokens": tokens} if handler is PollHandler else {"ctx": ctx})
+        for pattern, handler in API_ROUTES
+    ]
     routes.append((r"/metrics", MetricsHandler, {"metrics": ctx.metrics}))
     routes.append((r"/api/.*", NotFoundHandler, {"ctx": ctx}))
     if (web_dir / "index.html").is_file():

@@ -42,6 +42,7 @@ ENV_VARS: tuple[str, ...] = (
     "ALLOWED_ORIGINS",
     "HEARTBEAT_SECONDS",
     "SSE_RETRY_MS",
+    "POLL_TIMEOUT_SECONDS",
     "HISTORY_SIZE",
     "HISTORY_TTL_SECONDS",
     "MAX_CONNECTIONS_PER_USER",
@@ -83,6 +84,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     heartbeat_seconds: float = 15.0
     sse_retry_ms: int = 3000
+    poll_timeout_seconds: float = 25.0
     history_size: int = 10_000
     history_ttl_seconds: int = 86_400
     max_connections_per_user: int = 20
@@ -390,6 +392,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allowed_origins=_origins(env, dev_mode),
         heartbeat_seconds=heartbeat,
         sse_retry_ms=_int(env, "SSE_RETRY_MS", 3000),
+        poll_timeout_seconds=_float(env, "POLL_TIMEOUT_SECONDS", 25.0, minimum=0.05),
         history_size=_int(env, "HISTORY_SIZE", 10_000, minimum=1),
         history_ttl_seconds=_int(env, "HISTORY_TTL_SECONDS", 86_400, minimum=60),
         max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 20, minimum=1),

@@ -91,6 +91,9 @@ class Server:
         if ctx.lifecycle.draining:
             return
         ctx.lifecycle.draining = True
+        for connection in list(ctx.hub):
+            if connection.kind == "poll":  # a waiting poll answers at once; its next one goes elsewhere
+                connection.close(CloseCode.SERVICE_RESTART, "service restart")
         connections = [c for c in ctx.hub if not c.closed]
         window = ctx.settings.drain_seconds if window is None else window
         log.info("draining %d connections over %.0fs", len(connections), window)

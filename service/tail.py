@@ -1,5 +1,6 @@
-"""`python -m service tail`: follow the stream from a terminal, reconnecting like the browser
-client (full jitter from 1 s, capped at 5 s: `service/backoff.py`) and resuming from the last id.
+"""`python -m service tail`: follow the events from a terminal (WebSocket, SSE or long-polling),
+reconnecting like the browser client (full jitter from 1 s, capped at 5 s: `service/backoff.py`)
+and resuming from the last id.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Follower:
         self.base = args.url.rstrip("/")
         self.token = args.token
         self.sse = args.sse
+        self.poll = getattr(args, "poll", False)
         self.events = args.events
         self.last_id: str | None = args.last_event_id
         self.max_events = args.max_events
@@ -122,10 +124,50 @@ class Follower:
                 self.final = CloseCode.UNAUTHORIZED if exc.code == 401 else CloseCode.FORBIDDEN
             raise
 
+    async def poll_once(self) -> None:
+        """Poll until something ends it: `connected` first, then each answer's cursor."""
+        cursor: str | None = None
+        while True:
+            params = {"events": self.events} if self.events else {}
+            if cursor is not None:
+                params["cursor"] = cursor
+            elif self.last_id:
+                params["last_event_id"] = self.last_id
+            request = HTTPRequest(
+                self.base + "/poll" + ("?" + urlencode(params) if params else ""),
+                headers={"Authorization": f"Bearer {self.token}"},  # as for REST: no token in the URL
+                request_timeout=120,
+                connect_timeout=10,
+            )
+            try:
+                response = await AsyncHTTPClient().fetch(request)
+            except HTTPClientError as exc:
+                if exc.code in (401, 403):
+                    self.final = CloseCode.UNAUTHORIZED if exc.code == 401 else CloseCode.FORBIDDEN
+                raise
+            answer = json.loads(response.body)
+            for message in answer.get("messages", []):
+                if message.get("type") == "close":
+                    code = int(message.get("code", CloseCode.NORMAL))
+                    print(f"closed {code} {message.get('reason', '')}".strip(), file=sys.stderr)
+                    if code in FINAL_CODES:
+                        self.final = code
+                    return
+                if not self._emit(json.dumps(message)):
+                    self.final = CloseCode.NORMAL
+                    return
+            if isinstance(answer.get("cursor"), str):
+                cursor = self.last_id = answer["cursor"]
+            elif cursor is None:
+                cursor = self.last_id or ""
+
     async def run(self) -> int:
         while True:
             try:
-                await (self.sse_once() if self.sse else self.websocket_once())
+                if self.poll:
+                    await self.poll_once()
+                else:
+                    await (self.sse_once() if self.sse else self.websocket_once())
             except StopAsyncIteration:
                 pass
             except (OSError, HTTPClientError) as exc:

@@ -1,6 +1,7 @@
 /**
- * The realtime client: WebSocket first, SSE when WebSocket cannot open, reconnects with
- * backoff and resumes from the last event id. No framework; usable on its own.
+ * The realtime client: WebSocket first, SSE when WebSocket cannot open, long-polling when SSE
+ * stays silent (a proxy that buffers streams); reconnects with backoff and resumes from the
+ * last event id. No framework; usable on its own.
  */
 
 import { DEFAULT_BACKOFF, backoffDelay } from "./backoff";
@@ -25,6 +26,16 @@ export interface ReconnectOptions {
   /** A transport that has not opened by then counts as failed (default 10000). */
   openTimeoutMs?: number;
   /**
+   * SSE must deliver `connected` within this long (default 3000), else the client moves to
+   * long-polling: a proxy that buffers streams holds even the response head back.
+   */
+  connectedTimeoutMs?: number;
+  /**
+   * A remembered fallback (SSE or polling) is tried upward again, from WebSocket, on a
+   * (re)connect this long after it was chosen (default 600000, ten minutes).
+   */
+  upgradeAfterMs?: number;
+  /**
    * WebSocket liveness: after this long without a message the client sends a `ping`, and
    * after as long again without any answer it drops the connection and reconnects. Default:
    * the server's `heartbeatSeconds` (from `connected`); `0` turns the check off.
@@ -37,7 +48,7 @@ export interface RealtimeClientOptions {
   url?: string;
   /** Returns the current JWT; called again on 4401 and on `token_expiring`. */
   getToken: TokenSource;
-  /** Allowed transports in order of preference (default `["websocket", "sse"]`). */
+  /** Allowed transports in order of preference (default `["websocket", "sse", "poll"]`). */
   transports?: readonly TransportName[];
   /** Event types to receive (default: all). */
   events?: readonly string[];
@@ -53,7 +64,7 @@ export interface RealtimeClientOptions {
   WebSocketImpl?: typeof WebSocket;
   EventSourceImpl?: typeof EventSource;
   fetchImpl?: typeof fetch;
-  /** Where the SSE fallback is remembered (default `sessionStorage`; `null`: nowhere). */
+  /** Where the SSE or polling fallback is remembered (default `sessionStorage`; `null`: nowhere). */
   storage?: Pick<Storage, "getItem" | "setItem"> | null;
   /** Source of `online` events (default `window`). */
   window?: Pick<EventTarget, "addEventListener" | "removeEventListener"> | null;
@@ -94,6 +105,7 @@ export interface RealtimeClient {
 }
 
 const FALLBACK_AFTER = 2; // WebSocket attempts that never opened before trying SSE
+const POLL_MARGIN_MS = 10_000; // beyond the server's poll timeout before a poll counts as lost
 const LIVENESS_NONCE = "liveness"; // pings sent by the silence check; their pongs stay internal
 const WS_OPEN = 1;
 const STORAGE_PREFIX = "realtime.transport:";
@@ -109,13 +121,14 @@ interface PendingPing {
 
 export function createRealtimeClient(options: RealtimeClientOptions): RealtimeClient {
   const base = resolveBase(options.url);
-  const wanted = options.transports?.length ? options.transports : (["websocket", "sse"] as const);
+  const wanted = options.transports?.length ? options.transports : (["websocket", "sse", "poll"] as const);
   const WebSocketImpl = options.WebSocketImpl ?? globalThis.WebSocket;
   const EventSourceImpl = options.EventSourceImpl ?? globalThis.EventSource;
   const fetchImpl = options.fetchImpl ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
   const wsAllowed = wanted.includes("websocket") && typeof WebSocketImpl === "function";
   const sseAllowed = wanted.includes("sse") && typeof EventSourceImpl === "function";
-  if (!wsAllowed && !sseAllowed) throw new Error("realtime client: no usable transport");
+  const pollAllowed = wanted.includes("poll") && typeof fetchImpl === "function";
+  if (!wsAllowed && !sseAllowed && !pollAllowed) throw new Error("realtime client: no usable transport");
   if (options.ticketUrl !== null && !fetchImpl) {
     throw new Error("realtime client: tickets need fetch; pass fetchImpl, or ticketUrl: null to send ?token=");
   }
@@ -125,6 +138,8 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   const backoff = { baseMs: tuning.baseMs ?? DEFAULT_BACKOFF.baseMs, capMs: tuning.capMs ?? DEFAULT_BACKOFF.capMs };
   const stableMs = tuning.stableMs ?? 1000;
   const openTimeoutMs = tuning.openTimeoutMs ?? 10_000;
+  const connectedTimeoutMs = tuning.connectedTimeoutMs ?? 3000;
+  const upgradeAfterMs = tuning.upgradeAfterMs ?? 600_000;
   const silenceOverride = tuning.silenceMs;
   const random = options.random ?? Math.random;
   const ticketUrl = options.ticketUrl === null ? null : endpoint(base, options.ticketUrl ?? "/api/realtime/ticket");
@@ -140,9 +155,10 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   let token: string | null = null;
   let subscriptions: Set<string> | null = options.events?.length ? new Set(options.events) : null;
   const excluded = new Set<string>();
-  // websocket: normal; sse-trial: WebSocket failed, SSE not yet proven; sse: remembered.
-  let mode: "websocket" | "sse-trial" | "sse" =
-    !wsAllowed || (sseAllowed && readStorage(storage, storageKey) === "sse") ? "sse" : "websocket";
+  // websocket: normal; sse-trial: WebSocket failed, SSE not yet proven; sse: proven (and
+  // remembered); poll-trial: SSE stayed silent, polling not yet proven; poll: proven.
+  let mode: Mode = initialMode();
+  let fellBackAt = remembered(readStorage(storage, storageKey))?.at ?? Date.now(); // when a fallback was proven
   let attempt = 0; // consecutive failures, drives the backoff; 0 again at `connected`
   let heldAttempt = 0; // the streak before the last `connected`, kept if that connection did not last
   let connectedAt: number | null = null; // when the current connection said `connected`
@@ -155,13 +171,32 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   let aborter: AbortController | null = null;
   let retryTimer: ReturnType<typeof setTimeout> | null = null;
   let openTimer: ReturnType<typeof setTimeout> | null = null;
+  let connectedTimer: ReturnType<typeof setTimeout> | null = null;
   let silenceTimer: ReturnType<typeof setTimeout> | null = null;
   let silenceMs = 0; // per connection, from `connected` (or the option)
+  let pollWaitMs = 25_000; // how long the server holds a poll (from `connected`)
+  let polling = false; // a poll loop runs for the current generation
   let pingCounter = 0;
   let windowListening = false;
   const pings = new Map<string, PendingPing>();
   const listeners = new Map<string, Set<Listener<RealtimeEvent>>>();
   const statusListeners = new Set<(info: StatusInfo) => void>();
+
+  function initialMode(): Mode {
+    const kept = remembered(readStorage(storage, storageKey));
+    const fresh = kept !== null && Date.now() - kept.at < upgradeAfterMs;
+    if (fresh && kept.mode === "poll" && pollAllowed) return "poll";
+    if (fresh && kept.mode === "sse" && sseAllowed) return "sse";
+    if (wsAllowed) return "websocket";
+    return sseAllowed ? "sse" : "poll";
+  }
+
+  /** SSE or polling proved itself: use it from now on, and remember it for this base URL. */
+  function proven(next: "sse" | "poll"): void {
+    mode = next;
+    fellBackAt = Date.now();
+    writeStorage(storage, storageKey, `${next}@${fellBackAt}`);
+  }
 
   function setStatus(next: Status, nextTransport: TransportName | null = transport): void {
     if (next === status && nextTransport === transport) return;
@@ -192,8 +227,10 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   /** Detach and close the current transport without reporting its close. */
   function dropTransport(): void {
     openTimer = clearTimer(openTimer);
+    connectedTimer = clearTimer(connectedTimer);
     silenceTimer = clearTimer(silenceTimer);
     silenceMs = 0;
+    polling = false;
     aborter?.abort();
     aborter = null;
     if (socket) {
@@ -245,6 +282,14 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       return;
     }
     token = current;
+    if ((mode === "sse" || mode === "poll") && wsAllowed && Date.now() - fellBackAt >= upgradeAfterMs) {
+      mode = "websocket"; // the proxy may have changed: try upward again
+      wsFailures = 0;
+    }
+    if (mode === "poll" || mode === "poll-trial") {
+      openPoll(gen); // authenticated like REST, by header: no ticket needed
+      return;
+    }
     const auth = await authorize(current);
     if (gen !== generation) return;
     if (auth === "unauthorized") {
@@ -361,13 +406,19 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       dropTransport();
       ended(gen, "sse", false, CloseCode.ABNORMAL);
     });
+    if (pollAllowed) {
+      // A buffering proxy holds the stream (often its head too): no `connected` means polling.
+      connectedTimer = setTimeout(() => {
+        connectedTimer = null;
+        if (gen !== generation || source !== es) return;
+        dropTransport();
+        mode = "poll-trial";
+        start();
+      }, connectedTimeoutMs);
+    }
     es.onopen = () => {
       if (source !== es) return;
       isOpen = true;
-      if (mode === "sse-trial") {
-        mode = "sse";
-        writeStorage(storage, storageKey, "sse");
-      }
       opened();
     };
     es.onmessage = (message: MessageEvent) => {
@@ -388,6 +439,79 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       dropTransport();
       ended(gen, "sse", isOpen, CloseCode.ABNORMAL);
     };
+  }
+
+  /**
+   * Long-polling: each `GET /poll` is a complete JSON answer, so no buffering proxy can hold
+   * it back. The first carries `last_event_id` (a connect, answered with `connected`); the
+   * next ones carry the answer's cursor and wait on the server until events or its timeout.
+   */
+  function openPoll(gen: number): void {
+    setStatus(status, "poll");
+    void pollLoop(gen);
+  }
+
+  async function pollLoop(gen: number): Promise<void> {
+    polling = true;
+    let cursor: string | null = null;
+    let isOpen = false;
+    while (gen === generation) {
+      const params: Record<string, string> = {};
+      if (cursor !== null) params.cursor = cursor;
+      else if (lastEventId) params.last_event_id = lastEventId;
+      if (subscriptions?.size) params.events = [...subscriptions].join(",");
+      const mine = typeof AbortController === "function" ? new AbortController() : null;
+      aborter = mine;
+      // Past the server's wait plus a margin, the answer is lost (a proxy that dropped it).
+      const waitMs = (cursor === null ? 0 : pollWaitMs) + openTimeoutMs + POLL_MARGIN_MS;
+      const timer = setTimeout(() => mine?.abort(), waitMs);
+      let code: number | null = null;
+      let body: unknown = null;
+      try {
+        const response = await (fetchImpl as typeof fetch)(endpoint(base, "/poll", params), {
+          headers: { Authorization: `Bearer ${token ?? ""}` },
+          cache: "no-store",
+          signal: mine?.signal ?? null,
+        });
+        if (response.status === 401) code = CloseCode.UNAUTHORIZED;
+        else if (response.status === 403) code = CloseCode.FORBIDDEN;
+        else if (response.status === 429) code = CloseCode.TOO_MANY_CONNECTIONS;
+        else if (response.status === 503) code = CloseCode.SERVICE_RESTART;
+        else if (!response.ok) code = CloseCode.ABNORMAL;
+        else body = await response.json();
+      } catch {
+        code = CloseCode.ABNORMAL; // network failure, timeout, or a body that is not JSON
+      } finally {
+        clearTimeout(timer);
+        if (aborter === mine) aborter = null;
+      }
+      if (gen !== generation) return;
+      if (code === null && (!isRecord(body) || !Array.isArray(body.messages))) code = CloseCode.ABNORMAL;
+      if (code !== null) {
+        ended(gen, "poll", isOpen, code);
+        return;
+      }
+      const answer = body as { messages: unknown[]; cursor?: unknown };
+      for (const message of answer.messages) {
+        if (!isRecord(message) || typeof message.type !== "string") continue;
+        if (message.type === "close") {
+          ended(gen, "poll", true, typeof message.code === "number" ? message.code : CloseCode.NORMAL);
+          return;
+        }
+        if (message.type === "connected") {
+          isOpen = true;
+          pollWaitMs = Number(message.heartbeatSeconds) > 0 ? Number(message.heartbeatSeconds) * 1000 : pollWaitMs;
+        }
+        handle(message as RealtimeEvent);
+        if (gen !== generation) return; // a listener closed or restarted the client
+      }
+      if (typeof answer.cursor === "string" && answer.cursor) {
+        cursor = answer.cursor;
+        lastEventId = answer.cursor; // filtered events count as seen: resume from here
+      } else if (cursor === null) {
+        cursor = lastEventId ?? "";
+      }
+    }
   }
 
   function sseTypes(): Set<string> {
@@ -417,8 +541,14 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       if (!sseType) return;
       parsed.type = sseType;
     }
-    const event = parsed as RealtimeEvent;
+    handle(parsed as RealtimeEvent, transportId);
+  }
+
+  function handle(event: RealtimeEvent, transportId?: string): void {
     if (event.type === "connected") {
+      connectedTimer = clearTimer(connectedTimer);
+      if (mode === "sse-trial" && source) proven("sse");
+      else if (mode === "poll-trial" && transport === "poll") proven("poll");
       authFailures = 0;
       // The service took us back: the next drop starts from the first ceiling again.
       if (connectedAt === null) heldAttempt = attempt;
@@ -518,14 +648,14 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     if (!wasOpen) {
       if (kind === "websocket") {
         wsFailures += 1;
-        if (wsFailures >= FALLBACK_AFTER && sseAllowed) {
-          mode = "sse-trial";
+        if (wsFailures >= FALLBACK_AFTER && (sseAllowed || pollAllowed)) {
+          mode = sseAllowed ? "sse-trial" : "poll-trial";
           start();
           return;
         }
-      } else if (mode === "sse-trial") {
-        // SSE failed too: the server is unreachable, not the WebSocket path.
-        mode = "websocket";
+      } else if (mode === "sse-trial" || mode === "poll-trial") {
+        // SSE (or polling) failed too: the server is unreachable, not the WebSocket path.
+        mode = wsAllowed ? "websocket" : sseAllowed ? "sse" : "poll";
         wsFailures = 0;
       }
     }
@@ -702,14 +832,27 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   function changeSubscription(kind: "subscribe" | "unsubscribe", types: readonly string[]): void {
     if (socket && socket.readyState === WS_OPEN) {
       socket.send(JSON.stringify({ type: kind, events: [...types] }));
-    } else if (source) {
-      start(token ?? undefined); // SSE filters are fixed per request.
+    } else if (source || polling) {
+      // SSE filters are fixed per request, and a waiting poll's too (its cursor would pass
+      // events of a newly wanted type): reconnect, resuming, with the new filter.
+      start(token ?? undefined);
     }
   }
 
   listenWindow();
   start();
   return client;
+}
+
+type Mode = "websocket" | "sse-trial" | "sse" | "poll-trial" | "poll";
+
+/** A remembered fallback: `sse@<ms>` or `poll@<ms>` (a bare `sse` from older versions counts as now). */
+function remembered(value: string | null): { mode: "sse" | "poll"; at: number } | null {
+  if (!value) return null;
+  const [kept, at] = value.split("@");
+  if (kept !== "sse" && kept !== "poll") return null;
+  const when = at === undefined ? Date.now() : Number(at);
+  return Number.isFinite(when) ? { mode: kept, at: when } : null;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

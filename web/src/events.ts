@@ -4,7 +4,7 @@ export type UserId = number | string;
 export type TaskType = "daily" | "weekly" | "monthly" | "ad-hoc";
 export type ResultStatus = "completed" | "failed" | "skipped";
 export type TaskStatus = "pending" | ResultStatus;
-export type TransportName = "websocket" | "sse";
+export type TransportName = "websocket" | "sse" | "poll";
 
 export const TASK_TYPES: readonly TaskType[] = ["daily", "weekly", "monthly", "ad-hoc"];
 export const RESULT_STATUSES: readonly ResultStatus[] = ["completed", "failed", "skipped"];

@@ -1,0 +1,83 @@
+"""HTTP long-polling at `/poll`, for clients behind proxies that hold streamed responses back.
+
+`GET /poll` (optionally `?last_event_id=`) connects: the answer starts with `connected`.
+`GET /poll?cursor=<id>` continues: the events after the id, or, when none are pending, an
+empty list after up to POLL_TIMEOUT_SECONDS. Each answer is one complete JSON body
+`{"messages": [...], "cursor": "<id>"}`, so a buffering proxy passes it on whole.
+"""
+
+from __future__ import annotations
+
+from handlers.base import BaseHandler, credentials_of
+from service.auth import Principal
+from service.connection import Connection
+from service.context import AppContext
+from service.poll import PollTransport, VerifiedTokens, poll
+from service.wire import parse_event_list
+
+
+class PollHandler(BaseHandler):
+    """`GET /poll`: authenticated like REST, limited like a stream, answered as JSON."""
+
+    transport_label = "poll"
+    _transport: PollTransport | None = None
+
+    def initialize(self, ctx: AppContext, tokens: VerifiedTokens | None = None) -> None:
+        super().initialize(ctx)
+        self.tokens = tokens
+
+    async def poller(self) -> Principal:
+        """`principal()`, remembering a verified bearer token or cookie for the next polls."""
+        credentials = credentials_of(self.request)
+        token: str | None = None
+        if credentials.authorization is not None:
+            scheme, _, value = credentials.authorization.partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+        elif credentials.cookie:
+            token = credentials.cookie
+        if self.tokens is None or not token:
+            return await self.principal()
+        principal = self.tokens.get(token)
+        if principal is None:
+            principal = await self.principal()
+            self.tokens.put(token, principal)
+        return principal
+
+    def compute_etag(self) -> None:
+        return None
+
+    async def get(self) -> None:
+        ctx = self.ctx
+        if ctx.lifecycle.draining:
+            self.reject(503, "draining", {"Retry-After": "1"})
+            return
+        principal = await self.poller()
+        raw_events = self.get_query_argument("events", None)
+        subscriptions = parse_event_list(raw_events) if raw_events else None
+        cursor = self.get_query_argument("cursor", None)
+        last_id = cursor or self.request.headers.get("Last-Event-ID") or self.get_query_argument("last_event_id", None)
+        # Reserved before any await, so concurrent polls cannot all pass the per-user limit.
+        slot = ctx.hub.reserve(principal.user_id)
+        if slot is None:
+            self.set_header("Retry-After", "5")
+            self.write_json({"error": "too_many_connections", "reason": "too many connections"}, 429)
+            return
+        try:
+            transport = self._transport = PollTransport(last_id or None)
+            connection = Connection(
+                transport,
+                principal,
+                subscriptions=subscriptions,
+                last_event_id=last_id or None,
+                remote=self.request.remote_ip or "",
+            )
+            await poll(ctx, connection, transport, connect=not cursor)
+            self.set_status(200)
+            self.finish(transport.body())
+        finally:
+            slot.release()
+
+    def on_connection_close(self) -> None:
+        """The client left: stop waiting, and give its slot back now."""
+        if self._transport is not None:
+            self._transport.abort()
