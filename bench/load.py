@@ -287,6 +287,16 @@ def _poll_request(plan: Plan, token: str) -> bytes:
     ).encode()
 
 
+SOURCE_ADDRESSES = 50  # 127.0.0.2 to 127.0.0.51
+
+
+def source_address(n: int) -> str:
+    """Client `n`'s loopback source address: browsers come from many addresses, and one address
+    runs out of ephemeral ports near 28,000 connections (the service also caps, per address,
+    connections that have not sent a request yet)."""
+    return f"127.0.0.{2 + n % SOURCE_ADDRESSES}"
+
+
 CLIENTS: dict[str, type[LoadClient]] = {"websocket": WsClient, "sse": SseClient, "poll": PollClient}
 
 
@@ -304,18 +314,21 @@ class Load:
         plan = self.plan
         loop = asyncio.get_running_loop()
         secret, first = plan.jwt_secret, plan.first_user
+        first_user = first
         requests = [("websocket", _ws_request(plan, _token(secret, first + i))) for i in range(plan.ws)]
         requests += [("sse", _sse_request(plan, _token(secret, first + plan.ws + i))) for i in range(plan.sse)]
         first += plan.ws + plan.sse
         requests += [("poll", _poll_request(plan, _token(secret, first + i))) for i in range(plan.poll)]
         limit = asyncio.Semaphore(plan.concurrency)
 
-        async def open_one(kind: str, request: bytes) -> None:
+        async def open_one(n: int, kind: str, request: bytes) -> None:
             async with limit:
                 tracker = Tracker(self.hists[kind], self.worst, loop.create_future())
                 protocol: asyncio.Protocol = CLIENTS[kind](request, tracker, plan.greeting)
                 try:
-                    await loop.create_connection(lambda: protocol, "127.0.0.1", plan.port)
+                    await loop.create_connection(
+                        lambda: protocol, "127.0.0.1", plan.port, local_addr=(source_address(first_user + n), 0)
+                    )
                     ok = await asyncio.wait_for(tracker.established, plan.connect_timeout)
                 except (OSError, TimeoutError):
                     ok = False
@@ -326,7 +339,7 @@ class Load:
                     protocol.close()  # type: ignore[attr-defined]
 
         started = time.time()
-        await asyncio.gather(*(open_one(kind, request) for kind, request in requests))
+        await asyncio.gather(*(open_one(n, kind, request) for n, (kind, request) in enumerate(requests)))
         finished = time.time()
         opened = sum(len(group) for group in self.clients.values())
         return {"opened": opened, "failed": self.failed, "started": started, "finished": finished}
