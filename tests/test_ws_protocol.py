@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from handlers.sse import EventStreamEndpoint
 from handlers.ws import WebSocketEndpoint
 from service.events import Event
-from service.websocket import (
+from service.transports.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -33,6 +33,7 @@ from service.websocket import (
     negotiate_deflate,
     parse_close,
 )
+from service.transports.ws import WebSocketSession
 from service.wire import encode_event
 from tests.clients import RawWebSocket, Service, eventually
 
@@ -312,8 +313,12 @@ async def test_no_tornado_objects_outlive_the_handshake(service: Service) -> Non
         stream.close()
 
 
+def sessions(service: Service) -> list[WebSocketSession]:
+    return [c.transport for c in service.ctx.hub if isinstance(c.transport, WebSocketSession)]
+
+
 def missed_pongs(service: Service) -> list[int]:
-    return sorted(c.transport._missed_pongs for c in service.ctx.hub)  # type: ignore[attr-defined]
+    return sorted(session.protocol.missed_pongs for session in sessions(service))
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -341,10 +346,10 @@ async def test_a_client_that_never_answers_pings_is_closed_and_one_that_does_sta
     assert (await silent.recv_json())["type"] == "connected"
     answering = await service.websocket({"token": service.token(sub=2)})  # python-websockets answers pings
     await answering.recv_type("connected")
-    session = next(c.transport for c in service.ctx.hub if c.principal.user_id == 2)
+    session = next(s for s in sessions(service) if s.connection is not None and s.connection.principal.user_id == 2)
     for _ in range(3):
         service.ctx.hub.heartbeat()
-        await eventually(lambda: session._missed_pongs == 0, 10, "the pong")  # type: ignore[attr-defined]
+        await eventually(lambda: session.protocol.missed_pongs == 0, 10, "the pong")
     assert await silent.recv_close() == (1001, "ping timeout")
     # Until the client answers the close, it is still in the hub: nothing may follow the close frame.
     event = Event("00000000000000ff", "note", "2026-01-01T00:00:00Z", {"text": "late"}, None, time.time())
