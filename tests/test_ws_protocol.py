@@ -94,6 +94,34 @@ def test_parser_refuses_what_rfc_6455_forbids(data: bytes, code: int, reason: st
     assert protocol_error(data) == (code, reason)
 
 
+@given(st.text(max_size=200), st.data())
+def test_parser_accepts_valid_utf_8_text_however_it_is_split(text: str, data: st.DataObject) -> None:
+    """Checking text piece by piece never refuses a character cut between reads or fragments."""
+    encoded = text.encode()
+    middle = data.draw(st.integers(0, len(encoded)))
+    stream = frame(encoded[:middle], fin=False) + frame(encoded[middle:], 0x0)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    parser = FrameParser(1024)
+    got = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got += list(parser.feed(stream[start:end]))
+    assert got == [(OP_TEXT, encoded)]
+
+
+@pytest.mark.parametrize("fragmented", [True, False], ids=["first-fragment", "first-read-of-a-frame"])
+def test_invalid_utf_8_fails_at_the_first_bad_byte(fragmented: bool) -> None:
+    """Autobahn 6.4.x: the bad byte is refused (1007) before the rest of the message arrives."""
+    bad = "κόσμε".encode() + b"\xf4\x90\x80\x80"  # beyond U+10FFFF
+    parser = FrameParser(1024)
+    if fragmented:
+        first = frame(bad, fin=False)
+    else:
+        first = frame(bad + b"-and-the-rest")[: 6 + len(bad)]  # header, mask, the bad part only
+    with pytest.raises(ProtocolError) as caught:
+        list(parser.feed(first))
+    assert (caught.value.code, caught.value.reason) == (1007, "text message is not UTF-8")
+
+
 def test_parser_refuses_an_oversized_message_from_its_header_alone() -> None:
     """The declared length is enough: the parser never buffers a frame it will refuse."""
     header = bytes([0x81, 0xFF]) + struct.pack("!Q", 10**12) + os.urandom(4)
