@@ -28,6 +28,7 @@ from tornado.web import Application
 
 from handlers.ws import WebSocketEndpoint
 from metrics.registry import Metrics
+from service.app import make_app
 from service.config import Settings
 from service.server import build_context
 
@@ -108,3 +109,11 @@ async def test_autobahn_compression_cases_pass_with_ws_compression() -> None:
     """With WS_COMPRESSION=1, the permessage-deflate cases 12-13 pass too."""
     verdicts = await run_kosoku(*CASES_12_13, compression=True)
     assert failures(verdicts) == {}
+
+
+def test_the_service_route_table_never_enables_echo() -> None:
+    """Production's `/ws` gets only `ctx`: the echo mode is reachable from this file alone."""
+    ctx = build_context(echo_settings(compression=False), "mongodb://127.0.0.1:9/", Metrics())
+    app = make_app(ctx)
+    targets = [rule.target_kwargs for rule in app.wildcard_router.rules if rule.target is WebSocketEndpoint]
+    assert targets == [{"ctx": ctx}]
