@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 NPM    := $(shell command -v npm 2>/dev/null)
 
-.PHONY: run test test-python test-web test-example test-image image image-deps lint types check web system-deps bench clean
+.PHONY: run test test-python test-web test-example test-image image image-deps lint types check web system-deps bench conformance clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ types: $(VENV)/.dev
 ## bench: fan-out benchmark against nchan and a naive Tornado server (see bench/README.md)
 bench: $(VENV)/.dev
 	$(PY) -m bench $(ARGS)
+
+## conformance: Autobahn|Testsuite against the WebSocket session: cases 1-10, then 12-13 with WS_COMPRESSION=1 (~5 min)
+conformance: $(VENV)/.dev
+	AUTOBAHN=full $(PY) -m pytest tests/test_autobahn.py -s
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -48,7 +48,7 @@ class RateLimit:
 
 
 class Transport(Protocol):
-    """What a connection writes to; the WebSocket and SSE handlers implement it."""
+    """What a connection writes to; the WebSocket and SSE sessions (`service.transports`) implement it."""
 
     kind: ClassVar[str]  # "websocket" or "sse": the metrics label
 
@@ -99,6 +99,8 @@ class Connection:
         self.last_event_id = last_event_id
         self.remote = remote
         self.since = time.time()
+        # Whether the hub still offers it events; set by `close` alone. What may reach the
+        # wire is the transport's own state (for WebSocket, `transports.protocol.State`).
         self.closed = False
         self._replay_buffer: list[Encoded] | None = None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from service.errors import BadMessage
 from service.events import TYPE_PATTERN, Event, Payload
-from service.websocket import ws_frame
+from service.transports.frames import ws_frame
 
 MAX_NONCE_LENGTH = 128
 MAX_SUBSCRIPTIONS = 64

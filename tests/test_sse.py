@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from tests.clients import Service
+from tests.clients import Service, wait_bound
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -99,3 +101,38 @@ async def test_sse_token_expiry_sends_close_event_and_ends(service: Service) -> 
     assert close.event == "close" and close.json() == {"code": 4401, "reason": "token expired"}
     await sse.until_end()
     assert sse.ended
+
+
+async def raw_sse(service: Service, version: str) -> tuple[bytes, bytes]:
+    """The head and the first body bytes of a stream requested with this HTTP version."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    try:
+        request = f"GET /events?token={service.token()} {version}\r\nHost: 127.0.0.1\r\n\r\n"
+        writer.write(request.encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait_bound(10))
+        body = b""
+        while b"event: connected" not in body:
+            body += await asyncio.wait_for(reader.read(4096), wait_bound(10))
+        return head, body
+    finally:
+        writer.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_http_1_1_stream_is_chunked_with_the_session_head(service: Service) -> None:
+    """The session's own head: 200, the SSE and security headers, no Server, chunked framing."""
+    head, body = await raw_sse(service, "HTTP/1.1")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 200 OK"
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:] if line)}
+    assert headers["transfer-encoding"] == "chunked" and "server" not in headers
+    assert headers["x-frame-options"] == "DENY" and headers["content-security-policy"].startswith("default-src 'none'")
+    assert body.startswith(b"d\r\nretry: 3000\n\n\r\n")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_http_1_0_stream_is_unframed_and_ends_by_closing(service: Service) -> None:
+    """An HTTP/1.0 client gets the blocks bare (no chunks it could not read)."""
+    head, body = await raw_sse(service, "HTTP/1.0")
+    assert b"transfer-encoding" not in head.lower()
+    assert body.startswith(b"retry: 3000\n\nevent: connected\ndata: {")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from service.errors import BadMessage
 from service.events import Event, event_id
-from service.websocket import ws_frame
+from service.transports.frames import ws_frame
 from service.wire import (
     encode_event,
     http_chunk,

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from handlers.sse import EventStreamEndpoint
 from handlers.ws import WebSocketEndpoint
 from service.events import Event
-from service.websocket import (
+from service.transports.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -33,6 +33,7 @@ from service.websocket import (
     negotiate_deflate,
     parse_close,
 )
+from service.transports.ws import WebSocketSession
 from service.wire import encode_event
 from tests.clients import RawWebSocket, Service, eventually
 
@@ -91,6 +92,34 @@ def test_parser_gives_the_same_messages_however_the_bytes_are_split(payloads: li
 )
 def test_parser_refuses_what_rfc_6455_forbids(data: bytes, code: int, reason: str) -> None:
     assert protocol_error(data) == (code, reason)
+
+
+@given(st.text(max_size=200), st.data())
+def test_parser_accepts_valid_utf_8_text_however_it_is_split(text: str, data: st.DataObject) -> None:
+    """Checking text piece by piece never refuses a character cut between reads or fragments."""
+    encoded = text.encode()
+    middle = data.draw(st.integers(0, len(encoded)))
+    stream = frame(encoded[:middle], fin=False) + frame(encoded[middle:], 0x0)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    parser = FrameParser(1024)
+    got = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got += list(parser.feed(stream[start:end]))
+    assert got == [(OP_TEXT, encoded)]
+
+
+@pytest.mark.parametrize("fragmented", [True, False], ids=["first-fragment", "first-read-of-a-frame"])
+def test_invalid_utf_8_fails_at_the_first_bad_byte(fragmented: bool) -> None:
+    """Autobahn 6.4.x: the bad byte is refused (1007) before the rest of the message arrives."""
+    bad = "κόσμε".encode() + b"\xf4\x90\x80\x80"  # beyond U+10FFFF
+    parser = FrameParser(1024)
+    if fragmented:
+        first = frame(bad, fin=False)
+    else:
+        first = frame(bad + b"-and-the-rest")[: 6 + len(bad)]  # header, mask, the bad part only
+    with pytest.raises(ProtocolError) as caught:
+        list(parser.feed(first))
+    assert (caught.value.code, caught.value.reason) == (1007, "text message is not UTF-8")
 
 
 def test_parser_refuses_an_oversized_message_from_its_header_alone() -> None:
@@ -312,8 +341,12 @@ async def test_no_tornado_objects_outlive_the_handshake(service: Service) -> Non
         stream.close()
 
 
+def sessions(service: Service) -> list[WebSocketSession]:
+    return [c.transport for c in service.ctx.hub if isinstance(c.transport, WebSocketSession)]
+
+
 def missed_pongs(service: Service) -> list[int]:
-    return sorted(c.transport._missed_pongs for c in service.ctx.hub)  # type: ignore[attr-defined]
+    return sorted(session.protocol.missed_pongs for session in sessions(service))
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -341,10 +374,10 @@ async def test_a_client_that_never_answers_pings_is_closed_and_one_that_does_sta
     assert (await silent.recv_json())["type"] == "connected"
     answering = await service.websocket({"token": service.token(sub=2)})  # python-websockets answers pings
     await answering.recv_type("connected")
-    session = next(c.transport for c in service.ctx.hub if c.principal.user_id == 2)
+    session = next(s for s in sessions(service) if s.connection is not None and s.connection.principal.user_id == 2)
     for _ in range(3):
         service.ctx.hub.heartbeat()
-        await eventually(lambda: session._missed_pongs == 0, 10, "the pong")  # type: ignore[attr-defined]
+        await eventually(lambda: session.protocol.missed_pongs == 0, 10, "the pong")
     assert await silent.recv_close() == (1001, "ping timeout")
     # Until the client answers the close, it is still in the hub: nothing may follow the close frame.
     event = Event("00000000000000ff", "note", "2026-01-01T00:00:00Z", {"text": "late"}, None, time.time())

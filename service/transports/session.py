@@ -1,9 +1,8 @@
-"""What the WebSocket and SSE endpoints share: handing a connection from Tornado to a lean
-asyncio protocol, the session that protocol runs, the connect sequence and token expiry.
+"""What the WebSocket and SSE sessions share once Tornado has handed over the socket:
+writes without awaiting, bounded at each write; a place in the hub; the connect sequence
+(`open_session`: replay, then `connected`); and the bookkeeping when the socket closes.
 
-Tornado answers the HTTP request (routing, auth, headers, errors); once a stream is
-accepted, `take_over` ends Tornado's part and a `StreamSession` owns the socket. A live
-connection then costs a socket, an asyncio transport and a few slotted objects (about
+A live connection costs a socket, an asyncio transport and a few slotted objects (about
 3.4 KB of Python heap) instead of Tornado's handler, request, headers, IOStream and
 suspended coroutines (about 16 KB), and an event reaches the kernel through one
 `transport.write`, with no Future.
@@ -20,50 +19,25 @@ import asyncio
 import logging
 import socket
 import time
-from datetime import UTC, datetime
 from typing import ClassVar
 
-from tornado.web import RequestHandler
-
-from handlers.base import cancel, later
 from service.connection import Connection
 from service.context import AppContext
 from service.errors import CloseCode
-from service.events import iso, now_iso
+from service.events import now_iso
 from service.hub import Slot
+from service.transports.clock import TokenClock
 
 log = logging.getLogger("service.connections")
 
-EXPIRY_WARNING_SECONDS = 30.0
-
-
-def take_over(handler: RequestHandler) -> tuple[socket.socket, bytes]:
-    """End Tornado's part in a request: its socket, and any bytes read past the request head.
-
-    Tornado stops reading and writing the connection and forgets it; the handler, the
-    request and the IOStream become garbage. Whatever Tornado wrote must have been flushed.
-    """
-    stream = handler.detach()
-    # IOStream has no public way to give its socket back; these are the attributes of
-    # Tornado 6 (tests/test_websocket.py and test_sse.py fail at once if they change).
-    if stream._write_buffer:
-        raise RuntimeError("take_over before Tornado flushed its writes")
-    sock = stream.socket
-    leftover = bytes(stream._read_buffer[: stream._read_buffer_size])
-    stream.io_loop.remove_handler(sock)
-    stream.socket = None  # type: ignore[assignment]
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock, leftover
-
 
 class StreamSession(asyncio.Protocol):
-    """A connection after `take_over`: writes without awaiting, its place in the hub, and
-    the bookkeeping when it ends. Subclasses add the framing (WebSocket or SSE) and
-    implement the rest of `service.connection.Transport`.
+    """A connection after the takeover. Subclasses add the framing (WebSocket or SSE),
+    implement the rest of `service.connection.Transport`, and say how it ended (`ended`).
     """
 
     kind: ClassVar[str]
-    __slots__ = ("_clock", "_close_code", "_close_reason", "_lost", "_transport", "connection", "ctx", "slot")
+    __slots__ = ("_clock", "_lost", "_transport", "connection", "ctx", "slot")
 
     def __init__(self, ctx: AppContext, slot: Slot | None = None) -> None:
         self.ctx = ctx
@@ -71,8 +45,6 @@ class StreamSession(asyncio.Protocol):
         self.slot = slot  # the user's connection slot this stream holds; given back when it ends
         self._transport: asyncio.Transport | None = None
         self._clock: TokenClock | None = None
-        self._close_code: int | None = None
-        self._close_reason = ""
         self._lost = False
 
     @property
@@ -109,10 +81,10 @@ class StreamSession(asyncio.Protocol):
         Bytes that would take the unsent backlog past `max_pending_bytes` are not queued: the
         client is closed as a slow consumer instead. (A single write into an empty backlog is
         let through, as the kernel takes most of it; if it still leaves more than the bound
-        queued, the client is closed at once.) Nothing is written once the close has begun.
+        queued, the client is closed at once.)
         """
         transport = self._transport
-        if transport is None or transport.is_closing() or self._close_code is not None:
+        if transport is None or transport.is_closing():
             return
         limit = self.ctx.hub.max_pending_bytes
         pending = transport.get_write_buffer_size()
@@ -134,7 +106,7 @@ class StreamSession(asyncio.Protocol):
         connection = self.connection
         if connection is not None and not connection.closed:
             self.ctx.hub.close_slow(connection)
-        elif self._close_code is None:  # not attached yet: nothing to log against a user
+        elif self.ended() is None:  # not attached yet: nothing to log against a user
             self.ctx.metrics.slow_consumers.labels(self.kind).inc()
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
@@ -150,6 +122,10 @@ class StreamSession(asyncio.Protocol):
     def close(self, code: CloseCode, reason: str) -> None:
         raise NotImplementedError
 
+    def ended(self) -> tuple[int, str] | None:
+        """The close code and reason, once the close has begun (either side)."""
+        raise NotImplementedError
+
     def abort(self) -> None:
         """Drop the socket now, whatever is still queued."""
         if self._transport is not None:
@@ -163,50 +139,13 @@ class StreamSession(asyncio.Protocol):
             self.slot.release()
         if self._clock is not None:
             self._clock.stop()
-        if self._close_code is None:  # neither side sent a close: the client went away
-            self._close_code, self._close_reason = int(CloseCode.GOING_AWAY), "client left"
-        code, reason = self._close_code, self._close_reason
+        code, reason = self.ended() or (int(CloseCode.GOING_AWAY), "client left")
         ctx.metrics.disconnects.labels(self.kind, str(code)).inc()
         connection = self.connection
         if connection is not None:
-            connection.closed = True
+            connection.close(CloseCode.GOING_AWAY, reason)  # a no-op on the socket: it is gone
             ctx.hub.detach(connection)
             log_disconnect(connection, code, reason)
-
-
-class TokenClock:
-    """Warns a connection 30 s before its token expires and closes it at expiry.
-
-    One timer at a time (warning, then expiry): with thousands of connections, each timer
-    handle is memory that every connection pays for.
-    """
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._timer: object | None = None
-        self._expires_at = 0.0
-
-    def start(self, expires_at: float) -> None:
-        self.stop()
-        self._expires_at = expires_at
-        remaining = expires_at - time.time()
-        if remaining > EXPIRY_WARNING_SECONDS:
-            self._timer = later(remaining - EXPIRY_WARNING_SECONDS, self._warn)
-        else:
-            self._warn()
-
-    def stop(self) -> None:
-        cancel(self._timer)
-        self._timer = None
-
-    def _warn(self) -> None:
-        expires = datetime.fromtimestamp(self._expires_at, UTC)
-        self._connection.send_message({"type": "token_expiring", "expiresAt": iso(expires)})
-        self._timer = later(self._expires_at - time.time(), self._expired)
-
-    def _expired(self) -> None:
-        self._timer = None
-        self._connection.close(CloseCode.UNAUTHORIZED, "token expired")
 
 
 async def open_session(ctx: AppContext, connection: Connection) -> None:

@@ -10,6 +10,7 @@ enforces the protocol's rules, and the frames the server sends.
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import struct
 import zlib
@@ -176,10 +177,21 @@ class FrameParser:
     """Turns the bytes a client sends into whole messages, enforcing RFC 6455 on the way.
 
     `feed` returns `(opcode, payload)` for each complete message or control frame; text
-    payloads are already checked to be UTF-8 and compressed ones already inflated.
+    payloads are already checked to be UTF-8 and compressed ones already inflated. An
+    uncompressed text message that arrives in pieces (fragments, or one frame in several
+    reads) is checked piece by piece, so invalid UTF-8 fails at the first bad byte.
     """
 
-    __slots__ = ("_buffer", "_deflate", "_fragments", "_fragments_compressed", "_fragments_opcode", "_max_size")
+    __slots__ = (
+        "_buffer",
+        "_checked",
+        "_deflate",
+        "_fragments",
+        "_fragments_compressed",
+        "_fragments_opcode",
+        "_max_size",
+        "_utf8",
+    )
 
     def __init__(self, max_size: int, *, deflate: bool = False) -> None:
         self._buffer = bytearray()
@@ -188,6 +200,8 @@ class FrameParser:
         self._fragments: list[bytes] | None = None
         self._fragments_opcode = OP_TEXT
         self._fragments_compressed = False
+        self._utf8: codecs.IncrementalDecoder | None = None  # a text message arriving in pieces
+        self._checked = 0  # bytes of the incomplete frame at the buffer's head already checked
 
     def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
         """Parse `data` (and anything left from before).
@@ -215,13 +229,48 @@ class FrameParser:
                 offset = 10
             self._check_header(fin, rsv, opcode, length)
             end = offset + 4 + length
+            plain_text = self._plain_text(opcode, rsv)
             if len(buffer) < end:
+                if plain_text and len(buffer) > offset + 4 + self._checked:
+                    self._check_partial(buffer, offset)
                 return
             payload = unmask(bytes(buffer[offset : offset + 4]), bytes(buffer[offset + 4 : end]))
             del buffer[:end]
+            if plain_text and (self._utf8 is not None or not fin):
+                self._check_text(payload[self._checked :], final=bool(fin))
+            self._checked = 0
             message = self._assemble(bool(fin), bool(rsv), opcode, payload)
             if message is not None:
                 yield message
+
+    def _plain_text(self, opcode: int, rsv: int) -> bool:
+        """Whether a frame carries (part of) an uncompressed text message."""
+        if opcode == OP_TEXT:
+            return not rsv
+        return (
+            opcode == OP_CONTINUATION
+            and self._fragments is not None
+            and self._fragments_opcode == OP_TEXT
+            and not self._fragments_compressed
+        )
+
+    def _check_partial(self, buffer: bytearray, offset: int) -> None:
+        """Check the part of an incomplete text frame that has arrived and is not checked yet."""
+        start = offset + 4 + self._checked
+        turn = self._checked % 4  # the mask continues where the checked part ended
+        mask = bytes(buffer[offset + turn : offset + 4] + buffer[offset : offset + turn])
+        self._check_text(unmask(mask, bytes(buffer[start:])), final=False)
+        self._checked = len(buffer) - offset - 4
+
+    def _check_text(self, data: bytes, *, final: bool) -> None:
+        if self._utf8 is None:
+            self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        try:
+            self._utf8.decode(data, final)
+        except UnicodeDecodeError:
+            raise ProtocolError(INVALID_DATA, "text message is not UTF-8") from None
+        if final:
+            self._utf8 = None
 
     def _check_header(self, fin: int, rsv: int, opcode: int, length: int) -> None:
         if opcode >= 0x8:

@@ -1,0 +1,211 @@
+"""One WebSocket client after the handshake: moves bytes between the socket and the
+`WebSocketProtocol`, and handles the messages it yields (ping, subscribe, unsubscribe,
+auth refresh). The rules of the connection (states, close handshake, pings, rate limit)
+are the protocol's; this module owns only the close timer and the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from service.auth import Principal
+from service.connection import Connection
+from service.context import AppContext
+from service.errors import AuthError, BadMessage, CloseCode
+from service.events import Payload, iso, now_iso
+from service.transports.frames import OP_TEXT, Deflate, ws_frame
+from service.transports.protocol import State, WebSocketProtocol
+from service.transports.session import StreamSession
+from service.wire import ClientMessage, Encoded, dumps, parse_client_message
+
+MAX_BAD_MESSAGES = 10
+CLOSE_TIMEOUT_SECONDS = 5.0  # how long a closing connection waits for the client's close frame
+
+
+class WebSocketSession(StreamSession):
+    """One WebSocket client; implements `service.connection.Transport`.
+
+    Nothing the client sends is read until it is authenticated and greeted (`begin_reading`);
+    then frames are parsed as they arrive and answered without awaiting anything.
+
+    Args:
+        deflate: the negotiated permessage-deflate, or None.
+        echo: answer every message with itself, unauthenticated and with no rate limit. For
+            the conformance test only: the app's route table never sets it.
+    """
+
+    kind = "websocket"
+    __slots__ = ("_bad_messages", "_closing_timer", "_deflate", "_echo", "protocol")
+
+    def __init__(self, ctx: AppContext, deflate: Deflate | None, *, echo: bool = False) -> None:
+        super().__init__(ctx)
+        self._deflate = deflate
+        self._echo = echo
+        self.protocol = WebSocketProtocol(
+            self.write,
+            self.write_final,
+            max_message_bytes=ctx.settings.max_message_bytes,
+            deflate=deflate is not None,
+            limit_requests=not echo,
+        )
+        self._bad_messages = 0
+        self._closing_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+    def begin_reading(self, leftover: bytes) -> None:
+        """Start reading client frames, beginning with any Tornado read past the handshake."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.protocol.state is not State.CONNECTING:
+            return
+        self.protocol.open()
+        if leftover:
+            self.data_received(leftover)
+        transport.resume_reading()
+
+    # -- Transport ------------------------------------------------------------------------
+
+    def send_event(self, encoded: Encoded) -> None:
+        if self._deflate is None:
+            self.protocol.send(encoded.ws_frame)
+        else:
+            self.protocol.send(_compressed_frames.get(encoded, self._deflate))
+
+    def send_message(self, payload: Payload) -> None:
+        self._send_data(dumps(payload), OP_TEXT)
+
+    def _send_data(self, data: bytes, opcode: int) -> None:
+        if self._deflate is None:
+            self.protocol.send(ws_frame(data, opcode))
+        else:
+            self.protocol.send(ws_frame(self._deflate.compress(data), opcode, compressed=True))
+
+    def heartbeat(self) -> None:
+        """Protocol-level ping; a client that misses two pongs in a row is closed."""
+        self.protocol.ping()
+        self._after_protocol()
+
+    def close(self, code: CloseCode | int, reason: str) -> None:
+        """Send a close frame and wait (a few seconds at most) for the client's."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self.protocol.close(code, reason)
+        self._after_protocol()
+
+    def ended(self) -> tuple[int, str] | None:
+        code = self.protocol.close_code
+        return None if code is None else (code, self.protocol.close_reason)
+
+    def _after_protocol(self) -> None:
+        """Do what the protocol's state asks of the socket, and stop fan-out once it closes."""
+        state = self.protocol.state
+        if state < State.CLOSING:
+            return
+        transport = self._transport
+        if self.connection is not None and not self.connection.closed:
+            self.connection.close(CloseCode.GOING_AWAY, "")  # stop offering it events; its code is sent
+        if transport is None:
+            return
+        if state is State.CLOSED:
+            transport.close()
+        elif self._closing_timer is None:  # CLOSING: the client's close frame is the answer
+            transport.resume_reading()
+            self._closing_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_SECONDS, self.abort)
+
+    # -- client frames --------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        for opcode, payload in protocol.receive(data):
+            if self._echo:
+                self._send_data(payload, opcode)
+            elif opcode == OP_TEXT:
+                self._on_message(payload.decode("utf-8"))
+            else:
+                self._on_message(payload)
+        self._after_protocol()
+
+    def _on_message(self, message: str | bytes) -> None:
+        connection = self.connection
+        if connection is None or connection.closed:
+            return
+        try:
+            self._handle(connection, parse_client_message(message))
+        except BadMessage as exc:
+            self._bad_messages += 1
+            connection.send_message({"type": "error", "code": exc.code, "message": exc.message})
+            if self._bad_messages >= MAX_BAD_MESSAGES:
+                connection.close(CloseCode.TOO_MANY_BAD_MESSAGES, "too many bad messages")
+            return
+        self._bad_messages = 0
+
+    def _handle(self, connection: Connection, message: ClientMessage) -> None:
+        if message.type == "ping":
+            pong: Payload = {"type": "pong", "ts": now_iso()}
+            if message.nonce is not None:
+                pong["nonce"] = message.nonce
+            connection.send_message(pong)
+        elif message.type == "subscribe":
+            current = connection.subscriptions
+            connection.subscriptions = message.events if current is None else current | message.events
+        elif message.type == "unsubscribe":
+            current = connection.subscriptions
+            if current is None:
+                raise BadMessage("unsubscribe needs an explicit subscription (connect with events=)")
+            connection.subscriptions = current - message.events
+        elif message.type == "auth":
+            self._refresh(connection, message.token)
+
+    def _refresh(self, connection: Connection, token: str) -> None:
+        try:
+            principal = self.ctx.auth.verify(token)
+        except AuthError as exc:
+            self.ctx.metrics.auth_failures.labels(self.kind, exc.reason).inc()
+            connection.close(CloseCode.UNAUTHORIZED, exc.reason)
+            return
+        if principal.user_id != connection.principal.user_id:
+            self.ctx.metrics.auth_failures.labels(self.kind, "other user").inc()
+            connection.close(CloseCode.UNAUTHORIZED, "token belongs to another user")
+            return
+        connection.principal = Principal(
+            connection.principal.user_id, principal.name, principal.roles, principal.expires_at
+        )
+        connection.send_message(
+            {"type": "auth_ok", "expiresAt": iso(datetime.fromtimestamp(principal.expires_at, UTC))}
+        )
+        if self._clock is not None:
+            self._clock.start(principal.expires_at)
+
+    # -- end ------------------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closing_timer is not None:
+            self._closing_timer.cancel()
+            self._closing_timer = None
+        self.protocol.lost()
+        super().connection_lost(exc)
+
+
+class _CompressedFrames:
+    """The compressed frame of the event being fanned out: every client of a process gets
+    the same bytes (no context takeover), so it is made once per event and window size.
+    """
+
+    __slots__ = ("_encoded", "_frame", "_window_bits")
+
+    def __init__(self) -> None:
+        self._encoded: Encoded | None = None
+        self._window_bits = 0
+        self._frame = b""
+
+    def get(self, encoded: Encoded, deflate: Deflate) -> bytes:
+        if encoded is not self._encoded or deflate.window_bits != self._window_bits:
+            self._frame = ws_frame(deflate.compress(encoded.json), compressed=True)
+            self._encoded, self._window_bits = encoded, deflate.window_bits
+        return self._frame
+
+
+_compressed_frames = _CompressedFrames()
