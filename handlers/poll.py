@@ -12,7 +12,7 @@ from handlers.base import BaseHandler, credentials_of
 from service.auth import Principal
 from service.connection import Connection
 from service.context import AppContext
-from service.poll import PollTransport, VerifiedTokens, poll
+from service.transports.poll import PollTransport, VerifiedTokens, poll
 from service.wire import parse_event_list
 
 

@@ -22,7 +22,7 @@ from handlers.ws import WebSocketEndpoint
 from metrics.handler import MetricsHandler
 from service.context import AppContext
 from service.logs import request_logger
-from service.poll import VerifiedTokens
+from service.transports.poll import VerifiedTokens
 
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
 ID = r"([^/]+)"

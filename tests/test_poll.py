@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import pytest
 
 from service.auth import Principal
-from service.poll import VerifiedTokens
+from service.transports.poll import VerifiedTokens
 from tests.browser import ROOT
 from tests.clients import Service, eventually, wait_bound
 
