@@ -1,6 +1,10 @@
 """The HTTP server at the edge: how long a client may take to send a request head, how many
 connections one address may hold open without having sent one, and whose
 `X-Forwarded-For` / `X-Real-Ip` / `X-Forwarded-Proto` are believed (TRUSTED_PROXIES only).
+
+Besides Tornado's public server hooks (`handle_stream`, `start_request`, `on_close`) it uses
+two private names, listed in `PRIVATE_NAMES` and checked by tests/test_takeover.py together
+with the takeover's, against the Tornado range pinned in requirements.txt.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnec
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
 
 log = logging.getLogger(__name__)
+
+PRIVATE_NAMES = (
+    ("tornado.httpserver._HTTPRequestContext", "per-connection remote_ip and protocol, what xheaders rewrites"),
+    ("HTTPServer._connections", "the set of live HTTP1ServerConnections that close_all_connections closes"),
+)
 
 # A proxy keeps idle upstream connections for reuse (ingress-nginx: 60 s); closing them
 # sooner races its next request, so trusted proxies get Tornado's former idle timeout.

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 import tornado
-from tornado.httpserver import HTTPServer
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
+from service.edge import PRIVATE_NAMES as EDGE_PRIVATE_NAMES
 from service.transports.takeover import PRIVATE_ATTRIBUTES, TESTED_TORNADO, take_over, tornado_tested
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
@@ -48,6 +49,23 @@ def test_iostream_has_the_private_attributes_with_their_types() -> None:
         assert len(stream._write_buffer) == 0
         assert isinstance(stream._read_buffer, bytearray)
         assert isinstance(stream._read_buffer_size, int) and stream._read_buffer_size == 0
+    finally:
+        stream.close()
+        right.close()
+
+
+def test_the_edge_servers_private_names_exist() -> None:
+    """service.edge builds Tornado's per-connection context and registers connections itself."""
+    left, right = socket.socketpair()
+    stream = IOStream(left)
+    try:
+        context = _HTTPRequestContext(stream, ("127.0.0.1", 1), "http")
+        assert isinstance(context.remote_ip, str) and context.protocol == "http"
+        assert isinstance(HTTPServer(Application())._connections, set)
+        assert [name for name, _ in EDGE_PRIVATE_NAMES] == [
+            "tornado.httpserver._HTTPRequestContext",
+            "HTTPServer._connections",
+        ]
     finally:
         stream.close()
         right.close()
