@@ -505,6 +505,19 @@ def public(schema: Any) -> Any:
     return schema
 
 
-def message_schemas() -> dict[str, Schema]:
-    """Every stream message as a named JSON Schema (refs point into `COMPONENTS`)."""
-    return {m.name: public(m.schema()) for m in MESSAGES}
+def inline_scalars(schema: Any) -> Any:
+    """Refs to enum and scalar components replaced by their schemas, so that each object
+    schema can be used on its own (`Draft202012Validator(components["NewTask"])`)."""
+    if isinstance(schema, dict):
+        if "$ref" in schema and resolve(schema).get("type") != "object":
+            return inline_scalars(resolve(schema))
+        return {k: inline_scalars(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [inline_scalars(v) for v in schema]
+    return schema
+
+
+def published_components() -> dict[str, Schema]:
+    """`COMPONENTS` and every stream message as named JSON Schemas, as OpenAPI publishes them."""
+    messages = {m.name: m.schema() for m in MESSAGES}
+    return {name: public(inline_scalars(schema)) for name, schema in (COMPONENTS | messages).items()}

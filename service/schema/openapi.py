@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from service.idempotency import HEADER, MAX_KEY_LENGTH
-from service.schema import COMPONENTS, MAX_ID, MAX_LIST_LIMIT, message_schemas, public
+from service.schema import MAX_ID, MAX_LIST_LIMIT, published_components
 
 JSON = "application/json"
 
@@ -256,7 +256,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": {**public(COMPONENTS), **message_schemas()},
+            "schemas": published_components(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
     }
