@@ -330,7 +330,8 @@ MESSAGES: tuple[Message, ...] = (
         ("code", "message"), "ErrorMessage",
     ),
     Message(
-        "close", "server", "control", "SSE only: the stream ends with this WebSocket close code.",
+        "close", "server", "control",
+        "SSE only: the stream ends with `event: close`, whose data is `{code, reason}` (no `type`).",
         {"code": {"type": "integer"}, "reason": {"type": "string"}}, ("code", "reason"), "CloseMessage",
     ),
     Message(

@@ -273,7 +273,7 @@ export interface ErrorMessage {
   message: string;
 }
 
-/** SSE only: the stream ends with this WebSocket close code. */
+/** SSE only: the stream ends with `event: close`, whose data is `{code, reason}` (no `type`). */
 export interface CloseMessage {
   type: "close";
   id?: string;
