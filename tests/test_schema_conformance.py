@@ -22,9 +22,7 @@ async def validators(service: Service) -> dict[str, Draft202012Validator]:
     undocumented fields (clients must ignore unknown fields, but we document all we send)."""
     response = await service.request("GET", "/api/openapi.json")
     published = json.loads(response.body)["components"]["schemas"]
-    return {
-        m.type: Draft202012Validator({**published[m.name], "additionalProperties": False}) for m in schema.MESSAGES
-    }
+    return {m.type: Draft202012Validator({**published[m.name], "additionalProperties": False}) for m in schema.MESSAGES}
 
 
 def check(by_type: dict[str, Draft202012Validator], message: dict[str, Any]) -> str:

@@ -35,12 +35,16 @@ def _type(prop: s.Schema) -> str:
     return str(kinds)
 
 
+ENVELOPE = ("type", "id", "ts", "userId", "userName")
+
+
 def _fields(message: s.Message) -> str:
+    """The message's own fields (the envelope is described once, above the table)."""
     schema = message.schema()
     required = set(schema["required"])
     parts = []
     for name, prop in schema["properties"].items():
-        if name == "type":
+        if name in ENVELOPE and name not in message.properties and name not in message.required:
             continue
         optional = "" if name in required else " (optional)"
         parts.append(f"`{name}`{optional}: {_type(prop)}")
@@ -101,8 +105,9 @@ which also holds every message below as a JSON Schema (`components.schemas`). Ty
 - Over SSE every message is one block: `id:` (events only), `event: <type>`, `data: <JSON>`.
   The stream ends with an `event: close` block carrying the close code (`{{"code":4401,...}}`),
   except when draining (a random `retry:`, then the end).
-- Heartbeats: WebSocket ping frames (answer them; two missed pongs close the connection) and SSE
-  comment lines, every `heartbeatSeconds` (from `connected`, {DEFAULTS.heartbeat_seconds:g} s by default).
+- Heartbeats: WebSocket ping frames (answer them: a client that stops answering is closed) and
+  SSE comment lines, every `heartbeatSeconds` (from `connected`, {DEFAULTS.heartbeat_seconds:g} s by default). A
+  client that hears nothing for a few heartbeats should reconnect.
 
 ## Authentication
 
@@ -125,9 +130,11 @@ replica, and usable to resume:
 ```
 
 An **event** is an application event (stored, filterable with `events=`, resumable); anything
-published with `POST /api/events` arrives the same way with its own `type`. A **control**
-message concerns this connection only: its `id`, if any, is not a stream position. Fields
-marked optional may be absent; any other field may be added later, so ignore what you do not know.
+published with `POST /api/events` arrives the same way with its own `type`. Every event has
+`type`, `id` (string), `ts` (ISO-8601 time) and the acting user's `userId` (integer or string)
+and `userName`, plus the fields below. A **control** message concerns this connection only: it
+has `type` and may have `id` and `ts`, but its `id` is not a stream position. Fields marked
+optional may be absent; fields may be added later, so ignore what you do not know.
 
 ### From the server
 
