@@ -15,17 +15,17 @@ from typing import Any
 
 from bson import Timestamp
 
+from service import schema
 from service.errors import BadMessage
-from service.schema import APP_EVENT_TYPES, SERVER_CONTROL_TYPES
 
 JSONValue = Any  # what json.loads can produce; kept as Any only inside payload dicts
 Payload = dict[str, JSONValue]
 
-TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
+TYPE_PATTERN = re.compile(schema.TYPE_PATTERN.removeprefix("^").removesuffix("$"))  # used with fullmatch
 EVENT_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
-APP_TYPES = frozenset(APP_EVENT_TYPES)  # defined in service/schema, with their fields
+APP_TYPES = frozenset(schema.APP_EVENT_TYPES)  # defined in service/schema, with their fields
 # Messages the server itself produces per connection; nobody may publish them.
-CONTROL_TYPES = frozenset(SERVER_CONTROL_TYPES)
+CONTROL_TYPES = frozenset(schema.SERVER_CONTROL_TYPES)
 # When the service first knew of the event, in whole microseconds since the epoch: the start
 # of the latency metrics. `createdAt` (a BSON date, for the TTL index and `ts`) keeps only
 # milliseconds, too coarse against 5 ms buckets. Documents from other programs may lack it.
