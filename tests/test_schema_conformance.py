@@ -68,3 +68,31 @@ async def test_every_message_over_sse_matches_its_schema(service: Service) -> No
     close = (await sse.next_of("close")).json()
     assert check(by_type, {"type": "close", **close}) == "close" and close["code"] == 4000
     sse.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_rest_answers_match_their_schemas_with_no_undocumented_field(service: Service) -> None:
+    """Task, TaskPage, Schedule, ScheduleList, Ticket, Accepted and ConnectionList are exactly as documented."""
+    published = json.loads((await service.request("GET", "/api/openapi.json")).body)["components"]["schemas"]
+    token = service.token(sub=3, roles=("user", "publisher", "admin"))
+    ws = await service.websocket({"token": token})
+    await ws.recv_type("connected")
+    answers = {
+        "Task": await service.request("POST", "/api/tasks", {"title": "t", "taskType": "daily"}, token=token),
+        "TaskPage": await service.request("GET", "/api/tasks", token=token),
+        "Schedule": await service.request(
+            "POST", "/api/schedules", {"name": "s", "cron": "0 9 * * 1", "taskType": "weekly"}, token=token
+        ),
+        "ScheduleList": await service.request("GET", "/api/schedules", token=token),
+        "Ticket": await service.request("POST", "/api/realtime/ticket", token=token),
+        "Accepted": await service.request("POST", "/api/events", {"type": "note"}, token=token),
+        "ConnectionList": await service.request("GET", "/api/connections", token=token),
+        "Error": await service.request("POST", "/api/tasks", {"status": "x"}, token=token),
+    }
+    for name, response in answers.items():
+        closed = {**published[name], "additionalProperties": False, "components": {"schemas": published}}
+        body = json.loads(response.body)
+        errors = [e.message for e in Draft202012Validator(closed).iter_errors(body)]
+        assert not errors, (name, body, errors)
+    assert json.loads(answers["ConnectionList"].body)["connections"][0]["transport"] == "websocket"
+    await ws.close()

@@ -269,7 +269,7 @@ export interface ErrorMessage {
   type: "error";
   id?: string;
   ts?: string;
-  code: "bad_message" | "unknown_type" | "forbidden" | "too_large" | (string & {});
+  code: "bad_message" | "unknown_type" | (string & {});
   message: string;
 }
 
