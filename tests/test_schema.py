@@ -200,3 +200,20 @@ def test_sse_parser_handles_crlf_multiline_data_and_defaults() -> None:
         SseEvent("message", None, "c"),
     ]
     assert parse_block("event: x\nid: 1") is None
+
+
+def test_documented_limits_are_the_enforced_ones() -> None:
+    """docs/protocol.md's limits come from the schema; the modules that enforce them use the same numbers.
+
+    (When these move, import them from `service.schema` there instead of keeping a copy.)
+    """
+    from handlers import stream, ws
+    from service import wire
+
+    assert (ws.MAX_BAD_MESSAGES, ws.REQUEST_BURST, ws.REQUESTS_PER_SECOND) == (
+        schema.MAX_BAD_MESSAGES,
+        schema.REQUEST_BURST,
+        schema.REQUESTS_PER_SECOND,
+    )
+    assert stream.EXPIRY_WARNING_SECONDS == schema.EXPIRY_WARNING_SECONDS
+    assert (wire.MAX_NONCE_LENGTH, wire.MAX_SUBSCRIPTIONS) == (schema.MAX_NONCE_LENGTH, schema.MAX_SUBSCRIPTIONS)
