@@ -16,8 +16,8 @@ Schema, with no dependency and no mapping layer between what we validate and wha
 Extension keywords (`x-...`) carry what JSON Schema cannot say (error texts, TypeScript names);
 the OpenAPI output drops them.
 
-Adding an event type is one entry in `MESSAGES`; adding a transport is one name in `TRANSPORTS`;
-then `python -m service.schema`.
+Adding an event type is one `Message(...)` in `MESSAGES`; adding a transport is one entry in
+`TRANSPORTS`; then `python -m service.schema`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ Schema = dict[str, Any]
 TASK_TYPES = ("daily", "weekly", "monthly", "ad-hoc")
 RESULT_STATUSES = ("completed", "failed", "skipped")
 TASK_STATUSES = ("pending", *RESULT_STATUSES)
-TRANSPORTS = ("websocket", "sse")  # what `connected.transport` and `/api/connections` name
+# Every transport: its name (as `connected.transport` and `/api/connections` give it) and how a
+# client opens it (docs/protocol.md lists them).
+TRANSPORTS: dict[str, str] = {
+    "websocket": "`GET /ws` (WebSocket upgrade); both directions, messages are text frames",
+    "sse": "`GET /events` with `Accept: text/event-stream` (Server-Sent Events); server to client only",
+}
 SCHEDULE_ACTIONS = ("created", "updated", "deleted")
 ERROR_CODES = ("bad_message", "unknown_type")  # what `error.code` can be (service.errors.BadMessage)
 MAX_TITLE = 200
@@ -123,7 +128,7 @@ COMPONENTS: dict[str, Schema] = {
     "TaskType": _enum(TASK_TYPES),
     "ResultStatus": _enum(RESULT_STATUSES),
     "TaskStatus": _enum(TASK_STATUSES),
-    "TransportName": _enum(TRANSPORTS),
+    "TransportName": _enum(tuple(TRANSPORTS)),
     "Error": {
         **_object(
             {

@@ -68,6 +68,10 @@ def _close_table() -> str:
     return "\n".join(rows)
 
 
+def _transports() -> str:
+    return "\n".join(f"- `{name}`: {how}." for name, how in s.TRANSPORTS.items())
+
+
 def _example() -> str:
     event: dict[str, Any] = {
         "id": "6b07391900000008",
@@ -97,8 +101,8 @@ which also holds every message below as a JSON Schema (`components.schemas`). Ty
 
 ## Connecting
 
-- WebSocket: `GET /ws`; Server-Sent Events: `GET /events` (`Accept: text/event-stream`).
-- Query parameters (both): `events=a,b` (only these types; default: every type),
+{_transports()}
+- Query parameters (every transport): `events=a,b` (only these types; default: every type),
   `last_event_id=` (resume, see below), `ticket=` or `token=` (authentication).
 - The first message is always `connected`; then, when resuming, the missed events; then live
   events.

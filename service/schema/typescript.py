@@ -80,7 +80,7 @@ def _enum_constants() -> list[str]:
         _const_list("TASK_TYPES", s.TASK_TYPES, "TaskType", "Every task type."),
         _const_list("RESULT_STATUSES", s.RESULT_STATUSES, "ResultStatus", "Outcomes of an execution."),
         _const_list("TASK_STATUSES", s.TASK_STATUSES, "TaskStatus", "Every task status."),
-        _const_list("TRANSPORTS", s.TRANSPORTS, "TransportName", "Every transport the service speaks."),
+        _const_list("TRANSPORTS", tuple(s.TRANSPORTS), "TransportName", "Every transport the service speaks."),
     ]
 
 
