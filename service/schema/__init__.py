@@ -247,10 +247,10 @@ class Message:
     type: str
     sender: str  # "server" | "client"
     kind: str  # "event" | "control"
+    name: str  # its TypeScript interface and JSON Schema title
     summary: str
-    properties: dict[str, Schema] = field(default_factory=dict)
+    fields: dict[str, Schema] = field(default_factory=dict)
     required: tuple[str, ...] = ()
-    name: str = ""  # the TypeScript interface name
 
     def schema(self) -> Schema:
         """The message as a JSON Schema object (envelope included)."""
@@ -261,7 +261,7 @@ class Message:
             required += ["id", "ts", "userId", "userName"]
         elif self.sender == "server":
             props |= {"id": {"type": "string"}, "ts": DATE_TIME}
-        props |= self.properties
+        props |= self.fields
         required += [name for name in self.required if name not in required]
         return {"title": self.name, "description": self.summary, **_object(props, tuple(required))}
 
@@ -274,87 +274,115 @@ EVENT_TYPES: Schema = {
     "items": {"type": "string", "pattern": TYPE_PATTERN},
 }
 
+# Every message on the streams. A new one is one entry here (then `python -m service.schema`):
+# `fields` and `required` are its own fields; the envelope (`type`, and `id`, `ts`, `userId`,
+# `userName` for events) is added by `Message.schema`.
 MESSAGES: tuple[Message, ...] = (
     Message(
-        "task_created", "server", "event", "A task was created (`POST /api/tasks`).",
-        {"taskId": TASK_ID, "taskType": ref("TaskType"), "title": {"type": "string"}},
-        ("taskId", "taskType", "title"), "TaskCreatedEvent",
+        type="task_created", sender="server", kind="event", name="TaskCreatedEvent",
+        summary="A task was created (`POST /api/tasks`).",
+        fields={"taskId": TASK_ID, "taskType": ref("TaskType"), "title": {"type": "string"}},
+        required=("taskId", "taskType", "title"),
     ),
     Message(
-        "task_executed", "server", "event", "A run of a task was recorded (`POST /api/tasks/{id}/execute`).",
-        {"taskId": TASK_ID, "taskType": ref("TaskType"), "resultStatus": ref("ResultStatus"),
-         "executions": {"type": "integer", "description": "the task's count after this run (replays are idempotent)"}},
-        ("taskId", "taskType", "resultStatus", "executions"), "TaskExecutedEvent",
+        type="task_executed", sender="server", kind="event", name="TaskExecutedEvent",
+        summary="A run of a task was recorded (`POST /api/tasks/{id}/execute`).",
+        fields={
+            "taskId": TASK_ID, "taskType": ref("TaskType"), "resultStatus": ref("ResultStatus"),
+            "executions": {"type": "integer", "description": "the count after this run (replays are idempotent)"},
+        },
+        required=("taskId", "taskType", "resultStatus", "executions"),
     ),
     Message(
-        "task_updated", "server", "event",
-        "A task was changed (`PATCH /api/tasks/{id}`): carries the fields that the request set.",
-        {"taskId": TASK_ID, "taskType": ref("TaskType"), "title": {"type": "string"},
-         "scheduleId": {"type": ["integer", "null"]}},
-        ("taskId", "taskType"), "TaskUpdatedEvent",
+        type="task_updated", sender="server", kind="event", name="TaskUpdatedEvent",
+        summary="A task was changed (`PATCH /api/tasks/{id}`): carries the fields that the request set.",
+        fields={
+            "taskId": TASK_ID, "taskType": ref("TaskType"), "title": {"type": "string"},
+            "scheduleId": {"type": ["integer", "null"]},
+        },
+        required=("taskId", "taskType"),
     ),
     Message(
-        "task_deleted", "server", "event", "A task was removed (`DELETE /api/tasks/{id}`).",
-        {"taskId": TASK_ID, "taskType": ref("TaskType")}, ("taskId", "taskType"), "TaskDeletedEvent",
+        type="task_deleted", sender="server", kind="event", name="TaskDeletedEvent",
+        summary="A task was removed (`DELETE /api/tasks/{id}`).",
+        fields={"taskId": TASK_ID, "taskType": ref("TaskType")},
+        required=("taskId", "taskType"),
     ),
     Message(
-        "schedule_updated", "server", "event", "A schedule was created, changed or removed.",
-        {"scheduleId": TASK_ID, "action": _enum(SCHEDULE_ACTIONS), "name": {"type": "string"}},
-        ("scheduleId", "action", "name"), "ScheduleUpdatedEvent",
+        type="schedule_updated", sender="server", kind="event", name="ScheduleUpdatedEvent",
+        summary="A schedule was created, changed or removed.",
+        fields={"scheduleId": TASK_ID, "action": _enum(SCHEDULE_ACTIONS), "name": {"type": "string"}},
+        required=("scheduleId", "action", "name"),
     ),
     Message(
-        "connected", "server", "control", "First message of every connection.",
-        {"connectionId": {"type": "string"}, "userId": ref("UserId"), "userName": {"type": "string"},
-         "transport": ref("TransportName"), "serverTime": DATE_TIME,
-         "heartbeatSeconds": {"type": "number", "description": "pings (WebSocket) or comments (SSE) this often"},
-         "resumed": {"type": "boolean", "description": "true when the events after `last_event_id` follow"}},
-        ("connectionId", "userId", "userName", "transport", "serverTime", "heartbeatSeconds", "resumed"),
-        "ConnectedMessage",
+        type="connected", sender="server", kind="control", name="ConnectedMessage",
+        summary="First message of every connection.",
+        fields={
+            "connectionId": {"type": "string"}, "userId": ref("UserId"), "userName": {"type": "string"},
+            "transport": ref("TransportName"), "serverTime": DATE_TIME,
+            "heartbeatSeconds": {"type": "number", "description": "pings (WebSocket) or comments (SSE) this often"},
+            "resumed": {"type": "boolean", "description": "true when the events after `last_event_id` follow"},
+        },
+        required=("connectionId", "userId", "userName", "transport", "serverTime", "heartbeatSeconds", "resumed"),
     ),
     Message(
-        "pong", "server", "control", "Answer to a client `ping`, with its nonce.",
-        {"nonce": {"type": ["string", "number"]}}, ("ts",), "PongMessage",
+        type="pong", sender="server", kind="control", name="PongMessage",
+        summary="Answer to a client `ping`, with its nonce.",
+        fields={"nonce": {"type": ["string", "number"]}},
+        required=("ts",),
     ),
     Message(
-        "resync", "server", "control",
-        "The requested resume position is gone: refetch state over REST; live events follow.",
-        {"reason": {"type": "string"}}, ("reason",), "ResyncMessage",
+        type="resync", sender="server", kind="control", name="ResyncMessage",
+        summary="The requested resume position is gone: refetch state over REST; live events follow.",
+        fields={"reason": {"type": "string"}},
+        required=("reason",),
     ),
     Message(
-        "token_expiring", "server", "control",
-        "The token expires soon: send `auth` with a fresh one (WebSocket) or reconnect (SSE).",
-        {"expiresAt": EXPIRES_AT}, ("expiresAt",), "TokenExpiringMessage",
+        type="token_expiring", sender="server", kind="control", name="TokenExpiringMessage",
+        summary="The token expires soon: send `auth` with a fresh one (WebSocket) or reconnect (SSE).",
+        fields={"expiresAt": EXPIRES_AT},
+        required=("expiresAt",),
     ),
     Message(
-        "auth_ok", "server", "control", "A fresh token from `auth` was accepted.",
-        {"expiresAt": EXPIRES_AT}, ("expiresAt",), "AuthOkMessage",
+        type="auth_ok", sender="server", kind="control", name="AuthOkMessage",
+        summary="A fresh token from `auth` was accepted.",
+        fields={"expiresAt": EXPIRES_AT},
+        required=("expiresAt",),
     ),
     Message(
-        "error", "server", "control", "A client message was rejected (the connection stays open).",
-        {"code": {"type": "string", "enum": list(ERROR_CODES), "x-open": True}, "message": {"type": "string"}},
-        ("code", "message"), "ErrorMessage",
+        type="error", sender="server", kind="control", name="ErrorMessage",
+        summary="A client message was rejected (the connection stays open).",
+        fields={"code": {"type": "string", "enum": list(ERROR_CODES), "x-open": True}, "message": {"type": "string"}},
+        required=("code", "message"),
     ),
     Message(
-        "close", "server", "control",
-        "SSE only: the stream ends with `event: close`, whose data is `{code, reason}` (no `type`).",
-        {"code": {"type": "integer"}, "reason": {"type": "string"}}, ("code", "reason"), "CloseMessage",
+        type="close", sender="server", kind="control", name="CloseMessage",
+        summary="SSE only: the stream ends with `event: close`, whose data is `{code, reason}` (no `type`).",
+        fields={"code": {"type": "integer"}, "reason": {"type": "string"}},
+        required=("code", "reason"),
     ),
     Message(
-        "ping", "client", "control", "Ask for a `pong` (WebSocket).",
-        {"nonce": {"type": ["string", "number"], "maxLength": MAX_NONCE_LENGTH}}, (), "PingRequest",
+        type="ping", sender="client", kind="control", name="PingRequest",
+        summary="Ask for a `pong` (WebSocket).",
+        fields={"nonce": {"type": ["string", "number"], "maxLength": MAX_NONCE_LENGTH}},
     ),
     Message(
-        "subscribe", "client", "control", "Receive these event types too (WebSocket).",
-        {"events": EVENT_TYPES}, ("events",), "SubscribeRequest",
+        type="subscribe", sender="client", kind="control", name="SubscribeRequest",
+        summary="Receive these event types too (WebSocket).",
+        fields={"events": EVENT_TYPES},
+        required=("events",),
     ),
     Message(
-        "unsubscribe", "client", "control",
-        "Stop receiving these event types (WebSocket; needs an `events=` subscription).",
-        {"events": EVENT_TYPES}, ("events",), "UnsubscribeRequest",
+        type="unsubscribe", sender="client", kind="control", name="UnsubscribeRequest",
+        summary="Stop receiving these event types (WebSocket; needs an `events=` subscription).",
+        fields={"events": EVENT_TYPES},
+        required=("events",),
     ),
     Message(
-        "auth", "client", "control", "Replace the connection's token before it expires (WebSocket).",
-        {"token": {"type": "string", "minLength": 1}}, ("token",), "AuthRequest",
+        type="auth", sender="client", kind="control", name="AuthRequest",
+        summary="Replace the connection's token before it expires (WebSocket).",
+        fields={"token": {"type": "string", "minLength": 1}},
+        required=("token",),
     ),
 )  # fmt: skip
 

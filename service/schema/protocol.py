@@ -44,7 +44,7 @@ def _fields(message: s.Message) -> str:
     required = set(schema["required"])
     parts = []
     for name, prop in schema["properties"].items():
-        if name in ENVELOPE and name not in message.properties and name not in message.required:
+        if name in ENVELOPE and name not in message.fields and name not in message.required:
             continue
         optional = "" if name in required else " (optional)"
         parts.append(f"`{name}`{optional}: {_type(prop)}")

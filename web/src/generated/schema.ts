@@ -171,7 +171,7 @@ export interface TaskExecutedEvent {
   taskId: number;
   taskType: TaskType;
   resultStatus: ResultStatus;
-  /** the task's count after this run (replays are idempotent) */
+  /** the count after this run (replays are idempotent) */
   executions: number;
 }
 
