@@ -35,7 +35,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(tmp_path: Path) 
                 "--checks", CHECKS,
                 "--max-examples", "20",
                 "--seed", "20261125",
-                "--exclude-path-regex", "^/(ws|events)$",
+                "--exclude-path-regex", "^/(ws|events|poll)$",
                 "--request-timeout", "10",
                 "--max-time", "30",
             ],

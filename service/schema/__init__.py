@@ -42,6 +42,8 @@ TASK_STATUSES = ("pending", *RESULT_STATUSES)
 TRANSPORTS: dict[str, str] = {
     "websocket": "`GET /ws` (WebSocket upgrade); both directions, messages are text frames",
     "sse": "`GET /events` with `Accept: text/event-stream` (Server-Sent Events); server to client only",
+    "poll": "`GET /poll` (long-polling, for proxies that buffer streams): each answer is one JSON body "
+    "`{messages, cursor}`; poll again with `cursor=` (no `token=`: a header, the cookie or a ticket)",
 }
 SCHEDULE_ACTIONS = ("created", "updated", "deleted")
 ERROR_CODES = ("bad_message", "unknown_type")  # what `error.code` can be (service.errors.BadMessage)
@@ -231,6 +233,13 @@ COMPONENTS: dict[str, Schema] = {
     ),
     "ConnectionList": _object({"connections": {"type": "array", "items": ref("Connection")}}, ("connections",)),
     "Closed": _object({"closed": {"type": "integer"}}, ("closed",)),
+    "PollAnswer": _object(
+        {
+            "messages": {"type": "array", "items": {"type": "object"}, "description": "as on the streams"},
+            "cursor": {"type": ["string", "null"], "description": "pass as `cursor=` in the next poll"},
+        },
+        ("messages", "cursor"),
+    ),
 }
 
 # -- stream messages -------------------------------------------------------------------------
@@ -357,7 +366,8 @@ MESSAGES: tuple[Message, ...] = (
     ),
     Message(
         type="close", sender="server", kind="control", name="CloseMessage",
-        summary="SSE only: the stream ends with `event: close`, whose data is `{code, reason}` (no `type`).",
+        summary="The end, where a WebSocket would close: over SSE `event: close` with data `{code, reason}` "
+        "(no `type`); over long-polling the last message of the answer.",
         fields={"code": {"type": "integer"}, "reason": {"type": "string"}},
         required=("code", "reason"),
     ),

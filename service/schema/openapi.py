@@ -239,6 +239,31 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         },
+        "/poll": {
+            "get": {
+                "summary": "Long-polling: the events after a position, or an empty list after POLL_TIMEOUT_SECONDS",
+                "parameters": [
+                    *[p for p in stream_params if p["name"] != "token"],
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "the previous answer's cursor; without it the poll connects (`connected` first)",
+                    },
+                ],
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": _answer(
+                        "messages (events, `connected`, `resync`, `close`) and the position to poll from next",
+                        _ref("PollAnswer"),
+                    ),
+                    "400": ERRORS["400"],
+                    "401": ERRORS["401"],
+                    "429": _answer("too many connections", _ref("Error")),
+                    "503": _answer("draining: poll another instance", _ref("Error")),
+                },
+            },
+        },
         "/ws": {
             "get": {
                 "summary": "WebSocket stream (upgrade; auth failures close with 4401)",
@@ -252,7 +277,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Realtime task events",
             "version": "1.0.0",
-            "description": "REST API of the realtime task events service; events arrive on /ws and /events.",
+            "description": "REST API of the realtime task events service; events arrive on /ws, /events and /poll.",
         },
         "paths": paths,
         "components": {

@@ -111,7 +111,8 @@ which also holds every message below as a JSON Schema (`components.schemas`). Ty
   except when draining (a random `retry:`, then the end).
 - Heartbeats: WebSocket ping frames (answer them: a client that stops answering is closed) and
   SSE comment lines, every `heartbeatSeconds` (from `connected`, {DEFAULTS.heartbeat_seconds:g} s by default). A
-  client that hears nothing for a few heartbeats should reconnect.
+  client that hears nothing for a few heartbeats should reconnect. For long-polling,
+  `heartbeatSeconds` is the longest one poll waits before an empty answer.
 
 ## Authentication
 
@@ -160,8 +161,8 @@ state over REST; live events follow.
 
 ## Close codes
 
-The same codes end SSE streams (in the `close` event). What our clients do on each (any other
-code: retry):
+The same codes end SSE streams and long-polling (in the `close` message). What our clients do
+on each (any other code: retry):
 
 {_close_table()}
 

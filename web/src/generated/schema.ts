@@ -11,7 +11,7 @@ export type ResultStatus = "completed" | "failed" | "skipped";
 
 export type TaskStatus = "pending" | "completed" | "failed" | "skipped";
 
-export type TransportName = "websocket" | "sse";
+export type TransportName = "websocket" | "sse" | "poll";
 
 export interface ApiErrorBody {
   /** `invalid`, `unauthorized`, `not_found`, ... */
@@ -133,6 +133,13 @@ export interface Closed {
   closed: number;
 }
 
+export interface PollAnswer {
+  /** as on the streams */
+  messages: Record<string, unknown>[];
+  /** pass as `cursor=` in the next poll */
+  cursor: string | null;
+}
+
 /** Every task type. */
 export const TASK_TYPES = ["daily", "weekly", "monthly", "ad-hoc"] as const satisfies readonly TaskType[];
 
@@ -143,7 +150,7 @@ export const RESULT_STATUSES = ["completed", "failed", "skipped"] as const satis
 export const TASK_STATUSES = ["pending", "completed", "failed", "skipped"] as const satisfies readonly TaskStatus[];
 
 /** Every transport the service speaks. */
-export const TRANSPORTS = ["websocket", "sse"] as const satisfies readonly TransportName[];
+export const TRANSPORTS = ["websocket", "sse", "poll"] as const satisfies readonly TransportName[];
 
 // -- stream messages -----------------------------------------------------------
 
@@ -273,7 +280,7 @@ export interface ErrorMessage {
   message: string;
 }
 
-/** SSE only: the stream ends with `event: close`, whose data is `{code, reason}` (no `type`). */
+/** The end, where a WebSocket would close: over SSE `event: close` with data `{code, reason}` (no `type`); over long-polling the last message of the answer. */
 export interface CloseMessage {
   type: "close";
   id?: string;
