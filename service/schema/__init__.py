@@ -250,7 +250,10 @@ class Message:
     """One message type on the streams.
 
     `sender` is who sends it; an `event` is an application event (stored, has a resume `id`,
-    filterable with `events=`); a `control` message is about this connection only.
+    filterable with `events=`); a `control` message is about this connection only. Events come
+    in `group`s (`app`: tasks and schedules; web/ gets `<GROUP>_EVENT_TYPES` and a
+    `<Group>Event` union per group). A `reserved` event only the server may emit
+    (`POST /api/events` refuses it); control messages always are.
     """
 
     type: str
@@ -260,6 +263,8 @@ class Message:
     summary: str
     fields: dict[str, Schema] = field(default_factory=dict)
     required: tuple[str, ...] = ()
+    group: str = "app"
+    reserved: bool = False
 
     def schema(self) -> Schema:
         """The message as a JSON Schema object (envelope included)."""
@@ -277,7 +282,7 @@ class Message:
 
 TASK_ID = {"type": "integer", "minimum": 1}
 EXPIRES_AT: Schema = {**DATE_TIME, "description": "when the token expires"}
-EVENT_TYPES: Schema = {
+TYPE_LIST: Schema = {
     "type": "array",
     "maxItems": MAX_SUBSCRIPTIONS,
     "items": {"type": "string", "pattern": TYPE_PATTERN},
@@ -379,13 +384,13 @@ MESSAGES: tuple[Message, ...] = (
     Message(
         type="subscribe", sender="client", kind="control", name="SubscribeRequest",
         summary="Receive these event types too (WebSocket).",
-        fields={"events": EVENT_TYPES},
+        fields={"events": TYPE_LIST},
         required=("events",),
     ),
     Message(
         type="unsubscribe", sender="client", kind="control", name="UnsubscribeRequest",
         summary="Stop receiving these event types (WebSocket; needs an `events=` subscription).",
-        fields={"events": EVENT_TYPES},
+        fields={"events": TYPE_LIST},
         required=("events",),
     ),
     Message(
@@ -396,8 +401,17 @@ MESSAGES: tuple[Message, ...] = (
     ),
 )  # fmt: skip
 
-APP_EVENT_TYPES = tuple(m.type for m in MESSAGES if m.kind == "event")
+
+def event_types(group: str | None = None) -> tuple[str, ...]:
+    """The event types of one group, or of all."""
+    return tuple(m.type for m in MESSAGES if m.kind == "event" and group in (None, m.group))
+
+
+EVENT_GROUPS = tuple(dict.fromkeys(m.group for m in MESSAGES if m.kind == "event"))
+APP_EVENT_TYPES = event_types("app")
 SERVER_CONTROL_TYPES = tuple(m.type for m in MESSAGES if m.sender == "server" and m.kind == "control")
+# What only the server may send: nobody can publish these through `POST /api/events`.
+RESERVED_TYPES = SERVER_CONTROL_TYPES + tuple(m.type for m in MESSAGES if m.kind == "event" and m.reserved)
 CLIENT_MESSAGE_TYPES = tuple(m.type for m in MESSAGES if m.sender == "client")
 
 # -- close codes and reconnecting ------------------------------------------------------------

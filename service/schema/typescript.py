@@ -100,10 +100,17 @@ def _messages() -> list[str]:
         + "".join(f"  {m.type}: {m.name};\n" for m in client)
         + "}\n"
     )
-    events = " | ".join(m.name for m in s.MESSAGES if m.kind == "event")
-    out.append(f"/** Application events: stored, ordered, resumable. */\nexport type AppEvent = {events};\n")
     out.append("export type ClientMessage = ClientMessageMap[keyof ClientMessageMap];\n")
-    out.append(_const_list("APP_EVENT_TYPES", s.APP_EVENT_TYPES, 'AppEvent["type"]', "Application event types."))
+    for group in s.EVENT_GROUPS:
+        union = " | ".join(m.name for m in s.MESSAGES if m.kind == "event" and m.group == group)
+        kind = f"{group.capitalize()}Event"
+        out.append(f"/** Events of the `{group}` group. */\nexport type {kind} = {union};\n")
+        out.append(_const_list(f"{group.upper()}_EVENT_TYPES", s.event_types(group), f'{kind}["type"]', ""))
+    union = " | ".join(f"{group.capitalize()}Event" for group in s.EVENT_GROUPS)
+    out.append(
+        f"/** Every event the service defines: stored, ordered, resumable. */\nexport type ServiceEvent = {union};\n"
+    )
+    out.append(_const_list("EVENT_TYPES", s.event_types(), 'ServiceEvent["type"]', "Every event type."))
     out.append(
         _const_list(
             "CONTROL_MESSAGE_TYPES",

@@ -337,13 +337,18 @@ export interface ClientMessageMap {
   auth: AuthRequest;
 }
 
-/** Application events: stored, ordered, resumable. */
-export type AppEvent = TaskCreatedEvent | TaskExecutedEvent | TaskUpdatedEvent | TaskDeletedEvent | ScheduleUpdatedEvent;
-
 export type ClientMessage = ClientMessageMap[keyof ClientMessageMap];
 
-/** Application event types. */
+/** Events of the `app` group. */
+export type AppEvent = TaskCreatedEvent | TaskExecutedEvent | TaskUpdatedEvent | TaskDeletedEvent | ScheduleUpdatedEvent;
+
 export const APP_EVENT_TYPES = ["task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"] as const satisfies readonly AppEvent["type"][];
+
+/** Every event the service defines: stored, ordered, resumable. */
+export type ServiceEvent = AppEvent;
+
+/** Every event type. */
+export const EVENT_TYPES = ["task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"] as const satisfies readonly ServiceEvent["type"][];
 
 /** Messages about the connection itself: their ids (if any) are not stream positions. */
 export const CONTROL_MESSAGE_TYPES = ["connected", "pong", "resync", "token_expiring", "auth_ok", "error", "close"] as const satisfies readonly (keyof EventMap)[];
