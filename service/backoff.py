@@ -13,14 +13,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from service.schema import BACKOFF
+
 
 @dataclass(frozen=True)
 class BackoffPolicy:
     """Base and cap of the ceiling, and how long a connection must hold to reset the count (s)."""
 
-    base: float = 1.0
-    cap: float = 5.0
-    stable: float = 1.0
+    base: float = BACKOFF["base"]  # the numbers web/ uses too (web/src/generated/schema.ts)
+    cap: float = BACKOFF["cap"]
+    stable: float = BACKOFF["stable"]
 
     def ceiling(self, attempt: int) -> float:
         """min(cap, base * 2^attempt) for a 0-based attempt."""

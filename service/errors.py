@@ -15,10 +15,12 @@ import enum
 
 
 class CloseCode(enum.IntEnum):
-    """WebSocket close codes the service sends (SPEC §6)."""
+    """WebSocket close codes the service sends; their client policy is `service.schema.CLOSE_POLICY`."""
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_DATA = 1007
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012

@@ -15,16 +15,19 @@ from typing import Any
 
 from bson import Timestamp
 
+from service import schema
 from service.errors import BadMessage
 
 JSONValue = Any  # what json.loads can produce; kept as Any only inside payload dicts
 Payload = dict[str, JSONValue]
 
-TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
+TYPE_PATTERN = re.compile(schema.TYPE_PATTERN.removeprefix("^").removesuffix("$"))  # used with fullmatch
 EVENT_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
-APP_TYPES = frozenset({"task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"})
-# Messages the server itself produces per connection; nobody may publish them.
-CONTROL_TYPES = frozenset({"connected", "pong", "resync", "token_expiring", "error", "auth_ok", "close"})
+APP_TYPES = frozenset(schema.event_types())  # every event type service/schema defines, with its fields
+# Messages the server itself produces per connection.
+CONTROL_TYPES = frozenset(schema.SERVER_CONTROL_TYPES)
+# What nobody may publish: the control messages and the events only the server emits.
+RESERVED_TYPES = frozenset(schema.RESERVED_TYPES)
 # When the service first knew of the event, in whole microseconds since the epoch: the start
 # of the latency metrics. `createdAt` (a BSON date, for the TTL index and `ts`) keeps only
 # milliseconds, too coarse against 5 ms buckets. Documents from other programs may lack it.
@@ -167,7 +170,7 @@ def validate_type(value: object) -> str:
     """
     if not isinstance(value, str) or not TYPE_PATTERN.fullmatch(value):
         raise BadMessage("invalid event type", {"type": "must match [a-z][a-z0-9_.:-]{0,63}"})
-    if value in CONTROL_TYPES:
+    if value in RESERVED_TYPES:
         raise BadMessage("invalid event type", {"type": f"{value!r} is reserved for the server"})
     return value
 

@@ -17,15 +17,11 @@ from tornado.websocket import websocket_connect
 
 from service.backoff import Backoff
 from service.errors import CloseCode
+from service.schema import FINAL_CLOSE_CODES
+from service.sse_parser import SseParser
 
-FINAL_CODES = {
-    CloseCode.NORMAL,
-    CloseCode.MESSAGE_TOO_BIG,
-    CloseCode.DISCONNECTED_BY_ADMIN,
-    CloseCode.TOO_MANY_BAD_MESSAGES,
-    CloseCode.UNAUTHORIZED,
-    CloseCode.FORBIDDEN,
-}
+# Close codes after which it exits instead of reconnecting: the schema's client policy, as in web/.
+FINAL_CODES = FINAL_CLOSE_CODES
 
 
 class Follower:
@@ -83,29 +79,15 @@ class Follower:
                 return
 
     async def sse_once(self) -> None:
-        buffer = b""
-        data_lines: list[bytes] = []
-        event_name = ""
+        parser = SseParser()
 
         def on_chunk(chunk: bytes) -> None:
-            nonlocal buffer, data_lines, event_name
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                line = line.rstrip(b"\r")
-                if not line:
-                    if data_lines:
-                        text = b"\n".join(data_lines).decode()
-                        if event_name == "close":
-                            self.final = json.loads(text).get("code", CloseCode.NORMAL)
-                        elif not self._emit(text):
-                            self.final = CloseCode.NORMAL
-                            raise StopAsyncIteration
-                    data_lines, event_name = [], ""
-                elif line.startswith(b"data:"):
-                    data_lines.append(line[5:].removeprefix(b" "))
-                elif line.startswith(b"event:"):
-                    event_name = line[6:].strip().decode()
+            for event in parser.feed(chunk):
+                if event.event == "close":
+                    self.final = json.loads(event.data).get("code", CloseCode.NORMAL)
+                elif not self._emit(event.data):
+                    self.final = CloseCode.NORMAL
+                    raise StopAsyncIteration
 
         request = HTTPRequest(
             self.base + "/events?" + self._query(),

@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from service.auth import issue_token
 from service.config import Settings
+from service.sse_parser import SseEvent, parse_block
 
 
 def wait_bound(seconds: float) -> float:
@@ -128,16 +129,6 @@ class WsClient:
 
 
 @dataclass
-class SseEvent:
-    event: str | None
-    id: str | None
-    data: str
-
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.data)  # type: ignore[no-any-return]
-
-
-@dataclass
 class SseClient:
     """A minimal HTTP/1.1 SSE client on a raw socket: exact bytes, chunked decoding."""
 
@@ -237,22 +228,8 @@ class SseClient:
 
 
 def parse_sse_block(block: str) -> SseEvent | None:
-    event = id_ = None
-    data: list[str] = []
-    for line in block.split("\n"):
-        if line.startswith(":") or line.startswith("retry:"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "id":
-            id_ = value
-        elif name == "data":
-            data.append(value)
-    if not data:
-        return None
-    return SseEvent(event=event or "message", id=id_, data="\n".join(data))
+    """One block of a stream, parsed as `service tail` parses it."""
+    return parse_block(block)
 
 
 class RawWebSocket:

@@ -1,7 +1,9 @@
 // Builds web/dist: the dashboard (index.html, app.js, app.css, served by the service, not
 // packed) and the package: the ESM libraries client.js (client alone) and hooks.js (client +
-// hooks, React external), each with its .d.ts (tsc declarations in dist/types). Prints sizes.
+// hooks, React external), each with its .d.ts (tsc declarations in dist/types), after
+// regenerating src/generated from the service's schema. Prints sizes.
 import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { copyFile, mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -11,6 +13,18 @@ import * as esbuild from "esbuild";
 const root = dirname(fileURLToPath(import.meta.url));
 const dist = join(root, "dist");
 const target = "es2022";
+
+// The types in src/generated come from the service's schema: regenerate them when building
+// inside the repository (a checked-in copy serves builds without Python; a test keeps it fresh).
+const repo = join(root, "..");
+if (existsSync(join(repo, "service/schema/__main__.py"))) {
+  try {
+    execFileSync(process.env.PYTHON ?? "python3", ["-m", "service.schema"], { cwd: repo, stdio: ["ignore", "ignore", "inherit"] });
+  } catch (error) {
+    if (error.code !== "ENOENT") throw error;
+    console.warn("python3 not found: using the checked-in src/generated");
+  }
+}
 
 await rm(dist, { recursive: true, force: true });
 await mkdir(dist, { recursive: true });

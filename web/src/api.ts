@@ -6,7 +6,18 @@
  * call retries with the same key, so the change happens once however often it is sent.
  */
 
-import type { ResultStatus, Schedule, Task, TaskType } from "./events";
+import type {
+  ApiErrorBody,
+  Execution,
+  NewSchedule,
+  NewTask,
+  Schedule,
+  ScheduleList,
+  Task,
+  TaskChange,
+  TaskPage,
+  TaskStatus,
+} from "./generated/schema";
 import { endpoint, resolveBase } from "./urls";
 import type { TokenSource } from "./client";
 
@@ -48,7 +59,7 @@ function isAbort(error: unknown): boolean {
 /** A non-2xx answer; `body` is the service's `{error, reason?, fields?}` when it sent one. */
 export class ApiError extends Error {
   readonly status: number;
-  readonly body: { error?: string; reason?: string; fields?: Record<string, string> } | null;
+  readonly body: Partial<ApiErrorBody> | null;
 
   constructor(status: number, body: ApiError["body"]) {
     super(body?.reason ?? body?.error ?? `HTTP ${status}`);
@@ -58,19 +69,16 @@ export class ApiError extends Error {
   }
 }
 
-export interface TaskPage {
-  tasks: Task[];
-  next: number | null;
-}
+export type { ApiErrorBody, Execution, NewSchedule, NewTask, ScheduleChange, TaskChange, TaskPage } from "./generated/schema";
 
 export interface Api {
-  listTasks(query?: { status?: string; limit?: number; after?: number }, signal?: AbortSignal): Promise<TaskPage>;
-  createTask(body: { title: string; taskType: TaskType; scheduleId?: number | null }): Promise<Task>;
-  executeTask(id: number, body: { resultStatus: ResultStatus; note?: string }): Promise<Task>;
-  updateTask(id: number, body: Partial<Pick<Task, "title" | "taskType" | "status" | "scheduleId">>): Promise<Task>;
+  listTasks(query?: { status?: TaskStatus; limit?: number; after?: number }, signal?: AbortSignal): Promise<TaskPage>;
+  createTask(body: NewTask): Promise<Task>;
+  executeTask(id: number, body: Execution): Promise<Task>;
+  updateTask(id: number, body: TaskChange): Promise<Task>;
   deleteTask(id: number): Promise<void>;
   listSchedules(signal?: AbortSignal): Promise<Schedule[]>;
-  createSchedule(body: { name: string; cron: string; taskType: TaskType; enabled?: boolean }): Promise<Schedule>;
+  createSchedule(body: NewSchedule): Promise<Schedule>;
 }
 
 export function createApi(options: ApiOptions): Api {
@@ -138,7 +146,7 @@ export function createApi(options: ApiOptions): Api {
       await call<unknown>("DELETE", `/api/tasks/${id}`);
     },
     async listSchedules(signal) {
-      const page = await call<{ schedules: Schedule[] }>("GET", "/api/schedules", undefined, signal);
+      const page = await call<ScheduleList>("GET", "/api/schedules", undefined, signal);
       return page.schedules;
     },
     createSchedule: (body) => call<Schedule>("POST", "/api/schedules", body),

@@ -6,6 +6,8 @@
  * fleet's reconnects over `capMs` after a restart (`bench/restart_storm.py` measures both).
  */
 
+import { BACKOFF } from "./generated/schema";
+
 export interface BackoffOptions {
   /** First ceiling, in ms. */
   baseMs: number;
@@ -13,8 +15,8 @@ export interface BackoffOptions {
   capMs: number;
 }
 
-/** 1 s doubling to 5 s: the Socket.IO client's defaults, with full jitter. */
-export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: 1000, capMs: 5000 };
+/** 1 s doubling to 5 s: the Socket.IO client's defaults, with full jitter (the service's schema, `BACKOFF`). */
+export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: BACKOFF.baseMs, capMs: BACKOFF.capMs };
 
 /** The ceiling for a 0-based attempt: min(cap, base * 2^attempt). */
 export function backoffCeiling(attempt: number, options: BackoffOptions = DEFAULT_BACKOFF): number {

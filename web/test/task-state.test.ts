@@ -24,13 +24,13 @@ describe("task list updates", () => {
 
   it("ignores updates for unknown tasks and stale events", () => {
     const list = [task(1, { updatedAt: T1 })];
-    expect(applyTaskEvent(list, { id: "e", type: "task_updated", ts: T1, ...actor, taskId: 9, title: "x" })).toBe(list);
-    expect(applyTaskEvent(list, { id: "e", type: "task_updated", ts: T0, ...actor, taskId: 1, title: "x" })).toBe(list);
+    expect(applyTaskEvent(list, { id: "e", type: "task_updated", ts: T1, ...actor, taskId: 9, taskType: "daily", title: "x" })).toBe(list);
+    expect(applyTaskEvent(list, { id: "e", type: "task_updated", ts: T0, ...actor, taskId: 1, taskType: "daily", title: "x" })).toBe(list);
   });
 
   it("merges changed fields but never the actor into the owner", () => {
-    const [updated] = applyTaskEvent([task(1)], { id: "e", type: "task_updated", ts: T1, ...actor, taskId: 1, status: "skipped" });
-    expect(updated).toMatchObject({ status: "skipped", userId: 1, userName: "u", updatedAt: T1 });
+    const [updated] = applyTaskEvent([task(1)], { id: "e", type: "task_updated", ts: T1, ...actor, taskId: 1, taskType: "weekly", title: "t" });
+    expect(updated).toMatchObject({ taskType: "weekly", title: "t", userId: 1, userName: "u", updatedAt: T1 });
   });
 
   it("keeps the newer of two versions when merging a REST answer", () => {
@@ -40,7 +40,7 @@ describe("task list updates", () => {
   });
 
   it("counts executions from the event when it carries the total", () => {
-    const base = { id: "e", type: "task_executed", ts: T1, ...actor, taskId: 1, taskType: "daily", resultStatus: "completed" } as const;
+    const base = { id: "e", type: "task_executed", ts: T1, ...actor, taskId: 1, taskType: "daily", resultStatus: "completed", executions: 5 } as const;
     expect(applyTaskEvent([task(1, { executions: 4 })], base)[0]?.executions).toBe(5);
     expect(applyTaskEvent([task(1, { executions: 4 })], { ...base, executions: 4 })[0]?.executions).toBe(4);
   });
@@ -55,7 +55,7 @@ describe("schedule list updates", () => {
   const s = (id: number): Schedule => ({ id, name: `s${id}`, cron: "* * * * *", taskType: "daily", enabled: true, createdAt: T0, updatedAt: T0 });
 
   it("removes deleted schedules without a refetch", () => {
-    const result = applyScheduleEvent([s(1), s(2)], { id: "e", type: "schedule_updated", ts: T1, ...actor, scheduleId: 1, action: "deleted" });
+    const result = applyScheduleEvent([s(1), s(2)], { id: "e", type: "schedule_updated", ts: T1, ...actor, scheduleId: 1, action: "deleted", name: "s1" });
     expect(result).toEqual({ schedules: [s(2)], refetch: false });
   });
 

@@ -70,7 +70,7 @@ export function applyTaskEvent(tasks: readonly Task[], event: TaskEvent): Task[]
       title: event.title,
       taskType: event.taskType,
       status: "pending",
-      scheduleId: event.scheduleId ?? null,
+      scheduleId: null, // task_created does not carry it; a refetch brings it
       userId: event.userId,
       userName: event.userName,
       createdAt: event.ts,

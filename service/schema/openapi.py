@@ -1,0 +1,287 @@
+"""The OpenAPI 3.1 document of `/api/openapi.json`: the paths here, every schema from `service.schema`."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from service.idempotency import HEADER, MAX_KEY_LENGTH
+from service.schema import MAX_ID, MAX_LIST_LIMIT, published_components
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description}
+    if schema is not None:
+        answer["content"] = {JSON: {"schema": schema}}
+    return answer
+
+
+ERRORS = {
+    "400": _answer("invalid input", _ref("Error")),
+    "401": _answer("missing, invalid or expired token", _ref("Error")),
+    "403": _answer("missing role", _ref("Error")),
+    "413": _answer("body over 1 MiB", _ref("Error")),
+    "503": _answer("MongoDB unavailable", _ref("Error")),
+}
+IDEMPOTENCY_PARAM = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "One key per user action, reused on every retry of it: the same key with the same method, path and body "
+        "within 24 h gets the first answer again (with `Idempotent-Replayed: true`) and changes nothing; with "
+        "another request, 422; while the first is still running, 409. Answers that changed nothing are not kept."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[\\x21-\\x7e]+$"},
+}
+IDEMPOTENCY_ERRORS = {
+    "409": _answer("a request with this Idempotency-Key is still in progress (retry after Retry-After)", _ref("Error")),
+    "422": _answer("this Idempotency-Key was used for a different request", _ref("Error")),
+}
+ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, dict[str, Any]],
+    *,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    not_found: bool = False,
+    change: bool = False,
+) -> dict[str, Any]:
+    """One operation; a `change` commits with its event and takes an `Idempotency-Key`."""
+    responses = {**ok, **ERRORS}
+    if not_found:
+        responses["404"] = _answer("no such id", _ref("Error"))
+    if change:
+        responses.update(IDEMPOTENCY_ERRORS)
+        params = [*(params or []), IDEMPOTENCY_PARAM]
+    op: dict[str, Any] = {"summary": summary, "responses": responses, "security": [{"bearer": []}]}
+    if body is not None:
+        op["requestBody"] = _body(body)
+    if params:
+        op["parameters"] = params
+    return op
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document (built once)."""
+    stream_params = [
+        {
+            "name": "events",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "comma-separated types",
+        },
+        {"name": "last_event_id", "in": "query", "schema": {"type": "string"}},
+        {"name": "ticket", "in": "query", "schema": {"type": "string"}},
+        {"name": "token", "in": "query", "schema": {"type": "string"}},
+    ]
+    paths: dict[str, Any] = {
+        "/api/tasks": {
+            "get": _op(
+                "List tasks, newest first",
+                {"200": _answer("a page of tasks", _ref("TaskPage"))},
+                params=[
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": _ref("TaskStatus"),
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+                    },
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
+                ],
+            ),
+            "post": _op(
+                "Create a task (emits task_created)",
+                {"201": _answer("created", _ref("Task"))},
+                body=_ref("NewTask"),
+                change=True,
+            ),
+        },
+        "/api/tasks/{id}": {
+            "get": _op("Read a task", {"200": _answer("the task", _ref("Task"))}, params=[ID_PARAM], not_found=True),
+            "patch": _op(
+                "Change a task (emits task_updated)",
+                {"200": _answer("changed", _ref("Task"))},
+                body=_ref("TaskChange"),
+                params=[ID_PARAM],
+                not_found=True,
+                change=True,
+            ),
+            "delete": _op(
+                "Remove a task (emits task_deleted)",
+                {"204": _answer("removed")},
+                params=[ID_PARAM],
+                not_found=True,
+                change=True,
+            ),
+        },
+        "/api/tasks/{id}/execute": {
+            "post": _op(
+                "Record an execution (emits task_executed)",
+                {"200": _answer("the task", _ref("Task"))},
+                body=_ref("Execution"),
+                params=[ID_PARAM],
+                not_found=True,
+                change=True,
+            ),
+        },
+        "/api/schedules": {
+            "get": _op(
+                "List schedules",
+                {"200": _answer("schedules", _ref("ScheduleList"))},
+            ),
+            "post": _op(
+                "Create a schedule (emits schedule_updated)",
+                {"201": _answer("created", _ref("Schedule"))},
+                body=_ref("NewSchedule"),
+                change=True,
+            ),
+        },
+        "/api/schedules/{id}": {
+            "get": _op(
+                "Read a schedule",
+                {"200": _answer("the schedule", _ref("Schedule"))},
+                params=[ID_PARAM],
+                not_found=True,
+            ),
+            "patch": _op(
+                "Change a schedule (emits schedule_updated)",
+                {"200": _answer("changed", _ref("Schedule"))},
+                body=_ref("ScheduleChange"),
+                params=[ID_PARAM],
+                not_found=True,
+                change=True,
+            ),
+            "delete": _op(
+                "Remove a schedule (emits schedule_updated)",
+                {"204": _answer("removed")},
+                params=[ID_PARAM],
+                not_found=True,
+                change=True,
+            ),
+        },
+        "/api/events": {
+            "post": _op(
+                "Publish an event (publisher role)",
+                {"202": _answer("accepted", _ref("Accepted"))},
+                body=_ref("PublishEvent"),
+                change=True,
+            ),
+        },
+        "/api/realtime/ticket": {
+            "post": _op(
+                "A one-time connection ticket (60 s)",
+                {"200": _answer("ticket", _ref("Ticket"))},
+            ),
+        },
+        "/api/openapi.json": {
+            "get": {
+                "summary": "This OpenAPI document",
+                "responses": {"200": _answer("OpenAPI 3.1 document", {"type": "object"})},
+            },
+        },
+        "/api/connections": {
+            "get": _op(
+                "This instance's open connections (admin role)",
+                {"200": _answer("connections", _ref("ConnectionList"))},
+            ),
+        },
+        "/api/connections/{id}": {
+            "delete": _op(
+                "Close one connection on this instance with 4000 (admin role)",
+                {"200": _answer("closed", _ref("Closed"))},
+                params=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                not_found=True,
+            ),
+        },
+        "/api/users/{userId}/connections": {
+            "delete": _op(
+                "Close every connection of a user on this instance with 4000 (admin role)",
+                {"200": _answer("closed", _ref("Closed"))},
+                params=[{"name": "userId", "in": "path", "required": True, "schema": _ref("UserId")}],
+            ),
+        },
+        "/events": {
+            "get": {
+                "summary": "Server-Sent Events stream",
+                "parameters": stream_params,
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": {
+                        "description": "text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "401": ERRORS["401"],
+                    "429": _answer("too many connections", _ref("Error")),
+                },
+            },
+        },
+        "/poll": {
+            "get": {
+                "summary": "Long-polling: the events after a position, or an empty list after POLL_TIMEOUT_SECONDS",
+                "parameters": [
+                    *[p for p in stream_params if p["name"] != "token"],
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "the previous answer's cursor; without it the poll connects (`connected` first)",
+                    },
+                ],
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": _answer(
+                        "messages (events, `connected`, `resync`, `close`) and the position to poll from next",
+                        _ref("PollAnswer"),
+                    ),
+                    "400": ERRORS["400"],
+                    "401": ERRORS["401"],
+                    "429": _answer("too many connections", _ref("Error")),
+                    "503": _answer("draining: poll another instance", _ref("Error")),
+                },
+            },
+        },
+        "/ws": {
+            "get": {
+                "summary": "WebSocket stream (upgrade; auth failures close with 4401)",
+                "parameters": stream_params,
+                "responses": {"101": {"description": "switching protocols"}},
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Realtime task events",
+            "version": "1.0.0",
+            "description": "REST API of the realtime task events service; events arrive on /ws, /events and /poll.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": published_components(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
