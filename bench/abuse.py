@@ -25,10 +25,10 @@ from collections import Counter
 from pathlib import Path
 
 from bench.systems import rss_bytes
+from harness.processes import SECRET
 from service.auth import issue_token
 from service.config import Settings
 from service.embedded_mongo import EmbeddedMongo, free_port
-from tests.processes import SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 PING = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # masked (all-zero key) ping, 125 bytes

@@ -26,11 +26,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from harness.attacks import tricky_requests
+from harness.processes import SECRET
 from service.auth import issue_token
 from service.config import Settings
 from service.embedded_mongo import EmbeddedMongo, free_port
-from tests.processes import SECRET
-from tests.test_abuse_http import tricky_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 

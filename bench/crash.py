@@ -45,11 +45,11 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import WebSocketException  # noqa: E402
 
+from harness.processes import SECRET, ServiceProcess, children_of, pid_alive, wait_until  # noqa: E402
 from service.auth import issue_token  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.embedded_mongo import EmbeddedMongo  # noqa: E402
 from service.store import MongoStore  # noqa: E402
-from tests.processes import SECRET, ServiceProcess, children_of, pid_alive, wait_until  # noqa: E402
 
 SERVICE_ENV = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "MONGODB_TIMEOUT_MS": "1000", "LOG_LEVEL": "WARNING"}
 RETRY_STATUSES = (409, 503, 599)  # in flight, MongoDB away, no answer (connection dropped)

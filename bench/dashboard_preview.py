@@ -43,9 +43,9 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
+from harness.processes import PrometheusProcess, ServiceProcess, wait_until  # noqa: E402
 from service.auth import issue_token  # noqa: E402
 from service.config import Settings  # noqa: E402
-from tests.processes import PrometheusProcess, ServiceProcess, wait_until  # noqa: E402
 
 DASHBOARD = ROOT / "k8s" / "monitoring" / "dashboard.json"
 RULE_FILES = ("alerts.yaml", "slo-rules.yaml")
@@ -67,7 +67,7 @@ def get_json(url: str) -> Any:
 
 @dataclass
 class Processes:
-    """The service and a Prometheus scraping it, each stopped by pid (tests/processes.py)."""
+    """The service and a Prometheus scraping it, each stopped by pid (harness/processes.py)."""
 
     workdir: Path
     secret: str = field(default_factory=lambda: secrets.token_hex(32))

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness.processes import SECRET, ServiceProcess
 from service.embedded_mongo import EmbeddedMongo
-from tests.processes import SECRET, ServiceProcess
 
 
 @contextmanager
 def local_service() -> Iterator[tuple[ServiceProcess, str]]:
-    """Start SecantusDB and `python -m service` (JWT secret `tests.processes.SECRET`); stop both by pid."""
+    """Start SecantusDB and `python -m service` (JWT secret `harness.processes.SECRET`); stop both by pid."""
     mongo = EmbeddedMongo(":memory:")
     uri = mongo.start()
     try:

@@ -19,9 +19,9 @@ from tornado.httpclient import AsyncHTTPClient
 from websockets.asyncio.client import connect
 
 from bench.local import local_service
+from harness.processes import SECRET
 from service.auth import issue_token
 from service.config import Settings
-from tests.processes import SECRET
 
 
 async def measure(port: int, events: int) -> list[float]:

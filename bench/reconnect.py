@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pymongo import AsyncMongoClient
 
 from bench.local import local_service
+from harness.clients import Service
+from harness.processes import SECRET, ServiceProcess, as_service
 from service.auth import issue_token
 from service.config import Settings
-from tests.clients import Service
-from tests.processes import SECRET, ServiceProcess, as_service
 
 
 async def publish(uri: str, first: int, count: int) -> None:

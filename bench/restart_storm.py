@@ -39,9 +39,9 @@ from typing import Any
 import jwt
 
 from bench.systems import cpu_seconds
+from harness.processes import SECRET, ServiceProcess
 from service.backoff import DEFAULT_POLICY, PREVIOUS_POLICY, Backoff, BackoffPolicy
 from service.embedded_mongo import EmbeddedMongo
-from tests.processes import SECRET, ServiceProcess
 
 POLICIES = {"new": DEFAULT_POLICY, "old": PREVIOUS_POLICY}
 OPEN_TIMEOUT = 10.0  # the browser client's openTimeoutMs

@@ -17,11 +17,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.clients import Service  # noqa: E402
 from metrics.registry import Metrics  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.embedded_mongo import EmbeddedMongo  # noqa: E402
 from service.server import Server, build_context  # noqa: E402
-from tests.clients import Service  # noqa: E402
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 ARTIFACTS = ROOT / "test-artifacts"

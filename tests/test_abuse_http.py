@@ -1,4 +1,4 @@
-"""Attacks on the HTTP edge (issue 12, items 2, 5, 7), each a test that failed before the fix:
+"""Attacks on the HTTP edge, each a test that failed before the fix:
 metric cardinality from client-chosen methods, tokens in logs, static-path 500s, slow and
 piled-up request heads, spoofed forwarded-for, same-host-other-scheme origins, headers.
 """
@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
+from harness.attacks import get, tricky_requests, upgrade
+from harness.clients import Service, wait_bound
+from harness.processes import SECRET, as_service, running, shared_env
 from service.app import API_ROUTES
 from service.config import load_settings
 from service.errors import ConfigError
 from service.logs import HTTP_METHODS, redact, scrub
-from tests.clients import Service, wait_bound
-from tests.processes import SECRET, as_service, running, shared_env
 
 TOKEN_STAND_IN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
 
@@ -51,18 +52,6 @@ async def raw_request(port: int, head: str, *, seconds: float = 10) -> tuple[int
     finally:
         writer.close()
     return status, headers, body
-
-
-def get(path: str, port: int, method: str = "GET", extra: str = "") -> str:
-    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
-
-
-def upgrade(port: int, origin: str | None = None) -> str:
-    lines = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-    lines += "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    if origin:
-        lines += f"Origin: {origin}\r\n"
-    return lines
 
 
 # -- 2. metric cardinality -------------------------------------------------------------
@@ -120,28 +109,6 @@ def test_scrub_hides_credentials_in_any_log_text() -> None:
     assert TOKEN_STAND_IN[:20] not in scrub(line)
     assert "abc123" not in scrub(line)
     assert TOKEN_STAND_IN not in scrub(f"GET /{TOKEN_STAND_IN} (1.2.3.4)")
-
-
-def tricky_requests(port: int, token: str, ticket: str) -> list[str]:
-    """Request heads that put a token or ticket where a log line might show it."""
-    return [
-        get(f"/ws?a#&token={token}", port, extra=upgrade(port)),
-        get(f"/ws?a#&token={token}", port),
-        get(f"/index.html%00?token={token}", port),
-        get(f"/a/%00/b?ticket={ticket}", port),
-        get(f"/events?%74oken={token}", port),
-        get(f"/events?token=bad&token={token}", port),
-        get(f"/events?a=1;token={token}", port),
-        get(f"/nothing-here?token={token}", port),
-        get(f"/api/nothing?token={token}", port),
-        get(f"/api/tasks/abc?token={token}", port),
-        get(f"/metrics?token={token}", port, "POST"),
-        get(f"/healthz?ticket={ticket}", port, "BREW"),
-        get(f"http://127.0.0.1:{port}/events?token={token}#x", port),
-        get("/api/tasks", port, extra=f"Authorization: Bearer {token}\x01\r\n"),
-        get("/api/nothing", port, extra=f"Cookie: access_token={token}\r\n"),
-        get(f"/api/tasks?ticket={ticket}", port, "DELETE"),
-    ]
 
 
 def test_no_log_line_of_a_real_service_carries_the_token(tmp_path: Path, mongo_uri: str) -> None:

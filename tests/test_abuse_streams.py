@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from harness.clients import RawWebSocket, Service, eventually, wait_bound
 from service.auth import Principal
 from service.connection import Connection, RateLimit
 from service.transports.frames import OP_CLOSE, OP_PING, parse_close
 from service.transports.protocol import REQUEST_BURST
 from service.transports.ws import WebSocketSession
-from tests.clients import RawWebSocket, Service, eventually, wait_bound
 
 FLOOD = 2_000  # requests sent at once, unread answers and all: 40 times the burst
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.clients import Service, SseClient, WsClient
+from harness.clients import Service, SseClient, WsClient
 
 SEED_FIELDS = {
     "task_created": {"userId", "userName", "taskId", "taskType", "title"},

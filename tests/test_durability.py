@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from bench.crash import sigkill_rounds, sigstop_rounds
+from harness.clients import Service, wait_bound
 from service.config import load_settings
 from service.embedded_mongo import EmbeddedMongo
 from service.idempotency import fingerprint, key_id
 from service.store import MongoStore
-from tests.clients import Service, wait_bound
 
 NEW_TASK = {"title": "تقرير يومي", "taskType": "daily"}
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
+from harness.processes import ServiceProcess, as_service, running, shared_env
 from tests.browser import STATUS_LOG_SCRIPT, chromium, create_task, ms, require_dashboard, screenshot, write_artifact
-from tests.processes import ServiceProcess, as_service, running, shared_env
 
 HEARTBEAT_SECONDS = 2.0
 ME = {"sub": 1, "name": "محمد حسن"}

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, Page, Request, expect
 
+from harness.processes import SECRET, ServiceProcess, as_service, wait_until
 from service.embedded_mongo import free_port
 from tests.browser import CHROMIUM, STATUS_LOG_SCRIPT, chromium, create_task, ms, screenshot, write_artifact
-from tests.processes import SECRET, ServiceProcess, as_service, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "vite-react"

@@ -35,10 +35,10 @@ from typing import Any
 
 import pytest
 
+from harness.clients import Service
+from harness.processes import SECRET, as_service, running, shared_env, wait_until
 from service.config import usable_cpus
 from service.embedded_mongo import free_port
-from tests.clients import Service
-from tests.processes import SECRET, as_service, running, shared_env, wait_until
 from tests.test_k8s import one, realtime_container, realtime_pod, render
 
 ROOT = Path(__file__).resolve().parent.parent

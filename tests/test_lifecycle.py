@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.clients import Service, wait_bound
 from service.embedded_mongo import EmbeddedMongo
-from tests.clients import Service, wait_bound
 
 PADDING = "x" * 50_000
 

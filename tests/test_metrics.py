@@ -21,10 +21,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
+from harness.clients import Service, wait_bound
+from harness.processes import ROOT, ServiceProcess, as_service, shared_env
 from metrics.registry import LATENCY_BUCKETS
 from service.errors import CloseCode
-from tests.clients import Service, wait_bound
-from tests.processes import ROOT, ServiceProcess, as_service, shared_env
 
 # SPEC §8, as written there: name → (type, label names).
 SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {

@@ -13,10 +13,10 @@ from urllib.parse import urlencode
 
 import pytest
 
+from harness.clients import Service, eventually, wait_bound
 from service.auth import Principal
 from service.transports.poll import VerifiedTokens
 from tests.browser import ROOT
-from tests.clients import Service, eventually, wait_bound
 
 PUBLISHER = ("user", "publisher")
 

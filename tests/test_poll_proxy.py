@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from harness.clients import wait_bound
+from harness.processes import ServiceProcess, as_service, running, shared_env, wait_until
 from service.embedded_mongo import free_port
 from tests.browser import STATUS_LOG_SCRIPT, chromium, create_task, ms, require_dashboard, screenshot, write_artifact
-from tests.clients import wait_bound
-from tests.processes import ServiceProcess, as_service, running, shared_env, wait_until
 
 NGINX = "/usr/sbin/nginx"
 ME = {"sub": 1, "name": "محمد حسن"}

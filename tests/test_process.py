@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import ROOT, SECRET, ServiceProcess, as_service, children_of, pid_alive, running, wait_until
 from service.auth import issue_token
 from service.config import load_settings
 from service.embedded_mongo import EmbeddedMongo, free_port, server_command
-from tests.processes import ROOT, SECRET, ServiceProcess, as_service, children_of, pid_alive, running, wait_until
 
 
 def dev_token(data_dir: Path, **claims: object) -> str:

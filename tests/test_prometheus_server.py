@@ -18,8 +18,8 @@ import pytest
 import yaml
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.clients import Service, wait_bound
-from tests.processes import PrometheusProcess
+from harness.clients import Service, wait_bound
+from harness.processes import PrometheusProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "k8s" / "monitoring"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.clients import SseClient, WsClient
-from tests.processes import ServiceProcess, as_service, children_of, pid_alive, shared_env, wait_until
+from harness.clients import SseClient, WsClient
+from harness.processes import ServiceProcess, as_service, children_of, pid_alive, shared_env, wait_until
 
 
 @pytest.fixture

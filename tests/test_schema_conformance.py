@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from harness.clients import Service
 from service import schema
-from tests.clients import Service
 from tests.test_delivery import drive_every_event_type
 
 EVERY_APP_EVENT = list(schema.APP_EVENT_TYPES)

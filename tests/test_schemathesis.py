@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import SECRET, ServiceProcess, as_service
+from harness.processes import SECRET, ServiceProcess, as_service
 
 CHECKS = ",".join(
     [

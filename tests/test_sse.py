@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.clients import Service, wait_bound
+from harness.clients import Service, wait_bound
 
 
 @pytest.mark.gen_test(timeout=30)

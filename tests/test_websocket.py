@@ -9,7 +9,7 @@ import jwt
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.clients import Service
+from harness.clients import Service
 
 
 @pytest.mark.gen_test(timeout=30)

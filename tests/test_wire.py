@@ -11,6 +11,7 @@ from bson import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.clients import parse_sse_block
 from service.errors import BadMessage
 from service.events import Event, event_id
 from service.transports.frames import ws_frame
@@ -22,7 +23,6 @@ from service.wire import (
     sse_comment,
     sse_retry,
 )
-from tests.clients import parse_sse_block
 
 ARABIC_NAME = "محمد حسن"
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from handlers.sse import EventStreamEndpoint
 from handlers.ws import WebSocketEndpoint
+from harness.clients import RawWebSocket, Service, eventually
 from service.events import Event
 from service.transports.frames import (
     OP_BINARY,
@@ -35,7 +36,6 @@ from service.transports.frames import (
 )
 from service.transports.ws import WebSocketSession
 from service.wire import encode_event
-from tests.clients import RawWebSocket, Service, eventually
 
 frame = RawWebSocket.frame
 

@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
+from harness.clients import RawWebSocket
 from service.transports.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_frame, ws_frame
 from service.transports.protocol import PING_FRAME, REQUEST_BURST, State, WebSocketProtocol
-from tests.clients import RawWebSocket
 
 frame = RawWebSocket.frame
 

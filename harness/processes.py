@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness.clients import Service, wait_bound
 from service.config import Settings
 from service.embedded_mongo import free_port
-from tests.clients import Service, wait_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "scaling-test-secret-0123456789-0123456789-abcdef"
