@@ -22,7 +22,11 @@ Payload = dict[str, JSONValue]
 
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 EVENT_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
-APP_TYPES = frozenset({"task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"})
+# `presence_joined` / `presence_left` ({userId, userName}) are emitted by service/presence.py.
+PRESENCE_TYPES = frozenset({"presence_joined", "presence_left"})
+APP_TYPES = (
+    frozenset({"task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"}) | PRESENCE_TYPES
+)
 # Messages the server itself produces per connection; nobody may publish them.
 CONTROL_TYPES = frozenset({"connected", "pong", "resync", "token_expiring", "error", "auth_ok", "close"})
 # When the service first knew of the event, in whole microseconds since the epoch: the start
@@ -167,7 +171,7 @@ def validate_type(value: object) -> str:
     """
     if not isinstance(value, str) or not TYPE_PATTERN.fullmatch(value):
         raise BadMessage("invalid event type", {"type": "must match [a-z][a-z0-9_.:-]{0,63}"})
-    if value in CONTROL_TYPES:
+    if value in CONTROL_TYPES or value in PRESENCE_TYPES:
         raise BadMessage("invalid event type", {"type": f"{value!r} is reserved for the server"})
     return value
 
