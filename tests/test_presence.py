@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,7 +94,7 @@ async def test_users_on_either_process_are_one_presence_list(tmp_path: Path, mon
         assert by_id[2]["connections"] == {"websocket": 0, "sse": 1}
         gauge = ""
         for _ in range(400):  # the gauge follows at the next sweep (a quarter second here)
-            gauge = urllib.request.urlopen(processes[1].url + "/metrics", timeout=5).read().decode()
+            gauge = (await b.request("GET", "/metrics")).body.decode()
             if "realtime_presence_users 2.0" in gauge:
                 break
             await asyncio.sleep(0.05)
