@@ -166,6 +166,20 @@ def openapi_document() -> dict[str, Any]:
                 "lastEventId": {"type": ["string", "null"]},
             },
         },
+        "PresentUser": {
+            "type": "object",
+            "required": ["userId", "userName", "since", "connections"],
+            "properties": {
+                "userId": {"type": ["integer", "string"]},
+                "userName": {"type": "string"},
+                "since": {"type": ["string", "null"], "description": "when they joined (ISO-8601 UTC)"},
+                "connections": {
+                    "type": "object",
+                    "description": "open connections per transport on every replica (all 0 within the grace)",
+                    "additionalProperties": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
         "Event": {
             "type": "object",
             "required": ["type"],
@@ -309,6 +323,24 @@ def openapi_document() -> dict[str, Any]:
                             "type": "object",
                             "required": ["ticket", "expiresIn"],
                             "properties": {"ticket": {"type": "string"}, "expiresIn": {"type": "integer"}},
+                        },
+                    )
+                },
+            ),
+        },
+        "/api/presence": {
+            "get": _op(
+                "Users online on any replica, with connection counts per transport (the same on every replica)",
+                {
+                    "200": _answer(
+                        "online users, oldest first",
+                        {
+                            "type": "object",
+                            "required": ["users", "count"],
+                            "properties": {
+                                "users": {"type": "array", "items": _ref("PresentUser")},
+                                "count": {"type": "integer"},
+                            },
                         },
                     )
                 },
