@@ -60,6 +60,26 @@ export interface ScheduleUpdatedEvent extends Envelope, Actor {
   name?: string;
 }
 
+/** A user's first connection anywhere in the fleet (not sent again for a reconnect within the grace). */
+export interface PresenceJoinedEvent extends Envelope, Actor {
+  type: "presence_joined";
+}
+
+/** A user's last connection anywhere is gone and the grace ran out (or their replica died). */
+export interface PresenceLeftEvent extends Envelope, Actor {
+  type: "presence_left";
+}
+
+/** One entry of `GET /api/presence`. */
+export interface PresentUser {
+  userId: UserId;
+  userName: string;
+  /** When they joined (ISO-8601 UTC). */
+  since: string | null;
+  /** Open connections per transport on every replica; all 0 while within the grace. */
+  connections: Partial<Record<TransportName, number>> & Record<string, number>;
+}
+
 export interface ConnectedMessage {
   type: "connected";
   id?: string;
@@ -124,6 +144,8 @@ export interface EventMap {
   task_updated: TaskUpdatedEvent;
   task_deleted: TaskDeletedEvent;
   schedule_updated: ScheduleUpdatedEvent;
+  presence_joined: PresenceJoinedEvent;
+  presence_left: PresenceLeftEvent;
   connected: ConnectedMessage;
   pong: PongMessage;
   resync: ResyncMessage;
@@ -135,6 +157,7 @@ export interface EventMap {
 export type KnownEvent = EventMap[keyof EventMap];
 export type TaskEvent = TaskCreatedEvent | TaskExecutedEvent | TaskUpdatedEvent | TaskDeletedEvent;
 export type AppEvent = TaskEvent | ScheduleUpdatedEvent;
+export type PresenceEvent = PresenceJoinedEvent | PresenceLeftEvent;
 /** What listeners receive: a known message or a custom event. */
 export type RealtimeEvent = KnownEvent | CustomEvent;
 
@@ -145,6 +168,9 @@ export const APP_EVENT_TYPES = [
   "task_deleted",
   "schedule_updated",
 ] as const satisfies readonly AppEvent["type"][];
+
+/** Who came and went (`usePresence` subscribes to these). */
+export const PRESENCE_EVENT_TYPES = ["presence_joined", "presence_left"] as const satisfies readonly PresenceEvent["type"][];
 
 /** Messages about the connection itself, not application events. */
 const CONTROL_MESSAGE_TYPES = [
@@ -157,7 +183,11 @@ const CONTROL_MESSAGE_TYPES = [
 ] as const satisfies readonly (keyof EventMap)[];
 
 /** Every type with a typed payload in `EventMap`. */
-export const KNOWN_TYPES: readonly (keyof EventMap)[] = [...APP_EVENT_TYPES, ...CONTROL_MESSAGE_TYPES];
+export const KNOWN_TYPES: readonly (keyof EventMap)[] = [
+  ...APP_EVENT_TYPES,
+  ...PRESENCE_EVENT_TYPES,
+  ...CONTROL_MESSAGE_TYPES,
+];
 
 /** Per-connection messages: their ids (if any) are not stream positions, never resume from them. */
 export const CONTROL_TYPES: ReadonlySet<string> = new Set([...CONTROL_MESSAGE_TYPES, "close"]);
