@@ -111,9 +111,11 @@ export function usePresence(options: UsePresenceOptions = {}): UsePresenceResult
     if (!sharedClient) return;
     sharedClient.subscribe(PRESENCE_EVENT_TYPES);
     const offEvents = sharedClient.on("*", onEvent);
-    const offStatus = sharedClient.onStatus(({ status }) => {
-      // A subscription made while the socket was still connecting reaches only the next URL: repeat it.
-      if (status === "open") sharedClient.subscribe(PRESENCE_EVENT_TYPES);
+    const offStatus = sharedClient.onStatus(({ status, transport }) => {
+      // A subscription made while a WebSocket was still connecting reaches only the next URL:
+      // repeat it once open. Never over SSE: there a subscribe restarts the stream (each
+      // restart would open again, and subscribe again); its URL already carries the types.
+      if (status === "open" && transport === "websocket") sharedClient.subscribe(PRESENCE_EVENT_TYPES);
       setSharedStatus(status);
     });
     setSharedStatus(sharedClient.status);
