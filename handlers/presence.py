@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from handlers.base import ApiHandler
+from service.errors import NotFound
 from service.presence import STALE_HEARTBEATS
 from service.store import utcnow
 
@@ -14,6 +15,8 @@ class PresenceHandler(ApiHandler):
 
     async def get(self) -> None:
         await self.principal()
+        if self.ctx.hub.presence is None:
+            raise NotFound("presence is off (PRESENCE=0)")
         heartbeat = self.ctx.settings.heartbeat_seconds
         stale_before = utcnow() - timedelta(seconds=heartbeat * STALE_HEARTBEATS)
         users = await self.ctx.store.presence_list(stale_before)

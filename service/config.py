@@ -41,6 +41,7 @@ ENV_VARS: tuple[str, ...] = (
     "ALLOWED_ORIGINS",
     "HEARTBEAT_SECONDS",
     "PRESENCE_GRACE_SECONDS",
+    "PRESENCE",
     "SSE_RETRY_MS",
     "HISTORY_SIZE",
     "HISTORY_TTL_SECONDS",
@@ -82,6 +83,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     heartbeat_seconds: float = 15.0
     presence_grace_seconds: float = 5.0
+    presence: bool = True
     sse_retry_ms: int = 3000
     history_size: int = 10_000
     history_ttl_seconds: int = 86_400
@@ -389,6 +391,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allowed_origins=_origins(env, dev_mode),
         heartbeat_seconds=heartbeat,
         presence_grace_seconds=_float(env, "PRESENCE_GRACE_SECONDS", 5.0, minimum=0.0),
+        presence=_bool(env, "PRESENCE", True),
         sse_retry_ms=_int(env, "SSE_RETRY_MS", 3000),
         history_size=_int(env, "HISTORY_SIZE", 10_000, minimum=1),
         history_ttl_seconds=_int(env, "HISTORY_TTL_SECONDS", 86_400, minimum=60),

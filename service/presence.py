@@ -58,8 +58,7 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.25  # transitions are batched this long: one bulk write per tick at most
 STALE_HEARTBEATS = 1.5  # a process silent this many heartbeats is considered dead
 ORPHAN_SWEEPS = 20  # every this many sweeps, look for users online with no process at all
-EVENT_JOINED = "presence_joined"
-EVENT_LEFT = "presence_left"
+STEP_CONCURRENCY = 32  # per-user steps in flight at once
 
 
 class Presence:
@@ -84,6 +83,10 @@ class Presence:
         self._names: dict[int | str, str] = {}
         self._dirty: set[int | str] = set()
         self._written: set[int | str] = set()  # users with a `presence` document of this process
+        # User-level steps still to do (kept until done, so a MongoDB outage only delays them).
+        self._arrivals: dict[int | str, str] = {}
+        self._departures: set[int | str] = set()
+        self._started = time.monotonic()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sweeps = 0
@@ -118,6 +121,7 @@ class Presence:
 
     async def start(self) -> None:
         """Sweep once (users left behind by a fleet that stopped), then run the loop."""
+        self._started = time.monotonic()
         await self._sweep(orphans=True)
         self._task = asyncio.create_task(self._run(), name="presence")
 
@@ -157,6 +161,8 @@ class Presence:
         """Write the transitions collected since the last flush: one bulk write, then the
         per-user arrive/depart steps for users whose first or last connection changed here."""
         if not self._dirty:
+            if self._arrivals or self._departures:
+                await self._steps(self._clock())
             return
         dirty, self._dirty = self._dirty, set()
         now = self._clock()
@@ -173,13 +179,38 @@ class Presence:
         except StoreUnavailable:
             self._dirty |= dirty
             raise
-        arrived = [u for u in upserts if u not in self._written]
+        for user_id in upserts:
+            if user_id not in self._written:
+                self._arrivals[user_id] = upserts[user_id][0]
+                self._departures.discard(user_id)
+        for user_id in removals:
+            self._arrivals.pop(user_id, None)
+            self._departures.add(user_id)
         self._written.update(upserts)
         self._written.difference_update(removals)
-        for user_id in arrived:
-            await self._store.presence_arrive(user_id, upserts[user_id][0], now)
-        for user_id in removals:
+        await self._steps(now)
+
+    async def _steps(self, now: datetime) -> None:
+        """The per-user steps after the bulk write: joined or back, and leaving.
+
+        Independent users go in concurrent chunks (after a restart thousands arrive at once);
+        each step is kept until it succeeded.
+        """
+
+        async def arrive(user_id: int | str, name: str) -> None:
+            await self._store.presence_arrive(user_id, name, now)
+            del self._arrivals[user_id]
+
+        async def depart(user_id: int | str) -> None:
             await self._store.presence_depart(user_id, now)
+            self._departures.discard(user_id)
+
+        arrivals = list(self._arrivals.items())
+        for start in range(0, len(arrivals), STEP_CONCURRENCY):
+            await asyncio.gather(*(arrive(u, n) for u, n in arrivals[start : start + STEP_CONCURRENCY]))
+        departures = list(self._departures)
+        for start in range(0, len(departures), STEP_CONCURRENCY):
+            await asyncio.gather(*(depart(u) for u in departures[start : start + STEP_CONCURRENCY]))
 
     async def _refresh(self) -> None:
         """The heartbeat: one `update_many` keeps every document of this process fresh."""
@@ -204,9 +235,12 @@ class Presence:
                 await store.presence_depart(doc["userId"], doc["seenAt"])
         if orphans:
             await store.presence_mark_orphans(now)
-        grace_before = now - timedelta(seconds=self.grace_seconds)
-        for doc in await store.presence_leaving(grace_before):
-            await store.presence_settle(doc["_id"], doc["leavingSince"], now)
+        # A process that just started gives clients one grace to come back to it first: after
+        # a single-replica restart, nobody else was there to take them back.
+        if time.monotonic() - self._started >= self.grace_seconds:
+            grace_before = now - timedelta(seconds=self.grace_seconds)
+            for doc in await store.presence_leaving(grace_before):
+                await store.presence_settle(doc["_id"], doc["leavingSince"], now)
         self._metrics.presence_users.set(await store.presence_count())
 
     # -- reads ----------------------------------------------------------------------------
