@@ -25,16 +25,19 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import random
 import statistics
 import tempfile
 import time
+import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
 from bench.restart_storm import Client, Plan, answering
@@ -61,6 +64,32 @@ class PortClient(Client):
     async def open(self) -> Any:
         self.plan = replace(self.plan, port=self._rng.choice(self._ports))
         return await super().open()
+
+    @staticmethod
+    async def hold(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        """Read frames until the server closes, answering its pings (or it would close us as dead)."""
+        reader, writer = connection
+        try:
+            while True:
+                first = await reader.readexactly(2)
+                length = first[1] & 0x7F
+                if length == 126:
+                    length = int.from_bytes(await reader.readexactly(2), "big")
+                elif length == 127:
+                    length = int.from_bytes(await reader.readexactly(8), "big")
+                payload = await reader.readexactly(length)
+                opcode = first[0] & 0x0F
+                if opcode == 0x9 and length < 126:  # ping → masked pong with the same payload
+                    mask = os.urandom(4)
+                    writer.write(
+                        bytes([0x8A, 0x80 | length]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                    )
+                elif opcode == 0x8:
+                    break
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
 
 
 async def _serve(plan: Plan, first: int, users: int, ports: list[int], events: str, pipe: Connection) -> None:
@@ -141,6 +170,17 @@ def writes(mongo: MongoClient[dict[str, Any]]) -> int:
     return sum(int(counters[name]) for name in WRITES)
 
 
+def published(port: int, event_type: str) -> float:
+    """`realtime_events_published_total` of one type, from the service's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "realtime_events_published_total" and sample.labels.get("type") == event_type:
+                return sample.value
+    return 0.0
+
+
 def base_env(uri: str, db: str, **extra: str) -> dict[str, str]:
     return {
         "MONGODB_URI": uri,
@@ -161,7 +201,7 @@ def cost(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]:
         "heartbeat_s": args.heartbeat,
         "client_events_filter": args.events or "(all events)",
     }
-    for mode in ("off", "on"):
+    for mode in args.modes.split(","):
         env = base_env(
             uri, f"presence_cost_{mode}", PRESENCE="1" if mode == "on" else "0", HEARTBEAT_SECONDS=str(args.heartbeat)
         )
@@ -174,10 +214,20 @@ def cost(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]:
             if mode == "on":  # every user's join written
                 while mongo[f"presence_cost_{mode}"]["presence_users"].count_documents({}) < args.users:
                     time.sleep(0.2)
+                # ... and every join event through the bus: each is offered to every connection
+                # (filtered out by the clients' events=), part of the connect cost, not of the steady state.
+                while published(service.port, "presence_joined") < args.users:
+                    time.sleep(0.2)
             connect_s = time.time() - started
             time.sleep(1.0)
             cpu1, w1 = cpu_seconds([service.pid]), writes(mongo)
-            time.sleep(args.window)
+            slices, last = [], cpu1
+            for _ in range(int(args.window // 5)):  # CPU per 5 s: a tail of the connect phase shows as a decay
+                time.sleep(5)
+                now_cpu = cpu_seconds([service.pid])
+                slices.append(round(now_cpu - last, 2))
+                last = now_cpu
+            time.sleep(args.window % 5)
             cpu2, w2 = cpu_seconds([service.pid]), writes(mongo)
         finally:
             if fleet is not None:
@@ -192,6 +242,7 @@ def cost(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]:
             "steady_writes": w2 - w1,
             "steady_writes_per_s": round((w2 - w1) / args.window, 3),
             "steady_cpu_percent": round(100 * (cpu2 - cpu1) / args.window, 2),
+            "steady_cpu_s_per_5s": slices,
         }
         print(mode, json.dumps(result[mode]), flush=True)
     mongo.close()
@@ -322,6 +373,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="kill: runs")
     parser.add_argument("--drain", type=float, default=2.0, help="rolling: DRAIN_SECONDS")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--modes", default="off,on", help="cost: PRESENCE=0 (off) and/or PRESENCE=1 (on)")
     parser.add_argument(
         "--events",
         default="task_created",
