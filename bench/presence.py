@@ -40,7 +40,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
-from bench.restart_storm import Client, Plan, answering
+from bench.restart_storm import Client, Plan
 from bench.systems import cpu_seconds
 from service.backoff import DEFAULT_POLICY
 from service.embedded_mongo import EmbeddedMongo
@@ -102,8 +102,11 @@ async def _serve(plan: Plan, first: int, users: int, ports: list[int], events: s
     initial = asyncio.Semaphore(plan.initial_concurrency)
     tasks = [asyncio.create_task(client.run(initial)) for client in clients]
     try:
-        while (command := await loop.run_in_executor(None, pipe.recv)) == "count":
-            pipe.send(sum(1 for c in clients if c.connected_at))
+        while (command := await loop.run_in_executor(None, pipe.recv)) != "stop":
+            if command == "count":
+                pipe.send(sum(1 for c in clients if c.connected_at))
+            else:  # ("ports", [...]): the load balancer's rotation (every client shares the list)
+                ports[:] = command[1]
     finally:
         for task in tasks:
             task.cancel()
@@ -152,6 +155,11 @@ class Fleet:
                 raise SystemExit(f"only {n} of {self.clients} clients connected in {timeout} s")
             time.sleep(0.5)
         return time.time() - started
+
+    def route(self, ports: list[int]) -> None:
+        """Set the ports new connections go to (a load balancer following readiness)."""
+        for pipe in self.pipes:
+            pipe.send(("ports", ports))
 
     def stop(self) -> None:
         for pipe in self.pipes:
@@ -327,12 +335,15 @@ def rolling(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]
         joined_before = events.count_documents({"type": "presence_joined"})
         start = datetime.now(UTC)
         for index, service in enumerate(services):
+            # As behind a Kubernetes Service: the draining pod leaves the rotation (readiness),
+            # its clients are closed with 1012 and reconnect to the other; the new pod joins
+            # the rotation once ready.
+            fleet.route([s.port for s in services if s is not service])
             service.stop()  # SIGTERM: drain with 1012 over DRAIN_SECONDS, then exit
             restarted = ServiceProcess(workdir / f"r{index}", env, port=service.port)
-            restarted.start(wait=False)
-            while not answering(restarted.port):
-                time.sleep(0.05)
+            restarted.start()
             services[index] = restarted
+            fleet.route(ports)
         restarted_at = time.time()
         # Wait until every client is connected again and past any grace that could still end.
         while fleet.connected() < args.users:
