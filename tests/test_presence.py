@@ -141,13 +141,25 @@ async def test_reconnect_to_another_process_within_the_grace_is_no_leave_and_no_
             await ws.recv_type("connected")
         assert sorted([(await next_presence(watch))[1] for _ in range(2)]) == [1, 2]
         await one.close()
+        # Reconnect only once A has written the departure (user 1 listed with no connection, in
+        # the grace): the gap is real in MongoDB, not hidden by A's 250 ms batching.
+        token = a.token(sub=3)
+
+        async def gone_from_a() -> bool:
+            users = {u["userId"]: u for u in (await presence(a, token))["users"]}
+            return 1 not in users or users[1]["connections"]["websocket"] == 0
+
+        for _ in range(400):
+            if await gone_from_a():
+                break
+            await asyncio.sleep(0.05)
         again = await b.websocket({"token": b.token(sub=1)})
         await again.recv_type("connected")
         await two.close()
         # User 2 left after user 1 did: by the time its leave comes, user 1's grace has ended too.
         assert await next_presence(watch) == ("presence_left", 2)
         assert await until_marker(watch, b) == []
-        listed = await presence(a, a.token(sub=3))
+        listed = await presence(a, token)
         assert {u["userId"]: u["connections"]["websocket"] for u in listed["users"]} == {"observer": 1, 1: 1}
         await again.close()
         await watch.close()
