@@ -49,6 +49,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from pymongo.errors import PyMongoError
+
 from metrics.registry import Metrics
 from service.errors import StoreUnavailable
 from service.store import MongoStore
@@ -122,7 +124,10 @@ class Presence:
     async def start(self) -> None:
         """Sweep once (users left behind by a fleet that stopped), then run the loop."""
         self._started = time.monotonic()
-        await self._sweep(orphans=True)
+        try:
+            await self._sweep(orphans=True)
+        except PyMongoError as exc:  # a conflict with another sweeper: the loop sweeps again
+            log.warning("presence: first sweep: %s: %s", type(exc).__name__, exc)
         self._task = asyncio.create_task(self._run(), name="presence")
 
     async def stop(self) -> None:
@@ -132,7 +137,7 @@ class Presence:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(StoreUnavailable):
+        with contextlib.suppress(StoreUnavailable, PyMongoError):  # the TTL index and the sweepers remain
             self._dirty |= set(self._counts) | self._written
             self._counts.clear()
             await self.flush()
@@ -152,8 +157,10 @@ class Presence:
                     last_sweep = now
                     self._sweeps += 1
                     await self._sweep(orphans=self._sweeps % ORPHAN_SWEEPS == 0)
-            except StoreUnavailable as exc:
-                log.warning("presence: %s; retrying", exc)
+            except (StoreUnavailable, PyMongoError) as exc:
+                # MongoDB away, or a write conflict with another process's step: every step is
+                # kept until it succeeded, so the next tick retries; the loop must not end.
+                log.warning("presence: %s: %s; retrying", type(exc).__name__, exc)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -205,12 +212,13 @@ class Presence:
             await self._store.presence_depart(user_id, now)
             self._departures.discard(user_id)
 
-        arrivals = list(self._arrivals.items())
-        for start in range(0, len(arrivals), STEP_CONCURRENCY):
-            await asyncio.gather(*(arrive(u, n) for u, n in arrivals[start : start + STEP_CONCURRENCY]))
-        departures = list(self._departures)
-        for start in range(0, len(departures), STEP_CONCURRENCY):
-            await asyncio.gather(*(depart(u) for u in departures[start : start + STEP_CONCURRENCY]))
+        steps = [arrive(u, n) for u, n in self._arrivals.items()] + [depart(u) for u in self._departures]
+        failures: list[BaseException] = []
+        for start in range(0, len(steps), STEP_CONCURRENCY):
+            results = await asyncio.gather(*steps[start : start + STEP_CONCURRENCY], return_exceptions=True)
+            failures += [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]  # the others are logged by the retry that follows
 
     async def _refresh(self) -> None:
         """The heartbeat: one `update_many` keeps every document of this process fresh."""

@@ -12,12 +12,15 @@ import json
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.store import MongoStore
 from tests.clients import Service, WsClient, eventually
+from tests.conftest import base_settings
 from tests.processes import ServiceProcess, as_service, shared_env
 
 WATCHED = "presence_joined,presence_left,marker"
@@ -245,3 +248,24 @@ async def test_opting_out_with_events_hides_presence(service: Service) -> None:
     assert await until_marker(ws, service) == []
     await other.close()
     await ws.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_sweepers_settling_one_leave_emit_it_once(mongo_uri: str) -> None:
+    """Two stores (two processes' sweepers) settle the same expired grace at once: one `presence_left`."""
+    settings = base_settings()
+    stores = [MongoStore(settings, mongo_uri) for _ in range(2)]
+    try:
+        await stores[0].start()
+        since = datetime.now(UTC) - timedelta(seconds=60)
+        await stores[0].presence_users.insert_one(
+            {"_id": 7, "state": "leaving", "userName": "سارة", "leavingSince": since}
+        )
+        for _ in range(20):  # both read the same leaving document, then race to claim it
+            now = datetime.now(UTC)
+            results = await asyncio.gather(*(store.presence_settle(7, since, now) for store in stores))
+            assert sorted(results) in ([False, True], [False, False])
+        assert await stores[0].events.count_documents({"type": "presence_left", "userId": 7}) == 1
+    finally:
+        for store in stores:
+            await store.close()
