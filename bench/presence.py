@@ -58,15 +58,17 @@ class PortClient(Client):
         super().__init__(plan, user, rng)
         self._ports = ports
         self._rng = rng
+        self.open_now = False
         if events:
             self.token += f"&events={events}"  # the request line is `/ws?token={token}`
 
     async def open(self) -> Any:
         self.plan = replace(self.plan, port=self._rng.choice(self._ports))
-        return await super().open()
+        connection = await super().open()
+        self.open_now = connection is not None
+        return connection
 
-    @staticmethod
-    async def hold(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+    async def hold(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         """Read frames until the server closes, answering its pings (or it would close us as dead)."""
         reader, writer = connection
         try:
@@ -89,6 +91,7 @@ class PortClient(Client):
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.open_now = False
             writer.close()
 
 
@@ -105,6 +108,8 @@ async def _serve(plan: Plan, first: int, users: int, ports: list[int], events: s
         while (command := await loop.run_in_executor(None, pipe.recv)) != "stop":
             if command == "count":
                 pipe.send(sum(1 for c in clients if c.connected_at))
+            elif command == "open":
+                pipe.send(sum(1 for c in clients if c.open_now))
             else:  # ("ports", [...]): the load balancer's rotation (every client shares the list)
                 ports[:] = command[1]
     finally:
@@ -155,6 +160,12 @@ class Fleet:
                 raise SystemExit(f"only {n} of {self.clients} clients connected in {timeout} s")
             time.sleep(0.5)
         return time.time() - started
+
+    def open_now(self) -> int:
+        """Clients connected right now."""
+        for pipe in self.pipes:
+            pipe.send("open")
+        return sum(pipe.recv() for pipe in self.pipes)
 
     def route(self, ports: list[int]) -> None:
         """Set the ports new connections go to (a load balancer following readiness)."""
@@ -346,7 +357,7 @@ def rolling(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]
             fleet.route(ports)
         restarted_at = time.time()
         # Wait until every client is connected again and past any grace that could still end.
-        while fleet.connected() < args.users:
+        while fleet.open_now() < args.users:
             time.sleep(0.5)
         time.sleep(args.grace + args.heartbeat * 2)
         flaps = {
