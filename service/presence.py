@@ -22,13 +22,24 @@ like every event: ordered, with ids, resumable, filterable with `events=`):
   meet the unique `_id`: the loser sees the winner's document and emits nothing.
 - depart (a process's last connection of a user closes, or a drain ends): the process's
   document is deleted and the user marked `leaving` (conditional on `online`). No event yet.
-- sweep (every process, every half heartbeat or half grace, whichever is shorter): documents of a process silent for
+- sweep (every process, every half heartbeat or half grace, whichever is shorter; three
+  indexed reads when nothing changed): documents of a process silent for
   `STALE_HEARTBEATS` heartbeats (killed with `kill -9`) are deleted one by one with a
   conditional delete, and their users marked leaving as of the last `seenAt`. A user leaving
   for longer than the grace period either has a document again (reconnected elsewhere: set
   back to `online`, no event) or is removed by `find_one_and_delete` conditional on the very
   `leavingSince` seen, in the same transaction as the `presence_left` insert. Only one
-  sweeper's conditional delete can match, so each leave is emitted once.
+  sweeper's conditional delete can match, so each leave is emitted once. A process that has
+  just started ends no grace during its first grace period: after a single replica restarts,
+  its clients come back to it, and nobody else was there to take them in.
+
+Why not one write per connection, or keep it in memory: a write per connect/disconnect
+grows with connections (10,000 reconnecting clients = 20,000 writes), while users change far
+less often; and memory per process cannot give the same answer on every replica nor notice a
+replica that died. Why the grace in `presence_users` and not in each process: a user who
+leaves A (drain) and arrives on B must be matched across processes, which only the shared
+document can do. Every step is kept until it succeeded and retried on the next tick, so a
+MongoDB outage or a write conflict between two processes only delays it.
 
 Bounds: a killed process's users are stale after 1.5 heartbeats and seen by a sweep at most
 half a heartbeat later, so `presence_left` follows `kill -9` within 2 heartbeats (when the
@@ -46,7 +57,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from pymongo.errors import PyMongoError
@@ -61,6 +72,7 @@ FLUSH_SECONDS = 0.25  # transitions are batched this long: one bulk write per ti
 STALE_HEARTBEATS = 1.5  # a process silent this many heartbeats is considered dead
 ORPHAN_SWEEPS = 20  # every this many sweeps, look for users online with no process at all
 STEP_CONCURRENCY = 32  # per-user steps in flight at once
+STEP_TIMEOUT_SECONDS = 5.0  # a flush, heartbeat or sweep taking longer is abandoned and retried
 
 
 class Presence:
@@ -147,20 +159,26 @@ class Presence:
         last_refresh = last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            try:
-                await self.flush()
-                now = time.monotonic()
-                if now - last_refresh >= self.heartbeat_seconds:
-                    last_refresh = now
-                    await self._refresh()
-                if now - last_sweep >= self.sweep_seconds:
-                    last_sweep = now
-                    self._sweeps += 1
-                    await self._sweep(orphans=self._sweeps % ORPHAN_SWEEPS == 0)
-            except (StoreUnavailable, PyMongoError) as exc:
-                # MongoDB away, or a write conflict with another process's step: every step is
-                # kept until it succeeded, so the next tick retries; the loop must not end.
-                log.warning("presence: %s: %s; retrying", type(exc).__name__, exc)
+            # Three independent steps: a flush that keeps failing (a conflict, an outage) must
+            # not hold back the heartbeat, or the other processes would sweep live users.
+            await self._attempt(self.flush)
+            now = time.monotonic()
+            if now - last_refresh >= self.heartbeat_seconds:
+                last_refresh = now
+                await self._attempt(self._refresh)
+            if now - last_sweep >= self.sweep_seconds:
+                last_sweep = now
+                self._sweeps += 1
+                await self._attempt(lambda: self._sweep(orphans=self._sweeps % ORPHAN_SWEEPS == 0))
+
+    async def _attempt(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one step within STEP_TIMEOUT_SECONDS; a failure is logged and retried next tick
+        (every pending change is kept until written)."""
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT_SECONDS):
+                await step()
+        except (StoreUnavailable, PyMongoError, TimeoutError) as exc:
+            log.warning("presence: %s: %s; retrying", type(exc).__name__, exc)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -183,7 +201,7 @@ class Presence:
                 removals.append(user_id)
         try:
             await self._store.presence_write(self.process_id, upserts, removals, now)
-        except StoreUnavailable:
+        except BaseException:  # an error, or the step's timeout: nothing is lost
             self._dirty |= dirty
             raise
         for user_id in upserts:
@@ -225,6 +243,11 @@ class Presence:
         if not self._written:
             return
         matched = await self._store.presence_refresh(self.process_id, self._clock())
+        # Users of this process whose fleet-wide document is gone (a sweep took it while this
+        # process stalled, and a later flush re-created only the process document): arrive again.
+        for user_id in await self._store.presence_missing(list(self._written)):
+            if user_id in self._names:
+                self._arrivals[user_id] = self._names[user_id]
         if matched < len(self._written):
             # Someone swept us (this process stalled longer than the stale bound): write all again.
             log.warning(

@@ -427,6 +427,14 @@ class MongoStore:
             self.presence_writes += 2
         return bool(left)
 
+    async def presence_missing(self, user_ids: list[int | str]) -> list[int | str]:
+        """Which of these users have no `presence_users` document."""
+        if not user_ids:
+            return []
+        async with _available():
+            found = set(await self.presence_users.distinct("_id", {"_id": {"$in": user_ids}}))
+        return [user_id for user_id in user_ids if user_id not in found]
+
     async def presence_count(self) -> int:
         async with _available():
             return await self.presence_users.count_documents({})
