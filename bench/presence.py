@@ -403,6 +403,7 @@ def main() -> None:
         "is one message per connection: the fan-out cost of any broadcast event)",
     )
     parser.add_argument("--out", default="")
+    parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (service logs)")
     args = parser.parse_args()
     if args.scenario == "rolling":
         args.users = args.users or 1000
@@ -413,7 +414,7 @@ def main() -> None:
     args.window = args.window or 4 * args.heartbeat
 
     with tempfile.TemporaryDirectory(prefix="bench-presence-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.keep or Path(tmp)  # --keep DIR: the service logs stay there
         mongo = EmbeddedMongo(":memory:")
         uri = mongo.start()
         try:

@@ -72,7 +72,7 @@ FLUSH_SECONDS = 0.25  # transitions are batched this long: one bulk write per ti
 STALE_HEARTBEATS = 1.5  # a process silent this many heartbeats is considered dead
 ORPHAN_SWEEPS = 20  # every this many sweeps, look for users online with no process at all
 STEP_CONCURRENCY = 32  # per-user steps in flight at once
-STEP_TIMEOUT_SECONDS = 5.0  # a flush, heartbeat or sweep taking longer is abandoned and retried
+STEP_TIMEOUT_SECONDS = 5.0  # at least; half a heartbeat when longer (cancelled work is redone)
 
 
 class Presence:
@@ -175,7 +175,7 @@ class Presence:
         """Run one step within STEP_TIMEOUT_SECONDS; a failure is logged and retried next tick
         (every pending change is kept until written)."""
         try:
-            async with asyncio.timeout(STEP_TIMEOUT_SECONDS):
+            async with asyncio.timeout(max(STEP_TIMEOUT_SECONDS, self.heartbeat_seconds / 2)):
                 await step()
         except (StoreUnavailable, PyMongoError, TimeoutError) as exc:
             log.warning("presence: %s: %s; retrying", type(exc).__name__, exc)
@@ -183,8 +183,8 @@ class Presence:
     # -- writes ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write the transitions collected since the last flush: one bulk write, then the
-        per-user arrive/depart steps for users whose first or last connection changed here."""
+        """Write the transitions collected since the last flush: the per-user arrive steps, one
+        bulk write of this process's changed documents, then the per-user depart steps."""
         if not self._dirty:
             if self._arrivals or self._departures:
                 await self._steps(self._clock())
@@ -199,15 +199,18 @@ class Presence:
                 upserts[user_id] = (self._names[user_id], dict(counts))
             elif user_id in self._written:
                 removals.append(user_id)
-        try:
-            await self._store.presence_write(self.process_id, upserts, removals, now)
-        except BaseException:  # an error, or the step's timeout: nothing is lost
-            self._dirty |= dirty
-            raise
         for user_id in upserts:
             if user_id not in self._written:
                 self._arrivals[user_id] = upserts[user_id][0]
                 self._departures.discard(user_id)
+        try:
+            # Arrivals first: one small update takes a user back from `leaving`, before the bulk
+            # write (slow under a restart's load) could let their grace run out.
+            await self._steps(now)
+            await self._store.presence_write(self.process_id, upserts, removals, now)
+        except BaseException:  # an error, or the step's timeout: nothing is lost
+            self._dirty |= dirty
+            raise
         for user_id in removals:
             self._arrivals.pop(user_id, None)
             self._departures.add(user_id)
