@@ -219,27 +219,34 @@ class Presence:
         await self._steps(now)
 
     async def _steps(self, now: datetime) -> None:
-        """The per-user steps after the bulk write: joined or back, and leaving.
+        """The per-user steps around the bulk write: back online or joined, and leaving.
 
-        Independent users go in concurrent chunks (after a restart thousands arrive at once);
-        each step is kept until it succeeded.
+        Returning users (the common case: a restart moves thousands, all within their grace)
+        and departing users each take ONE `update_many`; only users with no document at all
+        go one by one (insert with its `presence_joined`), in concurrent chunks. Each step is
+        kept until it succeeded.
         """
+        store = self._store
+        if self._arrivals:
+            missing = set(await store.presence_back(list(self._arrivals)))
+            for user_id in [u for u in self._arrivals if u not in missing]:
+                del self._arrivals[user_id]
 
-        async def arrive(user_id: int | str, name: str) -> None:
-            await self._store.presence_arrive(user_id, name, now)
-            del self._arrivals[user_id]
+            async def join(user_id: int | str, name: str) -> None:
+                await store.presence_arrive(user_id, name, now)
+                self._arrivals.pop(user_id, None)
 
-        async def depart(user_id: int | str) -> None:
-            await self._store.presence_depart(user_id, now)
-            self._departures.discard(user_id)
-
-        steps = [arrive(u, n) for u, n in self._arrivals.items()] + [depart(u) for u in self._departures]
-        failures: list[BaseException] = []
-        for start in range(0, len(steps), STEP_CONCURRENCY):
-            results = await asyncio.gather(*steps[start : start + STEP_CONCURRENCY], return_exceptions=True)
-            failures += [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise failures[0]  # the others are logged by the retry that follows
+            joins = [join(u, n) for u, n in self._arrivals.items()]
+            failures: list[BaseException] = []
+            for start in range(0, len(joins), STEP_CONCURRENCY):
+                results = await asyncio.gather(*joins[start : start + STEP_CONCURRENCY], return_exceptions=True)
+                failures += [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise failures[0]  # the others are retried with it on the next tick
+        if self._departures:
+            departing = list(self._departures)
+            await store.presence_depart_many(departing, now)
+            self._departures.difference_update(departing)
 
     async def _refresh(self) -> None:
         """The heartbeat: one `update_many` keeps every document of this process fresh."""

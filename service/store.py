@@ -374,6 +374,24 @@ class MongoStore:
             )
         self.presence_writes += 1
 
+    async def presence_back(self, user_ids: list[int | str]) -> list[int | str]:
+        """Set these users online again (one `update_many`); returns those with no document."""
+        async with _available():
+            await self.presence_users.update_many(
+                {"_id": {"$in": user_ids}}, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
+            )
+            found = set(await self.presence_users.distinct("_id", {"_id": {"$in": user_ids}}))
+        self.presence_writes += 1
+        return [user_id for user_id in user_ids if user_id not in found]
+
+    async def presence_depart_many(self, user_ids: list[int | str], since: datetime) -> None:
+        """`presence_depart` for many users in one `update_many`."""
+        async with _available():
+            await self.presence_users.update_many(
+                {"_id": {"$in": user_ids}, "state": "online"}, {"$set": {"state": "leaving", "leavingSince": since}}
+            )
+        self.presence_writes += 1
+
     async def presence_stale(self, before: datetime) -> list[Document]:
         async with _available():
             return await self.presence.find({"seenAt": {"$lt": before}}).to_list(length=None)
