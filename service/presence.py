@@ -16,12 +16,14 @@ state lives in two MongoDB collections, so every replica answers `GET /api/prese
 Transitions and their events (inserted into `events`, so they travel the one change stream
 like every event: ordered, with ids, resumable, filterable with `events=`):
 
-- arrive (a process gets a user's first connection): a `presence_users` document that exists
-  (online, or leaving within grace) is set back to `online` with no event; otherwise it is
-  inserted together with `presence_joined` in one transaction. Two processes racing to insert
-  meet the unique `_id`: the loser sees the winner's document and emits nothing.
+- arrive (a process gets a user's first connection): `presence_users` documents that exist
+  (online, or leaving within grace) are set back to `online` with no event, all of a flush's
+  arrivals in one `update_many`, before the bulk write; a user with no document is inserted
+  together with `presence_joined` in one transaction. Two processes racing to insert meet
+  the unique `_id`: the loser sees the winner's document and emits nothing.
 - depart (a process's last connection of a user closes, or a drain ends): the process's
-  document is deleted and the user marked `leaving` (conditional on `online`). No event yet.
+  document is deleted and the user marked `leaving` (conditional on `online`; all of a
+  flush's departures in one `update_many`). No event yet.
 - sweep (every process, every half heartbeat or half grace, whichever is shorter; three
   indexed reads when nothing changed): documents of a process silent for
   `STALE_HEARTBEATS` heartbeats (killed with `kill -9`) are deleted one by one with a
