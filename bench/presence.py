@@ -189,15 +189,21 @@ def writes(mongo: MongoClient[dict[str, Any]]) -> int:
     return sum(int(counters[name]) for name in WRITES)
 
 
-def published(port: int, event_type: str) -> float:
-    """`realtime_events_published_total` of one type, from the service's /metrics."""
+def scraped(port: int, name: str, **labels: str) -> float:
+    """The sum of one metric's samples with these labels, from the service's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "realtime_events_published_total" and sample.labels.get("type") == event_type:
-                return sample.value
-    return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def published(port: int, event_type: str) -> float:
+    """`realtime_events_published_total` of one type."""
+    return scraped(port, "realtime_events_published_total", type=event_type)
 
 
 def base_env(uri: str, db: str, **extra: str) -> dict[str, str]:
@@ -240,6 +246,7 @@ def cost(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]:
             connect_s = time.time() - started
             time.sleep(1.0)
             cpu1, w1 = cpu_seconds([service.pid]), writes(mongo)
+            drops1 = scraped(service.port, "realtime_disconnects_total")
             slices, last = [], cpu1
             for _ in range(int(args.window // 5)):  # CPU per 5 s: a tail of the connect phase shows as a decay
                 time.sleep(5)
@@ -248,6 +255,7 @@ def cost(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]:
                 last = now_cpu
             time.sleep(args.window % 5)
             cpu2, w2 = cpu_seconds([service.pid]), writes(mongo)
+            drops = scraped(service.port, "realtime_disconnects_total") - drops1
         finally:
             if fleet is not None:
                 fleet.stop()
@@ -262,6 +270,7 @@ def cost(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]:
             "steady_writes_per_s": round((w2 - w1) / args.window, 3),
             "steady_cpu_percent": round(100 * (cpu2 - cpu1) / args.window, 2),
             "steady_cpu_s_per_5s": slices,
+            "steady_disconnects": int(drops),  # clients dropped and back: their transitions write
         }
         print(mode, json.dumps(result[mode]), flush=True)
     mongo.close()
