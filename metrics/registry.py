@@ -107,6 +107,14 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        # A fleet-wide value every process reads from MongoDB: in multiprocess mode the most
+        # recent reading wins (summing would count each user once per worker).
+        self.presence_users = Gauge(
+            "realtime_presence_users",
+            "Users online across the fleet (at least one connection on any replica, or within the grace)",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         if multiproc_dir is None:
             ProcessCollector(registry=r)
         for transport in TRANSPORTS:  # export zeros before the first connection

@@ -14,6 +14,7 @@ from handlers.events import PublishHandler
 from handlers.health import LivenessHandler, ReadinessHandler
 from handlers.openapi import OpenApiHandler
 from handlers.poll import PollHandler
+from handlers.presence import PresenceHandler
 from handlers.schedules import ScheduleHandler, SchedulesHandler
 from handlers.sse import EventStreamEndpoint
 from handlers.tasks import TaskExecutionHandler, TaskHandler, TasksHandler
@@ -38,6 +39,7 @@ API_ROUTES: list[tuple[str, type[RequestHandler]]] = [
     (rf"/api/schedules/{ID}", ScheduleHandler),
     (r"/api/events", PublishHandler),
     (r"/api/realtime/ticket", TicketHandler),
+    (r"/api/presence", PresenceHandler),
     (r"/api/connections", ConnectionsHandler),
     (rf"/api/connections/{ID}", ConnectionHandler),
     (rf"/api/users/{ID}/connections", UserConnectionsHandler),

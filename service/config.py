@@ -41,6 +41,8 @@ ENV_VARS: tuple[str, ...] = (
     "DEV_MODE",
     "ALLOWED_ORIGINS",
     "HEARTBEAT_SECONDS",
+    "PRESENCE_GRACE_SECONDS",
+    "PRESENCE",
     "SSE_RETRY_MS",
     "POLL_TIMEOUT_SECONDS",
     "HISTORY_SIZE",
@@ -83,6 +85,8 @@ class Settings:
     dev_mode: bool = False
     allowed_origins: tuple[str, ...] = ()
     heartbeat_seconds: float = 15.0
+    presence_grace_seconds: float = 5.0
+    presence: bool = True
     sse_retry_ms: int = 3000
     poll_timeout_seconds: float = 25.0
     history_size: int = 10_000
@@ -391,6 +395,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dev_mode=dev_mode,
         allowed_origins=_origins(env, dev_mode),
         heartbeat_seconds=heartbeat,
+        presence_grace_seconds=_float(env, "PRESENCE_GRACE_SECONDS", 5.0, minimum=0.0),
+        presence=_bool(env, "PRESENCE", True),
         sse_retry_ms=_int(env, "SSE_RETRY_MS", 3000),
         poll_timeout_seconds=_float(env, "POLL_TIMEOUT_SECONDS", 25.0, minimum=0.05),
         history_size=_int(env, "HISTORY_SIZE", 10_000, minimum=1),

@@ -13,12 +13,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metrics.registry import Metrics
 from service.connection import Connection
 from service.errors import CloseCode
 from service.wire import Encoded
+
+if TYPE_CHECKING:
+    from service.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class Hub:
         self._no_streams.set()
         self._heartbeat_round: list[Connection] = []
         self._heartbeat_tick = 0
+        self.presence: Presence | None = None  # told of every attach and detach (service/presence.py)
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._by_transport.values())
@@ -105,6 +109,8 @@ class Hub:
         self._by_user.setdefault(connection.principal.user_id, {})[connection.id] = connection
         self._metrics.connections.labels(connection.kind).inc()
         self._metrics.connections_opened.labels(connection.kind).inc()
+        if self.presence is not None:
+            self.presence.connected(connection.principal.user_id, connection.principal.name, connection.kind)
 
     def detach(self, connection: Connection) -> None:
         """Forget a connection (idempotent)."""
@@ -117,6 +123,8 @@ class Hub:
             if not mine:
                 del self._by_user[connection.principal.user_id]
         self._metrics.connections.labels(connection.kind).dec()
+        if self.presence is not None:
+            self.presence.disconnected(connection.principal.user_id, connection.kind)
 
     def get(self, connection_id: str) -> Connection | None:
         for group in self._by_transport.values():

@@ -20,6 +20,7 @@ from service.context import AppContext, Lifecycle
 from service.edge import EdgeServer
 from service.errors import CloseCode
 from service.hub import Hub
+from service.presence import Presence
 from service.store import MongoStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None 
     store = MongoStore(settings, mongodb_uri)
     hub = Hub(metrics, max_pending_bytes=settings.max_pending_bytes, max_per_user=settings.max_connections_per_user)
     bus = Bus(store, hub, metrics, history_size=settings.history_size)
+    if settings.presence:
+        hub.presence = Presence(
+            store, metrics, heartbeat_seconds=settings.heartbeat_seconds, grace_seconds=settings.presence_grace_seconds
+        )
     return AppContext(
         settings=settings,
         store=store,
@@ -64,6 +69,8 @@ class Server:
         ctx = self.ctx
         await ctx.store.start()
         await ctx.bus.start()
+        if ctx.hub.presence is not None:
+            await ctx.hub.presence.start()
         app = make_app(ctx)
         self.http = EdgeServer(
             app,
@@ -122,6 +129,8 @@ class Server:
                 await asyncio.wait_for(self.http.close_all_connections(), timeout=STOP_TIMEOUT_SECONDS)
             except TimeoutError:
                 log.warning("some HTTP connections did not close within 5s")
+        if ctx.hub.presence is not None:
+            await ctx.hub.presence.stop()  # a clean drain removes this process's users at once
         await ctx.bus.stop()
         await ctx.store.close()
         self.stopped.set()

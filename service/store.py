@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pymongo
 from bson import Timestamp
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -27,7 +27,7 @@ from pymongo.uri_parser import parse_uri
 
 from service.config import Settings
 from service.errors import BadMessage, ConfigError, NotFound, StoreUnavailable
-from service.events import iso
+from service.events import event_document, iso
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,9 @@ class MongoStore:
         self.timeout_seconds = settings.mongodb_timeout_ms / 1000
         self._reapers: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.presence = self.db["presence"]
+        self.presence_users = self.db["presence_users"]
+        self.presence_writes = 0  # write commands presence sent (bench/presence.py reads it)
 
     async def start(self) -> None:
         """Check the deployment and create indexes.
@@ -140,6 +143,7 @@ class MongoStore:
             await self.tickets.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
             await self.tasks.create_index([("status", ASCENDING), ("_id", DESCENDING)])
             await self.keys.create_index([("createdAt", ASCENDING)], expireAfterSeconds=KEY_TTL_SECONDS)
+            await self._presence_indexes()
 
     async def close(self) -> None:
         self._closed = True  # PyMongo may turn a reaper's cancellation into an error it retries
@@ -439,3 +443,187 @@ class MongoStore:
         with contextlib.suppress(PyMongoError):
             with pymongo.timeout(self.timeout_seconds):
                 await self.keys.delete_one({"_id": key_id, "owner": owner, "state": "pending"})
+
+    # -- presence (service.presence) ------------------------------------------------------
+    # `presence`: one document per (process, user); `presence_users`: one per online user.
+
+    async def _presence_indexes(self) -> None:
+        backstop = max(60, round(self._settings.heartbeat_seconds * 10))
+        await self.presence.create_index([("seenAt", ASCENDING)], expireAfterSeconds=backstop)
+        await self.presence.create_index([("process", ASCENDING)])
+        await self.presence.create_index([("userId", ASCENDING)])
+        await self.presence_users.create_index([("state", ASCENDING), ("leavingSince", ASCENDING)])
+
+    async def presence_write(
+        self,
+        process: str,
+        upserts: Mapping[int | str, tuple[str, Mapping[str, int]]],
+        removals: list[int | str],
+        now: datetime,
+    ) -> None:
+        """One process's changed users in one bulk write: counts set, departed users deleted."""
+        ops: list[UpdateOne | DeleteOne] = [
+            UpdateOne(
+                {"_id": f"{process}|{user_id!r}"},
+                {"$set": {"process": process, "userId": user_id, "userName": name, "counts": counts, "seenAt": now}},
+                upsert=True,
+            )
+            for user_id, (name, counts) in upserts.items()
+        ]
+        ops += [DeleteOne({"_id": f"{process}|{user_id!r}"}) for user_id in removals]
+        if ops:
+            async with _available():
+                await self.presence.bulk_write(ops, ordered=False)
+            self.presence_writes += 1
+
+    async def presence_refresh(self, process: str, now: datetime) -> int:
+        """The heartbeat: one `update_many` over the process's documents; how many matched."""
+        async with _available():
+            result = await self.presence.update_many({"process": process}, {"$set": {"seenAt": now}})
+        self.presence_writes += 1
+        return result.matched_count
+
+    async def presence_remove_process(self, process: str) -> None:
+        async with _available():
+            await self.presence.delete_many({"process": process})
+        self.presence_writes += 1
+
+    async def presence_arrive(self, user_id: int | str, user_name: str, now: datetime) -> None:
+        """A process has the user's first connection: online again, or joined (with its event)."""
+        async with _available():
+            while True:
+                found = await self.presence_users.find_one_and_update(
+                    {"_id": user_id},
+                    {"$set": {"state": "online", "userName": user_name}, "$unset": {"leavingSince": ""}},
+                )
+                self.presence_writes += 1
+                if found is not None:
+                    return  # online already, or back within the grace: no event
+
+                async def join(session: AsyncClientSession) -> None:
+                    await self.presence_users.insert_one(
+                        {"_id": user_id, "state": "online", "userName": user_name, "since": now}, session=session
+                    )
+                    await self.events.insert_one(
+                        event_document("presence_joined", {"userId": user_id, "userName": user_name}, now),
+                        session=session,
+                    )
+
+                try:
+                    async with self.client.start_session() as session:
+                        await session.with_transaction(join)
+                    self.presence_writes += 2
+                    return
+                except DuplicateKeyError:
+                    continue  # another process inserted it first: take the update path
+
+    async def presence_depart(self, user_id: int | str, since: datetime) -> None:
+        """A process no longer has the user: mark them leaving (the sweep decides after the grace)."""
+        async with _available():
+            await self.presence_users.update_one(
+                {"_id": user_id, "state": "online"}, {"$set": {"state": "leaving", "leavingSince": since}}
+            )
+        self.presence_writes += 1
+
+    async def presence_back(self, user_ids: list[int | str]) -> list[int | str]:
+        """Set these users online again (one `update_many`); returns those with no document."""
+        async with _available():
+            await self.presence_users.update_many(
+                {"_id": {"$in": user_ids}}, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
+            )
+            found = set(await self.presence_users.distinct("_id", {"_id": {"$in": user_ids}}))
+        self.presence_writes += 1
+        return [user_id for user_id in user_ids if user_id not in found]
+
+    async def presence_depart_many(self, user_ids: list[int | str], since: datetime) -> None:
+        """`presence_depart` for many users in one `update_many`."""
+        async with _available():
+            await self.presence_users.update_many(
+                {"_id": {"$in": user_ids}, "state": "online"}, {"$set": {"state": "leaving", "leavingSince": since}}
+            )
+        self.presence_writes += 1
+
+    async def presence_stale(self, before: datetime) -> list[Document]:
+        async with _available():
+            return await self.presence.find({"seenAt": {"$lt": before}}).to_list(length=None)
+
+    async def presence_claim_stale(self, doc_id: str, seen_at: datetime) -> bool:
+        """Delete a dead process's document unless someone did (or it was refreshed) first."""
+        async with _available():
+            result = await self.presence.delete_one({"_id": doc_id, "seenAt": seen_at})
+        self.presence_writes += 1
+        return result.deleted_count == 1
+
+    async def presence_mark_orphans(self, now: datetime) -> None:
+        """Users online with no process document at all (e.g. the whole fleet was stopped)."""
+        async with _available():
+            online = await self.presence_users.distinct("_id", {"state": "online"})
+            present = set(await self.presence.distinct("userId"))
+            for user_id in online:
+                if user_id not in present:
+                    await self.presence_depart(user_id, now)
+
+    async def presence_leaving(self, before: datetime) -> list[Document]:
+        async with _available():
+            return await self.presence_users.find({"state": "leaving", "leavingSince": {"$lt": before}}).to_list(
+                length=None
+            )
+
+    async def presence_settle(self, user_id: int | str, leaving_since: datetime, now: datetime) -> bool:
+        """End a grace that ran out: back online if connected anywhere, else left (once, with its event)."""
+        claim = {"_id": user_id, "state": "leaving", "leavingSince": leaving_since}
+        async with _available():
+            if await self.presence.find_one({"userId": user_id}, {"_id": 1}) is not None:
+                await self.presence_users.update_one(
+                    claim, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
+                )
+                self.presence_writes += 1
+                return False
+
+            async def leave(session: AsyncClientSession) -> bool:
+                doc = await self.presence_users.find_one_and_delete(claim, session=session)
+                if doc is None:
+                    return False  # another sweeper, or a reconnect, got there first
+                await self.events.insert_one(
+                    event_document("presence_left", {"userId": user_id, "userName": doc.get("userName", "")}, now),
+                    session=session,
+                )
+                return True
+
+            async with self.client.start_session() as session:
+                left = await session.with_transaction(leave)
+        if left:
+            self.presence_writes += 2
+        return bool(left)
+
+    async def presence_missing(self, user_ids: list[int | str]) -> list[int | str]:
+        """Which of these users have no `presence_users` document."""
+        if not user_ids:
+            return []
+        async with _available():
+            found = set(await self.presence_users.distinct("_id", {"_id": {"$in": user_ids}}))
+        return [user_id for user_id in user_ids if user_id not in found]
+
+    async def presence_count(self) -> int:
+        async with _available():
+            return await self.presence_users.count_documents({})
+
+    async def presence_list(self, stale_before: datetime) -> list[Document]:
+        """Online users (the damped view the events describe) with live connection counts."""
+        async with _available():
+            users = await self.presence_users.find({}).sort("since", ASCENDING).to_list(length=None)
+            docs = await self.presence.find({"seenAt": {"$gte": stale_before}}).to_list(length=None)
+        counts: dict[Any, dict[str, int]] = {}
+        for doc in docs:
+            mine = counts.setdefault(doc["userId"], {})
+            for transport, n in doc.get("counts", {}).items():
+                mine[transport] = mine.get(transport, 0) + int(n)
+        return [
+            {
+                "userId": user["_id"],
+                "userName": user.get("userName", ""),
+                "since": iso(user["since"]) if isinstance(user.get("since"), datetime) else None,
+                "connections": {"websocket": 0, "sse": 0, **counts.get(user["_id"], {})},
+            }
+            for user in users
+        ]

@@ -40,6 +40,7 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "realtime_slow_consumer_disconnects": ("counter", frozenset({"transport"})),
     "realtime_resumes": ("counter", frozenset({"transport", "outcome"})),
     "realtime_http_request_duration_seconds": ("histogram", frozenset({"handler", "method", "code"})),
+    "realtime_presence_users": ("gauge", frozenset()),
 }
 SPEC_LATENCY_BUCKETS = (
     *(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05),

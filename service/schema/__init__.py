@@ -233,6 +233,23 @@ COMPONENTS: dict[str, Schema] = {
     ),
     "ConnectionList": _object({"connections": {"type": "array", "items": ref("Connection")}}, ("connections",)),
     "Closed": _object({"closed": {"type": "integer"}}, ("closed",)),
+    "PresentUser": _object(
+        {
+            "userId": ref("UserId"),
+            "userName": {"type": "string"},
+            "since": {"type": ["string", "null"], "description": "when they joined (ISO-8601 UTC)"},
+            "connections": {
+                "type": "object",
+                "description": "open connections per transport on every replica (all 0 within the grace)",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+        },
+        ("userId", "userName", "since", "connections"),
+    ),
+    "PresenceList": _object(
+        {"users": {"type": "array", "items": ref("PresentUser")}, "count": {"type": "integer"}},
+        ("users", "count"),
+    ),
     "PollAnswer": _object(
         {
             "messages": {"type": "array", "items": {"type": "object"}, "description": "as on the streams"},
@@ -327,6 +344,18 @@ MESSAGES: tuple[Message, ...] = (
         summary="A schedule was created, changed or removed.",
         fields={"scheduleId": TASK_ID, "action": _enum(SCHEDULE_ACTIONS), "name": {"type": "string"}},
         required=("scheduleId", "action", "name"),
+    ),
+    Message(
+        type="presence_joined", sender="server", kind="event", name="PresenceJoinedEvent", group="presence",
+        reserved=True,
+        summary="A user's first connection anywhere in the fleet (not sent again for a reconnect within "
+        "`PRESENCE_GRACE_SECONDS`).",
+    ),
+    Message(
+        type="presence_left", sender="server", kind="event", name="PresenceLeftEvent", group="presence",
+        reserved=True,
+        summary="A user's last connection anywhere is gone and the grace ran out, or their replica died "
+        "(within 2 heartbeats).",
     ),
     Message(
         type="connected", sender="server", kind="control", name="ConnectedMessage",

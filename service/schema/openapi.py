@@ -197,6 +197,12 @@ def openapi_document() -> dict[str, Any]:
                 {"200": _answer("ticket", _ref("Ticket"))},
             ),
         },
+        "/api/presence": {
+            "get": _op(
+                "Users online on any replica, with connection counts per transport (the same on every replica)",
+                {"200": _answer("online users, oldest first", _ref("PresenceList"))},
+            ),
+        },
         "/api/openapi.json": {
             "get": {
                 "summary": "This OpenAPI document",

@@ -4,9 +4,11 @@ import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { ApiError, createApi } from "../api";
 import type { AppEvent, Schedule, Task } from "../events";
 import { isExpired } from "../jwt";
+import { usePresence } from "../hooks/use-presence";
 import { useRealtimeTasks, type Toast } from "../hooks/use-realtime-tasks";
 import type { Session } from "./boot";
 import { describeError } from "./format";
+import { Online } from "./Online";
 import type { Lang, MessageKey, Translate } from "./i18n";
 import { Schedules } from "./Schedules";
 import { StatusIndicator } from "./StatusIndicator";
@@ -75,6 +77,8 @@ export function Dashboard(props: DashboardProps) {
   const rejected =
     (realtime.status === "closed" && realtime.client?.reason === "unauthorized") ||
     (realtime.error instanceof ApiError && realtime.error.status === 401);
+  // Presence rides on the tasks connection: one socket per page.
+  const presence = usePresence({ ...(url === undefined ? {} : { url }), getToken, client: realtime.client });
   useEffect(() => {
     if (rejected) onSignOut(isExpired(session.claims) ? "signIn.expired" : "signIn.rejected");
   }, [rejected, onSignOut, session.claims]);
@@ -114,6 +118,7 @@ export function Dashboard(props: DashboardProps) {
           </div>
           <Schedules api={api} schedules={realtime.schedules} t={t} onSchedule={realtime.applySchedule} />
         </section>
+        <Online users={presence.users} selfId={presence.selfId ?? session.claims?.sub ?? null} t={t} />
       </main>
       <Toasts toasts={toasts} t={t} onDismiss={dismiss} />
     </>

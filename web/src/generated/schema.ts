@@ -133,6 +133,20 @@ export interface Closed {
   closed: number;
 }
 
+export interface PresentUser {
+  userId: UserId;
+  userName: string;
+  /** when they joined (ISO-8601 UTC) */
+  since: string | null;
+  /** open connections per transport on every replica (all 0 within the grace) */
+  connections: Record<string, number>;
+}
+
+export interface PresenceList {
+  users: PresentUser[];
+  count: number;
+}
+
 export interface PollAnswer {
   /** as on the streams */
   messages: Record<string, unknown>[];
@@ -219,6 +233,26 @@ export interface ScheduleUpdatedEvent {
   scheduleId: number;
   action: "created" | "updated" | "deleted";
   name: string;
+}
+
+/** A user's first connection anywhere in the fleet (not sent again for a reconnect within `PRESENCE_GRACE_SECONDS`). */
+export interface PresenceJoinedEvent {
+  type: "presence_joined";
+  /** opaque, ordered stream position: send it back as `last_event_id` to resume */
+  id: string;
+  ts: string;
+  userId: UserId;
+  userName: string;
+}
+
+/** A user's last connection anywhere is gone and the grace ran out, or their replica died (within 2 heartbeats). */
+export interface PresenceLeftEvent {
+  type: "presence_left";
+  /** opaque, ordered stream position: send it back as `last_event_id` to resume */
+  id: string;
+  ts: string;
+  userId: UserId;
+  userName: string;
 }
 
 /** First message of every connection. */
@@ -320,6 +354,8 @@ export interface EventMap {
   task_updated: TaskUpdatedEvent;
   task_deleted: TaskDeletedEvent;
   schedule_updated: ScheduleUpdatedEvent;
+  presence_joined: PresenceJoinedEvent;
+  presence_left: PresenceLeftEvent;
   connected: ConnectedMessage;
   pong: PongMessage;
   resync: ResyncMessage;
@@ -344,11 +380,16 @@ export type AppEvent = TaskCreatedEvent | TaskExecutedEvent | TaskUpdatedEvent |
 
 export const APP_EVENT_TYPES = ["task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"] as const satisfies readonly AppEvent["type"][];
 
+/** Events of the `presence` group. */
+export type PresenceEvent = PresenceJoinedEvent | PresenceLeftEvent;
+
+export const PRESENCE_EVENT_TYPES = ["presence_joined", "presence_left"] as const satisfies readonly PresenceEvent["type"][];
+
 /** Every event the service defines: stored, ordered, resumable. */
-export type ServiceEvent = AppEvent;
+export type ServiceEvent = AppEvent | PresenceEvent;
 
 /** Every event type. */
-export const EVENT_TYPES = ["task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated"] as const satisfies readonly ServiceEvent["type"][];
+export const EVENT_TYPES = ["task_created", "task_executed", "task_updated", "task_deleted", "schedule_updated", "presence_joined", "presence_left"] as const satisfies readonly ServiceEvent["type"][];
 
 /** Messages about the connection itself: their ids (if any) are not stream positions. */
 export const CONTROL_MESSAGE_TYPES = ["connected", "pong", "resync", "token_expiring", "auth_ok", "error", "close"] as const satisfies readonly (keyof EventMap)[];

@@ -1,0 +1,271 @@
+"""Presence across real service processes on one MongoDB: one list, crash-honest, damped, resumable.
+
+Heartbeats and the grace are set small (HEARTBEAT_SECONDS, PRESENCE_GRACE_SECONDS) so each test
+takes seconds. Waits are for conditions; "nothing more came" is checked with a marker event
+published after the fact, which every client sees after anything emitted before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.clients import Service, WsClient, eventually
+from harness.processes import ServiceProcess, as_service, shared_env
+from service.store import MongoStore
+from tests.conftest import base_settings
+
+WATCHED = "presence_joined,presence_left,marker"
+FAST = {"HEARTBEAT_SECONDS": "0.5", "PRESENCE_GRACE_SECONDS": "0.5"}
+
+
+@contextmanager
+def fleet(tmp_path: Path, mongo_uri: str, count: int, **env: str) -> Iterator[list[ServiceProcess]]:
+    """`count` service processes on one database, started together, stopped by pid."""
+    shared = {**shared_env(mongo_uri), **FAST, **env}
+    processes = [ServiceProcess(tmp_path / f"p{n}", shared) for n in range(count)]
+    try:
+        for process in processes:
+            process.start(wait=False)
+        for process in processes:
+            process.wait_ready()
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
+async def presence(service: Service, token: str) -> dict[str, Any]:
+    response = await service.request("GET", "/api/presence", token=token)
+    assert response.code == 200, response.body
+    return json.loads(response.body)  # type: ignore[no-any-return]
+
+
+async def observer(service: Service, sub: str = "observer") -> WsClient:
+    ws = await service.websocket({"token": service.token(sub=sub, name="مراقب"), "events": WATCHED})
+    await ws.recv_type("connected")
+    return ws
+
+
+async def until_marker(ws: WsClient, service: Service, seconds: float = 10) -> list[dict[str, Any]]:
+    """Publish a marker and return every presence event received before it."""
+    await service.publish(service.token(sub="publisher", roles=("publisher",)), {"type": "marker"})
+    seen = []
+    while (message := await ws.recv(seconds))["type"] != "marker":
+        seen.append(message)
+    return seen
+
+
+async def next_presence(ws: WsClient, seconds: float = 10) -> tuple[str, Any]:
+    message = await ws.recv(seconds)
+    assert message["type"].startswith("presence_"), message
+    return message["type"], message["userId"]
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_users_on_either_process_are_one_presence_list(tmp_path: Path, mongo_uri: str) -> None:
+    """User 1 on A (WebSocket) and user 2 on B (SSE): A and B answer the same list, with counts."""
+    with fleet(tmp_path, mongo_uri, 2) as processes:
+        a, b = (as_service(p) for p in processes)
+        one = await a.websocket({"token": a.token(sub=1, name="سارة")})
+        await one.recv_type("connected")
+        two = await b.sse({"token": b.token(sub=2, name="عمر")})
+        await two.next_of("connected")
+        token = a.token(sub=3)
+        listed: dict[str, Any] = {}
+
+        async def both_listed() -> bool:
+            nonlocal listed
+            listed = await presence(a, token)
+            return listed["count"] == 2
+
+        for _ in range(400):
+            if await both_listed():
+                break
+            await asyncio.sleep(0.05)
+        assert await presence(b, token) == listed
+        by_id = {u["userId"]: u for u in listed["users"]}
+        assert by_id[1]["userName"] == "سارة" and by_id[1]["connections"] == {"websocket": 1, "sse": 0}
+        assert by_id[2]["connections"] == {"websocket": 0, "sse": 1}
+        gauge = ""
+        for _ in range(400):  # the gauge follows at the next sweep (a quarter second here)
+            gauge = (await b.request("GET", "/metrics")).body.decode()
+            if "realtime_presence_users 2.0" in gauge:
+                break
+            await asyncio.sleep(0.05)
+        assert "realtime_presence_users 2.0" in gauge
+        await one.close()
+        two.close()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_sigkill_leaves_its_users_once_on_the_other_processes(tmp_path: Path, mongo_uri: str) -> None:
+    """kill -9 of A: users 1 and 2 get one `presence_left` each, seen on B, with B and C both sweeping."""
+    with fleet(tmp_path, mongo_uri, 3) as processes:
+        a, b, _ = (as_service(p) for p in processes)
+        watch = await observer(b)
+        assert await next_presence(watch) == ("presence_joined", "observer")
+        users = []
+        for sub in (1, 2):
+            ws = await a.websocket({"token": a.token(sub=sub)})
+            await ws.recv_type("connected")
+            users.append(ws)
+        assert sorted([(await next_presence(watch))[1] for _ in range(2)]) == [1, 2]
+        processes[0].process.kill()  # type: ignore[union-attr]
+        processes[0].wait()
+        assert sorted([await next_presence(watch) for _ in range(2)]) == [("presence_left", 1), ("presence_left", 2)]
+        assert await until_marker(watch, b) == []  # no second leave from the other sweeper
+        for ws in users:
+            await ws.closed()
+        assert [u["userId"] for u in (await presence(b, b.token(sub=3)))["users"]] == ["observer"]
+        await watch.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_reconnect_to_another_process_within_the_grace_is_no_leave_and_no_join(
+    tmp_path: Path, mongo_uri: str
+) -> None:
+    """User 1 leaves A and arrives on B within the grace: no event for user 1 (user 2, gone, is the clock)."""
+    with fleet(tmp_path, mongo_uri, 2, PRESENCE_GRACE_SECONDS="3") as processes:
+        a, b = (as_service(p) for p in processes)
+        watch = await observer(b)
+        await next_presence(watch)
+        one = await a.websocket({"token": a.token(sub=1)})
+        two = await a.websocket({"token": a.token(sub=2)})
+        for ws in (one, two):
+            await ws.recv_type("connected")
+        assert sorted([(await next_presence(watch))[1] for _ in range(2)]) == [1, 2]
+        await one.close()
+        # Reconnect only once A has written the departure (user 1 listed with no connection, in
+        # the grace): the gap is real in MongoDB, not hidden by A's 250 ms batching.
+        token = a.token(sub=3)
+
+        async def gone_from_a() -> bool:
+            users = {u["userId"]: u for u in (await presence(a, token))["users"]}
+            return 1 not in users or users[1]["connections"]["websocket"] == 0
+
+        for _ in range(400):
+            if await gone_from_a():
+                break
+            await asyncio.sleep(0.05)
+        again = await b.websocket({"token": b.token(sub=1)})
+        await again.recv_type("connected")
+        await two.close()
+        # User 2 left after user 1 did: by the time its leave comes, user 1's grace has ended too.
+        assert await next_presence(watch) == ("presence_left", 2)
+        assert await until_marker(watch, b) == []
+        listed = await presence(a, token)
+        assert {u["userId"]: u["connections"]["websocket"] for u in listed["users"]} == {"observer": 1, 1: 1}
+        await again.close()
+        await watch.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_drain_removes_users_at_once_not_after_the_heartbeat_bound(tmp_path: Path, mongo_uri: str) -> None:
+    """SIGTERM of A with 60 s heartbeats: user 1 leaves within seconds (the stale path would take 90 s)."""
+    with fleet(tmp_path, mongo_uri, 2, HEARTBEAT_SECONDS="60") as processes:
+        a, b = (as_service(p) for p in processes)
+        watch = await observer(b)
+        await next_presence(watch)
+        one = await a.websocket({"token": a.token(sub=1)})
+        await one.recv_type("connected")
+        assert await next_presence(watch) == ("presence_joined", 1)
+        processes[0].signal(signal.SIGTERM)
+        assert (await one.closed())[0] == 1012
+        assert processes[0].wait() == 0
+        assert await next_presence(watch, seconds=10) == ("presence_left", 1)
+        await watch.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_resume_replays_presence_events_in_order(tmp_path: Path, mongo_uri: str) -> None:
+    """An observer away while user 1 leaves and user 2 joins gets both on resume, in the live order."""
+    with fleet(tmp_path, mongo_uri, 2) as processes:
+        a, b = (as_service(p) for p in processes)
+        token = a.token(sub="observer")
+        sse = await b.sse({"token": token, "events": WATCHED})
+        await sse.next_of("connected")
+        one = await a.websocket({"token": a.token(sub=1)})
+        await one.recv_type("connected")
+        while (event := await sse.next_event(10)).json()["userId"] != 1:
+            pass
+        sse.close()
+        await one.close()
+        watch = await observer(a, sub="watcher")  # another user's stream: when both events happened
+        two = await a.websocket({"token": a.token(sub=2)})
+        await two.recv_type("connected")
+        seen: list[tuple[str, Any]] = []
+        while not {("presence_left", 1), ("presence_joined", 2)} <= set(seen):
+            seen.append(await next_presence(watch))
+        resumed = await a.sse({"token": token, "events": WATCHED}, headers={"Last-Event-ID": event.id or ""})
+        assert (await resumed.next_of("connected")).json()["resumed"] is True
+        replayed = []
+        while len(replayed) < 2:
+            if (e := await resumed.next_event(10)).json()["userId"] in (1, 2):
+                replayed.append(e)
+        got = [(e.json()["type"], e.json()["userId"]) for e in replayed]
+        # The leave waits out the grace, so it may come after the join: the replay keeps the live order.
+        assert got == [x for x in seen if x[1] in (1, 2)]
+        ids = [e.id or "" for e in replayed]
+        assert (event.id or "") < ids[0] < ids[1]
+        resumed.close()
+        await two.close()
+        await watch.close()
+
+
+@pytest.mark.gen_test
+async def test_publishers_cannot_forge_presence_events(service: Service) -> None:
+    """`POST /api/events` with a presence type is refused: only the service says who came and went."""
+    publisher = service.token(sub=9, roles=("publisher",))
+    response = await service.request("POST", "/api/events", {"type": "presence_left", "userId": 1}, token=publisher)
+    assert response.code == 400
+
+
+@pytest.mark.gen_test
+async def test_presence_needs_a_token(service: Service) -> None:
+    """`GET /api/presence` without credentials is 401."""
+    response = await service.request("GET", "/api/presence")
+    assert response.code == 401
+
+
+@pytest.mark.gen_test
+async def test_opting_out_with_events_hides_presence(service: Service) -> None:
+    """A client connected with `events=marker` gets the marker and none of the presence events before it."""
+    ws = await service.websocket({"token": service.token(sub=1), "events": "marker"})
+    await ws.recv_type("connected")
+    other = await service.websocket({"token": service.token(sub=2)})
+    await other.recv_type("connected")
+    await eventually(lambda: service.ctx.hub.presence.local_users() == 2, 5, "two users")
+    await service.ctx.hub.presence.flush()
+    assert await until_marker(ws, service) == []
+    await other.close()
+    await ws.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_sweepers_settling_one_leave_emit_it_once(mongo_uri: str) -> None:
+    """Two stores (two processes' sweepers) settle the same expired grace at once: one `presence_left`."""
+    settings = base_settings()
+    stores = [MongoStore(settings, mongo_uri) for _ in range(2)]
+    try:
+        await stores[0].start()
+        since = datetime.now(UTC) - timedelta(seconds=60)
+        await stores[0].presence_users.insert_one(
+            {"_id": 7, "state": "leaving", "userName": "سارة", "leavingSince": since}
+        )
+        for _ in range(20):  # both read the same leaving document, then race to claim it
+            now = datetime.now(UTC)
+            results = await asyncio.gather(*(store.presence_settle(7, since, now) for store in stores))
+            assert sorted(results) in ([False, True], [False, False])
+        assert await stores[0].events.count_documents({"type": "presence_left", "userId": 7}) == 1
+    finally:
+        for store in stores:
+            await store.close()
