@@ -51,7 +51,11 @@ def mongo_uri() -> Iterator[str]:
 
 
 def base_settings(**overrides: Any) -> Settings:
-    """Settings for a test service: a fresh database, a known secret, fast heartbeats."""
+    """Settings for a test service: a fresh database, a known secret, fast heartbeats.
+
+    Presence is off here: its `presence_joined`/`presence_left` events would interleave with
+    what each stream test expects next. tests/test_presence*.py run real processes with it on.
+    """
     settings = Settings(
         host="127.0.0.1",
         port=0,
@@ -63,6 +67,7 @@ def base_settings(**overrides: Any) -> Settings:
         allowed_origins=("http://allowed.example",),
         heartbeat_seconds=15.0,
         drain_seconds=0.0,
+        presence=False,
     )
     return replace(settings, **overrides)
 
