@@ -21,7 +21,7 @@ import pytest
 from harness.clients import Service, WsClient, eventually
 from harness.processes import ServiceProcess, as_service, shared_env
 from service.store import MongoStore
-from tests.conftest import base_settings
+from tests.conftest import StartService, base_settings
 
 WATCHED = "presence_joined,presence_left,marker"
 FAST = {"HEARTBEAT_SECONDS": "0.5", "PRESENCE_GRACE_SECONDS": "0.5"}
@@ -41,6 +41,12 @@ def fleet(tmp_path: Path, mongo_uri: str, count: int, **env: str) -> Iterator[li
     finally:
         for process in processes:
             process.stop()
+
+
+@pytest.fixture
+def service(io_loop: Any, start_service: StartService) -> Service:
+    """An in-process service with presence on (the shared fixture turns it off)."""
+    return io_loop.run_sync(lambda: start_service(presence=True))  # type: ignore[no-any-return]
 
 
 async def presence(service: Service, token: str) -> dict[str, Any]:
