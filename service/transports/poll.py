@@ -19,7 +19,8 @@ from service.auth import Principal
 from service.connection import Connection
 from service.context import AppContext
 from service.errors import CloseCode
-from service.events import Payload, now_iso
+from service.events import Payload
+from service.transports.session import replay_and_greet
 from service.wire import Encoded, dumps
 
 # Tokens whose verification a process remembers for its pollers (least recently used dropped).
@@ -139,37 +140,14 @@ async def poll(ctx: AppContext, connection: Connection, transport: PollTransport
     Args:
         connect: the client's first poll, greeted with `connected` (later polls are not).
     """
-    hub, bus = ctx.hub, ctx.bus
-    requested = connection.last_event_id
+    hub = ctx.hub
     connection.begin_replay()
     hub.attach(connection)
     hub.stream_opened(transport)  # a stopping server waits for this answer like for a stream
     try:
-        history: list[Encoded] = []
-        resumed = False
-        if requested is not None:
-            replay = await bus.replay_since(requested)
-            ctx.metrics.resumes.labels(transport.kind, "resync" if replay is None else "replayed").inc()
-            if replay is None:
-                connection.last_event_id = None
-            else:
-                history, resumed = replay, True
-        if connect:
-            p = connection.principal
-            connection.send_message(
-                {
-                    "type": "connected",
-                    "connectionId": connection.id,
-                    "userId": p.user_id,
-                    "userName": p.name,
-                    "transport": transport.kind,
-                    "serverTime": now_iso(),
-                    "heartbeatSeconds": ctx.settings.poll_timeout_seconds,
-                    "resumed": resumed,
-                }
-            )
-        if requested is not None and not resumed:
-            connection.send_message({"type": "resync", "reason": "history unavailable", "ts": now_iso()})
+        history, resumed = await replay_and_greet(
+            ctx, connection, heartbeat_seconds=ctx.settings.poll_timeout_seconds, greet=connect
+        )
         if not resumed:
             # No position, or one the client must drop: start from the newest event known here.
             transport.cursor = connection.last_event_id = head(ctx)

@@ -27,6 +27,7 @@ from service.errors import CloseCode
 from service.events import now_iso
 from service.hub import Slot
 from service.transports.clock import TokenClock
+from service.wire import Encoded
 
 log = logging.getLogger("service.connections")
 
@@ -154,45 +155,58 @@ async def open_session(ctx: AppContext, connection: Connection) -> None:
     Live events that arrive during the replay are held and sent after it, so the client
     sees history and live events in order, each once.
     """
-    requested = connection.last_event_id
     connection.begin_replay()
     ctx.hub.attach(connection)
-    history = []
-    resumed = False
-    if requested is not None:
-        replay = await ctx.bus.replay_since(requested)
-        outcome = "resync" if replay is None else "replayed"
-        ctx.metrics.resumes.labels(connection.kind, outcome).inc()
-        if replay is None:
-            connection.last_event_id = None
-        else:
-            history, resumed = replay, True
-    p = connection.principal
-    connection.send_message(
-        {
-            "type": "connected",
-            "connectionId": connection.id,
-            "userId": p.user_id,
-            "userName": p.name,
-            "transport": connection.kind,
-            "serverTime": now_iso(),
-            "heartbeatSeconds": ctx.settings.heartbeat_seconds,
-            "resumed": resumed,
-        }
-    )
-    if requested is not None and not resumed:
-        connection.send_message({"type": "resync", "reason": "history unavailable", "ts": now_iso()})
+    history, resumed = await replay_and_greet(ctx, connection, heartbeat_seconds=ctx.settings.heartbeat_seconds)
     connection.finish_replay(history)
     log.info(
         "connected",
         extra={
             "connection_id": connection.id,
-            "user_id": p.user_id,
+            "user_id": connection.principal.user_id,
             "transport": connection.kind,
             "resumed": resumed,
             "remote": connection.remote,
         },
     )
+
+
+async def replay_and_greet(
+    ctx: AppContext, connection: Connection, *, heartbeat_seconds: float, greet: bool = True
+) -> tuple[list[Encoded], bool]:
+    """Fetch what the connection missed since its `last_event_id`, greet it with `connected`
+    (when `greet`), and tell it to `resync` when that history is gone.
+
+    Returns the history to hand to `finish_replay` and whether it resumes. Every transport
+    (streams and polls) resumes and greets through here, so they count and say it alike.
+    """
+    requested = connection.last_event_id
+    history: list[Encoded] = []
+    resumed = False
+    if requested is not None:
+        replay = await ctx.bus.replay_since(requested)
+        ctx.metrics.resumes.labels(connection.kind, "resync" if replay is None else "replayed").inc()
+        if replay is None:
+            connection.last_event_id = None
+        else:
+            history, resumed = replay, True
+    if greet:
+        p = connection.principal
+        connection.send_message(
+            {
+                "type": "connected",
+                "connectionId": connection.id,
+                "userId": p.user_id,
+                "userName": p.name,
+                "transport": connection.kind,
+                "serverTime": now_iso(),
+                "heartbeatSeconds": heartbeat_seconds,
+                "resumed": resumed,
+            }
+        )
+    if requested is not None and not resumed:
+        connection.send_message({"type": "resync", "reason": "history unavailable", "ts": now_iso()})
+    return history, resumed
 
 
 def log_disconnect(connection: Connection, code: int, reason: str) -> None:
