@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,10 +22,10 @@ from collections import Counter
 from pathlib import Path
 
 from bench.systems import rss_bytes
-from harness.processes import SECRET
+from harness.processes import SECRET, ServiceProcess
 from service.auth import issue_token
 from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo, free_port
+from service.embedded_mongo import EmbeddedMongo
 
 ROOT = Path(__file__).resolve().parent.parent
 PING = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # masked (all-zero key) ping, 125 bytes
@@ -46,51 +43,14 @@ def upgrade_request(port: int, query: str) -> bytes:
     ).encode()
 
 
-class Service:
-    """`python -m service` run from a checkout (its own code), on a free port."""
+def start_service(code: Path, mongo_uri: str, data_dir: Path) -> ServiceProcess:
+    """`python -m service` run from checkout `code` (its own code), on a free port."""
+    env = {"MONGODB_URI": mongo_uri, "JWT_SECRET": SECRET, "DEV_MODE": "0", "LOG_LEVEL": "WARNING"}
+    return ServiceProcess(data_dir, env, code=code).start()
 
-    def __init__(self, code: Path, mongo_uri: str, data_dir: Path) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "MONGODB_URI": mongo_uri,
-            "JWT_SECRET": SECRET,
-            "DEV_MODE": "0",
-            "LOG_LEVEL": "WARNING",
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "DATA_DIR": str(data_dir),
-            "DRAIN_SECONDS": "0",
-        }
-        self.log = open(data_dir / "service.log", "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=code, env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 60
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"service did not start: {(data_dir / 'service.log').read_text()[-2000:]}")
-            time.sleep(0.1)
 
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    @property
-    def rss_mb(self) -> float:
-        return rss_bytes([self.process.pid]) / MB
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
+def rss_mb(service: ServiceProcess) -> float:
+    return rss_bytes([service.pid]) / MB
 
 
 def healthz_ms(port: int) -> float:
@@ -131,7 +91,7 @@ def read_close(sock: socket.socket, seconds: float) -> str:
         return f"reset after {pongs} pongs"
 
 
-def ping_flood(service: Service, seconds: float) -> None:
+def ping_flood(service: ServiceProcess, seconds: float) -> None:
     """One signed-in WebSocket client sends ping frames for `seconds` and reads nothing."""
     sock = socket.create_connection(("127.0.0.1", service.port))
     sock.sendall(upgrade_request(service.port, f"token={token('flood')}"))
@@ -139,14 +99,14 @@ def ping_flood(service: Service, seconds: float) -> None:
     while b"\r\n\r\n" not in head:
         head += sock.recv(4096)
     time.sleep(0.3)  # let `connected` arrive; it stays unread with everything after it
-    before = service.rss_mb
+    before = rss_mb(service)
     peak, health, sent = before, [0.0], 0
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, service.rss_mb)
+            peak = max(peak, rss_mb(service))
             try:
                 health[0] = max(health[0], healthz_ms(service.port))
             except OSError:
@@ -170,7 +130,7 @@ def ping_flood(service: Service, seconds: float) -> None:
     elapsed = seconds - max(0.0, deadline - time.monotonic())
     stop.set()
     sampler.join()
-    after = service.rss_mb
+    after = rss_mb(service)
     ending = read_close(sock, 5)
     sock.close()
     print(
@@ -218,7 +178,7 @@ async def race(port: int, transport: str, count: int) -> None:
         if isinstance(r, tuple):
             r[1].close()
     await asyncio.sleep(1.0)  # let the server see them go
-    again, writer = await connect_one(port, request, _set(asyncio.Event()))
+    again, writer = await connect_one(port, request, _set(asyncio.Event()), "127.0.0.2")
     writer.close()
     accepted = outcomes.get("200", 0) + outcomes.get("101 connected", 0)
     print(f"{transport} race: {accepted} of {count} concurrent connects for one user accepted {dict(outcomes)}; "
@@ -240,9 +200,9 @@ def main() -> None:
     uri = mongo.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            service = Service(args.code.resolve(), uri, Path(tmp))
+            service = start_service(args.code.resolve(), uri, Path(tmp))
             try:
-                print(f"service from {args.code.resolve()} (pid {service.process.pid}, port {service.port})")
+                print(f"service from {args.code.resolve()} (pid {service.pid}, port {service.port})")
                 if args.race:
                     asyncio.run(race(service.port, "sse", args.race))
                     asyncio.run(race(service.port, "websocket", args.race))

@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import string
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -27,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.attacks import tricky_requests
-from harness.processes import SECRET
+from harness.processes import SECRET, ServiceProcess
 from service.auth import issue_token
 from service.config import Settings
 from service.embedded_mongo import EmbeddedMongo, free_port
@@ -35,59 +32,24 @@ from service.embedded_mongo import EmbeddedMongo, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Service:
-    """`python -m service` from a source tree, logging to a file; stopped by pid."""
-
-    def __init__(self, root: Path, mongo_uri: str, workdir: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.log_path = workdir / f"service-{self.port}.log"
-        web = workdir / "web"
-        web.mkdir(exist_ok=True)
-        (web / "index.html").write_text("<!doctype html><html><head></head><body></body></html>")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "MONGODB_", "WORKERS"))}
-        env |= {
-            "PORT": str(self.port),
-            "HOST": "127.0.0.1",
-            "MONGODB_URI": mongo_uri,
-            "MONGODB_DB": f"abuse_{self.port}",
-            "JWT_SECRET": SECRET,
-            "DEV_MODE": "0",
-            "DATA_DIR": str(workdir),
-            "WEB_DIR": str(web),
-            "LOG_LEVEL": "DEBUG",
-            "DRAIN_SECONDS": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service in {root} exited:\n{self.log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"service in {root} did not become ready")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def start_service(root: Path, mongo_uri: str, workdir: Path) -> ServiceProcess:
+    """The service from checkout `root`, at DEBUG (every access line), with a stand-in dashboard."""
+    web = workdir / "web"
+    web.mkdir(exist_ok=True)
+    (web / "index.html").write_text("<!doctype html><html><head></head><body></body></html>")
+    port = free_port()
+    env = {
+        "MONGODB_URI": mongo_uri,
+        "MONGODB_DB": f"abuse_{port}",
+        "JWT_SECRET": SECRET,
+        "DEV_MODE": "0",
+        "WEB_DIR": str(web),
+        "LOG_LEVEL": "DEBUG",
+    }
+    return ServiceProcess(workdir, env, port, code=root).start()
 
 
-def metrics_bytes(service: Service) -> int:
+def metrics_bytes(service: ServiceProcess) -> int:
     with urllib.request.urlopen(f"{service.url}/metrics", timeout=60) as response:
         return len(response.read())
 
@@ -106,7 +68,7 @@ async def random_methods(port: int, count: int, length: int, connections: int = 
     await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-async def send_corpus(service: Service, token: str, ticket: str) -> list[int]:
+async def send_corpus(service: ServiceProcess, token: str, ticket: str) -> list[int]:
     statuses = []
     for head in tricky_requests(service.port, token, ticket):
         reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
@@ -157,7 +119,7 @@ async def slowloris(port: int, sockets: int, hold: float) -> dict[str, Any]:
 
 def measure(root: Path, mongo_uri: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        service = Service(root, mongo_uri, Path(tmp))
+        service = start_service(root, mongo_uri, Path(tmp))
         try:
             token = issue_token(Settings(jwt_secret=SECRET), sub=7, name="bench", roles=("user",))
             request = urllib.request.Request(

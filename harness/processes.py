@@ -76,7 +76,10 @@ def wait_until(condition, seconds: float, what: str) -> None:  # type: ignore[no
 class ServiceProcess:
     """`python -m service` in a child process with its own environment and log file."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, *, code: Path = ROOT
+    ) -> None:
+        self.code = code  # the checkout whose service runs (bench/ compares against older ones)
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log_path = data_dir / f"service-{self.port}.log"
@@ -104,7 +107,7 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service"], cwd=self.code, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         if wait:
