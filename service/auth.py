@@ -59,6 +59,17 @@ class TicketStore(Protocol):
     async def take_ticket(self, ticket_hash: str) -> dict[str, Any] | None: ...
 
 
+def _prepared_key(settings: Settings) -> Any:
+    """The verification key as PyJWT uses it. A PEM public key is parsed here once: given the
+    text, PyJWT parses it again on every token (for RS256 that was most of a connect's cost).
+    PyJWT still checks that the key object suits the token's algorithm, as with the text."""
+    if settings.jwt_public_key is None:
+        return settings.verification_key
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    return load_pem_public_key(settings.jwt_public_key.encode())
+
+
 def _ticket_hash(ticket: str) -> str:
     # Only the hash is stored: a database dump does not hand out live tickets.
     return hashlib.sha256(ticket.encode("utf-8")).hexdigest()
@@ -78,8 +89,10 @@ class Authenticator:
     def __init__(self, settings: Settings, tickets: TicketStore) -> None:
         self._settings = settings
         self._tickets = tickets
-        self._key = settings.verification_key
+        self._key = _prepared_key(settings)
         self._algorithms = list(settings.jwt_algorithms)
+        # The same every call: built once, not per connect.
+        self._options: Any = {"require": ["exp", "sub"], "verify_aud": settings.jwt_audience is not None}
 
     def verify(self, token: str) -> Principal:
         """Decode and check a JWT.
@@ -88,13 +101,12 @@ class Authenticator:
             AuthError: `token expired` or `invalid token`.
         """
         s = self._settings
-        options: Any = {"require": ["exp", "sub"], "verify_aud": s.jwt_audience is not None}
         try:
             claims = jwt.decode(
                 token,
                 self._key,
                 algorithms=self._algorithms,
-                options=options,
+                options=self._options,
                 leeway=LEEWAY_SECONDS,
                 issuer=s.jwt_issuer,
                 audience=s.jwt_audience,
