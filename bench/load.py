@@ -297,7 +297,7 @@ class PollClient(LoadClient):
         )
 
 
-def _token(secret: str, user: int, algorithm: str = "HS256") -> str:
+def _token(secret: Any, user: int, algorithm: str = "HS256") -> str:
     now = int(time.time())
     claims = {"sub": str(user), "name": "محمد حسن", "roles": ["user"], "iat": now, "exp": now + 3600}
     return jwt.encode(claims, secret, algorithm=algorithm)
@@ -355,7 +355,12 @@ class Load:
     async def connect(self) -> dict[str, Any]:
         plan = self.plan
         loop = asyncio.get_running_loop()
-        secret, first, alg = plan.jwt_secret, plan.first_user, plan.algorithm
+        secret: Any = plan.jwt_secret
+        first, alg = plan.first_user, plan.algorithm
+        if not alg.startswith("HS"):  # a PEM private key: parsed once here, not by PyJWT per token
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            secret = load_pem_private_key(plan.jwt_secret.encode(), password=None)
         first_user = first
         requests = [("websocket", _ws_request(plan, _token(secret, first + i, alg))) for i in range(plan.ws)]
         requests += [("sse", _sse_request(plan, _token(secret, first + plan.ws + i, alg))) for i in range(plan.sse)]

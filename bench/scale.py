@@ -40,16 +40,29 @@ FILES_PER_PROCESS = 15_000  # connections per server or load process: 20,000 ope
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 
 
+def say(text: str) -> None:
+    print(f"[scale {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="total connections per point")
     parser.add_argument("--rates", default="1,10", help="events per second, one phase each")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of events per rate")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of events per rate (at most)")
+    parser.add_argument(
+        "--deliveries",
+        type=float,
+        default=2e6,
+        help="at most this many deliveries per phase (shorter phases at high rates and sizes; 2 s at least)",
+    )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
     parser.add_argument("--systems", default="service,nchan", help="service and/or nchan")
     parser.add_argument("--connect-size", type=int, default=10_000, help="WebSocket clients of the connect runs")
     parser.add_argument("--old", type=Path, default=None, help="another checkout: its connect rate beside this one")
+    parser.add_argument("--connect-reps", type=int, default=2, help="connect runs per code and algorithm, alternated")
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0, help="HEARTBEAT_SECONDS of the heartbeat run")
+    parser.add_argument("--heartbeat-rate", type=float, default=2.0, help="events/s of the heartbeat run")
+    parser.add_argument("--heartbeat-size", type=int, default=0, help="its size (default: the largest service point)")
     parser.add_argument("--no-connect", action="store_true", help="skip the connect-rate runs")
     parser.add_argument("--no-heartbeat", action="store_true", help="skip the heartbeat run")
     parser.add_argument("--deadline", type=float, default=0, help="start no new point after this many seconds")
@@ -66,6 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def processes_for(connections: int) -> int:
     """Worker (and load) processes that keep each under the open-file limit: at least 2."""
     return max(2, math.ceil(connections / FILES_PER_PROCESS))
+
+
+def phase_seconds(args: argparse.Namespace, rate: float, size: int) -> float:
+    """`--duration`, shortened so one phase delivers at most `--deliveries` events (2 s at least):
+    100,000 clients at 10 events/s are a million deliveries a second, which 2 shared cores
+    work through far slower than they arrive."""
+    return max(2.0, min(args.duration, args.deliveries / (rate * size)))
 
 
 def rsa_keys() -> tuple[str, str]:
@@ -151,7 +171,7 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     finally:
         publisher.close()
     last = first_seq + count - 1
-    parts = clients.ask("finish", (last, 60.0))
+    parts = clients.ask("finish", (last, 120.0))
     cpu = cpu_seconds(pids) - cpu_before
     merged = {kind: Delivery() for kind in ("websocket", "sse")}
     for part in parts:
@@ -162,6 +182,7 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
         everything.merge(d.latency)
     result: dict[str, Any] = {
         "rate": rate,
+        "seconds": duration,
         "events": count,
         "accepted": publisher.accepted,
         "server_cpu_seconds": round(cpu, 2),
@@ -180,14 +201,14 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
 
 def run_point(system: System, size: int, args: argparse.Namespace, secret: str) -> dict[str, Any]:
     """One system at one size: connect, idle memory and CPU, then each event rate."""
-    print(f"[scale] {system.name} {size}: starting", file=sys.stderr, flush=True)
+    say(f"{system.name} {size}: starting")
     system.start()
     clients: Clients | None = None
     try:
         base_rss = rss_bytes(system.server_pids())
         clients = Clients(system, size // 2, size - size // 2, processes_for(size), secret)
         connect = clients.connect()
-        print(f"[scale] {system.name} {size}: {connect}", file=sys.stderr, flush=True)
+        say(f"{system.name} {size}: {connect}")
         time.sleep(2.0)
         pids = system.server_pids()
         idle_rss = rss_bytes(pids)
@@ -207,14 +228,12 @@ def run_point(system: System, size: int, args: argparse.Namespace, secret: str) 
         }
         first = 1
         for rate in args.rates:
-            phase = publish_phase(system, clients, first, rate, args.duration)
+            phase = publish_phase(system, clients, first, rate, phase_seconds(args, rate, size))
             first += phase["events"]
             point["rates"][str(rate)] = phase
-            print(
-                f"[scale] {system.name} {size} @ {rate}/s: p99 {phase['all']['p99_ms']:.1f} ms, lost "
-                f"{phase['lost']} dup {phase['duplicated']} ooo {phase['out_of_order']}",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"{system.name} {size} @ {rate}/s: p99 {phase['all']['p99_ms']:.1f} ms, lost "
+                f"{phase['lost']} dup {phase['duplicated']} ooo {phase['out_of_order']}"
             )
         return point
     finally:
@@ -233,9 +252,11 @@ def connect_run(system: System, count: int, secret: str, algorithm: str) -> dict
         result["algorithm"] = algorithm
         return result
     finally:
+        say("connect run: stopping")
         if clients is not None:
             clients.close()
         system.stop()
+        say("connect run: stopped")
 
 
 def heartbeat_run(size: int, args: argparse.Namespace, workdir: Path, secret: str, mongo_uri: str) -> dict[str, Any]:
@@ -250,8 +271,7 @@ def heartbeat_run(size: int, args: argparse.Namespace, workdir: Path, secret: st
         clients = Clients(system, size // 2, size - size // 2, processes_for(size), secret, track_heartbeats=True)
         connect = clients.connect()
         clients.ask("extras")  # forget the heartbeats while connecting
-        rate = max(args.rates)
-        phase = publish_phase(system, clients, 1, rate, max(args.duration, 2 * args.heartbeat_seconds))
+        phase = publish_phase(system, clients, 1, args.heartbeat_rate, max(args.duration, 2 * args.heartbeat_seconds))
         parts = clients.ask("extras")
     finally:
         if clients is not None:
@@ -300,7 +320,8 @@ def save(document: dict[str, Any], args: argparse.Namespace) -> None:
 
 def table(document: dict[str, Any]) -> str:
     rows = [
-        "| connections | system | workers | rate /s | WS p50 / p99 ms | SSE p50 / p99 ms | lost / dup / out-of-order "
+        "| connections | system | workers | rate /s × s | WS p50 / p99 ms | SSE p50 / p99 ms "
+        "| lost / dup / out-of-order "
         "| RSS per conn KB | idle CPU % of a core | connects /s (WS alone) |",
         "|" + "---|" * 10,
     ]
@@ -309,7 +330,8 @@ def table(document: dict[str, Any]) -> str:
             ws, sse = phase["websocket"]["latency"], phase["sse"]["latency"]
             connect = point["connect"]
             rows.append(
-                f"| {point['size']:,} | {point['system']} | {point['workers']} | {float(rate):g} "
+                f"| {point['size']:,} | {point['system']} | {point['workers']} "
+                f"| {float(rate):g} × {phase['seconds']:g} "
                 f"| {ws['p50_ms']:.1f} / {ws['p99_ms']:.1f} | {sse['p50_ms']:.1f} / {sse['p99_ms']:.1f} "
                 f"| {phase['lost']} / {phase['duplicated']} / {phase['out_of_order']} "
                 f"| {point['rss_per_connection_kb']:.1f} | {point['idle_cpu_percent_of_core']:.1f} "
@@ -402,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_connect:
                 private, public = rsa_keys()
                 codes = [("this", ROOT)] + ([("old", args.old.resolve())] if args.old else [])
-                for label, root in codes:
-                    for algorithm in ("HS256", "RS256"):
+                order = [(c, a) for _ in range(args.connect_reps) for a in ("HS256", "RS256") for c in codes]
+                for (label, root), algorithm in order:
+                    if True:
                         key = secret if algorithm == "HS256" else private
                         system = ServiceSystem(
                             workdir,
@@ -416,13 +439,13 @@ def main(argv: list[str] | None = None) -> int:
                         run = connect_run(system, args.connect_size, key, algorithm)
                         run.update(label="WORKERS=2", code=label, clients=args.connect_size)
                         document["connect_runs"].append(run)
-                        print(f"[scale] connect {label} {algorithm}: {run}", file=sys.stderr, flush=True)
+                        say(f"connect {label} {algorithm}: {run}")
                         save(document, args)
             largest = 0
             for size in args.sizes:
                 for name in args.systems:
                     if args.deadline and time.monotonic() - began > args.deadline:
-                        print(f"[scale] deadline: skipping {name} {size}", file=sys.stderr, flush=True)
+                        say(f"deadline: skipping {name} {size}")
                         continue
                     workers = processes_for(size)
                     system: System
@@ -433,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         point = run_point(system, size, args, secret)
                     except Exception as exc:  # a size that cannot be held is a result too
-                        print(f"[scale] {name} {size} failed: {exc!r}", file=sys.stderr, flush=True)
+                        say(f"{name} {size} failed: {exc!r}")
                         document.setdefault("failures", []).append({"system": name, "size": size, "error": repr(exc)})
                         save(document, args)
                         continue
@@ -443,8 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                         largest = max(largest, size)
                     save(document, args)
             if not args.no_heartbeat and largest and not (args.deadline and time.monotonic() - began > args.deadline):
-                print(f"[scale] heartbeat run at {largest}", file=sys.stderr, flush=True)
-                document["heartbeat"] = heartbeat_run(largest, args, workdir, secret, mongo_uri)
+                size = args.heartbeat_size or largest
+                say(f"heartbeat run at {size}")
+                document["heartbeat"] = heartbeat_run(size, args, workdir, secret, mongo_uri)
                 save(document, args)
         finally:
             mongo.stop()
