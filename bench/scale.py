@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -61,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--old", type=Path, default=None, help="another checkout: its connect rate beside this one")
     parser.add_argument("--connect-reps", type=int, default=2, help="connect runs per code and algorithm, alternated")
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0, help="HEARTBEAT_SECONDS of the heartbeat run")
-    parser.add_argument("--heartbeat-rate", type=float, default=2.0, help="events/s of the heartbeat run")
+    parser.add_argument(
+        "--heartbeat-rate", type=float, default=2.7, help="events/s of the heartbeat run (not a multiple of its ticks)"
+    )
     parser.add_argument("--heartbeat-size", type=int, default=0, help="its size (default: the largest service point)")
     parser.add_argument("--no-connect", action="store_true", help="skip the connect-rate runs")
     parser.add_argument("--no-heartbeat", action="store_true", help="skip the heartbeat run")
@@ -69,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "scale-latest.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "scale.png")
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
+    parser.add_argument("--render", type=Path, default=None, help="only redo the table and plot from this JSON")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -271,7 +275,8 @@ def heartbeat_run(size: int, args: argparse.Namespace, workdir: Path, secret: st
         clients = Clients(system, size // 2, size - size // 2, processes_for(size), secret, track_heartbeats=True)
         connect = clients.connect()
         clients.ask("extras")  # forget the heartbeats while connecting
-        phase = publish_phase(system, clients, 1, args.heartbeat_rate, max(args.duration, 2 * args.heartbeat_seconds))
+        seconds = max(phase_seconds(args, args.heartbeat_rate, size), 2 * args.heartbeat_seconds)
+        phase = publish_phase(system, clients, 1, args.heartbeat_rate, seconds)
         parts = clients.ask("extras")
     finally:
         if clients is not None:
@@ -387,13 +392,16 @@ def plot(document: dict[str, Any], path: Path) -> None:
         for rate, style in (("1.0", "-"), ("10.0", "--")):
             p99 = [p["rates"][rate]["all"]["p99_ms"] if rate in p["rates"] else math.nan for p in points]
             lat.plot(sizes, p99, style, marker="o", color=colour, label=f"{system}, {float(rate):g} event/s")
-        mem.plot(sizes, [p["rss_idle_mb"] for p in points], marker="o", color=colour, label=f"{system} RSS")
+        per_conn = [p["rss_per_connection_kb"] for p in points]
+        mem.plot(sizes, per_conn, marker="o", color=colour, label=f"{system}")
     lat.set(xscale="log", yscale="log", xlabel="connections (half WebSocket, half SSE)", ylabel="p99 ms")
     lat.axhline(50, color="grey", lw=0.6, ls=":")
     lat.axhline(250, color="grey", lw=0.6, ls=":")
     lat.legend(fontsize=8)
     lat.grid(alpha=0.3)
-    mem.set(xscale="log", yscale="log", xlabel="connections", ylabel="server RSS MB (all workers, idle)")
+    mem.set(xscale="log", xlabel="connections", ylabel="idle RSS per connection KB (all workers)")
+    mem.set_ylim(bottom=0)
+    mem.axhline(5, color="grey", lw=0.6, ls=":")
     mem.legend(fontsize=8)
     mem.grid(alpha=0.3)
     fig.suptitle(f"2 vCPU, one machine, clients on the same cores — {document['when']}", fontsize=9)
@@ -402,8 +410,22 @@ def plot(document: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def render(document: dict[str, Any], args: argparse.Namespace) -> None:
+    markdown = table(document)
+    print(markdown)
+    if document["points"]:
+        plot(document, args.plot)
+    if not args.no_readme:
+        write_readme(markdown, document["command"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        render(json.loads(args.render.read_text()), args)
+        return 0
+    # `timeout` / kill: stop what was started and still write what was measured.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()
     secret = secrets.token_urlsafe(32)
     command = "python -m bench.scale " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -474,12 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             mongo.stop()
             document["seconds"] = round(time.monotonic() - began, 1)
             save(document, args)
-            markdown = table(document)
-            print(markdown)
-            if document["points"]:
-                plot(document, args.plot)
-            if not args.no_readme:
-                write_readme(markdown, command)
+            render(document, args)
     return 0
 
 
