@@ -343,6 +343,8 @@ def table(document: dict[str, Any]) -> str:
                 f"| {connect['per_second']:.0f} ({connect.get('websocket_per_second', 0):.0f}) |"
             )
     out = "\n".join(rows)
+    if document["points"]:
+        out += "\n\n" + sizing_table(document)
     if document.get("connect_runs"):
         out += "\n\n| connect run | code | algorithm | WebSocket clients | connected / failed | connects /s |\n"
         out += "|---|---|---|---|---|---|\n"
@@ -363,6 +365,50 @@ def table(document: dict[str, Any]) -> str:
             f"{hb['phase']['out_of_order']}."
         )
     return out
+
+
+def sizing(document: dict[str, Any], system: str = "service") -> dict[str, Any]:
+    """What the curve says for one system: per event rate, the most connections held (all
+    delivered) with p99 within 50 ms and within 250 ms, per core of this 2-core machine; and
+    idle memory per 10,000 connections at the largest size held."""
+    points = sorted((p for p in document["points"] if p["system"] == system), key=lambda p: p["size"])
+    cores = int(document["machine"].get("nproc", "2") or 2)
+    out: dict[str, Any] = {"cores": cores, "by_rate": {}}
+    for rate in sorted({r for p in points for r in p["rates"]}, key=float):
+        row: dict[str, Any] = {}
+        for bound in (50, 250):
+            held = [
+                p["size"]
+                for p in points
+                if rate in p["rates"]
+                and p["rates"][rate]["all"]["p99_ms"] <= bound
+                and p["rates"][rate]["lost"] + p["rates"][rate]["duplicated"] + p["rates"][rate]["out_of_order"] == 0
+            ]
+            row[f"p99_{bound}ms"] = max(held, default=0)
+            row[f"p99_{bound}ms_per_core"] = max(held, default=0) // cores
+        out["by_rate"][rate] = row
+    if points:
+        top = points[-1]
+        out["largest"] = top["size"]
+        out["mb_per_10k"] = round(top["rss_per_connection_kb"] * 10_000 / 1024, 1)
+        out["baseline_mb_per_worker"] = round(top["rss_baseline_mb"] / max(1, top["workers"]), 1)
+    return out
+
+
+def sizing_table(document: dict[str, Any]) -> str:
+    rows = [
+        "| system | events /s | most connections with p99 ≤ 50 ms (per core) "
+        "| with p99 ≤ 250 ms (per core) | idle RSS per 10k connections |",
+        "|---|---|---|---|---|",
+    ]
+    for system in ("service", "nchan"):
+        s = sizing(document, system)
+        for rate, row in s["by_rate"].items():
+            rows.append(
+                f"| {system} | {float(rate):g} | {row['p99_50ms']:,} ({row['p99_50ms_per_core']:,}) "
+                f"| {row['p99_250ms']:,} ({row['p99_250ms_per_core']:,}) | {s.get('mb_per_10k', 0):g} MB |"
+            )
+    return "\n".join(rows)
 
 
 def write_readme(markdown: str, command: str) -> None:
