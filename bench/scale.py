@@ -203,8 +203,26 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     return result
 
 
+def room_for(connections: int, longest: float = 150.0) -> None:
+    """Wait (bounded) until the kernel's connection-tracking table has room for `connections`
+    more: closed loopback connections stay in it for 2 minutes (TIME_WAIT), and a full table
+    drops new connections, which would read as the server refusing them."""
+    try:
+        limit = int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text())
+    except OSError:
+        return  # no connection tracking here
+    deadline = time.monotonic() + longest
+    while time.monotonic() < deadline:
+        used = int(Path("/proc/sys/net/netfilter/nf_conntrack_count").read_text())
+        if used + connections * 1.1 + 1000 < limit:
+            return
+        say(f"waiting for conntrack room: {used:,} of {limit:,} used, {connections:,} needed")
+        time.sleep(5)
+
+
 def run_point(system: System, size: int, args: argparse.Namespace, secret: str) -> dict[str, Any]:
     """One system at one size: connect, idle memory and CPU, then each event rate."""
+    room_for(size)
     say(f"{system.name} {size}: starting")
     system.start()
     clients: Clients | None = None
@@ -269,6 +287,7 @@ def heartbeat_run(size: int, args: argparse.Namespace, workdir: Path, secret: st
     workers = processes_for(size)
     env = {"HEARTBEAT_SECONDS": str(args.heartbeat_seconds)}
     system = ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri, env=env)
+    room_for(size)
     system.start()
     clients: Clients | None = None
     try:
