@@ -72,12 +72,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "scale-latest.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "scale.png")
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
+    parser.add_argument(
+        "--files-per-process", type=int, default=FILES_PER_PROCESS, help="connections per worker / load process"
+    )
     parser.add_argument("--render", type=Path, default=None, help="only redo the table and plot from this JSON")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    set_files_per_process(args.files_per_process)
     return args
+
+
+def set_files_per_process(count: int) -> None:
+    global FILES_PER_PROCESS
+    FILES_PER_PROCESS = count
 
 
 def processes_for(connections: int) -> int:
@@ -333,6 +342,8 @@ def heartbeat_run(size: int, args: argparse.Namespace, workdir: Path, secret: st
         "burst_ms_median": sorted(e - s + 1 for s, e in bursts)[len(bursts) // 2] if bursts else 0,
         "events_during": n_during,
         "events_between": len(by_seq) - n_during,
+        "burst_windows_ms": bursts[:60],
+        "sent_ms": dict(sorted(sent_ms.items())[:60]),
         "during": report.latency_summary(during),
         "between": report.latency_summary(between),
     }
@@ -498,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
         "machine": report.machine(),
-        "files_per_process": FILES_PER_PROCESS,
+        "files_per_process": args.files_per_process,
         "points": [],
         "connect_runs": [],
         "heartbeat": None,
