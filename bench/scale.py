@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-size", type=int, default=10_000, help="WebSocket clients of the connect runs")
     parser.add_argument("--old", type=Path, default=None, help="another checkout: its connect rate beside this one")
     parser.add_argument("--connect-reps", type=int, default=2, help="connect runs per code and algorithm, alternated")
-    parser.add_argument("--heartbeat-seconds", type=float, default=2.0, help="HEARTBEAT_SECONDS of the heartbeat run")
+    parser.add_argument("--heartbeat-seconds", type=float, default=5.0, help="HEARTBEAT_SECONDS of the heartbeat run")
     parser.add_argument(
         "--heartbeat-rate", type=float, default=2.7, help="events/s of the heartbeat run (not a multiple of its ticks)"
     )
