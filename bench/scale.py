@@ -376,11 +376,12 @@ def table(document: dict[str, Any]) -> str:
     if document["points"]:
         out += "\n\n" + sizing_table(document)
     if document.get("connect_runs"):
-        out += "\n\n| connect run | code | algorithm | WebSocket clients | connected / failed | connects /s |\n"
-        out += "|---|---|---|---|---|---|\n"
+        out += "\n\n| connect run | code | algorithm | log | WebSocket clients | connected / failed | connects /s |\n"
+        out += "|---|---|---|---|---|---|---|\n"
         for run in document["connect_runs"]:
             out += (
-                f"| {run['label']} | {run['code']} | {run['algorithm']} | {run['clients']:,} "
+                f"| {run['label']} | {run['code']} | {run['algorithm']} | {run.get('log', 'WARNING')} "
+                f"| {run['clients']:,} "
                 f"| {run['opened']} / {run['failed']} | {run['per_second']:.0f} |\n"
             )
     hb = document.get("heartbeat")
@@ -522,8 +523,11 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_connect:
                 private, public = rsa_keys()
                 codes = [("this", ROOT)] + ([("old", args.old.resolve())] if args.old else [])
-                order = [(c, a) for _ in range(args.connect_reps) for a in ("HS256", "RS256") for c in codes]
-                for (label, root), algorithm in order:
+                # (algorithm, log settings): the bench's LOG_LEVEL=WARNING, and k8s/base's INFO as JSON,
+                # where every connect writes an access line.
+                variants = [("HS256", {}), ("RS256", {}), ("HS256", {"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"})]
+                order = [(c, v) for _ in range(args.connect_reps) for v in variants for c in codes]
+                for (label, root), (algorithm, env) in order:
                     if True:
                         key = secret if algorithm == "HS256" else private
                         system = ServiceSystem(
@@ -533,9 +537,11 @@ def main(argv: list[str] | None = None) -> int:
                             mongo_uri=mongo_uri,
                             root=root,
                             public_key=public if algorithm == "RS256" else None,
+                            env=env,
                         )
                         run = connect_run(system, args.connect_size, key, algorithm)
                         run.update(label="WORKERS=2", code=label, clients=args.connect_size)
+                        run["log"] = env.get("LOG_LEVEL", "WARNING") + (" json" if env else "")
                         document["connect_runs"].append(run)
                         say(f"connect {label} {algorithm}: {run}")
                         save(document, args)
