@@ -569,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "service":
                         largest = max(largest, size)
                     save(document, args)
-            if not args.no_heartbeat and largest and not (args.deadline and time.monotonic() - began > args.deadline):
+            late = args.deadline and time.monotonic() - began > args.deadline
+            if not args.no_heartbeat and (args.heartbeat_size or largest) and not late:
                 size = args.heartbeat_size or largest
                 say(f"heartbeat run at {size}")
                 document["heartbeat"] = heartbeat_run(size, args, workdir, secret, mongo_uri)
