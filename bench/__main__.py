@@ -69,7 +69,8 @@ def _recv(pipe: Connection, what: str) -> Any:
     return pipe.recv()
 
 
-def _plans(system: System, args: argparse.Namespace, secret: str) -> list[load.Plan]:
+def _plans(system: System, args: argparse.Namespace, secret: str, **extra: Any) -> list[load.Plan]:
+    """One plan per load process; `extra`: more `load.Plan` fields (algorithm, ...)."""
     plans = []
     user = 1
     for i in range(args.procs):
@@ -87,6 +88,7 @@ def _plans(system: System, args: argparse.Namespace, secret: str) -> list[load.P
                 first_user=user,
                 jwt_secret=secret,
                 greeting=system.greeting,
+                **extra,
             )
         )
         user += ws + sse + poll

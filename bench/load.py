@@ -26,6 +26,7 @@ from bench.stats import Delivery, Histogram
 MARK = re.compile(rb'"b": ?"(\d+):(\d+)"')
 CONNECTED = b'"connected"'
 QUIET_SECONDS = 5.0
+SENT_US: dict[int, int] = {}  # seq -> its publish stamp (µs), kept only with track_heartbeats
 DISORDER: list[tuple[int, int, int]] = []  # first few (seq, last seen, count) out of order, for diagnosis
 PONG_EMPTY = b"\x8a\x80\x00\x00\x00\x00"  # masked (with a zero key), empty pong
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
@@ -48,16 +49,39 @@ class Plan:
     connect_timeout: float = 30.0
     poll: int = 0  # long-polling clients (the service only)
     poll_path: str = "/poll"
+    algorithm: str = "HS256"  # RS256: jwt_secret is then the private key (PEM)
+    track_heartbeats: bool = False  # record heartbeat arrival times and a histogram per event
 
 
 class Tracker:
     """One client's view of the event sequence: loss, duplicates, order, latency."""
 
-    __slots__ = ("closed", "duplicated", "established", "hist", "last", "out_of_order", "received", "seen", "worst")
+    __slots__ = (
+        "beats",
+        "by_seq",
+        "closed",
+        "duplicated",
+        "established",
+        "hist",
+        "last",
+        "out_of_order",
+        "received",
+        "seen",
+        "worst",
+    )
 
-    def __init__(self, hist: Histogram, worst: dict[int, int], established: asyncio.Future[bool]) -> None:
+    def __init__(
+        self,
+        hist: Histogram,
+        worst: dict[int, int],
+        established: asyncio.Future[bool],
+        by_seq: dict[int, Histogram] | None = None,
+        beats: dict[int, int] | None = None,
+    ) -> None:
         self.hist = hist
         self.worst = worst  # per event: the longest any client of this process waited (µs)
+        self.by_seq = by_seq  # per event: every client's latency (heartbeat measurement only)
+        self.beats = beats  # ms -> heartbeats (pings, SSE comments) that arrived then
         self.established = established
         self.seen = bytearray(64)
         self.last = 0
@@ -92,12 +116,23 @@ class Tracker:
                 self.last = seq
             latency = now_us - int(match.group(2))
             self.hist.add(max(1.0, float(latency)))
+            if self.by_seq is not None:
+                hist = self.by_seq.get(seq)
+                if hist is None:
+                    hist = self.by_seq[seq] = Histogram()
+                    SENT_US[seq] = int(match.group(2))
+                hist.add(max(1.0, float(latency)))
             if latency > self.worst.get(seq, 0):
                 self.worst[seq] = latency
         return found
 
-    def lost(self, last_seq: int) -> int:
-        return max(0, last_seq - self.received)
+    def lost(self, last_seq: int, first_seq: int = 1) -> int:
+        return max(0, last_seq - first_seq + 1 - self.received)
+
+    def beat(self) -> None:
+        if self.beats is not None:
+            ms = time.time_ns() // 1_000_000
+            self.beats[ms] = self.beats.get(ms, 0) + 1
 
 
 class LoadClient(asyncio.Protocol):
@@ -168,6 +203,7 @@ class WsClient(LoadClient):
                     self.tracker.ready(True)  # the greeting, or another per-connection message
             elif opcode == 0x9:
                 self._pong(buf[pos + head : end])
+                self.tracker.beat()
             elif opcode == 0x8:
                 self.close()
                 return
@@ -213,7 +249,9 @@ class SseClient(LoadClient):
             return
         if self.greeting and not self.tracker.established.done() and buf.find(CONNECTED, pos, end) >= 0:
             self.tracker.ready(True)
-        self.tracker.scan(buf, pos, end, now_us)
+        if not self.tracker.scan(buf, pos, end, now_us) and self.tracker.beats is not None:
+            if buf.find(b"heartbeat", pos, end) >= 0:
+                self.tracker.beat()
         self.buffer = buf[end + 2 :]
 
 
@@ -259,10 +297,10 @@ class PollClient(LoadClient):
         )
 
 
-def _token(secret: str, user: int) -> str:
+def _token(secret: Any, user: int, algorithm: str = "HS256") -> str:
     now = int(time.time())
     claims = {"sub": str(user), "name": "محمد حسن", "roles": ["user"], "iat": now, "exp": now + 3600}
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return jwt.encode(claims, secret, algorithm=algorithm)
 
 
 def _ws_request(plan: Plan, token: str) -> bytes:
@@ -309,21 +347,30 @@ class Load:
         self.worst: dict[int, int] = {}
         self.clients: dict[str, list[tuple[Tracker, asyncio.Protocol]]] = {kind: [] for kind in CLIENTS}
         self.failed = 0
+        self.first_seq = 1
+        self.by_seq: dict[int, Histogram] | None = {} if plan.track_heartbeats else None
+        self.beats: dict[int, int] | None = {} if plan.track_heartbeats else None
+        self.established_at: dict[str, float] = {}  # kind -> when its last client was established
 
     async def connect(self) -> dict[str, Any]:
         plan = self.plan
         loop = asyncio.get_running_loop()
-        secret, first = plan.jwt_secret, plan.first_user
+        secret: Any = plan.jwt_secret
+        first, alg = plan.first_user, plan.algorithm
+        if not alg.startswith("HS"):  # a PEM private key: parsed once here, not by PyJWT per token
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            secret = load_pem_private_key(plan.jwt_secret.encode(), password=None)
         first_user = first
-        requests = [("websocket", _ws_request(plan, _token(secret, first + i))) for i in range(plan.ws)]
-        requests += [("sse", _sse_request(plan, _token(secret, first + plan.ws + i))) for i in range(plan.sse)]
+        requests = [("websocket", _ws_request(plan, _token(secret, first + i, alg))) for i in range(plan.ws)]
+        requests += [("sse", _sse_request(plan, _token(secret, first + plan.ws + i, alg))) for i in range(plan.sse)]
         first += plan.ws + plan.sse
-        requests += [("poll", _poll_request(plan, _token(secret, first + i))) for i in range(plan.poll)]
+        requests += [("poll", _poll_request(plan, _token(secret, first + i, alg))) for i in range(plan.poll)]
         limit = asyncio.Semaphore(plan.concurrency)
 
         async def open_one(n: int, kind: str, request: bytes) -> None:
             async with limit:
-                tracker = Tracker(self.hists[kind], self.worst, loop.create_future())
+                tracker = Tracker(self.hists[kind], self.worst, loop.create_future(), self.by_seq, self.beats)
                 protocol: asyncio.Protocol = CLIENTS[kind](request, tracker, plan.greeting)
                 try:
                     await loop.create_connection(
@@ -334,6 +381,7 @@ class Load:
                     ok = False
                 if ok:
                     self.clients[kind].append((tracker, protocol))
+                    self.established_at[kind] = time.time()
                 else:
                     self.failed += 1
                     protocol.close()  # type: ignore[attr-defined]
@@ -342,7 +390,34 @@ class Load:
         await asyncio.gather(*(open_one(n, kind, request) for n, (kind, request) in enumerate(requests)))
         finished = time.time()
         opened = sum(len(group) for group in self.clients.values())
-        return {"opened": opened, "failed": self.failed, "started": started, "finished": finished}
+        return {
+            "opened": opened,
+            "failed": self.failed,
+            "started": started,
+            "finished": finished,
+            "by_kind": {kind: (len(g), self.established_at.get(kind, started)) for kind, g in self.clients.items()},
+        }
+
+    def reset(self, first_seq: int) -> None:
+        """Start counting afresh, on the same open clients, from event `first_seq` on."""
+        self.first_seq = first_seq
+        for hist in self.hists.values():
+            hist.counts.clear()
+            hist.total, hist.max_us = 0, 0.0
+        self.worst.clear()
+        DISORDER.clear()
+        if self.by_seq is not None:
+            self.by_seq.clear()
+        for group in self.clients.values():
+            for tracker, _ in group:
+                tracker.received = tracker.duplicated = tracker.out_of_order = 0
+
+    def extras(self) -> dict[str, Any]:
+        """Heartbeat arrival times and per-event histograms (when tracked); cleared after."""
+        out = {"beats": dict(self.beats or {}), "by_seq": dict(self.by_seq or {}), "sent_us": dict(SENT_US)}
+        if self.beats is not None:
+            self.beats.clear()
+        return out
 
     async def finish(self, last_seq: int, wait_seconds: float) -> dict[str, Delivery]:
         """Wait until every open client has the last event, or nothing arrived for QUIET_SECONDS
@@ -366,10 +441,10 @@ class Load:
             missing: dict[int, int] = {}
             for tracker, _ in group:
                 d.received += tracker.received
-                d.lost += tracker.lost(last_seq)
-                if tracker.lost(last_seq) and len(missing) < 50:
+                d.lost += tracker.lost(last_seq, self.first_seq)
+                if tracker.lost(last_seq, self.first_seq) and len(missing) < 50:
                     seen = tracker.seen.ljust(last_seq + 1, b"\0")
-                    for seq in range(1, last_seq + 1):
+                    for seq in range(self.first_seq, last_seq + 1):
                         if not seen[seq]:
                             missing[seq] = missing.get(seq, 0) + 1
                 d.duplicated += tracker.duplicated
@@ -399,6 +474,11 @@ async def _serve(plan: Plan, pipe: Connection) -> None:
             elif command == "finish":
                 last_seq, wait_seconds = arg
                 pipe.send(await load.finish(last_seq, wait_seconds))
+            elif command == "reset":
+                load.reset(arg)
+                pipe.send(True)
+            elif command == "extras":
+                pipe.send(load.extras())
             else:
                 break
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from service.embedded_mongo import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+NOFILE_LIMIT = 20_000  # open files per process on this machine (the hard limit; setrlimit above it fails)
 USER_NAME = "محمد حسن"
 
 
@@ -193,10 +195,10 @@ class System:
         stop_process(self.process)
         self.process = None
 
-    def _spawn(self, command: list[str], env: dict[str, str] | None = None) -> None:
+    def _spawn(self, command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
         log = open(self.workdir / f"{self.name}.log", "ab")
         try:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
 
@@ -214,12 +216,28 @@ class System:
 class ServiceSystem(System):
     """`python -m service` with WORKERS=n against a shared SecantusDB; publishes via POST /api/events."""
 
-    def __init__(self, workdir: Path, secret: str, *, workers: int, mongo_uri: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        secret: str,
+        *,
+        workers: int,
+        mongo_uri: str,
+        env: dict[str, str] | None = None,
+        root: Path = ROOT,
+        public_key: str | None = None,
+    ) -> None:
+        """`env`: more settings (HEARTBEAT_SECONDS, ...); `root`: another checkout's code (with
+        its own `.venv` link); `public_key`: verify tokens with this PEM (JWT_PUBLIC_KEY) instead
+        of the HMAC secret."""
         super().__init__(workdir, secret)
         self.name = f"service{workers}"
         self.workers = workers
         self.mongo_uri = mongo_uri
-        self.database = f"bench_{self.name}_{os.getpid()}"
+        self.database = f"bench_{self.name}_{os.getpid()}_{self.port}"
+        self.extra_env = env or {}
+        self.root = root
+        self.public_key = public_key
 
     def start(self) -> None:
         env = {
@@ -237,8 +255,12 @@ class ServiceSystem(System):
             "DATA_DIR": str(self.workdir / self.name),
             "DRAIN_SECONDS": "0",
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
-        self._spawn([sys.executable, "-m", "service"], env)
+        if self.public_key is not None:
+            del env["JWT_SECRET"]
+            env["JWT_PUBLIC_KEY"] = self.public_key
+        self._spawn([sys.executable, "-m", "service"], env, cwd=self.root)
         wait_for(self._ready, 60, f"{self.name} /readyz")
         if self.workers > 1:
             wait_for(lambda: len(self.server_pids()) == self.workers, 30, f"{self.name} workers")
@@ -279,7 +301,8 @@ worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 daemon off;
-events {{ worker_connections 20000; multi_accept on; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {connections}; multi_accept on; }}
 http {{
   access_log off;
   client_body_temp_path {dir}/body;
@@ -320,7 +343,17 @@ class NchanSystem(System):
         home = self.workdir / self.name
         home.mkdir(parents=True, exist_ok=True)
         conf = home / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(module=NCHAN_MODULE, workers=self.workers, dir=home, port=self.port))
+        nofile = min(NOFILE_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        conf.write_text(
+            NGINX_CONF.format(
+                module=NCHAN_MODULE,
+                workers=self.workers,
+                dir=home,
+                port=self.port,
+                nofile=nofile,
+                connections=nofile - 500,  # room for the listening socket, logs, the publisher
+            )
+        )
         os.chmod(home, 0o755)
         self._spawn(["nginx", "-p", str(home), "-c", str(conf), "-e", str(home / "error.log")])
         wait_for(self._listening, 30, "nginx")

@@ -61,10 +61,13 @@ class WebSocketEndpoint(BaseHandler):
         sock, leftover = take_over(self)
         session = WebSocketSession(ctx, deflate, echo=self.echo)
         await session.attach(sock)
-        session.write(handshake_response(key, deflate.response() if deflate else None))
+        handshake = handshake_response(key, deflate.response() if deflate else None)
         if self.echo:
+            session.write(handshake)
             session.begin_reading(leftover)
             return
+        # The 101 goes out with the first frame after it: `connected`, or a refusal's close.
+        session.hold(handshake)
         # From here on every answer is a close code: Tornado no longer owns the connection.
         try:
             principal = await ctx.auth.authenticate(credentials)

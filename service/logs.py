@@ -157,6 +157,8 @@ def request_logger(metrics: Metrics, handlers: Iterable[str]) -> Any:
         level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         if status < 400 and name in ("LivenessHandler", "ReadinessHandler", "MetricsHandler"):
             level = logging.DEBUG  # probes and scrapes every few seconds would drown the log
+        if not access_log.isEnabledFor(level):
+            return  # every connect comes through here: build no line nobody will read
         access_log.log(
             level,
             "%d %s %s %.1fms",

@@ -38,7 +38,7 @@ class StreamSession(asyncio.Protocol):
     """
 
     kind: ClassVar[str]
-    __slots__ = ("_clock", "_lost", "_transport", "connection", "ctx", "slot")
+    __slots__ = ("_clock", "_held", "_lost", "_transport", "connection", "ctx", "slot")
 
     def __init__(self, ctx: AppContext, slot: Slot | None = None) -> None:
         self.ctx = ctx
@@ -47,6 +47,7 @@ class StreamSession(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._clock: TokenClock | None = None
         self._lost = False
+        self._held = b""
 
     @property
     def lost(self) -> bool:
@@ -87,6 +88,8 @@ class StreamSession(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        if self._held:
+            data, self._held = self._held + data, b""
         limit = self.ctx.hub.max_pending_bytes
         pending = transport.get_write_buffer_size()
         if pending and pending + len(data) > limit:
@@ -96,11 +99,20 @@ class StreamSession(asyncio.Protocol):
         if not pending and transport.get_write_buffer_size() > limit:
             self._too_slow()
 
+    def hold(self, data: bytes) -> None:
+        """Bytes that go out in front of the next write, in the same `send()`: the 101 answer
+        and the first frame after it (`connected`, or the close frame of a refusal) cost the
+        kernel one send per connect instead of two. The client sees the same bytes in the
+        same order."""
+        self._held += data
+
     def write_final(self, data: bytes) -> None:
         """Queue the last bytes of a closing stream (a close frame, the last chunk): one per
         stream and small, so past the bound too."""
         transport = self._transport
         if transport is not None and not transport.is_closing():
+            if self._held:
+                data, self._held = self._held + data, b""
             transport.write(data)
 
     def _too_slow(self) -> None:

@@ -1,0 +1,587 @@
+"""`python -m bench.scale` (`make bench-scale`): the curve a fleet is sized by.
+
+For each size (total connections, half WebSocket and half SSE) both the service and nginx+nchan
+are started with as many worker processes as keep each under the per-process open-file limit
+(`files_per_process`), and the clients come from as many load processes, spread over 50
+loopback source addresses. On one set of open connections each point measures, in turn: the
+connect rate, idle memory, idle CPU (heartbeats only), then publish→receive latency, loss,
+duplicates and order at each `--rates` event rate. Before the sizes: the authenticated
+WebSocket connect rate alone (HS256 and RS256; with `--old DIR`, the same for another checkout).
+After them: event latency during a heartbeat round against between rounds, at the largest size.
+
+The JSON is rewritten after every point, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from typing import Any
+
+from bench import load, report
+from bench.__main__ import _plans, _recv
+from bench.stats import Delivery, Histogram
+from bench.systems import ROOT, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
+from service.embedded_mongo import EmbeddedMongo
+
+HERE = Path(__file__).resolve().parent
+SIZES = (1_000, 5_000, 10_000, 25_000, 50_000, 100_000)
+FILES_PER_PROCESS = 15_000  # connections per server or load process: 20,000 open files, with room for imbalance
+START, END = "<!-- scale:start -->", "<!-- scale:end -->"
+
+
+def say(text: str) -> None:
+    print(f"[scale {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="total connections per point")
+    parser.add_argument("--rates", default="1,10", help="events per second, one phase each")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of events per rate (at most)")
+    parser.add_argument(
+        "--deliveries",
+        type=float,
+        default=2e6,
+        help="at most this many deliveries per phase (shorter phases at high rates and sizes; 2 s at least)",
+    )
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--systems", default="service,nchan", help="service and/or nchan")
+    parser.add_argument("--connect-size", type=int, default=10_000, help="WebSocket clients of the connect runs")
+    parser.add_argument("--old", type=Path, default=None, help="another checkout: its connect rate beside this one")
+    parser.add_argument("--connect-reps", type=int, default=2, help="connect runs per code and algorithm, alternated")
+    parser.add_argument("--heartbeat-seconds", type=float, default=5.0, help="HEARTBEAT_SECONDS of the heartbeat run")
+    parser.add_argument(
+        "--heartbeat-rate", type=float, default=2.7, help="events/s of the heartbeat run (not a multiple of its ticks)"
+    )
+    parser.add_argument("--heartbeat-size", type=int, default=0, help="its size (default: the largest service point)")
+    parser.add_argument("--no-connect", action="store_true", help="skip the connect-rate runs")
+    parser.add_argument("--no-heartbeat", action="store_true", help="skip the heartbeat run")
+    parser.add_argument("--deadline", type=float, default=0, help="start no new point after this many seconds")
+    parser.add_argument("--out", type=Path, default=HERE / "scale-latest.json")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "scale.png")
+    parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
+    parser.add_argument(
+        "--files-per-process", type=int, default=FILES_PER_PROCESS, help="connections per worker / load process"
+    )
+    parser.add_argument("--render", type=Path, default=None, help="only redo the table and plot from this JSON")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    set_files_per_process(args.files_per_process)
+    return args
+
+
+def set_files_per_process(count: int) -> None:
+    global FILES_PER_PROCESS
+    FILES_PER_PROCESS = count
+
+
+def processes_for(connections: int) -> int:
+    """Worker (and load) processes that keep each under the open-file limit: at least 2."""
+    return max(2, math.ceil(connections / FILES_PER_PROCESS))
+
+
+def phase_seconds(args: argparse.Namespace, rate: float, size: int) -> float:
+    """`--duration`, shortened so one phase delivers at most `--deliveries` events (2 s at least):
+    100,000 clients at 10 events/s are a million deliveries a second, which 2 shared cores
+    work through far slower than they arrive."""
+    return max(2.0, min(args.duration, args.deliveries / (rate * size)))
+
+
+def rsa_keys() -> tuple[str, str]:
+    """A fresh RSA-2048 key pair (private, public PEM), as an identity provider would sign with."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+class Clients:
+    """Load processes against one system: connect, then phases on the same connections."""
+
+    def __init__(self, system: System, ws: int, sse: int, procs: int, secret: str, **extra: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        args = argparse.Namespace(ws=ws, sse=sse, poll=0, procs=procs)
+        self.workers: list[tuple[SpawnProcess, Connection]] = []
+        for plan in _plans(system, args, secret, **extra):
+            mine, theirs = ctx.Pipe()
+            process = ctx.Process(target=load.main, args=(plan, theirs), daemon=True)
+            process.start()
+            self.workers.append((process, mine))
+
+    def ask(self, command: str, arg: object = None) -> list[Any]:
+        for _, pipe in self.workers:
+            pipe.send((command, arg))
+        return [_recv(pipe, command) for _, pipe in self.workers]
+
+    def connect(self) -> dict[str, Any]:
+        parts = self.ask("connect")
+        started = min(p["started"] for p in parts)
+        opened = sum(p["opened"] for p in parts)
+        seconds = max(p["finished"] for p in parts) - started
+        out: dict[str, Any] = {
+            "opened": opened,
+            "failed": sum(p["failed"] for p in parts),
+            "seconds": round(seconds, 3),
+            "per_second": round(opened / seconds, 1) if seconds > 0 else 0.0,
+        }
+        for kind in ("websocket", "sse"):
+            count = sum(p["by_kind"][kind][0] for p in parts)
+            last = max(p["by_kind"][kind][1] for p in parts)
+            # WebSocket clients are queued first in every load process, so this is their own rate.
+            if count and kind == "websocket":
+                out["websocket_per_second"] = round(count / max(1e-3, last - started), 1)
+        return out
+
+    def close(self) -> None:
+        for process, pipe in self.workers:
+            try:
+                pipe.send(("exit", None))
+            except OSError:
+                pass
+            process.join(15)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+
+
+def publish_phase(system: System, clients: Clients, first_seq: int, rate: float, duration: float) -> dict[str, Any]:
+    """Publish `rate` events/s for `duration` s from `first_seq` on; count what arrived."""
+    clients.ask("reset", first_seq)
+    publisher = system.publisher()
+    count = max(1, int(rate * duration))
+    pids = system.server_pids()
+    cpu_before = cpu_seconds(pids)
+    started = time.monotonic()
+    try:
+        for i in range(count):
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            publisher.send(first_seq + i)
+    finally:
+        publisher.close()
+    last = first_seq + count - 1
+    parts = clients.ask("finish", (last, 120.0))
+    cpu = cpu_seconds(pids) - cpu_before
+    merged = {kind: Delivery() for kind in ("websocket", "sse")}
+    for part in parts:
+        for kind in merged:
+            merged[kind].merge(part[kind])
+    everything = Histogram()
+    for d in merged.values():
+        everything.merge(d.latency)
+    result: dict[str, Any] = {
+        "rate": rate,
+        "seconds": duration,
+        "events": count,
+        "accepted": publisher.accepted,
+        "server_cpu_seconds": round(cpu, 2),
+        "all": report.latency_summary(everything),
+    }
+    for kind, d in merged.items():
+        summary = report.delivery_summary(d)
+        summary.pop("disorder_examples")
+        result[kind] = summary
+    result["lost"] = sum(result[k]["lost"] for k in merged)
+    result["duplicated"] = sum(result[k]["duplicated"] for k in merged)
+    result["out_of_order"] = sum(result[k]["out_of_order"] for k in merged)
+    result["disconnected"] = sum(result[k]["disconnected"] for k in merged)
+    return result
+
+
+def room_for(connections: int, longest: float = 150.0) -> None:
+    """Wait (bounded) until the kernel's connection-tracking table has room for `connections`
+    more: closed loopback connections stay in it for 2 minutes (TIME_WAIT), and a full table
+    drops new connections, which would read as the server refusing them."""
+    try:
+        limit = int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text())
+    except OSError:
+        return  # no connection tracking here
+    deadline = time.monotonic() + longest
+    while time.monotonic() < deadline:
+        used = int(Path("/proc/sys/net/netfilter/nf_conntrack_count").read_text())
+        if used + connections * 1.1 + 1000 < limit:
+            return
+        say(f"waiting for conntrack room: {used:,} of {limit:,} used, {connections:,} needed")
+        time.sleep(5)
+
+
+def run_point(system: System, size: int, args: argparse.Namespace, secret: str) -> dict[str, Any]:
+    """One system at one size: connect, idle memory and CPU, then each event rate."""
+    room_for(size)
+    say(f"{system.name} {size}: starting")
+    system.start()
+    clients: Clients | None = None
+    try:
+        base_rss = rss_bytes(system.server_pids())
+        clients = Clients(system, size // 2, size - size // 2, processes_for(size), secret)
+        connect = clients.connect()
+        say(f"{system.name} {size}: {connect}")
+        time.sleep(2.0)
+        pids = system.server_pids()
+        idle_rss = rss_bytes(pids)
+        cpu_before, wall = cpu_seconds(pids), time.monotonic()
+        time.sleep(args.idle)
+        idle_cpu = (cpu_seconds(pids) - cpu_before) / (time.monotonic() - wall)
+        point: dict[str, Any] = {
+            "size": size,
+            "workers": system.workers,
+            "load_processes": processes_for(size),
+            "connect": connect,
+            "rss_baseline_mb": round(base_rss / 2**20, 1),
+            "rss_idle_mb": round(idle_rss / 2**20, 1),
+            "rss_per_connection_kb": round((idle_rss - base_rss) / max(1, connect["opened"]) / 1024, 2),
+            "idle_cpu_percent_of_core": round(idle_cpu * 100, 2),
+            "rates": {},
+        }
+        first = 1
+        for rate in args.rates:
+            phase = publish_phase(system, clients, first, rate, phase_seconds(args, rate, size))
+            first += phase["events"]
+            point["rates"][str(rate)] = phase
+            say(
+                f"{system.name} {size} @ {rate}/s: p99 {phase['all']['p99_ms']:.1f} ms, lost "
+                f"{phase['lost']} dup {phase['duplicated']} ooo {phase['out_of_order']}"
+            )
+        return point
+    finally:
+        if clients is not None:
+            clients.close()
+        system.stop()
+
+
+def connect_run(system: System, count: int, secret: str, algorithm: str) -> dict[str, Any]:
+    """Only WebSocket clients, only connecting: the authenticated connect rate."""
+    system.start()
+    clients: Clients | None = None
+    try:
+        clients = Clients(system, count, 0, 2, secret, algorithm=algorithm)
+        result = clients.connect()
+        result["algorithm"] = algorithm
+        return result
+    finally:
+        say("connect run: stopping")
+        if clients is not None:
+            clients.close()
+        system.stop()
+        say("connect run: stopped")
+
+
+def heartbeat_run(size: int, args: argparse.Namespace, workdir: Path, secret: str, mongo_uri: str) -> dict[str, Any]:
+    """Events at the top rate with a short heartbeat: each event is 'during' a heartbeat tick
+    when it was published while heartbeats were arriving at the clients (or up to 25 ms before), else 'between'."""
+    workers = processes_for(size)
+    env = {"HEARTBEAT_SECONDS": str(args.heartbeat_seconds)}
+    system = ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri, env=env)
+    room_for(size)
+    system.start()
+    clients: Clients | None = None
+    try:
+        clients = Clients(system, size // 2, size - size // 2, processes_for(size), secret, track_heartbeats=True)
+        connect = clients.connect()
+        clients.ask("extras")  # forget the heartbeats while connecting
+        seconds = max(phase_seconds(args, args.heartbeat_rate, size), 2 * args.heartbeat_seconds)
+        phase = publish_phase(system, clients, 1, args.heartbeat_rate, seconds)
+        parts = clients.ask("extras")
+    finally:
+        if clients is not None:
+            clients.close()
+        system.stop()
+    beats: dict[int, int] = {}
+    by_seq: dict[int, Histogram] = {}
+    for part in parts:
+        for ms, n in part["beats"].items():
+            beats[ms] = beats.get(ms, 0) + n
+        for seq, hist in part["by_seq"].items():
+            by_seq.setdefault(seq, Histogram()).merge(hist)
+    # Heartbeat bursts: runs of milliseconds with arrivals no more than 20 ms apart.
+    bursts: list[list[int]] = []
+    for ms in sorted(beats):
+        if bursts and ms - bursts[-1][1] <= 20:
+            bursts[-1][1] = ms
+        else:
+            bursts.append([ms, ms])
+    sent_ms = {seq: us / 1000 for part in parts for seq, us in part["sent_us"].items()}
+    during, between = Histogram(), Histogram()
+    n_during = 0
+    for seq, hist in by_seq.items():
+        t = sent_ms.get(seq)
+        inside = t is not None and any(start - 25 <= t <= end + 5 for start, end in bursts)
+        n_during += int(inside)
+        (during if inside else between).merge(hist)
+    return {
+        "size": size,
+        "workers": workers,
+        "heartbeat_seconds": args.heartbeat_seconds,
+        "connect": connect,
+        "phase": phase,
+        "bursts": len(bursts),
+        "burst_ms_median": sorted(e - s + 1 for s, e in bursts)[len(bursts) // 2] if bursts else 0,
+        "events_during": n_during,
+        "events_between": len(by_seq) - n_during,
+        "burst_windows_ms": bursts[:60],
+        "sent_ms": dict(sorted(sent_ms.items())[:60]),
+        "during": report.latency_summary(during),
+        "between": report.latency_summary(between),
+    }
+
+
+def save(document: dict[str, Any], args: argparse.Namespace) -> None:
+    args.out.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+
+
+def table(document: dict[str, Any]) -> str:
+    rows = [
+        "| connections | system | workers | rate /s × s | WS p50 / p99 ms | SSE p50 / p99 ms "
+        "| lost / dup / out-of-order "
+        "| RSS per conn KB | idle CPU % of a core | connects /s (WS alone) |",
+        "|" + "---|" * 10,
+    ]
+    for point in document["points"]:
+        for rate, phase in point["rates"].items():
+            ws, sse = phase["websocket"]["latency"], phase["sse"]["latency"]
+            connect = point["connect"]
+            rows.append(
+                f"| {point['size']:,} | {point['system']} | {point['workers']} "
+                f"| {float(rate):g} × {phase['seconds']:g} "
+                f"| {ws['p50_ms']:.1f} / {ws['p99_ms']:.1f} | {sse['p50_ms']:.1f} / {sse['p99_ms']:.1f} "
+                f"| {phase['lost']} / {phase['duplicated']} / {phase['out_of_order']} "
+                f"| {point['rss_per_connection_kb']:.1f} | {point['idle_cpu_percent_of_core']:.1f} "
+                f"| {connect['per_second']:.0f} ({connect.get('websocket_per_second', 0):.0f}) |"
+            )
+    out = "\n".join(rows)
+    if document["points"]:
+        out += "\n\n" + sizing_table(document)
+    if document.get("connect_runs"):
+        out += "\n\n| connect run | code | algorithm | log | WebSocket clients | connected / failed | connects /s |\n"
+        out += "|---|---|---|---|---|---|---|\n"
+        for run in document["connect_runs"]:
+            out += (
+                f"| {run['label']} | {run['code']} | {run['algorithm']} | {run.get('log', 'WARNING')} "
+                f"| {run['clients']:,} "
+                f"| {run['opened']} / {run['failed']} | {run['per_second']:.0f} |\n"
+            )
+    hb = document.get("heartbeat")
+    if hb:
+        out += (
+            f"\n\nHeartbeat ({hb['size']:,} connections, HEARTBEAT_SECONDS={hb['heartbeat_seconds']:g}, "
+            f"{hb['phase']['rate']:g} events/s, {hb['bursts']} heartbeat bursts of ~{hb['burst_ms_median']} ms): "
+            f"events published during a burst ({hb['events_during']}): p50 / p99 "
+            f"{hb['during']['p50_ms']:.1f} / {hb['during']['p99_ms']:.1f} ms; between bursts "
+            f"({hb['events_between']}): {hb['between']['p50_ms']:.1f} / {hb['between']['p99_ms']:.1f} ms; "
+            f"lost / dup / out-of-order {hb['phase']['lost']} / {hb['phase']['duplicated']} / "
+            f"{hb['phase']['out_of_order']}."
+        )
+    return out
+
+
+def sizing(document: dict[str, Any], system: str = "service") -> dict[str, Any]:
+    """What the curve says for one system: per event rate, the most connections held (all
+    delivered) with p99 within 50 ms and within 250 ms, per core of this 2-core machine; and
+    idle memory per 10,000 connections at the largest size held."""
+    points = sorted((p for p in document["points"] if p["system"] == system), key=lambda p: p["size"])
+    cores = int(document["machine"].get("nproc", "2") or 2)
+    out: dict[str, Any] = {"cores": cores, "by_rate": {}}
+    for rate in sorted({r for p in points for r in p["rates"]}, key=float):
+        row: dict[str, Any] = {}
+        for bound in (50, 250):
+            held = [
+                p["size"]
+                for p in points
+                if rate in p["rates"]
+                and p["rates"][rate]["all"]["p99_ms"] <= bound
+                and p["rates"][rate]["lost"] + p["rates"][rate]["duplicated"] + p["rates"][rate]["out_of_order"] == 0
+            ]
+            row[f"p99_{bound}ms"] = max(held, default=0)
+            row[f"p99_{bound}ms_per_core"] = max(held, default=0) // cores
+        out["by_rate"][rate] = row
+    if points:
+        top = points[-1]
+        out["largest"] = top["size"]
+        out["mb_per_10k"] = round(top["rss_per_connection_kb"] * 10_000 / 1024, 1)
+        out["baseline_mb_per_worker"] = round(top["rss_baseline_mb"] / max(1, top["workers"]), 1)
+    return out
+
+
+def sizing_table(document: dict[str, Any]) -> str:
+    rows = [
+        "| system | events /s | most connections with p99 ≤ 50 ms (per core) "
+        "| with p99 ≤ 250 ms (per core) | idle RSS per 10k connections |",
+        "|---|---|---|---|---|",
+    ]
+    for system in ("service", "nchan"):
+        s = sizing(document, system)
+        for rate, row in s["by_rate"].items():
+            rows.append(
+                f"| {system} | {float(rate):g} | {row['p99_50ms']:,} ({row['p99_50ms_per_core']:,}) "
+                f"| {row['p99_250ms']:,} ({row['p99_250ms_per_core']:,}) | {s.get('mb_per_10k', 0):g} MB |"
+            )
+    return "\n".join(rows)
+
+
+def write_readme(markdown: str, command: str) -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    block = f"{START}\nCommand: `{command}`\n\n{markdown}\n{END}"
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        text = before + block + rest.split(END, 1)[1]
+    else:
+        text += f"\n## Scaling run (`make bench-scale`)\n\n{block}\n"
+    readme.write_text(text)
+
+
+def plot(document: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for system, colour in (("service", "tab:blue"), ("nchan", "tab:orange")):
+        points = sorted((p for p in document["points"] if p["system"] == system), key=lambda p: p["size"])
+        if not points:
+            continue
+        sizes = [p["size"] for p in points]
+        for rate, style in (("1.0", "-"), ("10.0", "--")):
+            p99 = [p["rates"][rate]["all"]["p99_ms"] if rate in p["rates"] else math.nan for p in points]
+            lat.plot(sizes, p99, style, marker="o", color=colour, label=f"{system}, {float(rate):g} event/s")
+        per_conn = [p["rss_per_connection_kb"] for p in points]
+        mem.plot(sizes, per_conn, marker="o", color=colour, label=f"{system}")
+    lat.set(xscale="log", yscale="log", xlabel="connections (half WebSocket, half SSE)", ylabel="p99 ms")
+    lat.axhline(50, color="grey", lw=0.6, ls=":")
+    lat.axhline(250, color="grey", lw=0.6, ls=":")
+    lat.legend(fontsize=8)
+    lat.grid(alpha=0.3)
+    mem.set(xscale="log", xlabel="connections", ylabel="idle RSS per connection KB (all workers)")
+    mem.set_ylim(bottom=0)
+    mem.axhline(5, color="grey", lw=0.6, ls=":")
+    mem.legend(fontsize=8)
+    mem.grid(alpha=0.3)
+    fig.suptitle(f"2 vCPU, one machine, clients on the same cores — {document['when']}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def render(document: dict[str, Any], args: argparse.Namespace) -> None:
+    markdown = table(document)
+    print(markdown)
+    if document["points"]:
+        plot(document, args.plot)
+    if not args.no_readme:
+        write_readme(markdown, document["command"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        render(json.loads(args.render.read_text()), args)
+        return 0
+    # `timeout` / kill: stop what was started and still write what was measured.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    began = time.monotonic()
+    secret = secrets.token_urlsafe(32)
+    command = "python -m bench.scale " + " ".join(sys.argv[1:] if argv is None else argv)
+    document: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": report.machine(),
+        "files_per_process": args.files_per_process,
+        "points": [],
+        "connect_runs": [],
+        "heartbeat": None,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        workdir = Path(tmp)
+        mongo = EmbeddedMongo(":memory:")
+        mongo_uri = mongo.start()
+        try:
+            if not args.no_connect:
+                private, public = rsa_keys()
+                codes = [("this", ROOT)] + ([("old", args.old.resolve())] if args.old else [])
+                # (algorithm, log settings): the bench's LOG_LEVEL=WARNING, and k8s/base's INFO as JSON,
+                # where every connect writes an access line.
+                variants = [("HS256", {}), ("RS256", {}), ("HS256", {"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"})]
+                order = [(c, v) for _ in range(args.connect_reps) for v in variants for c in codes]
+                for (label, root), (algorithm, env) in order:
+                    if True:
+                        key = secret if algorithm == "HS256" else private
+                        system = ServiceSystem(
+                            workdir,
+                            secret,
+                            workers=2,
+                            mongo_uri=mongo_uri,
+                            root=root,
+                            public_key=public if algorithm == "RS256" else None,
+                            env=env,
+                        )
+                        run = connect_run(system, args.connect_size, key, algorithm)
+                        run.update(label="WORKERS=2", code=label, clients=args.connect_size)
+                        run["log"] = env.get("LOG_LEVEL", "WARNING") + (" json" if env else "")
+                        document["connect_runs"].append(run)
+                        say(f"connect {label} {algorithm}: {run}")
+                        save(document, args)
+            largest = 0
+            for size in args.sizes:
+                for name in args.systems:
+                    if args.deadline and time.monotonic() - began > args.deadline:
+                        say(f"deadline: skipping {name} {size}")
+                        continue
+                    workers = processes_for(size)
+                    system: System
+                    if name == "service":
+                        system = ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri)
+                    else:
+                        system = NchanSystem(workdir, secret, workers=workers)
+                    try:
+                        point = run_point(system, size, args, secret)
+                    except Exception as exc:  # a size that cannot be held is a result too
+                        say(f"{name} {size} failed: {exc!r}")
+                        document.setdefault("failures", []).append({"system": name, "size": size, "error": repr(exc)})
+                        save(document, args)
+                        continue
+                    point["system"] = name
+                    document["points"].append(point)
+                    if name == "service":
+                        largest = max(largest, size)
+                    save(document, args)
+            late = args.deadline and time.monotonic() - began > args.deadline
+            if not args.no_heartbeat and (args.heartbeat_size or largest) and not late:
+                size = args.heartbeat_size or largest
+                say(f"heartbeat run at {size}")
+                document["heartbeat"] = heartbeat_run(size, args, workdir, secret, mongo_uri)
+                save(document, args)
+        finally:
+            mongo.stop()
+            document["seconds"] = round(time.monotonic() - began, 1)
+            save(document, args)
+            render(document, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
