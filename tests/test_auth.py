@@ -58,6 +58,18 @@ def claims(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
+def hs256_by_hand(key: str) -> str:
+    """An HS256 token over `claims()` with `key` as the HMAC secret, made without PyJWT (which
+    refuses a PEM as a secret): what a key-confusion attacker would send."""
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + b"." + b64(json.dumps(claims()).encode())
+    signature = hmac.new(key.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(signature)).decode()
+
+
 def reason_of(auth: Authenticator, token: str) -> str:
     with pytest.raises(AuthError) as info:
         auth.verify(token)
@@ -229,14 +241,20 @@ def test_rs256_token_from_another_key_pair_is_refused(rsa_pair: tuple[rsa.RSAPri
 def test_hs256_token_signed_with_the_public_key_text_is_refused(rsa_pair: tuple[rsa.RSAPrivateKey, str]) -> None:
     """Key confusion: an HMAC over the public PEM (which anyone has) is not accepted."""
     pem = rsa_pair[1]
+    assert reason_of(authenticator(rs_settings(pem)), hs256_by_hand(pem)) == "invalid token"
 
-    def b64(data: bytes) -> bytes:
-        return base64.urlsafe_b64encode(data).rstrip(b"=")
 
-    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + b"." + b64(json.dumps(claims()).encode())
-    signature = hmac.new(pem.encode(), signing_input, hashlib.sha256).digest()
-    forged = (signing_input + b"." + b64(signature)).decode()
-    assert reason_of(authenticator(rs_settings(pem)), forged) == "invalid token"
+def test_pyjwt_still_has_the_signature_layer_the_decoder_replaces_hmac_in() -> None:
+    """service.auth swaps the HMAC algorithms of its own PyJWT's `_jws`: a PyJWT that renames it fails here first."""
+    jws = jwt.PyJWT()._jws
+    assert isinstance(jws, jwt.PyJWS)
+    assert {"HS256", "HS384", "HS512"} <= set(jws.get_algorithms())
+
+
+def test_a_pem_configured_as_the_hmac_secret_verifies_nothing(rsa_pair: tuple[rsa.RSAPrivateKey, str]) -> None:
+    """Checking the secret once at start keeps PyJWT's rule: a PEM is never an HMAC secret."""
+    pem = rsa_pair[1]
+    assert reason_of(authenticator(hs_settings(jwt_secret=pem)), hs256_by_hand(pem)) == "invalid token"
 
 
 def test_admin_has_every_role() -> None:
