@@ -9,7 +9,6 @@ from http.client import responses
 from typing import Any
 
 from tornado import httputil
-from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, OutputTransform, RequestHandler, stream_request_body
 
 from service.auth import Credentials, Principal
@@ -249,16 +248,6 @@ class ApiHandler(BaseHandler):
 def _error_name(status: int) -> str:
     """`Service Unavailable` → `service_unavailable`."""
     return responses.get(status, "error").lower().replace(" ", "_")
-
-
-def later(delay: float, callback: Any) -> object:
-    """Schedule a callback on the current loop; returns a handle for `cancel`."""
-    return IOLoop.current().call_later(max(0.0, delay), callback)
-
-
-def cancel(handle: object | None) -> None:
-    if handle is not None:
-        IOLoop.current().remove_timeout(handle)
 
 
 def path_id(raw: str) -> int:
