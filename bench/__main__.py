@@ -63,6 +63,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def stop_load_processes(workers: list[tuple[Any, Connection]]) -> None:
+    """Ask each load process to exit; terminate the ones that do not within 15 s."""
+    for process, pipe in workers:
+        try:
+            pipe.send(("exit", None))
+        except OSError:
+            pass
+        process.join(15)
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+
+
 def _recv(pipe: Connection, what: str) -> Any:
     if not pipe.poll(PIPE_TIMEOUT):
         raise RuntimeError(f"load process did not answer {what} within {PIPE_TIMEOUT:.0f}s")
@@ -143,15 +156,7 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
         deliveries = [_recv(pipe, "finish") for _, pipe in workers]
         cpu_used = cpu_seconds(pids) - cpu_before
     finally:
-        for process, pipe in workers:
-            try:
-                pipe.send(("exit", None))
-            except OSError:
-                pass
-            process.join(15)
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+        stop_load_processes(workers)
         system.stop()
     merged = {kind: Delivery() for kind in load.CLIENTS}
     for part in deliveries:

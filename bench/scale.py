@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load, report
-from bench.__main__ import _plans, _recv
+from bench.__main__ import _plans, _recv, stop_load_processes
 from bench.stats import Delivery, Histogram
 from bench.systems import ROOT, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
 from service.embedded_mongo import EmbeddedMongo
@@ -156,15 +156,7 @@ class Clients:
         return out
 
     def close(self) -> None:
-        for process, pipe in self.workers:
-            try:
-                pipe.send(("exit", None))
-            except OSError:
-                pass
-            process.join(15)
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+        stop_load_processes(self.workers)
 
 
 def publish_phase(system: System, clients: Clients, first_seq: int, rate: float, duration: float) -> dict[str, Any]:
