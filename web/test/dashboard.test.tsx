@@ -1,15 +1,13 @@
 // @vitest-environment happy-dom
 import { act } from "react";
-import { createRoot, type Root } from "react-dom/client";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { App } from "../src/dashboard/App";
 import { serviceUrl, takeTokenFromUrl } from "../src/dashboard/boot";
 import { initialLang } from "../src/dashboard/i18n";
 import { indicatorFor } from "../src/dashboard/StatusIndicator";
 import { TOKEN_STORAGE_KEY } from "../src/token-store";
-import { FakeEventSource, FakeWebSocket, MemoryStorage, connectedMessage, fakeFetch, flush } from "./fakes";
-
-(globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
+import { FakeEventSource, FakeWebSocket, MemoryStorage, connectedMessage, fakeFetch } from "./fakes";
+import { Mounted, inAct } from "./react";
 
 function base64url(text: string): string {
   const bytes = new TextEncoder().encode(text);
@@ -23,26 +21,16 @@ function setUrl(url: string): void {
   (window as unknown as { happyDOM: { setURL(url: string): void } }).happyDOM.setURL(url);
 }
 
-let root: Root | null = null;
+let mounted: Mounted | null = null;
 let container: HTMLElement;
 let api: ReturnType<typeof fakeFetch>;
 
 async function renderApp(lang: "en" | "ar" = "en"): Promise<void> {
-  container = document.createElement("div");
-  document.body.appendChild(container);
-  root = createRoot(container);
-  await act(async () => {
-    root?.render(<App initialLang={lang} url={undefined} storage={new MemoryStorage()} />);
-    await flush();
-  });
+  mounted = await Mounted.render(<App initialLang={lang} url={undefined} storage={new MemoryStorage()} />);
+  container = mounted.container;
 }
 
-async function step(fn: () => void): Promise<void> {
-  await act(async () => {
-    fn();
-    await flush();
-  });
-}
+const step = inAct; // a user's or the server's action, inside act
 
 function $(selector: string): HTMLElement | null {
   return container.querySelector<HTMLElement>(selector);
@@ -75,11 +63,8 @@ beforeEach(() => {
 });
 
 afterEach(async () => {
-  if (root) {
-    await act(async () => root?.unmount());
-    root = null;
-    container.remove();
-  }
+  await mounted?.unmount();
+  mounted = null;
   vi.unstubAllGlobals();
   vi.useRealTimers();
 });

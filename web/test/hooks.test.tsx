@@ -1,6 +1,5 @@
 // @vitest-environment happy-dom
 import { StrictMode, act, type ReactNode } from "react";
-import { createRoot, type Root } from "react-dom/client";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { Schedule, Task } from "../src/events";
 import { useRealtimeTasks, type Toast, type UseRealtimeTasksResult } from "../src/hooks/use-realtime-tasks";
@@ -11,11 +10,9 @@ import {
   connectedMessage,
   fakeFetch,
   fakeOptions,
-  flush,
   type FakeResponse,
 } from "./fakes";
-
-(globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
+import { Mounted, inAct } from "./react";
 
 const T0 = "2026-11-25T19:00:00.000Z";
 
@@ -58,34 +55,20 @@ function backend() {
   return { state, fetch, count };
 }
 
-let root: Root | null = null;
+let mounted: Mounted | null = null;
 let container: HTMLElement;
 
 async function render(node: ReactNode): Promise<void> {
-  container = document.createElement("div");
-  document.body.appendChild(container);
-  root = createRoot(container);
-  await act(async () => {
-    root?.render(node);
-    await flush();
-  });
+  mounted = await Mounted.render(node);
+  container = mounted.container;
 }
 
 async function unmount(): Promise<void> {
-  await act(async () => {
-    root?.unmount();
-    await flush();
-  });
-  root = null;
-  container.remove();
+  await mounted?.unmount();
+  mounted = null;
 }
 
-async function server(fn: () => void): Promise<void> {
-  await act(async () => {
-    fn();
-    await flush();
-  });
-}
+const server = inAct; // what the fake server does, inside act
 
 function clientOptions() {
   return fakeOptions({ getToken: () => "tok" });
@@ -98,7 +81,7 @@ beforeEach(() => {
 });
 
 afterEach(async () => {
-  if (root) await unmount();
+  await unmount();
   vi.useRealTimers();
 });
 

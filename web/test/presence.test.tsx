@@ -1,38 +1,26 @@
 // @vitest-environment happy-dom
-import { act, type ReactNode } from "react";
-import { createRoot, type Root } from "react-dom/client";
+import type { ReactNode } from "react";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { Online } from "../src/dashboard/Online";
 import { translator } from "../src/dashboard/i18n";
 import type { PresentUser } from "../src/events";
 import { applyPresenceEvent, usePresence, type UsePresenceResult } from "../src/hooks/use-presence";
 import { useWebSocket, type UseWebSocketResult } from "../src/hooks/use-websocket";
-import { FakeEventSource, FakeWebSocket, connectedMessage, fakeFetch, fakeOptions, flush } from "./fakes";
-
-(globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
+import { FakeEventSource, FakeWebSocket, connectedMessage, fakeFetch, fakeOptions } from "./fakes";
+import { Mounted, inAct } from "./react";
 
 const T0 = "2026-12-01T17:00:00.000Z";
 const SARA: PresentUser = { userId: 2, userName: "سارة", since: T0, connections: { websocket: 1, sse: 0 } };
 
-let root: Root | null = null;
+let mounted: Mounted | null = null;
 let container: HTMLElement;
 
 async function render(node: ReactNode): Promise<void> {
-  container = document.createElement("div");
-  document.body.appendChild(container);
-  root = createRoot(container);
-  await act(async () => {
-    root?.render(node);
-    await flush();
-  });
+  mounted = await Mounted.render(node);
+  container = mounted.container;
 }
 
-async function server(fn: () => void): Promise<void> {
-  await act(async () => {
-    fn();
-    await flush();
-  });
-}
+const server = inAct; // what the fake server does, inside act
 
 beforeEach(() => {
   vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval", "Date"] });
@@ -41,14 +29,8 @@ beforeEach(() => {
 });
 
 afterEach(async () => {
-  if (root) {
-    await act(async () => {
-      root?.unmount();
-      await flush();
-    });
-    root = null;
-    container.remove();
-  }
+  await mounted?.unmount();
+  mounted = null;
   vi.useRealTimers();
 });
 
