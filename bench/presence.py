@@ -42,7 +42,7 @@ from pymongo import MongoClient
 
 from bench.restart_storm import Client, Plan
 from bench.systems import cpu_seconds
-from harness.clients import WsClient
+from harness.clients import WsClient, read_frame
 from harness.processes import SECRET, ServiceProcess, as_service
 from service.backoff import DEFAULT_POLICY
 from service.embedded_mongo import EmbeddedMongo
@@ -73,14 +73,8 @@ class PortClient(Client):
         reader, writer = connection
         try:
             while True:
-                first = await reader.readexactly(2)
-                length = first[1] & 0x7F
-                if length == 126:
-                    length = int.from_bytes(await reader.readexactly(2), "big")
-                elif length == 127:
-                    length = int.from_bytes(await reader.readexactly(8), "big")
-                payload = await reader.readexactly(length)
-                opcode = first[0] & 0x0F
+                opcode, payload = await read_frame(reader)
+                length = len(payload)
                 if opcode == 0x9 and length < 126:  # ping → masked pong with the same payload
                     mask = os.urandom(4)
                     writer.write(

@@ -39,6 +39,7 @@ from typing import Any
 import jwt
 
 from bench.systems import cpu_seconds
+from harness.clients import read_frame
 from harness.processes import SECRET, ServiceProcess
 from service.backoff import DEFAULT_POLICY, PREVIOUS_POLICY, Backoff, BackoffPolicy
 from service.embedded_mongo import EmbeddedMongo
@@ -90,14 +91,8 @@ class Client:
                 head = await reader.readuntil(b"\r\n\r\n")
                 if not head.startswith(b"HTTP/1.1 101"):
                     raise ConnectionError(head[:12])
-                first = await reader.readexactly(2)
-                length = first[1] & 0x7F
-                if length == 126:
-                    length = int.from_bytes(await reader.readexactly(2), "big")
-                elif length == 127:
-                    length = int.from_bytes(await reader.readexactly(8), "big")
-                payload = await reader.readexactly(length)
-                if first[0] & 0x0F != 0x1 or b'"connected"' not in payload:
+                opcode, payload = await read_frame(reader)
+                if opcode != 0x1 or b'"connected"' not in payload:
                     raise ConnectionError(payload[:40])
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             if writer is not None:

@@ -232,6 +232,17 @@ def parse_sse_block(block: str) -> SseEvent | None:
     return parse_block(block)
 
 
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked frame as a server sends it: (opcode, payload)."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await reader.readexactly(length)
+
+
 class RawWebSocket:
     """A WebSocket client that writes frames byte by byte, to test what well-behaved
     libraries never send: unmasked frames, fragments, bad UTF-8, odd close frames.
@@ -275,17 +286,7 @@ class RawWebSocket:
 
     async def recv_frame(self, seconds: float = 5) -> tuple[int, bytes]:
         """The next frame from the server: (opcode, payload)."""
-
-        async def read() -> tuple[int, bytes]:
-            first, second = await self.reader.readexactly(2)
-            length = second & 0x7F
-            if length == 126:
-                length = int.from_bytes(await self.reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await self.reader.readexactly(8), "big")
-            return first & 0x0F, await self.reader.readexactly(length)
-
-        return await asyncio.wait_for(read(), wait_bound(seconds))
+        return await asyncio.wait_for(read_frame(self.reader), wait_bound(seconds))
 
     async def recv_json(self, seconds: float = 5) -> dict[str, Any]:
         """The next text message, skipping pings."""
