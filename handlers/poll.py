@@ -12,6 +12,7 @@ from handlers.base import BaseHandler, credentials_of
 from service.auth import Principal
 from service.connection import Connection
 from service.context import AppContext
+from service.errors import ReplayBusy
 from service.transports.poll import PollTransport, VerifiedTokens, poll
 from service.wire import parse_event_list
 
@@ -71,7 +72,11 @@ class PollHandler(BaseHandler):
                 last_event_id=last_id or None,
                 remote=self.request.remote_ip or "",
             )
-            await poll(ctx, connection, transport, connect=not cursor)
+            try:
+                await poll(ctx, connection, transport, connect=not cursor)
+            except ReplayBusy as exc:
+                self.reject(503, f"resume not admitted now: {exc}", {"Retry-After": "2"})
+                return
             self.set_status(200)
             self.finish(transport.body())
         finally:
