@@ -56,12 +56,14 @@ class Bus:
         history_size: int,
         history_ttl_seconds: float = 86_400,
         gate: ReplayGate | None = None,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self._store = store
         self._hub = hub
         self._metrics = metrics
         self.history_ttl_seconds = history_ttl_seconds
         self.gate = gate or ReplayGate()
+        self.page_size = page_size
         self.history: deque[Encoded] = deque(maxlen=history_size)
         self._history_ids: deque[str] = deque(maxlen=history_size)
         # Every event with an id above this one is in `history` (or still to come).
@@ -236,7 +238,7 @@ class Bus:
             if saved is None:
                 ticket.release()
                 return None  # older than every saved position: nothing proves the gap is whole
-            stream = await self._store.watch_events(resume_after=saved, batch_size=PAGE_SIZE)
+            stream = await self._store.watch_events(resume_after=saved, batch_size=self.page_size)
         except OperationFailure as exc:
             ticket.release()
             if exc.code == HISTORY_LOST:
@@ -245,7 +247,7 @@ class Bus:
         except BaseException:
             ticket.release()
             raise
-        return StoreReplay(stream, last_id, wants, self, ticket)
+        return StoreReplay(stream, last_id, wants, self, ticket, page_size=self.page_size)
 
 
 __all__ = ["Bus", "ReplayBusy"]

@@ -202,26 +202,15 @@ def store_bus(events: int, history_size: int, *, page_size: int = 1000) -> tuple
     bus.covered_from = eid(0)
     for c in oplog:
         bus.handle(c)
-    import service.replay
-
-    service.replay.PAGE_SIZE = page_size  # read at open_replay time through StoreReplay's default
+    bus.page_size = page_size
     return bus, store
-
-
-@pytest.fixture(autouse=True)
-def restore_page_size() -> Any:
-    import service.replay
-
-    size = service.replay.PAGE_SIZE
-    yield
-    service.replay.PAGE_SIZE = size
 
 
 def test_a_store_replay_reads_pages_then_switches_to_memory() -> None:
     """Older than memory: the store from the saved position, skipping what the client has, then memory."""
 
     async def run() -> list[str]:
-        bus, store = store_bus(10, history_size=4)
+        bus, store = store_bus(10, history_size=4, page_size=2)
         got = await replay_all(bus, eid(3))
         assert store.opened == [{"_data": "1"}] and all(s.closed for s in store.streams)
         return got
@@ -234,7 +223,7 @@ def test_memory_moving_its_boundary_during_a_store_read_loses_no_event() -> None
     reads on from the store instead of trusting memory it checked before the await."""
 
     async def run() -> list[str]:
-        bus, store = store_bus(8, history_size=3)
+        bus, store = store_bus(8, history_size=3, page_size=3)
         live = iter(range(9, 30))
 
         def push_live(read: dict[str, Any]) -> None:
