@@ -84,11 +84,12 @@ class RotatingFollower(Follower):
     """A `Follower` over several replicas: after a drop it resumes on the next one."""
 
     def __init__(self, ports: list[int], token: str) -> None:
-        super().__init__(ports[0], token)
+        super().__init__(ports[0] if ports else 0, token)
         self.ports = ports
         self.paused = asyncio.Event()
         self.paused.set()  # set: following
         self.ws: Any = None  # the open connection, if any
+        self.on = 0  # the port it is connected to (0: none)
 
     async def run(self, stop: asyncio.Event) -> None:
         turn = 0
@@ -98,7 +99,7 @@ class RotatingFollower(Follower):
             query = {"token": self.token, **({"last_event_id": self.last_id} if self.last_id else {})}
             try:
                 async with connect(f"ws://127.0.0.1:{port}/ws?{urlencode(query)}", open_timeout=5) as ws:
-                    self.ws = ws
+                    self.ws, self.on = ws, port
                     async for text in ws:
                         message = json.loads(text)
                         if message.get("type") == "resync":
@@ -107,7 +108,7 @@ class RotatingFollower(Follower):
                             self.events.append(message)
             except (OSError, WebSocketException, TimeoutError):
                 pass
-            self.ws = None
+            self.ws, self.on = None, 0
             self.reconnects += 1
             turn += 1
             await asyncio.sleep(0.1)
@@ -153,36 +154,53 @@ def start_clients(
 
 
 async def outage(data_dir: Path, rounds: int, rng: random.Random, code: Path) -> FaultResult:
-    """MongoDB SIGKILLed and restarted under two replicas; writes start the moment it answers."""
+    """Each round: two fresh (idle) replicas, MongoDB SIGKILLed for 5-9 s and restarted, writes
+    from the moment it answers, while the replicas' streams may still be in their retry sleep."""
     result = FaultResult("outage", rounds)
     mongo = EmbeddedMongo(data_dir / "mongo")
     uri = await asyncio.to_thread(mongo.start)
     env = {**SERVICE_ENV, "MONGODB_URI": uri}
-    replicas = [ServiceProcess(data_dir / f"r{i}", env, code=code) for i in range(2)]
+    token = writer_token()
+    ports: list[int] = []  # the live replicas; followers move to them when theirs stop
+    followers = [RotatingFollower(ports, token) for _ in range(4)]
+    everything = Writer("", token)
+    stops = [asyncio.Event(), asyncio.Event()]
+    tasks: list[asyncio.Task[None]] = []
+    replicas: list[ServiceProcess] = []
     try:
-        for replica in replicas:
-            await asyncio.to_thread(replica.start)
-        token = writer_token()
-        followers = [RotatingFollower([r.port], token) for r in replicas for _ in range(2)]
-        stops = [asyncio.Event(), asyncio.Event()]
-        tasks: list[asyncio.Task[None]] = [asyncio.create_task(f.run(stops[1])) for f in followers]
-        await asyncio.sleep(1.0)  # connected, and the replicas idle: they have seen no change yet
-        writer = Writer(replicas[0].url, token)
         for number in range(rounds):
+            fresh = [ServiceProcess(data_dir / f"r{number}-{i}", env, code=code) for i in range(2)]
+            for replica in fresh:
+                await asyncio.to_thread(replica.start)
+            ports[:] = [r.port for r in fresh]
+            for replica in replicas:
+                await asyncio.to_thread(replica.stop)
+            replicas = fresh
+            if number == 0:
+                tasks = [asyncio.create_task(f.run(stops[1])) for f in followers]
+            await wait_for(lambda: all(f.on in ports for f in followers), 30, "the followers on the new replicas")
             assert mongo.process is not None
             mongo.process.send_signal(signal.SIGKILL)
             await asyncio.to_thread(mongo.process.wait)
-            await asyncio.sleep(rng.uniform(1.0, 4.0))  # the replicas' streams fail and back off
+            await asyncio.sleep(rng.uniform(5.0, 9.0))  # long enough for the streams' longest retry sleep
             await asyncio.to_thread(mongo.start, 30.0, mongo.port)
             back = time.monotonic()
-            if number == 0:
-                tasks.insert(0, asyncio.create_task(writer.run(stops[0])))
-            acked = writer.acked
-            await wait_for(lambda acked=acked: writer.acked > acked, 60, "a write after MongoDB returned")
+            writer = Writer(replicas[0].url, token, prefix=f"{everything.prefix}-r{number}")
+            stop = asyncio.Event()
+            writing = asyncio.create_task(writer.run(stop))
+            await wait_for(lambda writer=writer: writer.acked > 0, 60, "a write after MongoDB returned")
             result.recovery_seconds.append(round(time.monotonic() - back, 2))
-            target = writer.acked + rng.randint(20, 60)
-            await wait_for(lambda target=target: writer.acked >= target, 60, "writes after the outage")
-        result.add(await wind_down(uri, writer, followers, stops, tasks))
+            target = rng.randint(20, 60)
+            await wait_for(lambda writer=writer, target=target: writer.acked >= target, 60, "writes after it")
+            stop.set()
+            await writing
+            everything.acked_tasks.update(writer.acked_tasks)
+            everything.acked_executions.update(writer.acked_executions)
+            everything.retries += writer.retries
+        done = asyncio.Event()
+        done.set()
+        tasks.insert(0, asyncio.create_task(done.wait()))  # wind_down's "writer": already finished
+        result.add(await wind_down(uri, everything, followers, stops, tasks))
         return result
     finally:
         for replica in replicas:

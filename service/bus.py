@@ -228,7 +228,8 @@ class Bus:
             StoreUnavailable: MongoDB did not answer.
         """
         if self.expired(last_id):
-            return None  # not an id of ours (following it would filter out every live event), or gone
+            log.info("resume from %s: resync (not an id of ours, from the future, or past the history TTL)", last_id)
+            return None  # following a future id would filter out every live event
         recent = self.recent_since(last_id)
         if recent is not None:
             return MemoryReplay(recent, last_id, wants)
@@ -237,11 +238,13 @@ class Bus:
             saved = await self._store.position_at_or_before(last_id)
             if saved is None:
                 ticket.release()
-                return None  # older than every saved position: nothing proves the gap is whole
+                log.info("resume from %s: resync (older than every saved position)", last_id)
+                return None  # nothing proves the gap is whole
             stream = await self._store.watch_events(resume_after=saved, batch_size=self.page_size)
         except OperationFailure as exc:
             ticket.release()
             if exc.code == HISTORY_LOST:
+                log.info("resume from %s: resync (its position was pruned from the oplog)", last_id)
                 return None
             raise StoreUnavailable(f"cannot replay: {exc}") from exc
         except BaseException:

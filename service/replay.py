@@ -36,8 +36,8 @@ from service.wire import Encoded, encode_event
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000  # events read from MongoDB per page (a poll reads at most one)
-SLOTS = 4  # store replays running at once per process
-PER_USER = 2  # store replays of one user, running or waiting, per process
+SLOTS = 8  # store replays running at once per process
+PER_USER = 3  # store replays of one user, running or waiting, per process
 QUEUE = 256  # store replays waiting for a slot per process
 WAIT_SECONDS = 5.0  # longest wait for a slot before `ReplayBusy`
 
@@ -212,12 +212,12 @@ class StoreReplay(Replay):
             if event is not None and self.wants(event):
                 events.append(encode_event(event))
         # From here to the return, no await: `covered_from` and memory are read together.
+        # Caught up, everything committed after the client's id was read: any later event is
+        # in memory (the bus saw it) or still to come live (held since before the replay began).
         covered = self.memory.covered_from
-        if covered is not None and covered <= self.after:
+        if caught_up or (covered is not None and covered <= self.after):
             events += [e for e in self.memory.memory_after(self.after) if self.wants(e.event)]
             return Page(events, max(self.after, events[-1].event.id if events else self.after), done=True)
-        if caught_up and covered is None:
-            return Page(events, self.after, done=True)  # the bus is between streams; live events follow
         return Page(events, self.after, done=False)
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ from bson import Timestamp
 from harness.clients import Service, eventually
 from service.embedded_mongo import EmbeddedMongo
 from service.events import event_document, event_id
+from service.replay import PER_USER
 
 BACKLOG = 3500
 
@@ -84,14 +85,14 @@ async def test_streams_resume_a_deep_backlog_greeted_first_then_in_order(start_s
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_replay_past_the_users_share_is_refused_with_retry_after(start_service) -> None:  # type: ignore[no-untyped-def]
-    """With the user's two store replays taken: poll 503 + Retry-After, WebSocket 1013, SSE close 1013
+    """With the user's share of store replays taken (PER_USER): poll 503 + Retry-After, WebSocket 1013, SSE close 1013
     with a retry; another user's write still succeeds."""
     service = await start_service(history_size=10)
     token = service.token(sub=23)
     cursor = await cursor_now(service, token)
     await seed(service, 50)
     gate = service.ctx.bus.gate
-    held = [await gate.acquire(23), await gate.acquire(23)]
+    held = [await gate.acquire(23) for _ in range(PER_USER)]
     try:
         status, headers, body = await poll(service, token, cursor=cursor)
         assert status == 503 and headers["Retry-After"] == "2" and "not admitted" in body["message"]

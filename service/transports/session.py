@@ -193,8 +193,9 @@ async def open_session(ctx: AppContext, connection: Connection) -> None:
     """Attach a new connection, replay what it missed, and greet it with `connected`.
 
     Live events that arrive during the replay are held and sent after it, so the client
-    sees history and live events in order, each once. A replay that cannot be admitted now
-    closes the connection with 1013 (try again later).
+    sees history and live events in order, each once. A replay that cannot be admitted now,
+    or that MongoDB interrupts, closes the connection with 1013 (try again later): the
+    client resumes from the last event it got.
     """
     connection.begin_replay()
     ctx.hub.attach(connection)
@@ -202,6 +203,9 @@ async def open_session(ctx: AppContext, connection: Connection) -> None:
         caught = await replay_and_greet(ctx, connection, heartbeat_seconds=ctx.settings.heartbeat_seconds)
     except (ReplayBusy, StoreUnavailable) as exc:
         log.info("resume refused: %s", exc, extra={"transport": connection.kind})
+        connection.close(CloseCode.TRY_AGAIN_LATER, "try again later")
+        return
+    if caught.interrupted:
         connection.close(CloseCode.TRY_AGAIN_LATER, "try again later")
         return
     connection.finish_replay()
@@ -224,6 +228,7 @@ class CaughtUp:
     resumed: bool  # it resumes from its id (else it starts from now, told to `resync` if it asked)
     done: bool = True  # the whole replay was sent (False: a poll's page limit stopped it)
     position: str | None = None  # the id of the last event the replay read, sent or filtered out
+    interrupted: bool = False  # MongoDB failed mid-replay: resume again from the last id sent
 
 
 async def replay_and_greet(
@@ -292,9 +297,11 @@ async def replay_and_greet(
                 break
             await connection.transport.drained()
     except StoreUnavailable as exc:
-        # Part of the history was sent: the rest cannot be proven whole, so the client refetches.
+        # MongoDB went away mid-replay: what was sent stands, the rest comes when the client
+        # resumes again from its last id (a stream is closed 1013, a poll answers what it has).
         log.warning("replay interrupted: %s", exc, extra={"transport": connection.kind})
-        connection.send_message({"type": "resync", "reason": "history unavailable", "ts": now_iso()})
+        caught.done = False
+        caught.interrupted = True
     finally:
         await replay.close()
     return caught
