@@ -7,19 +7,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from bson import Timestamp
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from metrics.registry import Metrics
-import pytest
-
 from service.bus import Bus
 from service.connection import Connection
-from service.events import event_id
 from service.errors import ReplayBusy
+from service.events import event_id
 from service.hub import Hub
 from service.replay import ReplayGate
 from tests.fakes import FakeTransport, principal
