@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pymongo import MongoClient  # noqa: E402
-from tornado.httpclient import AsyncHTTPClient  # noqa: E402
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from bench.crash import SERVICE_ENV, embedded_uri  # noqa: E402
@@ -42,6 +42,7 @@ from service.auth import issue_token  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.events import event_document  # noqa: E402
 
+SLOW: list[tuple[float, int]] = []  # (seconds into the storm, ms) of writes over 50 ms
 TICKS = 100  # /proc's clock ticks per second on Linux
 
 
@@ -70,14 +71,17 @@ def seed(uri: str, count: int) -> None:
 
 
 async def fetch(url: str, headers: dict[str, str], method: str = "GET", body: Any = None) -> tuple[int, bytes]:
-    response = await AsyncHTTPClient().fetch(
-        url,
-        method=method,
-        headers=headers,
-        body=None if body is None else json.dumps(body),
-        raise_error=False,
-        request_timeout=120,
-    )
+    try:
+        response = await AsyncHTTPClient().fetch(
+            url,
+            method=method,
+            headers=headers,
+            body=None if body is None else json.dumps(body),
+            raise_error=False,
+            request_timeout=120,
+        )
+    except (HTTPClientError, OSError) as exc:  # no answer within the timeout
+        return 599, str(exc).encode()
     return response.code, response.body or b""
 
 
@@ -108,19 +112,32 @@ async def attack(base: str, cursor: str, concurrency: int, seconds: float) -> Co
             if code == 503:
                 await asyncio.sleep(0.2)
 
-    await asyncio.gather(*(one() for _ in range(concurrency)))
+    await asyncio.gather(*(one() for _ in range(concurrency)), asyncio.sleep(0 if concurrency else seconds))
     return answers
+
+
+async def attack_process(base: str, cursor: str, concurrency: int, seconds: float) -> dict[str, int]:
+    """`attack` in a process of its own, so reading its answers does not slow the writer's loop."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.replay_storm", "--attack", base, cursor, str(concurrency), str(seconds),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await child.communicate()
+    return {str(k): v for k, v in json.loads(out).items()}
 
 
 async def write_loop(base: str, seconds: float) -> tuple[list[float], Counter[int]]:
     headers = {"Authorization": f"Bearer {token(77)}", "Content-Type": "application/json"}
     latencies: list[float] = []
     codes: Counter[int] = Counter()
-    deadline = time.monotonic() + seconds
+    begin = time.monotonic()
+    deadline = begin + seconds
     while time.monotonic() < deadline:
         started = time.perf_counter()
         code, _ = await fetch(base + "/api/tasks", headers, "POST", {"title": "تقرير", "taskType": "daily"})
         latencies.append(time.perf_counter() - started)
+        if latencies[-1] > 0.05:
+            SLOW.append((round(time.monotonic() - begin, 2), round(latencies[-1] * 1000)))
         codes[code] += 1
         await asyncio.sleep(0.05)
     return latencies, codes
@@ -161,6 +178,7 @@ async def ws_connected_seconds(port: int, last_id: str) -> float:
 
 
 async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    AsyncHTTPClient.configure(None, max_clients=args.concurrency + 8)  # the attack and the writer, not queued
     service = ServiceProcess(data_dir, {**SERVICE_ENV, "LOG_LEVEL": "WARNING"}, code=Path(args.code))
     await asyncio.to_thread(service.start)
     try:
@@ -177,7 +195,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         stop, peak = asyncio.Event(), [rss_before]
         sampler = asyncio.create_task(sample_rss(service.pid, stop, peak))
         answers, (latencies, codes) = await asyncio.gather(
-            attack(service.url, cursor, args.concurrency, args.seconds), write_loop(service.url, args.seconds)
+            attack_process(service.url, cursor, args.concurrency, args.seconds), write_loop(service.url, args.seconds)
         )
         stop.set()
         await sampler
@@ -200,6 +218,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             "write_p50_ms": round(statistics.median(latencies) * 1000, 1),
             "write_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1),
             "write_5xx": sum(n for c, n in codes.items() if c >= 500),
+            "slow_writes": SLOW,
             "ws_connected_s": round(connected, 2),
             "catch_up_s": round(catch_seconds, 2),
             "catch_up_polls": polls,
@@ -210,6 +229,12 @@ async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--attack"]:
+        base, cursor, concurrency, seconds = sys.argv[2:6]
+        AsyncHTTPClient.configure(None, max_clients=int(concurrency) + 1)
+        answers = asyncio.run(attack(base, cursor, int(concurrency), float(seconds)))
+        print(json.dumps(answers))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=20)

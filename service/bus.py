@@ -42,6 +42,10 @@ HISTORY_LOST = 286  # ChangeStreamHistoryLost: the position was pruned from the 
 # process, so replicas mostly write the same documents), and at least every 4× this many
 # events per process. A replay skips at most that many events before the client's id.
 POSITION_EVERY = 64
+# Events per round trip of a replay's change stream: SecantusDB holds its storage lock while it
+# reads a batch, so small batches let writes in between (1,000 per batch: writes' p99 235 ms
+# under a deep-replay storm; 100: see bench/README.md "Replay storm").
+REPLAY_BATCH = 100
 
 
 class Bus:
@@ -240,7 +244,7 @@ class Bus:
                 ticket.release()
                 log.info("resume from %s: resync (older than every saved position)", last_id)
                 return None  # nothing proves the gap is whole
-            stream = await self._store.watch_events(resume_after=saved, batch_size=self.page_size)
+            stream = await self._store.watch_events(resume_after=saved, batch_size=REPLAY_BATCH)
         except OperationFailure as exc:
             ticket.release()
             if exc.code == HISTORY_LOST:

@@ -9,7 +9,8 @@ the rest. What a client can make this cost is bounded three ways:
   encoded, and handed to it before the next is read (a stream waits until its client has
   taken the page; a poll answers with one page and carries on at the next poll);
 - store replays run through a `ReplayGate`: a few at a time per process, at most
-  `PER_USER` per user, a bounded queue and a bounded wait, else `ReplayBusy`;
+  `PER_USER` per user, a bounded queue and a bounded wait, else `ReplayBusy`; and each
+  user's pages are paced (`PAGE_BURST` at once, then `PAGES_PER_SECOND`);
 - opening costs an index lookup and a seek to a saved position, never a scan of the oplog
   by time (SecantusDB answers `startAtOperationTime` by reading the whole oplog while
   holding its storage lock; 0.5 s per open at 30,000 entries, stalling every write).
@@ -31,6 +32,7 @@ from pymongo.errors import PyMongoError
 
 from service.errors import ReplayBusy, StoreUnavailable
 from service.events import Event, event_from_change, event_id
+from service.pace import Paced, Pacer
 from service.wire import Encoded, encode_event
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ SLOTS = 8  # store replays running at once per process
 PER_USER = 3  # store replays of one user, running or waiting, per process
 QUEUE = 256  # store replays waiting for a slot per process
 WAIT_SECONDS = 5.0  # longest wait for a slot before `ReplayBusy`
+# Pages read from MongoDB per user per process: a burst, then this rate (a page costs MongoDB
+# tens of milliseconds of CPU; one user re-reading old history must not take all of it).
+PAGES_PER_SECOND = 2.0
+PAGE_BURST = 4
+PAGE_WAIT_SECONDS = 30.0
 
 Wants = Callable[[Event], bool]
 
@@ -93,6 +100,7 @@ class ReplayGate:
         self._users: dict[int | str, int] = {}
         self._waiting = 0
         self.running = 0
+        self.pages = Pacer(PAGES_PER_SECOND, PAGE_BURST, max_wait=PAGE_WAIT_SECONDS)
 
     def users(self) -> int:
         """How many users have a replay running or waiting."""
@@ -151,6 +159,17 @@ class Ticket:
             self.released = True
             self.gate._release(self.user_id)
 
+    async def page(self) -> None:
+        """Wait for this user's turn to read a page from MongoDB.
+
+        Raises:
+            ReplayBusy: the turn is further away than PAGE_WAIT_SECONDS.
+        """
+        try:
+            await self.gate.pages.take(self.user_id)
+        except Paced as exc:
+            raise ReplayBusy(f"replay paced ({exc.retry_after:.0f}s)") from None
+
 
 class Replay:
     """The events after a client's id, page by page; `close` it when done with it."""
@@ -190,6 +209,8 @@ class StoreReplay(Replay):
     _closed: bool = field(default=False, init=False)
 
     async def next_page(self) -> Page:
+        if self.ticket is not None:
+            await self.ticket.page()
         events: list[Encoded] = []
         caught_up = False
         for _ in range(self.page_size):

@@ -21,11 +21,24 @@ from service.connection import Connection
 from service.context import AppContext
 from service.errors import CloseCode
 from service.events import Payload
+from service.pace import Pacer
 from service.transports.session import replay_and_greet
 from service.wire import Encoded, dumps
 
 # Tokens whose verification a process remembers for its pollers (least recently used dropped).
 VERIFIED_TOKENS = 10_000
+
+# Polls per user per process: past a burst, a user's polls wait their turn (a long-poll answered
+# at once by a busy stream is a new poll at once, so the rate is above any event rate worth polling).
+POLLS_PER_SECOND = 20
+POLL_BURST = 40
+POLL_WAIT_SECONDS = 10.0
+
+
+def poll_pacer() -> Pacer:
+    """The pacing of one process's polls, by user (`service.pace`)."""
+    return Pacer(POLLS_PER_SECOND, POLL_BURST, max_wait=POLL_WAIT_SECONDS)
+
 
 # The most messages one response carries; the cursor stops at the last one, so a long
 # replay arrives over several polls instead of one unbounded body.
