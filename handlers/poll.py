@@ -8,10 +8,14 @@ empty list after up to POLL_TIMEOUT_SECONDS. Each answer is one complete JSON bo
 
 from __future__ import annotations
 
+import math
+
 from handlers.base import BaseHandler, credentials_of
 from service.auth import Principal
 from service.connection import Connection
 from service.context import AppContext
+from service.errors import ReplayBusy
+from service.pace import Paced, Pacer
 from service.transports.poll import PollTransport, VerifiedTokens, poll
 from service.wire import parse_event_list
 
@@ -22,9 +26,10 @@ class PollHandler(BaseHandler):
     transport_label = "poll"
     _transport: PollTransport | None = None
 
-    def initialize(self, ctx: AppContext, tokens: VerifiedTokens | None = None) -> None:
+    def initialize(self, ctx: AppContext, tokens: VerifiedTokens | None = None, pacer: Pacer | None = None) -> None:
         super().initialize(ctx)
         self.tokens = tokens
+        self.pacer = pacer
 
     async def poller(self) -> Principal:
         """`principal()`, remembering a verified bearer token or cookie for the next polls."""
@@ -63,6 +68,12 @@ class PollHandler(BaseHandler):
             self.write_json({"error": "too_many_connections", "reason": "too many connections"}, 429)
             return
         try:
+            if self.pacer is not None:
+                try:
+                    await self.pacer.take(principal.user_id)
+                except Paced as exc:
+                    self.reject(429, "too many polls", {"Retry-After": str(math.ceil(exc.retry_after))})
+                    return
             transport = self._transport = PollTransport(last_id or None)
             connection = Connection(
                 transport,
@@ -71,7 +82,11 @@ class PollHandler(BaseHandler):
                 last_event_id=last_id or None,
                 remote=self.request.remote_ip or "",
             )
-            await poll(ctx, connection, transport, connect=not cursor)
+            try:
+                await poll(ctx, connection, transport, connect=not cursor)
+            except ReplayBusy as exc:
+                self.reject(503, f"resume not admitted now: {exc}", {"Retry-After": "2"})
+                return
             self.set_status(200)
             self.finish(transport.body())
         finally:

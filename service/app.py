@@ -23,7 +23,7 @@ from handlers.ws import WebSocketEndpoint
 from metrics.handler import MetricsHandler
 from service.context import AppContext
 from service.logs import request_logger
-from service.transports.poll import VerifiedTokens
+from service.transports.poll import VerifiedTokens, poll_pacer
 
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
 ID = r"([^/]+)"
@@ -66,8 +66,9 @@ def make_app(ctx: AppContext, **tornado_settings: Any) -> Application:
     settings = ctx.settings
     web_dir = settings.web_dir or DEFAULT_WEB_DIR
     tokens = VerifiedTokens()  # the pollers' verified tokens, one set per process
+    pacer = poll_pacer()  # each user's polls answered at once, paced past a burst
     routes: list[Any] = [
-        (pattern, handler, {"ctx": ctx, "tokens": tokens} if handler is PollHandler else {"ctx": ctx})
+        (pattern, handler, {"ctx": ctx, "tokens": tokens, "pacer": pacer} if handler is PollHandler else {"ctx": ctx})
         for pattern, handler in API_ROUTES
     ]
     routes.append((r"/metrics", MetricsHandler, {"metrics": ctx.metrics}))

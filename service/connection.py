@@ -13,7 +13,7 @@ from typing import ClassVar, Protocol
 
 from service.auth import Principal
 from service.errors import CloseCode
-from service.events import Payload
+from service.events import Event, Payload
 from service.wire import Encoded
 
 # Events that arrive while a resuming connection replays history wait here; past this many
@@ -67,6 +67,9 @@ class Transport(Protocol):
     def close(self, code: CloseCode, reason: str) -> None:
         """End the connection with a close code (SSE maps it to ending the stream)."""
 
+    async def drained(self) -> None:
+        """Return once the client has taken most of what is queued (a replay's next page waits)."""
+
 
 class Connection:
     """A client's state between the hub and its transport."""
@@ -108,15 +111,19 @@ class Connection:
     def kind(self) -> str:
         return self.transport.kind
 
-    def wants(self, encoded: Encoded) -> bool:
-        """Entitled (addressing), subscribed (filters), and not yet sent (resume)."""
-        event = encoded.event
-        if self.last_event_id is not None and event.id <= self.last_event_id:
-            return False
+    def entitled(self, event: Event) -> bool:
+        """Addressed to this client (addressing) and subscribed to (filters), whatever its position."""
         if self.subscriptions is not None and event.type not in self.subscriptions:
             return False
         audience = event.audience
         return audience is None or audience.admits(self.principal.user_id, self.principal.roles)
+
+    def wants(self, encoded: Encoded) -> bool:
+        """Entitled, subscribed, and not yet sent (resume)."""
+        event = encoded.event
+        if self.last_event_id is not None and event.id <= self.last_event_id:
+            return False
+        return self.entitled(event)
 
     def offer(self, encoded: Encoded) -> bool:
         """Send the event if this client should get it now; True when bytes were queued."""
@@ -138,10 +145,23 @@ class Connection:
         """Hold live events back while history is replayed, so nothing overtakes it."""
         self._replay_buffer = []
 
-    def finish_replay(self, history: list[Encoded]) -> int:
-        """Send the replayed history, then whatever arrived live meanwhile; returns the count."""
+    def send_replayed(self, history: list[Encoded]) -> int:
+        """Send a page of replayed history now (live events stay held); returns the count."""
+        sent = 0
+        for encoded in history:
+            if self.closed:
+                break
+            if self.wants(encoded):
+                self.transport.send_event(encoded)
+                self.last_event_id = encoded.event.id
+                sent += 1
+        return sent
+
+    def finish_replay(self, history: list[Encoded] | None = None) -> int:
+        """Send the rest of the replayed history, then whatever arrived live meanwhile; returns the count."""
+        sent = self.send_replayed(history or [])
         held, self._replay_buffer = self._replay_buffer or [], None
-        return sum(1 for encoded in [*history, *held] if self.offer(encoded))
+        return sent + sum(1 for encoded in held if self.offer(encoded))
 
     def send_message(self, payload: Payload) -> None:
         if not self.closed:

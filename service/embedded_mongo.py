@@ -30,6 +30,9 @@ from service.errors import ServiceError
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+# Oplog entries kept whatever their age (every write is one: events, tasks, keys, presence).
+# Past it, resumes from pruned positions answer `resync`; HISTORY_TTL_SECONDS is the other bound.
+OPLOG_MAX_ENTRIES = 1_000_000
 
 
 class EmbeddedMongoError(ServiceError):
@@ -75,7 +78,12 @@ class EmbeddedMongo:
     """Start, wait for, and stop one SecantusDB server."""
 
     def __init__(
-        self, storage: Path | str, *, oplog_retention_seconds: int = 86_400, sync_on_commit: bool = True
+        self,
+        storage: Path | str,
+        *,
+        oplog_retention_seconds: int = 86_400,
+        oplog_max_entries: int = OPLOG_MAX_ENTRIES,
+        sync_on_commit: bool = True,
     ) -> None:
         """One server, not started yet.
 
@@ -85,6 +93,7 @@ class EmbeddedMongo:
         """
         self.storage = storage
         self.oplog_retention_seconds = oplog_retention_seconds
+        self.oplog_max_entries = oplog_max_entries
         self.sync_on_commit = sync_on_commit
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -126,7 +135,7 @@ class EmbeddedMongo:
             "--oplog-retention-seconds",
             str(self.oplog_retention_seconds),
             "--oplog-max-entries",
-            "1000000",
+            str(self.oplog_max_entries),
         ]
         if self.sync_on_commit and storage != ":memory:":
             command.append("--sync-on-commit")

@@ -6,7 +6,8 @@ ServiceError
 │   └── Forbidden      authenticated, but lacks a role
 ├── BadMessage         a client message or request body was rejected (carries fields)
 ├── NotFound           an unknown id
-└── StoreUnavailable   MongoDB did not answer in time
+├── StoreUnavailable   MongoDB did not answer in time
+└── ReplayBusy         a resume from MongoDB was not admitted now (too many at once)
 """
 
 from __future__ import annotations
@@ -69,3 +70,7 @@ class NotFound(ServiceError):
 
 class StoreUnavailable(ServiceError):
     """MongoDB could not be reached within the configured timeout."""
+
+
+class ReplayBusy(ServiceError):
+    """A resume that needs MongoDB was not admitted now; the client should come back later."""

@@ -36,7 +36,7 @@ def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None 
     metrics = metrics or Metrics(settings.multiproc_dir)
     store = MongoStore(settings, mongodb_uri)
     hub = Hub(metrics, max_pending_bytes=settings.max_pending_bytes, max_per_user=settings.max_connections_per_user)
-    bus = Bus(store, hub, metrics, history_size=settings.history_size)
+    bus = Bus(store, hub, metrics, history_size=settings.history_size, history_ttl_seconds=settings.history_ttl_seconds)
     if settings.presence:
         hub.presence = Presence(
             store, metrics, heartbeat_seconds=settings.heartbeat_seconds, grace_seconds=settings.presence_grace_seconds

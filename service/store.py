@@ -36,6 +36,7 @@ Session = AsyncClientSession
 T = TypeVar("T")
 INSERTS_ONLY = [{"$match": {"operationType": "insert"}}]
 KEY_TTL_SECONDS = 24 * 3600  # how long an Idempotency-Key is remembered
+POSITION_TTL_MARGIN = 3600  # saved stream positions are kept this much longer than events
 # A transaction we gave up on holds its documents until MongoDB reaps it
 # (transactionLifetimeLimitSeconds, 60 s by default); we kill it as soon as MongoDB answers.
 # A statement of it still queued when MongoDB resumes may reopen it: kill it again, spaced out.
@@ -117,6 +118,7 @@ class MongoStore:
         self.counters = self.db["counters"]
         self.tickets = self.db["tickets"]
         self.keys = self.db["idempotency_keys"]
+        self.positions = self.db["event_positions"]
         self.timeout_seconds = settings.mongodb_timeout_ms / 1000
         self._reapers: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -143,6 +145,8 @@ class MongoStore:
             await self.tickets.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
             await self.tasks.create_index([("status", ASCENDING), ("_id", DESCENDING)])
             await self.keys.create_index([("createdAt", ASCENDING)], expireAfterSeconds=KEY_TTL_SECONDS)
+            # Positions outlive the events they lead to, so HISTORY_TTL_SECONDS is what binds a resume.
+            await self.positions.create_index([("at", ASCENDING)], expireAfterSeconds=ttl + POSITION_TTL_MARGIN)
             await self._presence_indexes()
 
     async def close(self) -> None:
@@ -249,6 +253,21 @@ class MongoStore:
             return await self.events.watch(
                 INSERTS_ONLY, resume_after=resume_after, start_at_operation_time=start_at, batch_size=batch_size
             )
+
+    async def save_position(self, id: str, token: Mapping[str, Any]) -> None:
+        """Remember where the change stream stood at event `id` (its resume token), so a
+        replay can seek there instead of scanning the oplog by time (`service.replay`)."""
+        async with _available(self.timeout_seconds):
+            await self.positions.update_one(
+                {"_id": id}, {"$setOnInsert": {"token": dict(token), "at": utcnow()}}, upsert=True
+            )
+
+    async def position_at_or_before(self, id: str) -> Mapping[str, Any] | None:
+        """The resume token saved for the newest event at or before `id`; None if none is."""
+        async with _available(self.timeout_seconds):
+            doc = await self.positions.find_one({"_id": {"$lte": id}}, sort=[("_id", DESCENDING)])
+        token = doc.get("token") if doc is not None else None
+        return token if isinstance(token, Mapping) else None
 
     # -- tasks ----------------------------------------------------------------------------
 

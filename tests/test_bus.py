@@ -1,21 +1,29 @@
-"""Bus without MongoDB: change → history → hub, and resume from memory (the store is not touched;
-replay from the store is tested against SecantusDB in test_delivery.py)."""
+"""Bus without MongoDB: change → history → hub, resume from memory, and replay logic against a
+fake store (paging, the memory boundary, saved positions, the gate). Replay against SecantusDB
+is tested in test_delivery.py and test_resume_limits.py."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from bson import Timestamp
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from metrics.registry import Metrics
 from service.bus import Bus
 from service.connection import Connection
+from service.errors import ReplayBusy
 from service.events import event_id
 from service.hub import Hub
+from service.replay import ReplayGate
 from tests.fakes import FakeTransport, principal
 
-T0 = 1_700_000_000  # in the past: ids from the future are refused
+T0 = int(time.time()) - 3600  # an hour ago: inside the history TTL, not from the future
 
 
 def change(inc: int, event_type: str = "note", **fields: object) -> dict[str, object]:
@@ -72,17 +80,248 @@ def test_history_is_bounded_and_coverage_moves_with_it() -> None:
     assert [e.event.id for e in bus.recent_since(eid(3)) or []] == [eid(4), eid(5)]
 
 
-def test_replay_since_refuses_ids_that_are_not_ours_or_from_the_future() -> None:
-    """A malformed id or one far in the future means resync (None), not an empty replay."""
+def test_open_replay_refuses_ids_that_are_not_ours_from_the_future_or_past_the_ttl() -> None:
+    """A malformed id, one far in the future, or one older than HISTORY_TTL_SECONDS means resync (None)."""
     bus, _ = make_bus()
-    assert asyncio.run(bus.replay_since("not-an-id")) is None
-    assert asyncio.run(bus.replay_since("ffffffff00000001")) is None
+    for last_id in ("not-an-id", "ffffffff00000001", event_id(Timestamp(T0 - 86_400, 1))):
+        assert asyncio.run(bus.open_replay(last_id, everything, 1)) is None
 
 
-def test_replay_since_a_covered_id_is_served_from_memory() -> None:
-    """Within memory, replay needs no store."""
+def test_a_covered_id_is_replayed_from_memory_in_one_page() -> None:
+    """Within memory, replay needs no store: one page, done."""
     bus, _ = make_bus()
     for inc in (1, 2):
         bus.handle(change(inc))
-    replayed = asyncio.run(bus.replay_since(eid(1)))
-    assert [e.event.id for e in replayed or []] == [eid(2)]
+    page = asyncio.run(first_page(bus, eid(1)))
+    assert ids(page.events) == [eid(2)] and page.done
+
+
+class FakeChangeStream:
+    """A change stream over a list; `on_read` runs as each change is returned (the await point)."""
+
+    def __init__(self, changes: list[dict[str, Any]], on_read: Any = None, fail_at: int | None = None) -> None:
+        self.changes = list(changes)
+        self.on_read = on_read
+        self.fail_at = fail_at
+        self.returned = 0
+        self.closed = False
+        self.resume_token: Mapping[str, Any] | None = {"_data": "start"}
+
+    async def try_next(self) -> dict[str, Any] | None:
+        if self.fail_at is not None and self.returned == self.fail_at:
+            raise AutoReconnect("connection reset")
+        if not self.changes:
+            await asyncio.sleep(0.01)  # as a server waits before an empty batch
+            return None
+        change = self.changes.pop(0)
+        self.returned += 1
+        if self.on_read is not None:
+            self.on_read(change)
+        return change
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def __aenter__(self) -> FakeChangeStream:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+class FakeStore:
+    """The part of `MongoStore` the bus uses: saved positions and change streams."""
+
+    def __init__(self, oplog: list[dict[str, Any]]) -> None:
+        self.oplog = oplog
+        self.positions: dict[str, Mapping[str, Any]] = {}
+        self.opened: list[Mapping[str, Any] | None] = []
+        self.streams: list[FakeChangeStream] = []
+        self.on_read: Any = None
+        self.pruned_below: int | None = None
+
+    async def save_position(self, id: str, token: Mapping[str, Any]) -> None:
+        self.positions[id] = token
+
+    async def position_at_or_before(self, id: str) -> Mapping[str, Any] | None:
+        older = [key for key in self.positions if key <= id]
+        return self.positions[max(older)] if older else None
+
+    async def watch_events(self, *, resume_after: Mapping[str, Any] | None = None, **_: object) -> FakeChangeStream:
+        self.opened.append(resume_after)
+        after = int(resume_after["_data"]) if resume_after and resume_after["_data"].isdigit() else 0
+        if self.pruned_below is not None and after < self.pruned_below:
+            raise OperationFailure("resume point may no longer be in the oplog", code=286)
+        stream = FakeChangeStream([c for c in self.oplog if c["clusterTime"].inc > after], self.on_read)
+        self.streams.append(stream)
+        return stream
+
+
+def everything(_: object) -> bool:
+    return True
+
+
+def ids(events: list[Any]) -> list[str]:
+    return [e.event.id for e in events]
+
+
+async def first_page(bus: Bus, last_id: str) -> Any:
+    replay = await bus.open_replay(last_id, everything, 1)
+    assert replay is not None
+    try:
+        return await replay.next_page()
+    finally:
+        await replay.close()
+
+
+async def replay_all(bus: Bus, last_id: str) -> list[str]:
+    replay = await bus.open_replay(last_id, everything, 1)
+    assert replay is not None
+    got: list[str] = []
+    try:
+        for _ in range(100):
+            page = await replay.next_page()
+            got += ids(page.events)
+            if page.done:
+                return got
+    finally:
+        await replay.close()
+    raise AssertionError("replay never finished")
+
+
+def store_bus(events: int, history_size: int, *, page_size: int = 1000) -> tuple[Bus, FakeStore]:
+    """A bus whose memory holds the last `history_size` of `events` events, over a fake store
+    holding them all with a saved position at event 1."""
+    oplog = [change(inc) for inc in range(1, events + 1)]
+    store = FakeStore(oplog)
+    store.positions[eid(1)] = oplog[0]["_id"]
+    metrics = Metrics()
+    hub = Hub(metrics, max_pending_bytes=1024, max_per_user=5)
+    bus = Bus(store, hub, metrics, history_size=history_size)  # type: ignore[arg-type]
+    bus.covered_from = eid(0)
+    for c in oplog:
+        bus.handle(c)
+    bus.page_size = page_size
+    return bus, store
+
+
+def test_a_store_replay_reads_pages_then_switches_to_memory() -> None:
+    """Older than memory: the store from the saved position, skipping what the client has, then memory."""
+
+    async def run() -> list[str]:
+        bus, store = store_bus(10, history_size=4, page_size=2)
+        got = await replay_all(bus, eid(3))
+        assert store.opened == [{"_data": "1"}] and all(s.closed for s in store.streams)
+        return got
+
+    assert asyncio.run(run()) == [eid(i) for i in range(4, 11)]
+
+
+def test_memory_moving_its_boundary_during_a_store_read_loses_no_event() -> None:
+    """Live events evicting memory while the store is read (issue 27's boundary race): the replay
+    reads on from the store instead of trusting memory it checked before the await."""
+
+    async def run() -> list[str]:
+        bus, store = store_bus(8, history_size=3, page_size=3)
+        live = iter(range(9, 30))
+
+        def push_live(read: dict[str, Any]) -> None:
+            if read["clusterTime"].inc == 5:  # while page 1 is read, three live events evict 6, 7, 8
+                for _ in range(3):
+                    inc = next(live)
+                    store.oplog.append(change(inc))
+                    bus.handle(store.oplog[-1])
+                    for stream in store.streams:
+                        stream.changes.append(store.oplog[-1])
+
+        store.on_read = push_live
+        return await replay_all(bus, eid(2))
+
+    assert asyncio.run(run()) == [eid(i) for i in range(3, 12)]
+
+
+def test_a_position_older_than_every_saved_one_is_resync() -> None:
+    """Nothing proves the history before the oldest saved position is whole: resync."""
+
+    async def run() -> object:
+        bus, store = store_bus(5, history_size=2)
+        store.positions.clear()
+        store.positions[eid(3)] = {"_data": "3"}
+        return await bus.open_replay(eid(2), everything, 1)
+
+    assert asyncio.run(run()) is None
+
+
+def test_a_pruned_position_is_resync() -> None:
+    """MongoDB pruned the saved position (ChangeStreamHistoryLost): resync, not a short replay."""
+
+    async def run() -> object:
+        bus, store = store_bus(5, history_size=2)
+        store.pruned_below = 2
+        return await bus.open_replay(eid(1), everything, 1)
+
+    assert asyncio.run(run()) is None
+
+
+def test_positions_are_saved_as_events_pass() -> None:
+    """Some events' positions (the same ones on every process, plus one per 4 × POSITION_EVERY) are saved."""
+
+    async def run() -> FakeStore:
+        bus, store = store_bus(600, history_size=10)
+        store.positions.clear()
+        bus2 = Bus(store, bus._hub, Metrics(), history_size=10)  # type: ignore[arg-type]
+        for c in store.oplog:
+            bus2.handle(c)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return store
+
+    store = asyncio.run(run())
+    assert store.positions and set(store.positions) <= {eid(i) for i in range(1, 601)}
+    assert all(store.positions[key] == {"_data": str(int(key[8:], 16))} for key in store.positions)
+
+
+def test_an_idle_bus_resumes_from_where_it_opened_not_from_now() -> None:
+    """Before its first change the bus holds the open's own token, and reopens there after a failure."""
+
+    async def run() -> list[Mapping[str, Any] | None]:
+        store = FakeStore([])
+        metrics = Metrics()
+        bus = Bus(store, Hub(metrics, max_pending_bytes=1024, max_per_user=5), metrics, history_size=3)  # type: ignore[arg-type]
+        bus.covered_from = eid(0)
+        stream = FakeChangeStream([], fail_at=0)
+        store.streams.append(stream)
+        bus._resume_token = stream.resume_token
+        task = asyncio.create_task(bus._run(stream))
+        for _ in range(200):
+            if store.opened:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        return store.opened
+
+    assert asyncio.run(run())[:1] == [{"_data": "start"}]
+
+
+def test_the_gate_bounds_replays_per_user_and_in_all() -> None:
+    """Per user, then per process, then a bounded wait: past them, ReplayBusy; a release frees a slot."""
+
+    async def run() -> None:
+        gate = ReplayGate(2, per_user=2, queue=1, wait_seconds=0.05)
+        a1 = await gate.acquire("a")
+        await gate.acquire("a")
+        with pytest.raises(ReplayBusy, match="this user"):
+            await gate.acquire("a")
+        with pytest.raises(ReplayBusy, match="no replay slot"):
+            await gate.acquire("b")  # waits, then gives up
+        waiting = asyncio.create_task(gate.acquire("c"))
+        await asyncio.sleep(0)
+        with pytest.raises(ReplayBusy, match="queue full"):
+            await gate.acquire("d")
+        a1.release()
+        a1.release()  # idempotent
+        ticket = await waiting
+        assert gate.running == 2 and gate.users() == 2
+        ticket.release()
+
+    asyncio.run(run())

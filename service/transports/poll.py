@@ -2,7 +2,8 @@
 batch or the timeout, and is answered as one complete JSON body.
 
 Nothing survives a poll: the next one resumes from the position it carries, through the bus
-(memory history, else a change stream from MongoDB), so any replica can answer it. While
+(memory history, else one page read from MongoDB, so catching up N events costs N/1000 polls
+of one page each), so any replica can answer it. While
 it waits, a poll is a `Connection` in the hub like a stream, with a `PollTransport` that
 keeps each event's JSON (encoded once per event, shared by every poller) and wakes the
 request when there is something to answer with.
@@ -20,11 +21,24 @@ from service.connection import Connection
 from service.context import AppContext
 from service.errors import CloseCode
 from service.events import Payload
+from service.pace import Pacer
 from service.transports.session import replay_and_greet
 from service.wire import Encoded, dumps
 
 # Tokens whose verification a process remembers for its pollers (least recently used dropped).
 VERIFIED_TOKENS = 10_000
+
+# Polls per user per process: past a burst, a user's polls wait their turn (a long-poll answered
+# at once by a busy stream is a new poll at once, so the rate is above any event rate worth polling).
+POLLS_PER_SECOND = 20
+POLL_BURST = 40
+POLL_WAIT_SECONDS = 10.0
+
+
+def poll_pacer() -> Pacer:
+    """The pacing of one process's polls, by user (`service.pace`)."""
+    return Pacer(POLLS_PER_SECOND, POLL_BURST, max_wait=POLL_WAIT_SECONDS)
+
 
 # The most messages one response carries; the cursor stops at the last one, so a long
 # replay arrives over several polls instead of one unbounded body.
@@ -64,6 +78,9 @@ class PollTransport:
 
     def heartbeat(self) -> None:
         """Nothing to keep alive: a poll ends by itself within the timeout."""
+
+    async def drained(self) -> None:
+        """A poll's answer is one body: nothing to wait for."""
 
     def pending_bytes(self) -> int:
         return self._bytes
@@ -145,13 +162,22 @@ async def poll(ctx: AppContext, connection: Connection, transport: PollTransport
     hub.attach(connection)
     hub.stream_opened(transport)  # a stopping server waits for this answer like for a stream
     try:
-        history, resumed = await replay_and_greet(
-            ctx, connection, heartbeat_seconds=ctx.settings.poll_timeout_seconds, greet=connect
+        caught = await replay_and_greet(
+            ctx, connection, heartbeat_seconds=ctx.settings.poll_timeout_seconds, greet=connect, max_pages=1
         )
-        if not resumed:
+        if not caught.resumed:
             # No position, or one the client must drop: start from the newest event known here.
             transport.cursor = connection.last_event_id = head(ctx)
-        connection.finish_replay(history)
+        elif not caught.done:
+            # One page read from MongoDB and more to come: answer with it now, live events
+            # (held, not sent) wait for the poll that reaches them. The cursor moves past the
+            # page's filtered-out events too, so a rare subscription still advances.
+            if transport.complete and caught.position is not None:
+                transport.cursor = max(transport.cursor or caught.position, caught.position)
+            return
+        if transport.complete and caught.position is not None:
+            transport.cursor = max(transport.cursor or caught.position, caught.position)
+        connection.finish_replay()
         expires_at = connection.principal.expires_at
         remaining = expires_at - time.time()
         if remaining > 0:

@@ -19,17 +19,20 @@ import asyncio
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from typing import ClassVar
 
 from service.connection import Connection
 from service.context import AppContext
-from service.errors import CloseCode
+from service.errors import CloseCode, ReplayBusy, StoreUnavailable
 from service.events import now_iso
 from service.hub import Slot
+from service.replay import Replay
 from service.transports.clock import TokenClock
-from service.wire import Encoded
 
 log = logging.getLogger("service.connections")
+
+DRAIN_SECONDS = 10.0  # how long a replay waits for its client to take a page
 
 
 class StreamSession(asyncio.Protocol):
@@ -38,7 +41,7 @@ class StreamSession(asyncio.Protocol):
     """
 
     kind: ClassVar[str]
-    __slots__ = ("_clock", "_held", "_lost", "_transport", "connection", "ctx", "slot")
+    __slots__ = ("_clock", "_drain", "_held", "_lost", "_transport", "connection", "ctx", "slot")
 
     def __init__(self, ctx: AppContext, slot: Slot | None = None) -> None:
         self.ctx = ctx
@@ -48,6 +51,7 @@ class StreamSession(asyncio.Protocol):
         self._clock: TokenClock | None = None
         self._lost = False
         self._held = b""
+        self._drain: asyncio.Event | None = None  # set while the kernel's buffer is full
 
     @property
     def lost(self) -> bool:
@@ -127,6 +131,29 @@ class StreamSession(asyncio.Protocol):
         transport = self._transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
+    def pause_writing(self) -> None:
+        self._drain = asyncio.Event()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None:
+            drain.set()
+
+    async def drained(self) -> None:
+        """Until the transport's buffer is below its low-water mark (or the socket is gone).
+
+        A client that takes nothing for DRAIN_SECONDS is closed as a slow consumer: a replay
+        waiting for it holds one of the process's few replay slots.
+        """
+        drain = self._drain
+        if drain is None or self._lost:
+            return
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                await drain.wait()
+        except TimeoutError:
+            self._too_slow()
+
     def refuse(self, code: CloseCode, reason: str) -> None:
         """Close a connection that never got attached (auth, limits), logging why."""
         log.info("refused: %s", reason, extra={"transport": self.kind, "close_code": int(code)})
@@ -146,6 +173,7 @@ class StreamSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self.resume_writing()
         ctx = self.ctx
         ctx.hub.stream_closed(self)
         if self.slot is not None:
@@ -165,43 +193,78 @@ async def open_session(ctx: AppContext, connection: Connection) -> None:
     """Attach a new connection, replay what it missed, and greet it with `connected`.
 
     Live events that arrive during the replay are held and sent after it, so the client
-    sees history and live events in order, each once.
+    sees history and live events in order, each once. A replay that cannot be admitted now,
+    or that MongoDB interrupts, closes the connection with 1013 (try again later): the
+    client resumes from the last event it got.
     """
     connection.begin_replay()
     ctx.hub.attach(connection)
-    history, resumed = await replay_and_greet(ctx, connection, heartbeat_seconds=ctx.settings.heartbeat_seconds)
-    connection.finish_replay(history)
+    try:
+        caught = await replay_and_greet(ctx, connection, heartbeat_seconds=ctx.settings.heartbeat_seconds)
+    except (ReplayBusy, StoreUnavailable) as exc:
+        log.info("resume refused: %s", exc, extra={"transport": connection.kind})
+        connection.close(CloseCode.TRY_AGAIN_LATER, "try again later")
+        return
+    if caught.interrupted:
+        connection.close(CloseCode.TRY_AGAIN_LATER, "try again later")
+        return
+    connection.finish_replay()
     log.info(
         "connected",
         extra={
             "connection_id": connection.id,
             "user_id": connection.principal.user_id,
             "transport": connection.kind,
-            "resumed": resumed,
+            "resumed": caught.resumed,
             "remote": connection.remote,
         },
     )
 
 
-async def replay_and_greet(
-    ctx: AppContext, connection: Connection, *, heartbeat_seconds: float, greet: bool = True
-) -> tuple[list[Encoded], bool]:
-    """Fetch what the connection missed since its `last_event_id`, greet it with `connected`
-    (when `greet`), and tell it to `resync` when that history is gone.
+@dataclass(slots=True)
+class CaughtUp:
+    """How far `replay_and_greet` took a connection."""
 
-    Returns the history to hand to `finish_replay` and whether it resumes. Every transport
-    (streams and polls) resumes and greets through here, so they count and say it alike.
+    resumed: bool  # it resumes from its id (else it starts from now, told to `resync` if it asked)
+    done: bool = True  # the whole replay was sent (False: a poll's page limit stopped it)
+    position: str | None = None  # the id of the last event the replay read, sent or filtered out
+    interrupted: bool = False  # MongoDB failed mid-replay: resume again from the last id sent
+
+
+async def replay_and_greet(
+    ctx: AppContext,
+    connection: Connection,
+    *,
+    heartbeat_seconds: float,
+    greet: bool = True,
+    max_pages: int | None = None,
+) -> CaughtUp:
+    """Greet the connection with `connected` (when `greet`) and send it what it missed since
+    its `last_event_id`, page by page, or tell it to `resync` when that history is gone.
+
+    Every transport (streams and polls) resumes and greets through here, so they count and
+    say it alike. Live events stay held by the connection (`finish_replay` sends them).
+
+    Args:
+        max_pages: stop after this many pages read from MongoDB (a poll reads one); streams
+            read them all, each after the client has taken the one before.
+
+    Raises:
+        ReplayBusy: a replay from MongoDB was not admitted now.
+        StoreUnavailable: MongoDB did not answer when the replay opened.
     """
     requested = connection.last_event_id
-    history: list[Encoded] = []
-    resumed = False
+    replay: Replay | None = None
     if requested is not None:
-        replay = await ctx.bus.replay_since(requested)
+        try:
+            replay = await ctx.bus.open_replay(requested, connection.entitled, connection.principal.user_id)
+        except (ReplayBusy, StoreUnavailable):
+            ctx.metrics.resumes.labels(connection.kind, "busy").inc()
+            raise
         ctx.metrics.resumes.labels(connection.kind, "resync" if replay is None else "replayed").inc()
         if replay is None:
             connection.last_event_id = None
-        else:
-            history, resumed = replay, True
+    caught = CaughtUp(resumed=replay is not None)
     if greet:
         p = connection.principal
         connection.send_message(
@@ -213,12 +276,35 @@ async def replay_and_greet(
                 "transport": connection.kind,
                 "serverTime": now_iso(),
                 "heartbeatSeconds": heartbeat_seconds,
-                "resumed": resumed,
+                "resumed": caught.resumed,
             }
         )
-    if requested is not None and not resumed:
+    if requested is not None and replay is None:
         connection.send_message({"type": "resync", "reason": "history unavailable", "ts": now_iso()})
-    return history, resumed
+    if replay is None:
+        return caught
+    pages = 0
+    try:
+        while not connection.closed:
+            page = await replay.next_page()
+            connection.send_replayed(page.events)
+            caught.position = page.position
+            pages += 1
+            if page.done:
+                break
+            if max_pages is not None and pages >= max_pages:
+                caught.done = False
+                break
+            await connection.transport.drained()
+    except StoreUnavailable as exc:
+        # MongoDB went away mid-replay: what was sent stands, the rest comes when the client
+        # resumes again from its last id (a stream is closed 1013, a poll answers what it has).
+        log.warning("replay interrupted: %s", exc, extra={"transport": connection.kind})
+        caught.done = False
+        caught.interrupted = True
+    finally:
+        await replay.close()
+    return caught
 
 
 def log_disconnect(connection: Connection, code: int, reason: str) -> None:

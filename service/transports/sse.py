@@ -95,6 +95,10 @@ class EventStreamSession(StreamSession):
             return
         if code == CloseCode.SERVICE_RESTART:
             last = sse_retry(random.randint(1000, 5000))  # spread a draining process's reconnects
+        elif code == CloseCode.TRY_AGAIN_LATER:  # EventSource reconnects by itself, spread out
+            last = sse_retry(random.randint(1000, 5000)) + sse_block(
+                json.dumps({"code": int(code), "reason": reason}).encode(), event="close"
+            )
         else:
             last = sse_block(json.dumps({"code": int(code), "reason": reason}).encode(), event="close")
         self.write_final(http_chunk(last) + LAST_CHUNK if self._chunked else last)
