@@ -313,7 +313,6 @@ async def test_empty_schedule_patch_is_400(service: Service) -> None:
         b"\xff\xfe",
         b'{"title": NaN, "taskType": "daily"}',
         b'{"title": "t", "taskType": "daily", "scheduleId": 1e999}',
-        b'{"title": "\\ud800", "taskType": "daily"}',
         b"[" * 100_000,
     ],
     ids=[
@@ -327,7 +326,6 @@ async def test_empty_schedule_patch_is_400(service: Service) -> None:
         "not-utf8",
         "nan",
         "infinity",
-        "lone-surrogate",
         "deep-nesting",
     ],
 )
