@@ -29,6 +29,7 @@ from typing import Any
 
 from service.errors import CloseCode
 from service.schema.cron import valid_cron
+from service.schema.text import visible
 
 Schema = dict[str, Any]
 
@@ -88,7 +89,17 @@ def _object(
 
 
 CRON_EXAMPLE = "'0 9 * * 1'"
-TITLE: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_TITLE, "pattern": r"\S", "x-strip": True}
+TITLE: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_TITLE,
+    "pattern": r"\S",
+    "format": "visible",
+    "description": "at least one visible character: a letter, digit, punctuation or symbol "
+    "(zero-width, format, control and space characters alone are blank)",
+    "x-strip": True,
+    "x-error": {"format": "must contain a visible character (zero-width and format characters alone are blank)"},
+}
 SCHEDULE_ID: Schema = {
     "type": ["integer", "null"],
     "minimum": 1,
@@ -100,7 +111,8 @@ CRON: Schema = {
     "maxLength": MAX_CRON,
     "format": "cron",
     "examples": ["0 9 * * 1"],
-    "description": "five fields: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed)",
+    "description": "five fields separated by ASCII spaces or tabs: minute hour day-of-month month day-of-week "
+    "(names jan-dec, sun-sat allowed)",
     "x-strip": True,
     "x-error": {
         "type": f"must be a cron expression such as {CRON_EXAMPLE}",
@@ -509,7 +521,7 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
 }
-FORMATS: dict[str, Callable[[str], bool]] = {"cron": valid_cron}
+FORMATS: dict[str, Callable[[str], bool]] = {"cron": valid_cron, "visible": visible}
 
 
 def failed_keyword(schema: Schema, value: Any) -> str | None:

@@ -37,12 +37,14 @@ export interface Task {
 }
 
 export interface NewTask {
+  /** at least one visible character: a letter, digit, punctuation or symbol (zero-width, format, control and space characters alone are blank) */
   title: string;
   taskType: TaskType;
   scheduleId?: number | null;
 }
 
 export interface TaskChange {
+  /** at least one visible character: a letter, digit, punctuation or symbol (zero-width, format, control and space characters alone are blank) */
   title?: string;
   taskType?: TaskType;
   scheduleId?: number | null;
@@ -70,16 +72,18 @@ export interface Schedule {
 }
 
 export interface NewSchedule {
+  /** at least one visible character: a letter, digit, punctuation or symbol (zero-width, format, control and space characters alone are blank) */
   name: string;
-  /** five fields: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed) */
+  /** five fields separated by ASCII spaces or tabs: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed) */
   cron: string;
   taskType: TaskType;
   enabled?: boolean;
 }
 
 export interface ScheduleChange {
+  /** at least one visible character: a letter, digit, punctuation or symbol (zero-width, format, control and space characters alone are blank) */
   name?: string;
-  /** five fields: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed) */
+  /** five fields separated by ASCII spaces or tabs: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed) */
   cron?: string;
   taskType?: TaskType;
   enabled?: boolean;
