@@ -4,14 +4,22 @@
 `GET /poll?cursor=<id>` continues: the events after the id, or, when none are pending, an
 empty list after up to POLL_TIMEOUT_SECONDS. Each answer is one complete JSON body
 `{"messages": [...], "cursor": "<id>"}`, so a buffering proxy passes it on whole.
+
+Credentials: the Authorization header, the cookie or a ticket, never `?token=`. A poller sends
+its credential on every request, every ~25 s, so a token in the URL would land in every proxy's
+and browser's history; it is refused with 401 `token in URL` (SPEC: polls authenticate "by
+header or cookie"; tickets are single-use, so they may ride in a URL).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from handlers.base import BaseHandler, credentials_of
 from service.auth import Principal
 from service.connection import Connection
 from service.context import AppContext
+from service.errors import AuthError
 from service.transports.poll import PollTransport, VerifiedTokens, poll
 from service.wire import parse_event_list
 
@@ -29,6 +37,10 @@ class PollHandler(BaseHandler):
     async def poller(self) -> Principal:
         """`principal()`, remembering a verified bearer token or cookie for the next polls."""
         credentials = credentials_of(self.request)
+        if credentials.token is not None:
+            reason = "token in URL"
+            self.ctx.metrics.auth_failures.labels(self.transport_label, reason).inc()
+            raise AuthError(reason)
         token: str | None = None
         if credentials.authorization is not None:
             scheme, _, value = credentials.authorization.partition(" ")
@@ -64,9 +76,12 @@ class PollHandler(BaseHandler):
             return
         try:
             transport = self._transport = PollTransport(last_id or None)
+            # `poll()` ends a wait at its connection's `principal.expires_at`; a poll's
+            # authentication ends where every transport's does, at `exp` plus the leeway.
+            # (Once service/transports/poll.py reads `principal.valid_until`, pass `principal`.)
             connection = Connection(
                 transport,
-                principal,
+                replace(principal, expires_at=principal.valid_until),
                 subscriptions=subscriptions,
                 last_event_id=last_id or None,
                 remote=self.request.remote_ip or "",

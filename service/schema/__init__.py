@@ -61,6 +61,7 @@ MAX_BAD_MESSAGES = 10
 REQUEST_BURST = 50
 REQUESTS_PER_SECOND = 20.0
 EXPIRY_WARNING_SECONDS = 30
+LEEWAY_SECONDS = 30  # JWT verification leeway, and so when a token stops authenticating (service.auth)
 
 
 def ref(name: str) -> Schema:
@@ -252,7 +253,8 @@ COMPONENTS: dict[str, Schema] = {
             "since": {"type": ["string", "null"], "description": "when they joined (ISO-8601 UTC)"},
             "connections": {
                 "type": "object",
-                "description": "open connections per transport on every replica (all 0 within the grace)",
+                "description": "open connections per transport (`websocket`, `sse`, `poll`: polls waiting now) "
+                "on every replica; transports with none are left out (empty within the grace)",
                 "additionalProperties": {"type": "integer", "minimum": 0},
             },
         },

@@ -142,7 +142,7 @@ export interface PresentUser {
   userName: string;
   /** when they joined (ISO-8601 UTC) */
   since: string | null;
-  /** open connections per transport on every replica (all 0 within the grace) */
+  /** open connections per transport (`websocket`, `sse`, `poll`: polls waiting now) on every replica; transports with none are left out (empty within the grace) */
   connections: Record<string, number>;
 }
 
