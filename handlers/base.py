@@ -232,10 +232,14 @@ class ApiHandler(BaseHandler):
         """The request body as a JSON object.
 
         Raises:
-            HTTPError: 413 over the cap; BadMessage: not a JSON object.
+            HTTPError: 413 over the cap, 415 for a declared charset other than UTF-8;
+                BadMessage: not UTF-8, a lone surrogate (naming the field), not a JSON object.
         """
         if self._too_large:
             raise HTTPError(413, "request body over 1 MiB")
+        charset = declared_charset(self.request.headers.get("Content-Type", ""))
+        if charset is not None and charset not in ("utf-8", "utf8"):
+            raise HTTPError(415, f"request bodies are UTF-8 JSON; charset={charset[:32]} is not accepted")
         try:
             body = loads(bytes(self._body) or b"null")
         except ValueError as exc:
@@ -243,6 +247,15 @@ class ApiHandler(BaseHandler):
         if not isinstance(body, dict):
             raise BadMessage("body must be a JSON object", {"body": "must be a JSON object"})
         return body
+
+
+def declared_charset(content_type: str) -> str | None:
+    """The `charset` parameter of a Content-Type, lowercased and unquoted, or None."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
 
 
 def _error_name(status: int) -> str:

@@ -4,6 +4,11 @@
 `GET /poll?cursor=<id>` continues: the events after the id, or, when none are pending, an
 empty list after up to POLL_TIMEOUT_SECONDS. Each answer is one complete JSON body
 `{"messages": [...], "cursor": "<id>"}`, so a buffering proxy passes it on whole.
+
+Credentials: the Authorization header, the cookie or a ticket, never `?token=`. A poller sends
+its credential on every request, every ~25 s, so a token in the URL would land in every proxy's
+and browser's history; it is refused with 401 `token in URL` (SPEC: polls authenticate "by
+header or cookie"; tickets are single-use, so they may ride in a URL).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from handlers.base import BaseHandler, credentials_of
 from service.auth import Principal
 from service.connection import Connection
 from service.context import AppContext
-from service.errors import ReplayBusy
+from service.errors import AuthError, ReplayBusy
 from service.pace import Paced, Pacer
 from service.transports.poll import PollTransport, VerifiedTokens, poll
 from service.wire import parse_event_list
@@ -34,6 +39,10 @@ class PollHandler(BaseHandler):
     async def poller(self) -> Principal:
         """`principal()`, remembering a verified bearer token or cookie for the next polls."""
         credentials = credentials_of(self.request)
+        if credentials.token is not None:
+            reason = "token in URL"
+            self.ctx.metrics.auth_failures.labels(self.transport_label, reason).inc()
+            raise AuthError(reason)
         token: str | None = None
         if credentials.authorization is not None:
             scheme, _, value = credentials.authorization.partition(" ")

@@ -12,11 +12,16 @@ from typing import Any, Protocol
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
+from service import schema
 from service.config import HMAC_ALGORITHMS, Settings
 from service.errors import AuthError, ConfigError
 from service.events import user_id_of
 
-LEEWAY_SECONDS = 30
+# The one expiry rule of every transport: a token authenticates while `now < exp + LEEWAY_SECONDS`
+# (clock skew between its issuer and us, SPEC 3). PyJWT applies it to REST requests, connects and
+# polls; `Principal.valid_until` is the same moment for what outlives one check (a stream's
+# TokenClock, a waiting poll, a ticket). Defined in the schema, which documents it.
+LEEWAY_SECONDS = schema.LEEWAY_SECONDS
 TICKET_SECONDS = 60
 
 
@@ -28,6 +33,11 @@ class Principal:
     name: str
     roles: frozenset[str]
     expires_at: float
+
+    @property
+    def valid_until(self) -> float:
+        """When this principal's token stops authenticating: `exp` plus the leeway, as PyJWT decides."""
+        return self.expires_at + LEEWAY_SECONDS
 
     def has_role(self, role: str) -> bool:
         """Admins may do everything."""
@@ -203,7 +213,7 @@ class Authenticator:
         if doc is None:
             raise AuthError("invalid ticket")
         principal = Principal.from_document(doc)
-        if principal.expires_at + LEEWAY_SECONDS < time.time():
+        if time.time() >= principal.valid_until:
             raise AuthError("token expired")
         return principal
 

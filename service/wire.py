@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,21 +37,83 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16 LE/BE; UTF-32 LE starts with the first, BE has NULs
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def utf8_text(data: bytes) -> str:
+    """A client's JSON bytes as text: UTF-8 only (RFC 8259 8.1), one leading UTF-8 BOM ignored.
+
+    Encoded surrogates (CESU-8 / WTF-8 `ED A0 80`) are let through here as lone surrogates, so
+    that `loads` can name the field that holds them.
+
+    Raises:
+        BadMessage: UTF-16 or UTF-32 (with or without a BOM), or bytes that are not UTF-8.
+    """
+    if data.startswith(_WIDE_BOMS) or b"\x00" in data[:4]:
+        # JSON starts with two ASCII characters: NULs among the first four bytes are UTF-16/32.
+        raise BadMessage("JSON must be UTF-8", {"body": "is UTF-16 or UTF-32; send UTF-8"})
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    try:
+        return data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise BadMessage(
+            "JSON must be UTF-8", {"body": f"byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8"}
+        ) from None
+
+
+def _where(path: str, key: object) -> str:
+    # A name that itself holds a surrogate is shown escaped: the answer must be UTF-8 too.
+    name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{name}" if path else name
+
+
+def surrogate_in(value: Any) -> tuple[str, str] | None:
+    """The first place, in document order, where a parsed JSON value holds a surrogate code
+    point in a string or a name, and which: `("to.users[0]", "U+D800")`, or None. Such text
+    (a lone `\\ud800` escape, or CESU-8 bytes) cannot be stored or sent on as UTF-8."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                return path or "body", f"U+{ord(found.group()):04X}"
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                if _SURROGATE.search(key):
+                    children.append((_where(path, key), key))  # the name itself is checked as a string
+                children.append((_where(path, key), child))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(_where(path, index), child) for index, child in enumerate(item)]))
+    return None
+
+
 def loads(data: str | bytes) -> Any:
     """Strict JSON from a client: only what can be stored and sent on as JSON again.
 
     Raises:
-        ValueError: not JSON (or not UTF-8), NaN or Infinity, a lone surrogate, or nested
-            too deeply to parse.
+        BadMessage: bytes that are not UTF-8 (`utf8_text`), or a lone surrogate, raw or as a
+            `\\ud800` escape (the field is named in `fields`).
+        ValueError: not JSON, NaN or Infinity, or nested too deeply to parse.
     """
+    text = utf8_text(data) if isinstance(data, bytes) else data
     try:
-        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
-        escaped = "\\u" in data if isinstance(data, str) else b"\\u" in data
-        if escaped:
-            # `\ud800` escapes can decode to lone surrogates, which cannot be stored or sent as UTF-8.
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    if "\\u" in text or _SURROGATE.search(text):
+        found = surrogate_in(value)
+        if found is not None:
+            where, code_point = found
+            problem = f"holds a lone surrogate ({code_point}), which UTF-8 text cannot carry"
+            raise BadMessage(f"{where} {problem}", {where: problem})
     return value
 
 

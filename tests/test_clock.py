@@ -1,4 +1,5 @@
-"""TokenClock on a fake clock: the warning 30 s before expiry, the 4401 at expiry, re-arming."""
+"""TokenClock on a fake clock: the warning 30 s before `exp`, the 4401 when the 30 s leeway
+after it ends (when a REST request with the token is refused too), re-arming."""
 
 from __future__ import annotations
 
@@ -14,14 +15,26 @@ def clocked(seconds_left: float) -> tuple[FakeClock, FakeTransport, TokenClock]:
     return clock, transport, token_clock
 
 
-def test_35_second_token_warns_at_30_seconds_left_then_closes_with_4401_at_expiry() -> None:
-    """`token_expiring` comes 5 s in (not before); 4401 `token expired` at 35 s."""
+def test_35_second_token_warns_at_30_seconds_left_then_closes_with_4401_when_the_leeway_ends() -> None:
+    """`token_expiring` comes 5 s in (not before); 4401 `token expired` at 35 + 30 s."""
     clock, transport, _ = clocked(35)
     clock.advance(4.9)
     assert transport.messages == []
     clock.advance(0.1)
     assert [m["type"] for m in transport.messages] == ["token_expiring"]
+    clock.advance(30)  # at `exp`: still inside the leeway
+    assert transport.closes == []
     clock.advance(29.9)
+    assert transport.closes == []
+    clock.advance(0.1)
+    assert transport.closes == [(4401, "token expired")]
+
+
+def test_token_past_exp_but_inside_the_leeway_is_not_closed_at_start() -> None:
+    """A token whose `exp` passed 20 s ago is warned at once and closed 10 s later, not at once."""
+    clock, transport, _ = clocked(-20)
+    assert [m["type"] for m in transport.messages] == ["token_expiring"] and transport.closes == []
+    clock.advance(9.9)
     assert transport.closes == []
     clock.advance(0.1)
     assert transport.closes == [(4401, "token expired")]
@@ -40,7 +53,7 @@ def test_refresh_rearms_the_clock_so_the_old_expiry_passes_quietly() -> None:
     token_clock.start(clock.now + 600)
     clock.advance(30)
     assert transport.closes == [] and len(clock.pending()) == 1
-    clock.advance(600)
+    clock.advance(630)
     assert transport.closes == [(4401, "token expired")]
 
 

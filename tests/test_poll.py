@@ -149,6 +149,16 @@ async def test_poll_auth_failure_is_401_json_at_once(service: Service, token: st
 
 
 @pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("header", [False, True], ids=["alone", "with-a-header"])
+async def test_poll_refuses_a_token_in_the_url(service: Service, header: bool) -> None:
+    """`?token=` on /poll is a 401 `token in URL` (a poller would repeat it in every URL), even beside a header."""
+    token = service.token(sub=5)
+    response = await service.request("GET", f"/poll?token={token}", token=token if header else None)
+    assert response.code == 401 and json.loads(response.body) == {"error": "unauthorized", "reason": "token in URL"}
+    assert service.ctx.metrics.auth_failures.labels("poll", "token in URL")._value.get() == 1
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_poll_accepts_the_access_token_cookie(service: Service) -> None:
     """The dashboard's cookie authenticates a poll like a REST request."""
     response = await service.request("GET", "/poll", headers={"Cookie": f"access_token={service.token(sub=5)}"})
@@ -251,15 +261,14 @@ async def test_poll_by_ticket_is_logged_without_it(service: Service, caplog: pyt
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_poll_ends_with_close_4401_when_its_token_expires(start_service) -> None:  # type: ignore[no-untyped-def]
-    """A poll never outlives its token: at expiry it answers `close` 4401, as a stream closes."""
+    """A poll never outlives its token: at expiry (exp + the leeway) it answers `close` 4401, then 401s."""
     service = await start_service(poll_timeout_seconds=60.0)
-    token = service.token(ttl=2)
+    token = service.token(ttl=-28)  # exp + 30 s leeway is 2 s away
     _, _, first = await poll(service, token)
     status, _, body = await asyncio.wait_for(poll(service, token, cursor=first["cursor"]), wait_bound(10))
     assert status == 200 and body["messages"] == [{"type": "close", "code": 4401, "reason": "token expired"}]
-    # Within the verification leeway the token still authenticates, but each poll is told at once.
     status, _, body = await poll(service, token, cursor=first["cursor"])
-    assert status in (200, 401) and (status == 401 or body["messages"][0]["code"] == 4401)
+    assert status == 401 and body["reason"] == "token expired"
 
 
 def test_remembered_tokens_serve_until_expiry_and_stay_bounded() -> None:

@@ -291,6 +291,59 @@ async def test_valid_cron_expressions_are_accepted(service: Service, cron: str) 
     assert response.code == 201 and body_of(response)["cron"] == cron
 
 
+INVISIBLE = {
+    "zero-width-spaces": "\u200b\u200b",
+    "joiners": "\u200d\u200c",
+    "bom": "\ufeff",
+    "bidi-marks": "\u200e\u200f\u202e\u2066",
+    "word-joiner-and-soft-hyphen": "\u2060\u00ad",
+    "hangul-filler": "\u3164",
+    "braille-blank": "\u2800",
+    "control": "\u0007\u0085",
+    "lone-combining-mark": "\u0301",
+    "ideographic-space-and-nbsp": "\u3000\u00a0",
+}
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("text", INVISIBLE.values(), ids=INVISIBLE.keys())
+async def test_title_and_name_of_only_invisible_characters_are_400(service: Service, text: str) -> None:
+    """Zero-width, format, control and separator characters alone are blank, for titles and schedule names."""
+    token = service.token()
+    assert_invalid(
+        await service.request("POST", "/api/tasks", {"title": text, "taskType": "daily"}, token=token), {"title"}
+    )
+    assert_invalid(
+        await service.request("POST", "/api/schedules", {**NEW_SCHEDULE, "name": text}, token=token), {"name"}
+    )
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("title", ["مَرْحَبًا بِكُمْ", "\u200fتقرير", "a\u200bb", "😀", "١٢", "\u0915\u094d\u200d"])
+async def test_title_with_a_visible_character_is_accepted(service: Service, title: str) -> None:
+    """Arabic with its marks, text around zero-width characters, emoji and digits are not blank."""
+    response = await service.request("POST", "/api/tasks", {"title": title, "taskType": "daily"}, token=service.token())
+    assert response.code == 201 and body_of(response)["title"] == title
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    "cron", ["0\u30009 * * 1", "0 9 * * 1\u3000", "0\u00a09 * * 1", "0\u20039 * * 1", "0\n9 * * 1"]
+)
+async def test_cron_fields_are_split_on_ascii_space_and_tab_only(service: Service, cron: str) -> None:
+    """An ideographic space, NBSP, em space or newline is not a cron field separator."""
+    response = await service.request("POST", "/api/schedules", {**NEW_SCHEDULE, "cron": cron}, token=service.token())
+    assert_invalid(response, {"cron"})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_cron_fields_may_be_separated_by_tabs_and_runs_of_spaces(service: Service) -> None:
+    """crontab's own separators, repeated, stay valid."""
+    cron = "0\t9  *\t * 1"
+    response = await service.request("POST", "/api/schedules", {**NEW_SCHEDULE, "cron": cron}, token=service.token())
+    assert response.code == 201 and body_of(response)["cron"] == cron
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_empty_schedule_patch_is_400(service: Service) -> None:
     """A PATCH that names no field is refused."""
@@ -313,7 +366,6 @@ async def test_empty_schedule_patch_is_400(service: Service) -> None:
         b"\xff\xfe",
         b'{"title": NaN, "taskType": "daily"}',
         b'{"title": "t", "taskType": "daily", "scheduleId": 1e999}',
-        b'{"title": "\\ud800", "taskType": "daily"}',
         b"[" * 100_000,
     ],
     ids=[
@@ -327,7 +379,6 @@ async def test_empty_schedule_patch_is_400(service: Service) -> None:
         "not-utf8",
         "nan",
         "infinity",
-        "lone-surrogate",
         "deep-nesting",
     ],
 )

@@ -93,8 +93,8 @@ async def test_sse_too_many_connections_is_429(start_service) -> None:  # type: 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_sse_token_expiry_sends_close_event_and_ends(service: Service) -> None:
-    """At expiry: `token_expiring` first, then `event: close` with 4401, then the stream ends."""
-    sse = await service.sse({"token": service.token(ttl=2)})
+    """At expiry (exp + the 30 s leeway): `token_expiring` first, then `event: close` with 4401, then the end."""
+    sse = await service.sse({"token": service.token(ttl=-28)})
     await sse.next_of("connected")
     assert (await sse.next_event()).event == "token_expiring"
     close = await sse.next_event(seconds=10)

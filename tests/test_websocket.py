@@ -212,8 +212,8 @@ async def test_auth_refresh_extends_session_for_same_user_only(service: Service)
 
 @pytest.mark.gen_test(timeout=30)
 async def test_token_near_expiry_warns_then_closes_with_4401(service: Service) -> None:
-    """A token within 30 s of expiry gets `token_expiring`, then 4401 `token expired` at expiry."""
-    ws = await service.websocket({"token": service.token(ttl=2)})
+    """A token within 30 s of expiry gets `token_expiring`, then 4401 `token expired` when the leeway ends."""
+    ws = await service.websocket({"token": service.token(ttl=-28)})  # exp + 30 s leeway is 2 s away
     await ws.recv_type("connected")
     warning = await ws.recv_type("token_expiring")
     assert warning["expiresAt"].endswith("Z")

@@ -29,6 +29,7 @@ from typing import Any
 
 from service.errors import CloseCode
 from service.schema.cron import valid_cron
+from service.schema.text import visible
 
 Schema = dict[str, Any]
 
@@ -60,6 +61,7 @@ MAX_BAD_MESSAGES = 10
 REQUEST_BURST = 50
 REQUESTS_PER_SECOND = 20.0
 EXPIRY_WARNING_SECONDS = 30
+LEEWAY_SECONDS = 30  # JWT verification leeway, and so when a token stops authenticating (service.auth)
 
 
 def ref(name: str) -> Schema:
@@ -88,7 +90,17 @@ def _object(
 
 
 CRON_EXAMPLE = "'0 9 * * 1'"
-TITLE: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_TITLE, "pattern": r"\S", "x-strip": True}
+TITLE: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_TITLE,
+    "pattern": r"\S",
+    "format": "visible",
+    "description": "at least one visible character: a letter, digit, punctuation or symbol "
+    "(zero-width, format, control and space characters alone are blank)",
+    "x-strip": True,
+    "x-error": {"format": "must contain a visible character (zero-width and format characters alone are blank)"},
+}
 SCHEDULE_ID: Schema = {
     "type": ["integer", "null"],
     "minimum": 1,
@@ -100,7 +112,8 @@ CRON: Schema = {
     "maxLength": MAX_CRON,
     "format": "cron",
     "examples": ["0 9 * * 1"],
-    "description": "five fields: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed)",
+    "description": "five fields separated by ASCII spaces or tabs: minute hour day-of-month month day-of-week "
+    "(names jan-dec, sun-sat allowed)",
     "x-strip": True,
     "x-error": {
         "type": f"must be a cron expression such as {CRON_EXAMPLE}",
@@ -240,7 +253,8 @@ COMPONENTS: dict[str, Schema] = {
             "since": {"type": ["string", "null"], "description": "when they joined (ISO-8601 UTC)"},
             "connections": {
                 "type": "object",
-                "description": "open connections per transport on every replica (all 0 within the grace)",
+                "description": "open connections per transport (`websocket`, `sse`, `poll`: polls waiting now) "
+                "on every replica; transports with none are left out (empty within the grace)",
                 "additionalProperties": {"type": "integer", "minimum": 0},
             },
         },
@@ -509,7 +523,7 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
 }
-FORMATS: dict[str, Callable[[str], bool]] = {"cron": valid_cron}
+FORMATS: dict[str, Callable[[str], bool]] = {"cron": valid_cron, "visible": visible}
 
 
 def failed_keyword(schema: Schema, value: Any) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 _MONTHS = {
     name: number
     for number, name in enumerate(
@@ -49,7 +51,12 @@ def _field(text: str, low: int, high: int, names: dict[str, int]) -> bool:
     return True
 
 
+# Fields are separated by ASCII spaces and tabs only, as crontab(5) has it: `str.split()` also
+# splits on U+3000 (ideographic space), NBSP and other Unicode spaces that no cron accepts.
+_SEPARATOR = re.compile(r"[ \t]+")
+
+
 def valid_cron(value: str) -> bool:
-    """Five whitespace-separated fields, every one in range."""
-    fields = value.split()
+    """Five fields separated by ASCII spaces or tabs, every one in range."""
+    fields = _SEPARATOR.split(value.strip(" \t"))
     return len(fields) == 5 and all(_field(f, *rule) for f, rule in zip(fields, _CRON_FIELDS, strict=True))

@@ -27,7 +27,7 @@ def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str,
 
 
 ERRORS = {
-    "400": _answer("invalid input", _ref("Error")),
+    "400": _answer("invalid input (a body that is not UTF-8 JSON, or a lone surrogate, included)", _ref("Error")),
     "401": _answer("missing, invalid or expired token", _ref("Error")),
     "403": _answer("missing role", _ref("Error")),
     "413": _answer("body over 1 MiB", _ref("Error")),
@@ -75,6 +75,7 @@ def _op(
     op: dict[str, Any] = {"summary": summary, "responses": responses, "security": [{"bearer": []}]}
     if body is not None:
         op["requestBody"] = _body(body)
+        responses["415"] = _answer("a Content-Type charset other than UTF-8", _ref("Error"))
     if params:
         op["parameters"] = params
     return op

@@ -117,13 +117,15 @@ which also holds every message below as a JSON Schema (`components.schemas`). Ty
 ## Authentication
 
 First match wins: `Authorization: Bearer <JWT>`, the `access_token` cookie, `?ticket=`,
-`?token=`. Browsers cannot set headers on WebSocket or EventSource: they first
+`?token=` (not on `/poll`: 401 `token in URL`). Browsers cannot set headers on WebSocket or EventSource: they first
 `POST /api/realtime/ticket` (with the Bearer token) and connect with `?ticket=`; a ticket is
 valid once, for 60 s, on any replica. A bad credential closes a WebSocket with 4401 (SSE: 401).
 
 {s.EXPIRY_WARNING_SECONDS} s before the token's `exp` the server sends `token_expiring`. A WebSocket client
 sends `{{"type":"auth","token":"<new JWT>"}}` (same user) and gets `auth_ok`; otherwise the
-connection is closed with 4401 at `exp`. SSE clients reconnect with a new ticket.
+connection is closed with 4401 `token expired` at `exp` + {s.LEEWAY_SECONDS} s, the verification leeway: the
+moment a REST request, a connect or a poll with that token is refused too (inside the leeway all
+of them are accepted). SSE and polling clients reconnect with a new ticket or token.
 
 ## Messages
 

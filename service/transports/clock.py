@@ -1,4 +1,6 @@
-"""Token expiry on a live connection: a warning 30 s before, a 4401 close at expiry.
+"""Token expiry on a live connection: a warning 30 s before `exp`, a 4401 close when the token
+stops authenticating (`exp` plus the leeway, the moment a REST request or a connect with it
+would be refused too: `service.auth.LEEWAY_SECONDS`).
 
 The clock is injected (`Clock`): the service uses the wall clock and the running loop's
 timers; unit tests use a fake one they advance by hand, so no test waits for a token.
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
+from service.auth import LEEWAY_SECONDS
 from service.connection import Connection
 from service.errors import CloseCode
 from service.events import iso
@@ -52,7 +55,7 @@ LOOP_CLOCK = LoopClock()
 
 
 class TokenClock:
-    """Warns a connection 30 s before its token expires and closes it at expiry.
+    """Warns a connection 30 s before its token's `exp` and closes it at `exp` + the leeway.
 
     One timer at a time (warning, then expiry): with thousands of connections, each timer
     handle is memory that every connection pays for.
@@ -67,7 +70,7 @@ class TokenClock:
         self._expires_at = 0.0
 
     def start(self, expires_at: float) -> None:
-        """(Re)arm for a token that expires at `expires_at` (epoch seconds)."""
+        """(Re)arm for a token whose `exp` is `expires_at` (epoch seconds)."""
         self.stop()
         self._expires_at = expires_at
         remaining = expires_at - self._clock.time()
@@ -85,7 +88,8 @@ class TokenClock:
     def _warn(self) -> None:
         expires = datetime.fromtimestamp(self._expires_at, UTC)
         self._connection.send_message({"type": "token_expiring", "expiresAt": iso(expires)})
-        self._timer = self._clock.call_later(self._expires_at - self._clock.time(), self._expired)
+        ends = self._expires_at + LEEWAY_SECONDS
+        self._timer = self._clock.call_later(ends - self._clock.time(), self._expired)
 
     def _expired(self) -> None:
         self._timer = None

@@ -178,7 +178,7 @@ async def poll(ctx: AppContext, connection: Connection, transport: PollTransport
         if transport.complete and caught.position is not None:
             transport.cursor = max(transport.cursor or caught.position, caught.position)
         connection.finish_replay()
-        expires_at = connection.principal.expires_at
+        expires_at = connection.principal.valid_until  # `exp` plus the leeway, as on every transport
         remaining = expires_at - time.time()
         if remaining > 0:
             await transport.wait(min(ctx.settings.poll_timeout_seconds, remaining))

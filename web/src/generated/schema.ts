@@ -37,12 +37,14 @@ export interface Task {
 }
 
 export interface NewTask {
+  /** at least one visible character: a letter, digit, punctuation or symbol (zero-width, format, control and space characters alone are blank) */
   title: string;
   taskType: TaskType;
   scheduleId?: number | null;
 }
 
 export interface TaskChange {
+  /** at least one visible character: a letter, digit, punctuation or symbol (zero-width, format, control and space characters alone are blank) */
   title?: string;
   taskType?: TaskType;
   scheduleId?: number | null;
@@ -70,16 +72,18 @@ export interface Schedule {
 }
 
 export interface NewSchedule {
+  /** at least one visible character: a letter, digit, punctuation or symbol (zero-width, format, control and space characters alone are blank) */
   name: string;
-  /** five fields: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed) */
+  /** five fields separated by ASCII spaces or tabs: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed) */
   cron: string;
   taskType: TaskType;
   enabled?: boolean;
 }
 
 export interface ScheduleChange {
+  /** at least one visible character: a letter, digit, punctuation or symbol (zero-width, format, control and space characters alone are blank) */
   name?: string;
-  /** five fields: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed) */
+  /** five fields separated by ASCII spaces or tabs: minute hour day-of-month month day-of-week (names jan-dec, sun-sat allowed) */
   cron?: string;
   taskType?: TaskType;
   enabled?: boolean;
@@ -138,7 +142,7 @@ export interface PresentUser {
   userName: string;
   /** when they joined (ISO-8601 UTC) */
   since: string | null;
-  /** open connections per transport on every replica (all 0 within the grace) */
+  /** open connections per transport (`websocket`, `sse`, `poll`: polls waiting now) on every replica; transports with none are left out (empty within the grace) */
   connections: Record<string, number>;
 }
 
