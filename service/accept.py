@@ -113,23 +113,36 @@ class Acceptor:
             except ConnectionAbortedError:
                 continue  # gone while still in the queue
             except OSError as exc:
-                self._failed(sock, exc)
+                if not self._failed(sock, exc):
+                    return
                 continue
             self.pause = PAUSE_SECONDS
             self.on_connection(connection, address)
 
-    def _failed(self, sock: socket.socket, exc: OSError) -> None:
+    def _failed(self, sock: socket.socket, exc: OSError) -> bool:
+        """Count and report a failed accept; shed or pause. True if accepting may go on."""
+        shed = None
+        if exc.errno in OUT_OF_DESCRIPTORS:
+            shed = self._shed(sock)
+            if shed is None:
+                return False  # nobody was waiting: Linux says EMFILE before it looks at the queue
         reason = RESOURCE_ERRORS.get(exc.errno or 0, "other")
         self.on_error(reason)
         self.unreported[reason] += 1
         if reason == "other":
             self.last_other = exc
-        if not (exc.errno in OUT_OF_DESCRIPTORS and self._shed(sock)):
+        if not shed:
             self._pause()
         self._report()
+        return bool(shed)
 
-    def _shed(self, sock: socket.socket) -> bool:
-        """Spend the spare descriptor on one waiting connection: 503 and close. False if none."""
+    def _shed(self, sock: socket.socket) -> bool | None:
+        """Spend the spare descriptor on one waiting connection: 503 and close.
+
+        Returns:
+            True when one was shed and the spare is back; None when none was waiting; False
+            when there was no spare to spend (or it could not be taken back).
+        """
         if self.spare is None:
             self.spare = _open_spare()  # a descriptor may have freed since it was spent
             return False
@@ -137,9 +150,12 @@ class Acceptor:
         self.spare = None
         try:
             connection, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            self.spare = _open_spare()
+            return None
         except OSError:
-            pass  # taken or gone meanwhile: the next failure pauses
-        else:
+            connection = None  # taken or gone meanwhile
+        if connection is not None:
             try:
                 connection.send(SHED_RESPONSE)
             except OSError:
@@ -186,8 +202,8 @@ class Acceptor:
         since = "" if self.reported_at is None else f" in the last {time.monotonic() - self.reported_at:.0f}s"
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         log.warning(
-            "accept failed %d times%s (%s%s; open-file limit %d): %d waiting connections answered 503, "
-            "accepting resumes when a descriptor frees; next report in %.0fs at the earliest",
+            "accept() failed %d time(s)%s (%s%s; open-file limit %d); %d waiting connection(s) answered 503; "
+            "serving resumes as soon as a descriptor frees; next report in %.0fs at the earliest",
             failures,
             since,
             reasons,
