@@ -3,9 +3,10 @@ connections one address may hold open without having sent a complete one, accept
 survives running out of file descriptors (service/accept.py), and whose
 `X-Forwarded-For` / `X-Real-Ip` / `X-Forwarded-Proto` are believed (TRUSTED_PROXIES only).
 
-Besides Tornado's public server hooks (`handle_stream`, `start_request`, `on_close`) it uses
-two private names, listed in `PRIVATE_NAMES` and checked by tests/test_takeover.py together
-with the takeover's, against the Tornado range pinned in requirements.txt.
+Besides Tornado's public server hooks (`add_sockets`, `stop`, `handle_stream`, `start_request`,
+`on_close`) it uses two private names, listed in `PRIVATE_NAMES` and checked by
+tests/test_takeover.py together with the takeover's, against the Tornado range pinned in
+requirements.txt.
 """
 
 from __future__ import annotations
