@@ -1,8 +1,11 @@
-"""Raw request heads for the HTTP-edge attacks: one corpus for tests/test_abuse_http.py and
-bench/abuse_http.py, so the figures and the tests try the same URIs.
+"""Raw request heads and connections for the HTTP-edge attacks: one corpus for the tests
+(tests/test_abuse_http.py, tests/test_accept.py) and bench/abuse_http.py and
+bench/fd_exhaustion.py, so the figures and the tests try the same things.
 """
 
 from __future__ import annotations
+
+import socket
 
 
 def get(path: str, port: int, method: str = "GET", extra: str = "") -> str:
@@ -37,3 +40,28 @@ def tricky_requests(port: int, token: str, ticket: str) -> list[str]:
         get("/api/nothing", port, extra=f"Cookie: access_token={token}\r\n"),
         get(f"/api/tasks?ticket={ticket}", port, "DELETE"),
     ]
+
+
+SLOW_BODY_LENGTH = 100_000
+
+
+def slow_body(port: int, source: str = "127.0.0.1", *, expect_continue: bool = False) -> socket.socket:
+    """A connection from `source` (any 127.0.0.0/8 address) that sends a complete POST head and
+    the first byte of a SLOW_BODY_LENGTH body, and nothing more (the caller may drip the rest).
+
+    With `expect_continue`, the head asks for `100 Continue`, which Tornado sends once it has
+    read the head: a caller can wait for it to know the server holds the connection.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((source, 0))
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        extra = "Expect: 100-continue\r\n" if expect_continue else ""
+        head = f"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        head += f"Content-Length: {SLOW_BODY_LENGTH}\r\n{extra}\r\n"
+        sock.sendall(head.encode() + (b"" if expect_continue else b"{"))
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -77,9 +78,16 @@ class ServiceProcess:
     """`python -m service` in a child process with its own environment and log file."""
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, *, code: Path = ROOT
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        *,
+        code: Path = ROOT,
+        open_files: int | None = None,
     ) -> None:
         self.code = code  # the checkout whose service runs (bench/ compares against older ones)
+        self.open_files = open_files  # the child's RLIMIT_NOFILE (soft), as `ulimit -n` would set it
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log_path = data_dir / f"service-{self.port}.log"
@@ -107,12 +115,31 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=self.code, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service"],
+            cwd=self.code,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
         log.close()
         if wait:
             self.wait_ready()
         return self
+
+    def _limit_open_files(self) -> None:
+        """In the child, before exec: lower the soft open-file limit (lowering needs no privilege)."""
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far (from /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def open_descriptors(self) -> int:
+        """How many file descriptors the process holds now (from /proc)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def ready(self) -> bool:
         try:

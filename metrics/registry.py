@@ -32,6 +32,8 @@ LATENCY_BUCKETS = (
 FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TRANSPORTS = ("websocket", "sse", "poll")
+ACCEPT_ERROR_REASONS = ("emfile", "enfile", "enobufs", "enomem", "other")  # service/accept.py
+REFUSED_REASONS = ("per_address", "no_descriptor")  # service/edge.py, service/accept.py
 
 
 class Metrics:
@@ -107,6 +109,12 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        self.accept_errors = Counter(
+            "realtime_accept_errors", "Failed accept() calls on the listening socket", ["reason"], registry=r
+        )
+        self.connections_refused = Counter(
+            "realtime_connections_refused", "Connections closed at accept, unserved", ["reason"], registry=r
+        )
         # A fleet-wide value every process reads from MongoDB: in multiprocess mode the most
         # recent reading wins (summing would count each user once per worker).
         self.presence_users = Gauge(
@@ -122,6 +130,10 @@ class Metrics:
             self.connections_opened.labels(transport)
             self.messages_sent.labels(transport)
             self.slow_consumers.labels(transport)
+        for reason in ACCEPT_ERROR_REASONS:
+            self.accept_errors.labels(reason)
+        for reason in REFUSED_REASONS:
+            self.connections_refused.labels(reason)
 
     def exposition(self) -> bytes:
         """The text format scraped at `/metrics` (summed over workers in multiprocess mode)."""

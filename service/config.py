@@ -58,6 +58,7 @@ ENV_VARS: tuple[str, ...] = (
     "PROMETHEUS_MULTIPROC_DIR",
     "TRUSTED_PROXIES",
     "HEAD_TIMEOUT_SECONDS",
+    "BODY_TIMEOUT_SECONDS",
     "MAX_PENDING_PER_ADDRESS",
     "DASHBOARD_SERVICE_URL",
 )
@@ -102,6 +103,7 @@ class Settings:
     multiproc_dir: Path | None = None
     trusted_proxies: tuple[Network, ...] = ()
     head_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0  # a 1 MiB body at 17 KiB/s; slower is an attack or a dead link
     max_pending_per_address: int = 64
     dashboard_service_url: str | None = None
 
@@ -412,6 +414,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         multiproc_dir=Path(multiproc) if multiproc else None,
         trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
         head_timeout_seconds=_float(env, "HEAD_TIMEOUT_SECONDS", 10.0, minimum=0.5),
+        body_timeout_seconds=_float(env, "BODY_TIMEOUT_SECONDS", 60.0, minimum=0.5),
         max_pending_per_address=_int(env, "MAX_PENDING_PER_ADDRESS", 64, minimum=1),
         dashboard_service_url=_origin_url(env, "DASHBOARD_SERVICE_URL"),
     )

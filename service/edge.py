@@ -1,22 +1,28 @@
-"""The HTTP server at the edge: how long a client may take to send a request head, how many
-connections one address may hold open without having sent one, and whose
+"""The HTTP server at the edge: how long a client may take to send a request, how many
+connections one address may hold open without having sent a complete one, accepting that
+survives running out of file descriptors (service/accept.py), and whose
 `X-Forwarded-For` / `X-Real-Ip` / `X-Forwarded-Proto` are believed (TRUSTED_PROXIES only).
 
-Besides Tornado's public server hooks (`handle_stream`, `start_request`, `on_close`) it uses
-two private names, listed in `PRIVATE_NAMES` and checked by tests/test_takeover.py together
-with the takeover's, against the Tornado range pinned in requirements.txt.
+Besides Tornado's public server hooks (`add_sockets`, `stop`, `handle_stream`, `start_request`,
+`on_close`) it uses two private names, listed in `PRIVATE_NAMES` and checked by
+tests/test_takeover.py together with the takeover's, against the Tornado range pinned in
+requirements.txt.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from tornado import httputil, iostream, netutil
 from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
+
+from metrics.registry import Metrics
+from service.accept import Acceptor
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +34,17 @@ PRIVATE_NAMES = (
 # A proxy keeps idle upstream connections for reuse (ingress-nginx: 60 s); closing them
 # sooner races its next request, so trusted proxies get Tornado's former idle timeout.
 PROXY_IDLE_SECONDS = 75.0
-BODY_TIMEOUT_SECONDS = 60.0  # a 1 MiB body at 17 KiB/s; slower is an attack or a dead link
 
 
 class EdgeServer(HTTPServer):
     """Tornado's HTTPServer, plus:
 
     - a request head must arrive within `head_timeout` seconds (also between keep-alive
-      requests); a body within BODY_TIMEOUT_SECONDS;
+      requests); its body within `body_timeout` seconds of the head;
     - at most `max_pending_per_address` connections per client address that have not yet
-      sent a complete first request head (slowloris); more are closed at accept;
+      sent a complete first request, head and body (slowloris, slow bodies); more are
+      closed at accept;
+    - accept errors (out of descriptors, buffers) back off instead of spinning: `Acceptor`;
     - forwarded-for headers applied only for peers `trusted` names (never for anyone else).
     """
 
@@ -47,20 +54,42 @@ class EdgeServer(HTTPServer):
         *,
         trusted: Callable[[str], bool],
         head_timeout: float,
+        body_timeout: float,
         max_pending_per_address: int,
+        metrics: Metrics,
         **kwargs: Any,
     ) -> None:
-        super().initialize(
-            request_callback, idle_connection_timeout=head_timeout, body_timeout=BODY_TIMEOUT_SECONDS, **kwargs
-        )
+        super().initialize(request_callback, idle_connection_timeout=head_timeout, body_timeout=body_timeout, **kwargs)
+        if self.ssl_options is not None:
+            raise ValueError("EdgeServer does not terminate TLS (a proxy in front of it does)")
         self.trusted = trusted
         self.max_pending_per_address = max_pending_per_address
+        self.metrics = metrics
+        self.acceptor = Acceptor(
+            self._accepted,
+            on_error=lambda reason: metrics.accept_errors.labels(reason).inc(),
+            on_shed=lambda reason: metrics.connections_refused.labels(reason).inc(),
+        )
         self.proxy_params = HTTP1ConnectionParameters(
             **{**vars(self.conn_params), "header_timeout": max(head_timeout, PROXY_IDLE_SECONDS)}
         )
-        self.pending: Counter[str] = Counter()  # address -> connections without a first head
+        self.pending: Counter[str] = Counter()  # address -> connections without a complete first request
         self._pending_streams: dict[iostream.IOStream, str] = {}
         self.refused = 0
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept on these listening sockets through `Acceptor` (Tornado's loop would spin)."""
+        for sock in sockets:
+            self.acceptor.add(sock)
+
+    def stop(self) -> None:
+        self.acceptor.close()
+        super().stop()  # holds none of the sockets, marks the server stopped
+
+    def _accepted(self, connection: socket.socket, address: Any) -> None:
+        size, chunk = self.max_buffer_size, self.read_chunk_size
+        stream = iostream.IOStream(connection, max_buffer_size=size, read_chunk_size=chunk)
+        self.handle_stream(stream, address)
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
         ip = str(address[0]) if isinstance(address, tuple) and address else ""
@@ -68,6 +97,7 @@ class EdgeServer(HTTPServer):
         if not trusted:
             if self.pending[ip] >= self.max_pending_per_address:
                 self.refused += 1
+                self.metrics.connections_refused.labels("per_address").inc()
                 log.debug("closed a connection from %s: %d already without a request", ip, self.pending[ip])
                 stream.close()
                 return
@@ -90,7 +120,7 @@ class EdgeServer(HTTPServer):
         self.settle(getattr(server_conn, "stream", None))
 
     def settle(self, stream: iostream.IOStream | None) -> None:
-        """The connection sent a request head (or went away): no longer pending."""
+        """The connection sent a complete request (or went away): no longer pending."""
         ip = self._pending_streams.pop(stream, None) if stream is not None else None
         if ip is not None:
             self.pending[ip] -= 1
@@ -99,8 +129,8 @@ class EdgeServer(HTTPServer):
 
 
 class _EdgeDelegate(httputil.HTTPMessageDelegate):
-    """Marks the connection settled on its head; applies a trusted proxy's forwarded headers
-    for this request only."""
+    """Marks the connection settled once its request is complete, body included; applies a
+    trusted proxy's forwarded headers for this request only."""
 
     def __init__(
         self,
@@ -120,7 +150,6 @@ class _EdgeDelegate(httputil.HTTPMessageDelegate):
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
-        self.server.settle(self.stream)
         if self.context is not None:
             apply_forwarded(self.context, headers, self.server.trusted)
         return self.delegate.headers_received(start_line, headers)
@@ -129,6 +158,7 @@ class _EdgeDelegate(httputil.HTTPMessageDelegate):
         return self.delegate.data_received(chunk)
 
     def finish(self) -> None:
+        self.server.settle(self.stream)
         self.delegate.finish()
         self._restore()
 

@@ -76,7 +76,9 @@ class Server:
             app,
             trusted=ctx.settings.trusted_proxy,
             head_timeout=ctx.settings.head_timeout_seconds,
+            body_timeout=ctx.settings.body_timeout_seconds,
             max_pending_per_address=ctx.settings.max_pending_per_address,
+            metrics=ctx.metrics,
             max_body_size=MAX_BODY_SIZE,
         )
         if sockets is None:

@@ -208,6 +208,46 @@ async def test_connections_without_a_request_are_capped_per_address(start_servic
             writer.close()
 
 
+SLOW_HEAD = "POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_slow_bodies_are_capped_per_address(start_service: Any) -> None:
+    """Connections that sent a head but are still sending the body count toward MAX_PENDING_PER_ADDRESS."""
+    service = await start_service(max_pending_per_address=20)
+    sockets = []
+    answers = []
+    try:
+        for _ in range(30):
+            reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+            sockets.append(writer)
+            writer.write(SLOW_HEAD.encode())
+            try:  # `100 Continue` once the server has read the head, or the close
+                answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait_bound(10))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                answer = b""
+            answers.append(answer)
+            if answer:
+                writer.write(b"{")  # the body's first byte; the rest never comes
+    finally:
+        for writer in sockets:
+            writer.close()
+    assert answers[:20] == [b"HTTP/1.1 100 (Continue)\r\n\r\n"] * 20
+    assert answers[20:] == [b""] * 10
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_body_that_never_finishes_is_closed(start_service: Any) -> None:
+    """A connection that sends a head and part of its body is closed after BODY_TIMEOUT_SECONDS."""
+    service = await start_service(body_timeout_seconds=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    writer.write(SLOW_HEAD.replace("Expect: 100-continue\r\n", "").encode() + b"{")
+    try:
+        assert await asyncio.wait_for(reader.read(), wait_bound(10)) == b""
+    finally:
+        writer.close()
+
+
 async def remote_seen_by_admin(service: Service, headers: dict[str, str]) -> str:
     stream = await service.sse({"token": service.token(sub=5)}, headers=headers)
     try:

@@ -41,6 +41,9 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "realtime_resumes": ("counter", frozenset({"transport", "outcome"})),
     "realtime_http_request_duration_seconds": ("histogram", frozenset({"handler", "method", "code"})),
     "realtime_presence_users": ("gauge", frozenset()),
+    # Beyond SPEC §8, for the edge (issue 23): accept() failures and connections refused unserved.
+    "realtime_accept_errors": ("counter", frozenset({"reason"})),
+    "realtime_connections_refused": ("counter", frozenset({"reason"})),
 }
 SPEC_LATENCY_BUCKETS = (
     *(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05),
