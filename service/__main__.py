@@ -85,6 +85,14 @@ def serve() -> int:
     if settings.dev_mode:
         log.warning("DEV_MODE is on: tokens are signed with a development secret from %s", settings.data_dir)
     worker = os.environ.get(WORKER_ENV) == "1"
+    if not worker:
+        from service.server import check_port
+
+        try:
+            check_port(settings.host, settings.port)  # before the embedded MongoDB starts for nothing
+        except ServiceError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return 1
     if settings.workers > 1 and not worker:
         from service.workers import supervise
 
