@@ -130,7 +130,10 @@ class EmbeddedMongo:
         log_path: Path | None = None
         log_start = 0
         if storage != ":memory:":
-            Path(storage).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(storage).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise EmbeddedMongoError(f"DATA_DIR: cannot create {storage}: {exc.strerror}") from None
             if self._lock is None:
                 self._lock = lock_data_dir(Path(storage))
             log_path = Path(storage).parent / "mongo.log"
@@ -218,9 +221,13 @@ def lock_data_dir(storage: Path) -> int:
 
     Raises:
         DataDirInUse: a live process holds it (ours, or WiredTiger's own lock in `storage`).
+        EmbeddedMongoError: the lock file cannot be opened or locked at all.
     """
     path = storage.parent / f"{storage.name}.pid"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise EmbeddedMongoError(f"DATA_DIR: cannot open {path}: {exc.strerror}") from None
     try:
         deadline = time.monotonic() + DYING_HOLDER_SECONDS
         while True:
@@ -229,7 +236,7 @@ def lock_data_dir(storage: Path) -> int:
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise DataDirInUse(f"DATA_DIR: cannot lock {path}: {exc.strerror}") from None
+                    raise EmbeddedMongoError(f"DATA_DIR: cannot lock {path}: {exc.strerror}") from None
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             if (holder.isdigit() and _alive(int(holder))) or time.monotonic() > deadline:
                 raise DataDirInUse(
