@@ -115,8 +115,10 @@ def supervise(settings: Settings) -> int:
         log.info("started %d workers: %s", len(workers), " ".join(str(w.pid) for w in workers))
         if _wait_listening(settings.port, workers):
             announce(settings, settings.port, mongo)
-        elif not stopping and any(w.poll() is not None for w in workers):
-            return 1  # it failed to start and printed why; the others would fail alike, forever
+        elif not stopping and any((w.poll() or 0) > 0 for w in workers):
+            # It refused to start (and printed why); the others would, forever. A worker
+            # killed by a signal (a negative status) is restarted below as usual.
+            return 1
         crashes = 0
         while not stopping:
             for index, worker in enumerate(workers):
