@@ -37,6 +37,8 @@ def announce(settings: Settings, port: int, mongo: EmbeddedMongo | None) -> None
     host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
     base = f"http://{host}:{port}"
     where = f"embedded MongoDB pid {mongo.pid}, data in {settings.data_dir}" if mongo else "MONGODB_URI"
+    if settings.dev_mode:  # once started: a failed start prints its one line and nothing else
+        log.warning("DEV_MODE is on: tokens are signed with a development secret from %s", settings.data_dir)
     if settings.log_format == "json":
         # Containers read stdout/stderr as one JSON log: no banner, and no token in a log line.
         log.info("listening", extra={"url": base, "workers": settings.workers, "mongodb": where})
@@ -82,9 +84,15 @@ def serve() -> int:
     """Serve until SIGTERM/SIGINT; exit status 0 after a clean drain."""
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
-    if settings.dev_mode:
-        log.warning("DEV_MODE is on: tokens are signed with a development secret from %s", settings.data_dir)
     worker = os.environ.get(WORKER_ENV) == "1"
+    if not worker:
+        from service.server import check_port
+
+        try:
+            check_port(settings.host, settings.port)  # before the embedded MongoDB starts for nothing
+        except ServiceError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return 1
     if settings.workers > 1 and not worker:
         from service.workers import supervise
 

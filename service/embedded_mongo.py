@@ -7,16 +7,25 @@ The child is stopped on every exit path: `stop()` (SIGTERM, a clean shutdown) on
 and signals, and the kernel kills it if this process dies without cleaning up
 (PR_SET_PDEATHSIG with SIGKILL: an orphan must not keep holding the data directory, and a
 SIGTERM to an orphan was seen not to end it within 45 s on a busy machine).
+
+One server per data directory: before starting, the service takes an exclusive `flock` on
+DATA_DIR/mongo.pid and writes its pid there; the child inherits the lock, so it is held until
+both have exited, and the kernel drops it however they die (no stale lock after `kill -9`).
+A second service on the same directory is refused with that pid, before SecantusDB would
+fail on WiredTiger's own lock ("Device or resource busy").
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import logging
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -33,10 +42,18 @@ PR_SET_PDEATHSIG = 1
 # Oplog entries kept whatever their age (every write is one: events, tasks, keys, presence).
 # Past it, resumes from pruned positions answer `resync`; HISTORY_TTL_SECONDS is the other bound.
 OPLOG_MAX_ENTRIES = 1_000_000
+# A holder that has exited may leave its lock to a child that is still dying (SIGKILL from
+# PR_SET_PDEATHSIG): wait this long for it before calling the directory in use.
+DYING_HOLDER_SECONDS = 10.0
+FLOCK_STRUCT = "hhqqi"  # struct flock on 64-bit Linux: type, whence, start, len, pid
 
 
 class EmbeddedMongoError(ServiceError):
     """The embedded server could not be started."""
+
+
+class DataDirInUse(EmbeddedMongoError):
+    """Another process already runs a server on this data directory."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -97,6 +114,7 @@ class EmbeddedMongo:
         self.sync_on_commit = sync_on_commit
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self._lock: int | None = None  # fd of the held DATA_DIR lock
 
     @property
     def uri(self) -> str:
@@ -114,13 +132,21 @@ class EmbeddedMongo:
             port: a fixed port (a restart on the same address); a free one when omitted.
 
         Raises:
-            EmbeddedMongoError: it exited or did not answer in time (with its last log lines).
+            DataDirInUse: another process runs a server on this data directory (names its pid).
+            EmbeddedMongoError: it exited or did not answer in time (with its last log line).
         """
         storage = str(self.storage)
         log_path: Path | None = None
+        log_start = 0
         if storage != ":memory:":
-            Path(storage).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(storage).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise EmbeddedMongoError(f"DATA_DIR: cannot create {storage}: {exc.strerror}") from None
+            if self._lock is None:
+                self._lock = lock_data_dir(Path(storage))
             log_path = Path(storage).parent / "mongo.log"
+            log_start = log_path.stat().st_size if log_path.exists() else 0
         self.port = port or free_port()
         command = [
             server_command(),
@@ -147,25 +173,26 @@ class EmbeddedMongo:
                 stderr=output,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
+                pass_fds=() if self._lock is None else (self._lock,),
             )
         finally:
             if log_path:
                 output.close()  # type: ignore[union-attr]
         try:
-            self._wait_ready(timeout, log_path)
+            self._wait_ready(timeout, log_path, log_start)
         except BaseException:
             self.stop()
             raise
         log.info("embedded MongoDB (SecantusDB) pid %d on port %d, data in %s", self.pid, self.port, storage)
         return self.uri
 
-    def _wait_ready(self, timeout: float, log_path: Path | None) -> None:
+    def _wait_ready(self, timeout: float, log_path: Path | None, log_start: int = 0) -> None:
         deadline = time.monotonic() + timeout
         assert self.process is not None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise EmbeddedMongoError(
-                    f"embedded MongoDB exited with code {self.process.returncode}: {_tail(log_path)}"
+                    f"embedded MongoDB exited with code {self.process.returncode}: {_last_line(log_path, log_start)}"
                 )
             client: MongoClient[dict[str, object]] = MongoClient(self.uri, serverSelectionTimeoutMS=250)
             try:
@@ -175,24 +202,102 @@ class EmbeddedMongo:
                 time.sleep(0.1)
             finally:
                 client.close()
-        raise EmbeddedMongoError(f"embedded MongoDB did not answer within {timeout:.0f}s: {_tail(log_path)}")
+        raise EmbeddedMongoError(
+            f"embedded MongoDB did not answer within {timeout:.0f}s: {_last_line(log_path, log_start)}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, wait, then SIGKILL if it would not stop (idempotent)."""
+        """SIGTERM, wait, then SIGKILL if it would not stop; then release the directory (idempotent)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
         try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("embedded MongoDB did not stop in %.0fs; killing it", timeout)
-            process.kill()
-            process.wait()
+            if process is None or process.poll() is not None:
+                return
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded MongoDB did not stop in %.0fs; killing it", timeout)
+                process.kill()
+                process.wait()
+        finally:
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                os.close(lock)
 
 
-def _tail(log_path: Path | None, lines: int = 5) -> str:
+def lock_data_dir(storage: Path) -> int:
+    """Take the exclusive lock of a server's data directory, with this pid in it; its fd.
+
+    Raises:
+        DataDirInUse: a live process holds it (ours, or WiredTiger's own lock in `storage`).
+        EmbeddedMongoError: the lock file cannot be opened or locked at all.
+    """
+    path = storage.parent / f"{storage.name}.pid"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise EmbeddedMongoError(f"DATA_DIR: cannot open {path}: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + DYING_HOLDER_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise EmbeddedMongoError(f"DATA_DIR: cannot lock {path}: {exc.strerror}") from None
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if (holder.isdigit() and _alive(int(holder))) or time.monotonic() > deadline:
+                raise DataDirInUse(
+                    f"data directory {storage.parent} is in use by pid {holder or '?'} "
+                    f"(another service and its embedded MongoDB); stop it or set another DATA_DIR"
+                )
+            time.sleep(0.1)  # its service is gone and its server is dying: the lock comes free
+        server = wiredtiger_holder(storage)
+        if server is not None:
+            raise DataDirInUse(
+                f"data directory {storage.parent} is in use by pid {server} (a MongoDB server holds "
+                f"{storage / 'WiredTiger.lock'}); stop it or set another DATA_DIR"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def wiredtiger_holder(storage: Path) -> int | None:
+    """The pid holding WiredTiger's lock on `storage` (a server not started by us), if any."""
+    try:
+        fd = os.open(storage / "WiredTiger.lock", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        query = struct.pack(FLOCK_STRUCT, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind, _, _, _, pid = struct.unpack(FLOCK_STRUCT, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+    return None if kind == fcntl.F_UNLCK else int(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _last_line(log_path: Path | None, start: int) -> str:
+    """The last line this start wrote to the server's log (a traceback's last line is its error)."""
     if log_path is None or not log_path.exists():
         return "no log"
-    text = log_path.read_text(errors="replace").strip().splitlines()[-lines:]
-    return " | ".join(text) or "empty log"
+    with open(log_path, "rb") as log_file:
+        log_file.seek(start)
+        lines = log_file.read().decode(errors="replace").strip().splitlines()
+    return f"{lines[-1].strip()} (see {log_path})" if lines else f"nothing in {log_path}"

@@ -18,7 +18,7 @@ from service.bus import Bus
 from service.config import Settings
 from service.context import AppContext, Lifecycle
 from service.edge import EdgeServer
-from service.errors import CloseCode
+from service.errors import CloseCode, ServiceError
 from service.hub import Hub
 from service.presence import Presence
 from service.store import MongoStore
@@ -29,6 +29,36 @@ log = logging.getLogger(__name__)
 MAX_BODY_SIZE = 16 * 1024 * 1024
 STOP_TIMEOUT_SECONDS = 5.0
 HEARTBEAT_TICK_SECONDS = 0.25  # a heartbeat round is spread over ticks this far apart
+
+
+class ListenError(ServiceError):
+    """PORT cannot be listened on (in use by another process, or not permitted)."""
+
+
+def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Listening sockets for `port` on every address of `host`.
+
+    Raises:
+        ListenError: the port is taken (without SO_REUSEPORT on both sides) or not permitted.
+    """
+    try:
+        return bind_sockets(port, host, reuse_port=reuse_port, backlog=4096)
+    except OSError as exc:
+        raise ListenError(f"PORT: cannot listen on {host or '*'}:{port}: {exc.strerror or exc}") from None
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail now, before anything starts, when another process listens on the port.
+
+    Bound without SO_REUSEPORT, so a listener that set it (another service's workers) counts
+    too. The port is free again when this returns; the server binds it at the end of `start`.
+
+    Raises:
+        ListenError: the port is taken or not permitted.
+    """
+    if port:
+        for sock in listen(host, port):
+            sock.close()
 
 
 def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None = None) -> AppContext:
@@ -65,9 +95,22 @@ class Server:
         self._tasks: set[asyncio.Future[None]] = set()  # keeps signal-started work alive
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
-        """Check MongoDB, open the change stream, then accept connections."""
+        """Check MongoDB, open the change stream, then accept connections.
+
+        Raises:
+            ServiceError: MongoDB is unusable (see `MongoStore.start`) or the port is taken
+                (`ListenError`); what had started is stopped again.
+        """
         ctx = self.ctx
         await ctx.store.start()
+        try:
+            await self._start_serving(sockets)
+        except ServiceError:
+            await self.stop()
+            raise
+
+    async def _start_serving(self, sockets: list[socket.socket] | None) -> None:
+        ctx = self.ctx
         await ctx.bus.start()
         if ctx.hub.presence is not None:
             await ctx.hub.presence.start()
@@ -82,7 +125,7 @@ class Server:
             max_body_size=MAX_BODY_SIZE,
         )
         if sockets is None:
-            sockets = bind_sockets(ctx.settings.port, ctx.settings.host, reuse_port=self.reuse_port, backlog=4096)
+            sockets = listen(ctx.settings.host, ctx.settings.port, reuse_port=self.reuse_port)
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         interval = ctx.settings.heartbeat_seconds

@@ -22,7 +22,8 @@ from bson import Timestamp
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from service.config import Settings
@@ -37,6 +38,7 @@ T = TypeVar("T")
 INSERTS_ONLY = [{"$match": {"operationType": "insert"}}]
 KEY_TTL_SECONDS = 24 * 3600  # how long an Idempotency-Key is remembered
 POSITION_TTL_MARGIN = 3600  # saved stream positions are kept this much longer than events
+INDEX_CONFLICT_CODES = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpecsConflict
 # A transaction we gave up on holds its documents until MongoDB reaps it
 # (transactionLifetimeLimitSeconds, 60 s by default); we kill it as soon as MongoDB answers.
 # A statement of it still queued when MongoDB resumes may reopen it: kill it again, spaced out.
@@ -57,6 +59,15 @@ async def _available(bound: float | None = None) -> AsyncIterator[None]:
         if exc.timeout:  # out of time on the server (ExecutionTimeout)
             raise StoreUnavailable(f"MongoDB did not answer in time: {type(exc).__name__}") from exc
         raise
+
+
+async def _ttl_of(collection: AsyncCollection[Document], field: str) -> float | None:
+    """`expireAfterSeconds` of the single-field index on `field`; None when there is none."""
+    async for index in await collection.list_indexes():
+        if dict(index["key"]) == {field: 1}:
+            expiry = index.get("expireAfterSeconds")
+            return None if expiry is None else float(expiry)
+    return None
 
 
 def write_concern_options(uri: str) -> dict[str, Any]:
@@ -112,6 +123,8 @@ class MongoStore:
             **write_concern_options(uri),
         )
         self.db = self.client[settings.mongodb_db]
+        # For messages: the URI's hosts without credentials or options.
+        self._hosts = uri.partition("://")[2].split("/")[0].split("?")[0].rpartition("@")[2]
         self.tasks = self.db["tasks"]
         self.schedules = self.db["schedules"]
         self.events = self.db["events"]
@@ -127,27 +140,68 @@ class MongoStore:
         self.presence_writes = 0  # write commands presence sent (bench/presence.py reads it)
 
     async def start(self) -> None:
-        """Check the deployment and create indexes.
+        """Check the deployment and create indexes (a changed TTL is retuned, see `_ttl_index`).
 
         Raises:
-            ConfigError: MongoDB is not a replica set (change streams need one).
-            StoreUnavailable: MongoDB did not answer.
+            ConfigError: MongoDB is not a replica set (change streams need one), or refused a
+                startup command (credentials, permissions).
+            StoreUnavailable: MongoDB did not answer within MONGODB_TIMEOUT_MS.
         """
-        async with _available():  # unbounded: building an index on a large collection takes a while
-            hello = await self.client.admin.command("hello")
-            if not hello.get("setName"):
-                raise ConfigError(
-                    "MONGODB_URI: MongoDB is not a replica set; change streams need one "
-                    "(a single-node replica set is enough: mongod --replSet rs0, then rs.initiate())"
-                )
-            ttl = self._settings.history_ttl_seconds
-            await self.events.create_index([("createdAt", ASCENDING)], expireAfterSeconds=ttl)
-            await self.tickets.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
-            await self.tasks.create_index([("status", ASCENDING), ("_id", DESCENDING)])
-            await self.keys.create_index([("createdAt", ASCENDING)], expireAfterSeconds=KEY_TTL_SECONDS)
-            # Positions outlive the events they lead to, so HISTORY_TTL_SECONDS is what binds a resume.
-            await self.positions.create_index([("at", ASCENDING)], expireAfterSeconds=ttl + POSITION_TTL_MARGIN)
-            await self._presence_indexes()
+        try:
+            async with _available():  # unbounded: building an index on a large collection takes a while
+                hello = await self.client.admin.command("hello")
+                if not hello.get("setName"):
+                    raise ConfigError(
+                        "MONGODB_URI: MongoDB is not a replica set; change streams need one "
+                        "(a single-node replica set is enough: mongod --replSet rs0, then rs.initiate())"
+                    )
+                ttl = self._settings.history_ttl_seconds
+                await self._ttl_index(self.events, "createdAt", ttl, "HISTORY_TTL_SECONDS")
+                await self.tickets.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
+                await self.tasks.create_index([("status", ASCENDING), ("_id", DESCENDING)])
+                await self._ttl_index(self.keys, "createdAt", KEY_TTL_SECONDS, "KEY_TTL_SECONDS")
+                # Positions outlive the events they lead to, so HISTORY_TTL_SECONDS is what binds a resume.
+                await self._ttl_index(self.positions, "at", ttl + POSITION_TTL_MARGIN, "HISTORY_TTL_SECONDS")
+                await self._presence_indexes()
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(
+                f"MONGODB_URI: no MongoDB answered at {self._hosts} within {self._settings.mongodb_timeout_ms} ms "
+                f"(MONGODB_TIMEOUT_MS; {type(exc.__cause__).__name__})"
+            ) from None
+        except OperationFailure as exc:
+            raise ConfigError(f"MONGODB_URI: MongoDB refused a startup command: {exc.details or exc}") from None
+
+    async def _ttl_index(
+        self, collection: AsyncCollection[Document], field: str, seconds: int, setting: str, *, grow_only: bool = False
+    ) -> None:
+        """The TTL index on `field`, created, or retuned with `collMod` when it has another expiry.
+
+        A restart with another HISTORY_TTL_SECONDS (or HEARTBEAT_SECONDS) must apply it, not
+        fail on `IndexOptionsConflict`; replicas that disagree each set theirs as they start,
+        so the last one to start wins, unless `grow_only` (never lowered by a starter).
+        """
+        current = await _ttl_of(collection, field)
+        if current is None:
+            try:
+                await collection.create_index([(field, ASCENDING)], expireAfterSeconds=seconds)
+                return
+            except OperationFailure as exc:
+                if exc.code not in INDEX_CONFLICT_CODES:
+                    raise
+                current = await _ttl_of(collection, field)  # another process created it just now
+        if current == seconds or (grow_only and current is not None and current > seconds):
+            return
+        await self.db.command(
+            "collMod", collection.name, index={"keyPattern": {field: 1}, "expireAfterSeconds": seconds}
+        )
+        log.warning(
+            "%s: TTL of %s.%s changed from %s s to %d s for every process on this database",
+            setting,
+            collection.name,
+            field,
+            current,
+            seconds,
+        )
 
     async def close(self) -> None:
         self._closed = True  # PyMongo may turn a reaper's cancellation into an error it retries
@@ -467,8 +521,12 @@ class MongoStore:
     # `presence`: one document per (process, user); `presence_users`: one per online user.
 
     async def _presence_indexes(self) -> None:
+        # The TTL is only a backstop for a fleet that died without cleaning up; it must never
+        # expire the documents of a live replica between two of its heartbeats. Replicas may
+        # run different HEARTBEAT_SECONDS (a rolling deploy), so a starter only raises it:
+        # it stays 10 times the largest heartbeat that has run on this database.
         backstop = max(60, round(self._settings.heartbeat_seconds * 10))
-        await self.presence.create_index([("seenAt", ASCENDING)], expireAfterSeconds=backstop)
+        await self._ttl_index(self.presence, "seenAt", backstop, "HEARTBEAT_SECONDS", grow_only=True)
         await self.presence.create_index([("process", ASCENDING)])
         await self.presence.create_index([("userId", ASCENDING)])
         await self.presence_users.create_index([("state", ASCENDING), ("leavingSince", ASCENDING)])

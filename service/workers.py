@@ -1,12 +1,16 @@
 """`WORKERS=N`: a parent that runs N serving processes on one port (SO_REUSEPORT).
 
-The parent starts the embedded MongoDB once, prepares the Prometheus multiprocess
-directory, restarts a worker that dies, forwards SIGTERM to all and exits 0 when they
-have drained. Each worker has its own change stream, hub and connections.
+The parent starts the embedded MongoDB once, checks MongoDB (and reconciles its indexes)
+once, prepares the Prometheus multiprocess directory, restarts a worker that dies, forwards
+SIGTERM to all and exits 0 when they have drained. Each worker has its own change stream, hub
+and connections. A startup failure is one line and exit status 1: the parent's own checks
+print it; a worker that fails before the service was ever ready printed it, and the parent
+stops the others instead of restarting it forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -21,6 +25,8 @@ from types import FrameType
 
 from service.config import Settings
 from service.embedded_mongo import EmbeddedMongo, signal_on_parent_death
+from service.errors import ServiceError
+from service.store import MongoStore
 
 log = logging.getLogger("service.workers")
 
@@ -49,6 +55,15 @@ def _wait_listening(port: int, workers: list[subprocess.Popen[bytes]], timeout: 
         except OSError:
             time.sleep(0.1)
     return False
+
+
+async def _check_store(settings: Settings, uri: str) -> None:
+    """What each worker's start does first, once, so its failure is one line, not one per worker."""
+    store = MongoStore(settings, uri)
+    try:
+        await store.start()
+    finally:
+        await store.close()
 
 
 def supervise(settings: Settings) -> int:
@@ -80,6 +95,7 @@ def supervise(settings: Settings) -> int:
                 sync_on_commit=settings.embedded_sync_on_commit,
             )
             uri = mongo.start()
+        asyncio.run(_check_store(settings, uri))
         env = {
             **os.environ,
             WORKER_ENV: "1",
@@ -99,6 +115,10 @@ def supervise(settings: Settings) -> int:
         log.info("started %d workers: %s", len(workers), " ".join(str(w.pid) for w in workers))
         if _wait_listening(settings.port, workers):
             announce(settings, settings.port, mongo)
+        elif not stopping and any((w.poll() or 0) > 0 for w in workers):
+            # It refused to start (and printed why); the others would, forever. A worker
+            # killed by a signal (a negative status) is restarted below as usual.
+            return 1
         crashes = 0
         while not stopping:
             for index, worker in enumerate(workers):
@@ -123,6 +143,9 @@ def supervise(settings: Settings) -> int:
                 worker.wait()
         failed = [w.pid for w in workers if w.returncode not in (0, -signal.SIGTERM)]
         return 1 if failed else 0
+    except ServiceError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     finally:
         for worker in workers:
             if worker.poll() is None:
