@@ -30,6 +30,19 @@ from service.errors import ServiceError
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+DISK_FULL_BYTES = 16 * 1024 * 1024
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, not between fork and exec: the watchdog restarts the server from a thread, and a
+# forked child of a threaded process must not take the dynamic loader's lock another thread held.
+_LIBC = _libc()
 
 
 class EmbeddedMongoError(ServiceError):
@@ -49,15 +62,22 @@ def signal_on_parent_death(signum: int) -> None:
     Runs in a child between fork and exec (`preexec_fn`); elsewhere it does nothing, and the
     parent's orderly exit paths still stop the child.
     """
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
-    except OSError:
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signum)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     signal_on_parent_death(signal.SIGKILL)
     os.setpgrp()  # Ctrl-C in a terminal reaches the service, which stops the child itself
+
+
+def disk_full(storage: Path) -> bool:
+    """Whether the filesystem of a data directory has less room than WiredTiger needs to go on
+    (it preallocates 10 MiB log files, and panics when a write finds no room)."""
+    try:
+        return shutil.disk_usage(storage).free < DISK_FULL_BYTES
+    except OSError:
+        return False
 
 
 def server_command() -> str:
