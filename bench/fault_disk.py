@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -261,8 +262,8 @@ async def run(rounds: int, seed: int, *, hold: float = 3.0, code: Path = ROOT) -
             stop.set()
         await asyncio.to_thread(service.stop)
         unmount(volume)
-        with contextlib.suppress(OSError):
-            volume.rmdir()
+        if not volume.is_mount():
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> int:
