@@ -13,7 +13,8 @@ from tornado.web import HTTPError, OutputTransform, RequestHandler, stream_reque
 
 from service.auth import Credentials, Principal
 from service.context import AppContext
-from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreUnavailable
+from service.embedded_mongo import disk_full
+from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreFull, StoreUnavailable
 from service.events import event_document
 from service.idempotency import HEADER, Answer, Change, KeyInUse, KeyReused, commit_once, fingerprint, parse_key
 from service.logs import RedactedLogging
@@ -150,8 +151,11 @@ class BaseHandler(RedactedLogging):
         elif isinstance(exc, NotFound):
             status_code, body = 404, {"error": "not_found", "message": f"no {exc}"}
         elif isinstance(exc, StoreUnavailable):
-            status_code, body = 503, {"error": "unavailable", "reason": "database unavailable, retry later"}
-            self.set_header("Retry-After", "2")
+            storage = self.ctx.embedded_storage
+            full = isinstance(exc, StoreFull) or (storage is not None and disk_full(storage))
+            reason = "database disk full" if full else "database unavailable, retry later"
+            status_code, body = 503, {"error": "unavailable", "reason": reason}
+            self.set_header("Retry-After", "5" if full else "2")
         elif isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
             body = {"error": _error_name(status_code), "message": exc.log_message}
         else:

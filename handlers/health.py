@@ -1,4 +1,5 @@
-"""`/healthz` (the process answers) and `/readyz` (MongoDB, change stream, not draining)."""
+"""`/healthz` (the process answers and has not given up on its embedded database) and `/readyz`
+(MongoDB, change stream, not draining)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from handlers.base import BaseHandler
 
 class LivenessHandler(BaseHandler):
     def get(self) -> None:
+        # No MongoDB round trip: an outage of an external MongoDB must not get pods restarted
+        # (that is /readyz's business); only a database this process gave up on fails it.
+        broken = self.ctx.lifecycle.broken
+        if broken is not None:
+            self.write_json({"status": "broken", "reason": broken}, 503)
+            return
         self.write_json({"status": "ok"})
 
 

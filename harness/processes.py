@@ -57,12 +57,15 @@ def pid_alive(pid: int) -> bool:
 
 
 def children_of(pid: int) -> list[int]:
-    """Direct child pids (from /proc)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
+    """Direct child pids (from /proc), whichever thread started them (the embedded MongoDB's
+    watchdog restarts it from its own thread)."""
+    children: list[int] = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            children += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
 
 
 def wait_until(condition, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]

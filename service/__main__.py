@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from service import logs
@@ -21,6 +22,7 @@ from service.errors import ConfigError, ServiceError
 log = logging.getLogger("service")
 
 WORKER_ENV = "REALTIME_WORKER"
+EMBEDDED_STORAGE_ENV = "REALTIME_EMBEDDED_STORAGE"  # a worker's hint that its MongoDB is the embedded one
 DEV_USER_ID, DEV_USER_NAME, DEV_ROLES = 1, "محمد حسن", ("user", "publisher", "admin")
 
 
@@ -64,8 +66,11 @@ def announce(settings: Settings, port: int, mongo: EmbeddedMongo | None) -> None
 
 async def _serve_one(settings: Settings, uri: str, mongo: EmbeddedMongo | None, *, worker: bool) -> int:
     from service.server import Server, build_context
+    from service.watchdog import Watchdog
 
-    server = Server(build_context(settings, uri), reuse_port=worker or settings.workers > 1)
+    storage = mongo.storage if mongo is not None else os.environ.get(EMBEDDED_STORAGE_ENV) if worker else None
+    ctx = build_context(settings, uri, embedded_storage=Path(storage) if storage else None)
+    server = Server(ctx, reuse_port=worker or settings.workers > 1)
     try:
         await server.start()
     except ServiceError as exc:
@@ -73,11 +78,24 @@ async def _serve_one(settings: Settings, uri: str, mongo: EmbeddedMongo | None, 
         await server.ctx.store.close()
         return 1
     server.install_signal_handlers()
-    if not worker:
-        announce(settings, server.port, mongo)
-    await server.stopped.wait()
+    watchdog: Watchdog | None = None
+    if mongo is not None:
+        loop = asyncio.get_running_loop()
+
+        def broken(reason: str) -> None:  # called from the watchdog's thread
+            loop.call_soon_threadsafe(server.give_up, reason)
+
+        watchdog = Watchdog(mongo, attempts=settings.embedded_restart_attempts, on_broken=broken)
+        watchdog.start()
+    try:
+        if not worker:
+            announce(settings, server.port, mongo)
+        await server.stopped.wait()
+    finally:
+        if watchdog is not None:
+            await asyncio.to_thread(watchdog.stop)
     log.info("stopped")
-    return 0
+    return 1 if ctx.lifecycle.broken else 0
 
 
 def serve() -> int:

@@ -33,6 +33,7 @@ ENV_VARS: tuple[str, ...] = (
     "MONGODB_TIMEOUT_MS",
     "DATA_DIR",
     "EMBEDDED_SYNC_ON_COMMIT",
+    "EMBEDDED_RESTART_ATTEMPTS",
     "JWT_SECRET",
     "JWT_PUBLIC_KEY",
     "JWT_ALGORITHMS",
@@ -78,6 +79,7 @@ class Settings:
     mongodb_timeout_ms: int = 3000
     data_dir: Path = Path("data")
     embedded_sync_on_commit: bool = True
+    embedded_restart_attempts: int = 20
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_algorithms: tuple[str, ...] = ("HS256",)
@@ -389,6 +391,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mongodb_timeout_ms=_int(env, "MONGODB_TIMEOUT_MS", 3000, minimum=100),
         data_dir=data_dir,
         embedded_sync_on_commit=_bool(env, "EMBEDDED_SYNC_ON_COMMIT", True),
+        embedded_restart_attempts=_int(env, "EMBEDDED_RESTART_ATTEMPTS", 20, minimum=1),
         jwt_secret=secret,
         jwt_public_key=public_key,
         jwt_algorithms=algorithms,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from metrics.registry import Metrics
 from service.auth import Authenticator
@@ -18,6 +19,7 @@ class Lifecycle:
 
     draining: bool = False
     started_at: float = 0.0
+    broken: str | None = None  # why the process gave up on its database: `/healthz` fails
 
 
 @dataclass
@@ -31,3 +33,4 @@ class AppContext:
     bus: Bus
     metrics: Metrics
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    embedded_storage: Path | None = None  # the embedded MongoDB's data directory, if there is one

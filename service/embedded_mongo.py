@@ -46,6 +46,19 @@ OPLOG_MAX_ENTRIES = 1_000_000
 # PR_SET_PDEATHSIG): wait this long for it before calling the directory in use.
 DYING_HOLDER_SECONDS = 10.0
 FLOCK_STRUCT = "hhqqi"  # struct flock on 64-bit Linux: type, whence, start, len, pid
+DISK_FULL_BYTES = 16 * 1024 * 1024
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, not between fork and exec: the watchdog restarts the server from a thread, and a
+# forked child of a threaded process must not take the dynamic loader's lock another thread held.
+_LIBC = _libc()
 
 
 class EmbeddedMongoError(ServiceError):
@@ -69,15 +82,22 @@ def signal_on_parent_death(signum: int) -> None:
     Runs in a child between fork and exec (`preexec_fn`); elsewhere it does nothing, and the
     parent's orderly exit paths still stop the child.
     """
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
-    except OSError:
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signum)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     signal_on_parent_death(signal.SIGKILL)
     os.setpgrp()  # Ctrl-C in a terminal reaches the service, which stops the child itself
+
+
+def disk_full(storage: Path) -> bool:
+    """Whether the filesystem of a data directory has less room than WiredTiger needs to go on
+    (it preallocates 10 MiB log files, and panics when a write finds no room)."""
+    try:
+        return shutil.disk_usage(storage).free < DISK_FULL_BYTES
+    except OSError:
+        return False
 
 
 def server_command() -> str:

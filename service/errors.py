@@ -6,7 +6,8 @@ ServiceError
 │   └── Forbidden      authenticated, but lacks a role
 ├── BadMessage         a client message or request body was rejected (carries fields)
 ├── NotFound           an unknown id
-├── StoreUnavailable   MongoDB did not answer in time
+├── StoreUnavailable   MongoDB did not answer in time, or failed and must be restarted
+│   └── StoreFull      MongoDB is out of disk space
 └── ReplayBusy         a resume from MongoDB was not admitted now (too many at once)
 """
 
@@ -69,7 +70,11 @@ class NotFound(ServiceError):
 
 
 class StoreUnavailable(ServiceError):
-    """MongoDB could not be reached within the configured timeout."""
+    """MongoDB could not be reached within the configured timeout, or answered that it failed."""
+
+
+class StoreFull(StoreUnavailable):
+    """MongoDB said it is out of disk space (OutOfDiskSpace)."""
 
 
 class ReplayBusy(ServiceError):

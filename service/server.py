@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import time
+from pathlib import Path
 
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
@@ -61,8 +62,14 @@ def check_port(host: str, port: int) -> None:
             sock.close()
 
 
-def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None = None) -> AppContext:
-    """Every dependency of the handlers, wired together (nothing started yet)."""
+def build_context(
+    settings: Settings, mongodb_uri: str, metrics: Metrics | None = None, *, embedded_storage: Path | None = None
+) -> AppContext:
+    """Every dependency of the handlers, wired together (nothing started yet).
+
+    Args:
+        embedded_storage: the embedded MongoDB's data directory (errors then tell a full disk).
+    """
     metrics = metrics or Metrics(settings.multiproc_dir)
     store = MongoStore(settings, mongodb_uri)
     hub = Hub(metrics, max_pending_bytes=settings.max_pending_bytes, max_per_user=settings.max_connections_per_user)
@@ -79,6 +86,7 @@ def build_context(settings: Settings, mongodb_uri: str, metrics: Metrics | None 
         bus=bus,
         metrics=metrics,
         lifecycle=Lifecycle(started_at=time.time()),
+        embedded_storage=embedded_storage,
     )
 
 
@@ -190,6 +198,12 @@ class Server:
             log.warning("%d streams did not close within %.0fs", len(hub.streams), STOP_TIMEOUT_SECONDS)
             for stream in list(hub.streams):
                 stream.abort()
+
+    def give_up(self, reason: str) -> None:
+        """The database cannot be brought back: fail `/healthz`, drain, and stop (exit non-zero)."""
+        log.critical("giving up: %s", reason)
+        self.ctx.lifecycle.broken = reason
+        self._tasks.add(asyncio.ensure_future(self.drain()))
 
     def install_signal_handlers(self) -> None:
         """SIGTERM drains over DRAIN_SECONDS; SIGINT (Ctrl-C) drains at once; a second signal stops."""

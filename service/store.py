@@ -27,7 +27,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailur
 from pymongo.uri_parser import parse_uri
 
 from service.config import Settings
-from service.errors import BadMessage, ConfigError, NotFound, StoreUnavailable
+from service.errors import BadMessage, ConfigError, NotFound, StoreFull, StoreUnavailable
 from service.events import event_document, iso
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,13 @@ INDEX_CONFLICT_CODES = frozenset({85, 86})  # IndexOptionsConflict, IndexKeySpec
 # A statement of it still queued when MongoDB resumes may reopen it: kill it again, spaced out.
 ABANDONED_KILL_DELAYS = (1.0, 2.0, 4.0, 8.0, 0.0)
 ABANDONED_RETRY_SECONDS = 60.0
+INTERNAL_ERROR, OUT_OF_DISK_SPACE = 1, 14031  # server error codes that mean "failed, retry later"
 
 
 @contextlib.asynccontextmanager
 async def _available(bound: float | None = None) -> AsyncIterator[None]:
     """Bound what runs inside by `bound` seconds, all retries included (pymongo.timeout), and
-    turn every "MongoDB is not there" into `StoreUnavailable`."""
+    turn every "MongoDB is not there" (or failed, or full) into `StoreUnavailable`."""
     try:
         with pymongo.timeout(bound) if bound else contextlib.nullcontext():
             yield
@@ -58,6 +59,12 @@ async def _available(bound: float | None = None) -> AsyncIterator[None]:
     except PyMongoError as exc:
         if exc.timeout:  # out of time on the server (ExecutionTimeout)
             raise StoreUnavailable(f"MongoDB did not answer in time: {type(exc).__name__}") from exc
+        if isinstance(exc, OperationFailure) and exc.code == OUT_OF_DISK_SPACE:
+            raise StoreFull("MongoDB is out of disk space") from exc
+        if isinstance(exc, OperationFailure) and exc.code == INTERNAL_ERROR:
+            # SecantusDB after a WiredTiger panic (a full disk): every command fails until the
+            # embedded server's watchdog restarts it. Worth a retry, never a bare 500.
+            raise StoreUnavailable("MongoDB failed: InternalError") from exc
         raise
 
 

@@ -1,11 +1,12 @@
 """`WORKERS=N`: a parent that runs N serving processes on one port (SO_REUSEPORT).
 
-The parent starts the embedded MongoDB once, checks MongoDB (and reconciles its indexes)
-once, prepares the Prometheus multiprocess directory, restarts a worker that dies, forwards
-SIGTERM to all and exits 0 when they have drained. Each worker has its own change stream, hub
-and connections. A startup failure is one line and exit status 1: the parent's own checks
-print it; a worker that fails before the service was ever ready printed it, and the parent
-stops the others instead of restarting it forever.
+The parent starts the embedded MongoDB once (and its watchdog, which restarts it after a
+crash or panic), checks MongoDB (and reconciles its indexes) once, prepares the Prometheus
+multiprocess directory, restarts a worker that dies, forwards SIGTERM to all and exits 0 when
+they have drained (1 if the watchdog gave up). Each worker has its own change stream, hub and
+connections. A startup failure is one line and exit status 1: the parent's own checks print
+it; a worker that fails before the service was ever ready printed it, and the parent stops
+the others instead of restarting it forever.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -70,11 +72,14 @@ def supervise(settings: Settings) -> int:
     """Run the workers until a signal; returns the exit status."""
     from prometheus_client import multiprocess
 
-    from service.__main__ import WORKER_ENV, announce
+    from service.__main__ import EMBEDDED_STORAGE_ENV, WORKER_ENV, announce
+    from service.watchdog import Watchdog
 
     mongo: EmbeddedMongo | None = None
+    watchdog: Watchdog | None = None
     metrics_dir, owned = _metrics_dir(settings)
     stopping = False
+    broken = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -95,12 +100,15 @@ def supervise(settings: Settings) -> int:
                 sync_on_commit=settings.embedded_sync_on_commit,
             )
             uri = mongo.start()
+            watchdog = Watchdog(mongo, attempts=settings.embedded_restart_attempts, on_broken=lambda _: broken.set())
+            watchdog.start()
         asyncio.run(_check_store(settings, uri))
         env = {
             **os.environ,
             WORKER_ENV: "1",
             "MONGODB_URI": uri,
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            **({EMBEDDED_STORAGE_ENV: str(mongo.storage)} if mongo is not None else {}),
         }
 
         def spawn() -> subprocess.Popen[bytes]:
@@ -121,6 +129,9 @@ def supervise(settings: Settings) -> int:
             return 1
         crashes = 0
         while not stopping:
+            if broken.is_set():  # the watchdog logged why; the orchestrator restarts us
+                on_signal(signal.SIGTERM, None)
+                break
             for index, worker in enumerate(workers):
                 code = worker.poll()
                 if code is None or stopping:
@@ -142,7 +153,7 @@ def supervise(settings: Settings) -> int:
                 worker.kill()
                 worker.wait()
         failed = [w.pid for w in workers if w.returncode not in (0, -signal.SIGTERM)]
-        return 1 if failed else 0
+        return 1 if failed or broken.is_set() else 0
     except ServiceError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
@@ -151,6 +162,8 @@ def supervise(settings: Settings) -> int:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
+        if watchdog is not None:
+            watchdog.stop()
         if mongo is not None:
             mongo.stop()
         if owned:
