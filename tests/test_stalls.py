@@ -99,7 +99,7 @@ async def post(client: AsyncHTTPClient, url: str, token: str, key: str | None = 
 
 @pytest.mark.timeout(300)
 def test_three_stalls_in_a_row_each_recover_with_the_pool_bounded(tmp_path: Path, mongo: EmbeddedMongo) -> None:
-    """Three 5 s stalls with 40 writers retrying on each of two replicas: each replica holds at most
+    """Three 5 s stalls under 40 concurrent writers per replica (two replicas): each replica holds at most
     MONGODB_MAX_POOL_SIZE (default 20) + its 2 monitors connections, and writes succeed after each SIGCONT."""
     env = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "MONGODB_URI": mongo.uri, "MONGODB_TIMEOUT_MS": "1000"}
     replicas = [ServiceProcess(tmp_path / f"r{n}", env) for n in (1, 2)]
@@ -117,39 +117,47 @@ def test_three_stalls_in_a_row_each_recover_with_the_pool_bounded(tmp_path: Path
 async def stalls(
     mongo: EmbeddedMongo, replicas: list[ServiceProcess], token: str, rounds: int, writes: int
 ) -> list[int]:
-    """Stall `rounds` times for STALL_SECONDS with `writes` writers per replica retrying all along;
-    the most connections each replica held."""
-    client = AsyncHTTPClient(force_instance=True, max_clients=2 * writes)
+    """`writes` writers per replica write all along while MongoDB stalls `rounds` times for
+    STALL_SECONDS, each time until every replica acknowledged a write begun after the SIGCONT;
+    the most connections each replica held (the burst after a SIGCONT is when a pool grows)."""
+    client = AsyncHTTPClient(force_instance=True, max_clients=len(replicas) * writes)
     most = [0] * len(replicas)
+    answers: list[list[tuple[float, int]]] = [[] for _ in replicas]  # (attempt began, status)
+    stop = asyncio.Event()
 
-    async def writer(url: str, until: float) -> set[int]:
-        codes = set()
-        while time.monotonic() < until:
-            codes.add((await post(client, url, token, str(uuid.uuid4())))[0])
-        return codes
+    async def writer(n: int) -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            answers[n].append((began, (await post(client, replicas[n].url, token, str(uuid.uuid4())))[0]))
 
+    async def sample_until(done: Any, seconds: float, what: str) -> None:
+        deadline = time.monotonic() + wait_bound(seconds)
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            for n, replica in enumerate(replicas):
+                most[n] = max(most[n], sockets_to(replica.pid, mongo.port))
+            await asyncio.sleep(0.05)
+
+    writers = [asyncio.ensure_future(writer(n)) for n in range(len(replicas)) for _ in range(writes)]
     try:
         for _ in range(rounds):
             pause(mongo)
             try:
                 until = time.monotonic() + STALL_SECONDS
-                pending = [
-                    asyncio.ensure_future(writer(replica.url, until)) for replica in replicas for _ in range(writes)
-                ]
-                while not all(p.done() for p in pending):
-                    for n, replica in enumerate(replicas):
-                        most[n] = max(most[n], sockets_to(replica.pid, mongo.port))
-                    await asyncio.wait(pending, timeout=0.05)
-                assert set().union(*(p.result() for p in pending)) == {503}
+                await sample_until(lambda until=until: time.monotonic() >= until, 2 * STALL_SECONDS, "the stall")
             finally:
                 resume(mongo)
-            for replica in replicas:  # a write begun after SIGCONT succeeds, within a bounded wait
-                deadline = time.monotonic() + wait_bound(30)
-                while (await post(client, replica.url, token))[0] != 201:
-                    assert time.monotonic() < deadline, f"replica {replica.port} did not recover"
-                    await asyncio.sleep(0.1)
+            resumed = time.monotonic()
+
+            def recovered(resumed: float = resumed) -> bool:
+                return all(any(t >= resumed and code == 201 for t, code in mine) for mine in answers)
+
+            await sample_until(recovered, 30, "a write begun after SIGCONT to succeed on every replica")
     finally:
+        stop.set()
+        await asyncio.gather(*writers)
         client.close()
+    assert {code for mine in answers for _, code in mine} <= {201, 503}
     return most
 
 
