@@ -10,7 +10,7 @@ the stall, and how many connections the server holds. The audit (bench/crash.py'
 counts acknowledged writes lost or doubled and, per follower, events missed, doubled or out
 of order (targets: all 0).
 
-    .venv/bin/python -m bench.fault_stalls [--rounds 1] [--stall 20] [--rate 20] [--code DIR]
+    .venv/bin/python -m bench.fault_stalls [--rounds 1] [--stall 20] [--rate 20] [--code DIR] [--workdir DIR]
 
 `--code DIR` runs another checkout's service (a "before" measurement). Everything listens on
 127.0.0.1; every process is stopped by pid; the writer keeps at most MAX_CHAINS requests
@@ -103,13 +103,17 @@ class PacedWriter:
 
 
 async def timed(method: str, url: str, **kwargs: Any) -> tuple[int, float]:
-    """One request's status (599: no answer) and its seconds."""
+    """One request's status (599: no answer) and its seconds, on a client of its own (never
+    queued behind the writers')."""
+    client = AsyncHTTPClient(force_instance=True)
     started = time.monotonic()
     try:
-        response = await AsyncHTTPClient().fetch(url, method=method, raise_error=False, request_timeout=60, **kwargs)
+        response = await client.fetch(url, method=method, raise_error=False, request_timeout=60, **kwargs)
         code = response.code
     except (HTTPClientError, OSError):
         code = 599
+    finally:
+        client.close()
     return code, time.monotonic() - started
 
 
@@ -232,7 +236,13 @@ async def one_round(
 
 
 async def run(
-    rounds: int, seed: int, *, stall_seconds: float = 20.0, rate: float = 20.0, code: Path = ROOT
+    rounds: int,
+    seed: int,
+    *,
+    stall_seconds: float = 20.0,
+    rate: float = 20.0,
+    code: Path = ROOT,
+    workdir: Path | None = None,
 ) -> dict[str, Any]:
     """`rounds` rounds of three stalls each; every round's measurements and audit.
 
@@ -242,13 +252,17 @@ async def run(
         stall_seconds: how long each SIGSTOP lasts.
         rate: writes started per second, over both replicas.
         code: the checkout whose service runs.
+        workdir: keep the logs and data here (a temporary directory, removed, when None).
     """
+    # The writers share Tornado's client: let it hold every chain's request at once (its default is 10).
+    AsyncHTTPClient.configure(None, max_clients=MAX_CHAINS)
     rng = random.Random(seed)
     results = []
     with tempfile.TemporaryDirectory(prefix="fault-stalls-") as tmp:
+        base = workdir or Path(tmp)
         for number in range(rounds):
             results.append(
-                await one_round(Path(tmp) / f"round{number}", rng, stall_seconds=stall_seconds, rate=rate, code=code)
+                await one_round(base / f"round{number}", rng, stall_seconds=stall_seconds, rate=rate, code=code)
             )
     problems = sum(
         r["lost_acked"]
@@ -274,8 +288,11 @@ def main() -> int:
     parser.add_argument("--stall", type=float, default=20.0, help="seconds per SIGSTOP")
     parser.add_argument("--rate", type=float, default=20.0, help="writes started per second over both replicas")
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose service runs")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep service and MongoDB logs here")
     args = parser.parse_args()
-    result = asyncio.run(run(args.rounds, args.seed, stall_seconds=args.stall, rate=args.rate, code=args.code))
+    result = asyncio.run(
+        run(args.rounds, args.seed, stall_seconds=args.stall, rate=args.rate, code=args.code, workdir=args.workdir)
+    )
     print(json.dumps(result, indent=1))
     return 0 if result["ok"] else 1
 

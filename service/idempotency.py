@@ -116,7 +116,7 @@ async def commit_once(
     if left <= 0:
         raise StoreUnavailable("the request's deadline passed before MongoDB was asked")
     try:
-        with store.deadline(left):
+        async with store.deadline(left):
             answer = await _commit_once(store, change, key=key, user_id=user_id, fingerprint=fingerprint)
     except StoreUnavailable:
         store.record_write(ok=False)

@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -170,11 +170,12 @@ class MongoStore:
         await asyncio.gather(*self._reapers, return_exceptions=True)
         await self.client.close()
 
-    @contextlib.contextmanager
-    def deadline(self, seconds: float) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def deadline(self, seconds: float) -> AsyncIterator[None]:
         """One deadline for every store call inside (nested bounds only shorten it): a request's
-        claim, transaction and commit share MONGODB_TIMEOUT_MS instead of taking it each."""
-        with pymongo.timeout(seconds):
+        claim, transaction and commit share MONGODB_TIMEOUT_MS instead of taking it each. A
+        driver error past it between two calls (ending a session, say) is `StoreUnavailable` too."""
+        async with _available(seconds):
             yield
 
     def record_write(self, *, ok: bool) -> None:
