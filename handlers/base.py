@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime
 from http.client import responses
 from typing import Any
@@ -211,11 +212,20 @@ class ApiHandler(BaseHandler):
 
     async def commit(self, user: Principal, change: Change) -> None:
         """Commit a change with its one event in one transaction, once per `Idempotency-Key`,
-        and send its answer (the first one again for a retried request)."""
+        and send its answer (the first one again for a retried request), within MONGODB_TIMEOUT_MS."""
+        deadline = time.monotonic() + self.ctx.store.timeout_seconds
         key = parse_key(self.request.headers.get(HEADER))
         same = fingerprint(self.request.method or "", self.request.path, bytes(self._body))
+        lifecycle = self.ctx.lifecycle
+        if lifecycle.stopping:  # nothing claimed or changed: the retry goes to another process
+            self.set_header("Connection", "close")
+            self.reject(503, "this process is stopping; retry", {"Retry-After": "1"})
+            return
         try:
-            answer = await commit_once(self.ctx.store, change, key=key, user_id=user.user_id, fingerprint=same)
+            with lifecycle.write():
+                answer = await commit_once(
+                    self.ctx.store, change, key=key, user_id=user.user_id, fingerprint=same, deadline=deadline
+                )
         except KeyInUse as exc:
             self.reject(409, str(exc), {"Retry-After": "1"})
             return

@@ -1,5 +1,5 @@
 """`/healthz` (the process answers and has not given up on its embedded database) and `/readyz`
-(MongoDB, change stream, not draining)."""
+(MongoDB answers and takes writes, change stream, not draining)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ class LivenessHandler(BaseHandler):
 class ReadinessHandler(BaseHandler):
     async def get(self) -> None:
         ctx = self.ctx
+        mongodb = await ctx.readiness.check()  # bounded; concurrent probes share one check
         checks = {
-            "mongodb": await ctx.store.ping(),
+            "mongodb": mongodb.reachable,
+            "writes": mongodb.writes,
             "changeStream": ctx.bus.running,
             "draining": ctx.lifecycle.draining,
         }
-        ready = checks["mongodb"] and checks["changeStream"] and not checks["draining"]
+        ready = mongodb.reachable and mongodb.writes and ctx.bus.running and not ctx.lifecycle.draining
         self.write_json(
             {"status": "ready" if ready else "not ready", **checks, "connections": len(ctx.hub)},
             200 if ready else 503,

@@ -31,6 +31,7 @@ ENV_VARS: tuple[str, ...] = (
     "MONGODB_URI",
     "MONGODB_DB",
     "MONGODB_TIMEOUT_MS",
+    "MONGODB_MAX_POOL_SIZE",
     "DATA_DIR",
     "EMBEDDED_SYNC_ON_COMMIT",
     "EMBEDDED_RESTART_ATTEMPTS",
@@ -77,6 +78,7 @@ class Settings:
     mongodb_uri: str | None = None
     mongodb_db: str = "realtime"
     mongodb_timeout_ms: int = 3000
+    mongodb_max_pool_size: int = 20  # connections per process; the URI's maxPoolSize wins
     data_dir: Path = Path("data")
     embedded_sync_on_commit: bool = True
     embedded_restart_attempts: int = 20
@@ -389,6 +391,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mongodb_uri=_text(env, "MONGODB_URI"),
         mongodb_db=_text(env, "MONGODB_DB") or "realtime",
         mongodb_timeout_ms=_int(env, "MONGODB_TIMEOUT_MS", 3000, minimum=100),
+        mongodb_max_pool_size=_int(env, "MONGODB_MAX_POOL_SIZE", 20, minimum=1),
         data_dir=data_dir,
         embedded_sync_on_commit=_bool(env, "EMBEDDED_SYNC_ON_COMMIT", True),
         embedded_restart_attempts=_int(env, "EMBEDDED_RESTART_ATTEMPTS", 20, minimum=1),

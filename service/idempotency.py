@@ -6,6 +6,7 @@ is remembered exactly when the change happened. A retry with the same request ge
 answer back; one with another method, path or body is refused (422); one that arrives while
 the first is still running is told to wait (409). Answers that changed nothing (4xx, 503)
 are not remembered: the key is released and a retry runs again. Records expire after 24 h.
+The claim, the change and the commit share one deadline, MONGODB_TIMEOUT_MS.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import BadMessage, ServiceError
+from service.errors import BadMessage, ServiceError, StoreUnavailable
 from service.store import MongoStore, Session
 
 HEADER = "Idempotency-Key"
@@ -86,20 +88,54 @@ def key_id(user_id: int | str, key: str) -> str:
 
 
 async def commit_once(
-    store: MongoStore, change: Change, *, key: str | None, user_id: int | str, fingerprint: str
+    store: MongoStore,
+    change: Change,
+    *,
+    key: str | None,
+    user_id: int | str,
+    fingerprint: str,
+    deadline: float | None = None,
 ) -> Answer:
     """Run `change` in a transaction, once per key: the first answer for a repeated request.
+
+    The claim, the transaction and its commit share one deadline (MONGODB_TIMEOUT_MS from
+    `deadline`'s start), so a request answers 503 within it, not after a budget per step. A
+    request whose deadline passed before it reached MongoDB (its process was paused, or it
+    waited behind others) is not run late: it answers 503 at once and its client retries.
+
+    Args:
+        deadline: `time.monotonic()` by which to answer; MONGODB_TIMEOUT_MS from now if None.
 
     Raises:
         KeyInUse: the key's first request is still running.
         KeyReused: the key was used for another request.
-        StoreUnavailable: MongoDB did not answer (the key is released when nothing changed).
+        StoreUnavailable: MongoDB did not answer in time (the key is released, in the
+            background, when nothing changed).
     """
+    left = store.timeout_seconds if deadline is None else deadline - time.monotonic()
+    if left <= 0:
+        raise StoreUnavailable("the request's deadline passed before MongoDB was asked")
+    try:
+        async with store.deadline(left):
+            answer = await _commit_once(store, change, key=key, user_id=user_id, fingerprint=fingerprint)
+    except StoreUnavailable:
+        store.record_write(ok=False)
+        raise
+    if not answer.replayed:
+        store.record_write(ok=True)
+    return answer
+
+
+async def _commit_once(
+    store: MongoStore, change: Change, *, key: str | None, user_id: int | str, fingerprint: str
+) -> Answer:
     if key is None:
         return await store.transaction(change)
     record_id = key_id(user_id, key)
     owner = uuid.uuid4().hex
-    held = await store.claim_key(record_id, fingerprint, owner, lease_seconds=2 * store.timeout_seconds + 1)
+    lease = 2 * store.timeout_seconds + 1
+    lease_until = time.monotonic() + lease
+    held = await store.claim_key(record_id, fingerprint, owner, lease_seconds=lease)
     if held is not None:
         if held.get("fingerprint") != fingerprint:
             raise KeyReused("this Idempotency-Key was used for a different request (method, path or body)")
@@ -118,5 +154,5 @@ async def commit_once(
     try:
         return await store.transaction(change_and_record)
     except BaseException:
-        await store.release_key(record_id, owner)
+        store.release_key(record_id, owner, lease_until)
         raise

@@ -22,6 +22,7 @@ from service.edge import EdgeServer
 from service.errors import CloseCode, ServiceError
 from service.hub import Hub
 from service.presence import Presence
+from service.readiness import Readiness
 from service.store import MongoStore
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def build_context(
         hub=hub,
         bus=bus,
         metrics=metrics,
+        readiness=Readiness(store),
         lifecycle=Lifecycle(started_at=time.time()),
         embedded_storage=embedded_storage,
     )
@@ -167,11 +169,19 @@ class Server:
         await self.stop()
 
     async def stop(self) -> None:
+        """Stop accepting, answer every REST change already accepted, close streams and HTTP
+        connections, then release what MongoDB still holds for this process and close it."""
         ctx = self.ctx
         if self._heartbeat is not None:
             self._heartbeat.stop()
         if self.http is not None:
             self.http.stop()
+        ctx.lifecycle.stopping = True
+        # Each change answers within MONGODB_TIMEOUT_MS; one that failed releases its
+        # Idempotency-Key (store.close waits for that), so a client's retry elsewhere is not
+        # answered 409 for the rest of the key's lease.
+        if not await ctx.lifecycle.writes_done(ctx.store.timeout_seconds + STOP_TIMEOUT_SECONDS):
+            log.warning("%d REST changes still running at exit", ctx.lifecycle.writes)
         for connection in list(ctx.hub):
             connection.close(CloseCode.GOING_AWAY, "server stopping")
         for stream in list(ctx.hub.streams):  # not yet authenticated

@@ -77,6 +77,16 @@ async def _ttl_of(collection: AsyncCollection[Document], field: str) -> float | 
     return None
 
 
+def pool_options(uri: str, max_pool_size: int) -> dict[str, Any]:
+    """A bounded pool (MONGODB_MAX_POOL_SIZE) unless the URI sets `maxPoolSize`.
+
+    PyMongo's default of 100 per process let each stall of MongoDB open ~100 more connections
+    per replica, every one of them carrying a queued request the server ran on resume: two
+    replicas held ~206 connections, and the third 20 s stall never recovered.
+    """
+    return {} if "maxPoolSize" in parse_uri(uri, validate=False)["options"] else {"maxPoolSize": max_pool_size}
+
+
 def write_concern_options(uri: str) -> dict[str, Any]:
     """`w: majority` unless the URI chooses: an acknowledged write then survives a failover."""
     return {} if "w" in parse_uri(uri, validate=False)["options"] else {"w": "majority"}
@@ -127,6 +137,7 @@ class MongoStore:
             serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
             connectTimeoutMS=settings.mongodb_timeout_ms,
             appname="realtime-events",
+            **pool_options(uri, settings.mongodb_max_pool_size),
             **write_concern_options(uri),
         )
         self.db = self.client[settings.mongodb_db]
@@ -141,7 +152,12 @@ class MongoStore:
         self.positions = self.db["event_positions"]
         self.timeout_seconds = settings.mongodb_timeout_ms / 1000
         self._reapers: set[asyncio.Task[None]] = set()
+        self._releases: set[asyncio.Task[None]] = set()  # awaited by `close`: a drain releases its keys
         self._closed = False
+        # Monotonic times of the last REST write that committed and the last one that could not
+        # reach MongoDB: readiness probes writes while the latter is the more recent.
+        self.last_write_ok = 0.0
+        self.last_write_failed = 0.0
         self.presence = self.db["presence"]
         self.presence_users = self.db["presence_users"]
         self.presence_writes = 0  # write commands presence sent (bench/presence.py reads it)
@@ -211,18 +227,51 @@ class MongoStore:
         )
 
     async def close(self) -> None:
+        """Release the keys of failed requests (each within its lease), stop the reapers, close."""
+        await asyncio.gather(*self._releases, return_exceptions=True)
         self._closed = True  # PyMongo may turn a reaper's cancellation into an error it retries
         for reaper in list(self._reapers):
             reaper.cancel()
         await asyncio.gather(*self._reapers, return_exceptions=True)
         await self.client.close()
 
-    async def ping(self) -> bool:
-        """Whether MongoDB answers right now."""
+    @contextlib.asynccontextmanager
+    async def deadline(self, seconds: float) -> AsyncIterator[None]:
+        """One deadline for every store call inside (nested bounds only shorten it): a request's
+        claim, transaction and commit share MONGODB_TIMEOUT_MS instead of taking it each. A
+        driver error past it between two calls (ending a session, say) is `StoreUnavailable` too."""
+        async with _available(seconds):
+            yield
+
+    def record_write(self, *, ok: bool) -> None:
+        """How a REST write ended: committed, or MongoDB did not answer (readiness reads it)."""
+        if ok:
+            self.last_write_ok = time.monotonic()
+        else:
+            self.last_write_failed = time.monotonic()
+
+    @property
+    def writes_failing(self) -> bool:
+        """Whether the last REST write that ended could not reach MongoDB."""
+        return self.last_write_failed > self.last_write_ok
+
+    async def ping(self, bound: float) -> bool:
+        """Whether MongoDB answers within `bound` seconds."""
         try:
-            await self.client.admin.command("ping")
-        except PyMongoError:
+            async with _available(bound):
+                await self.client.admin.command("ping")
+        except (StoreUnavailable, PyMongoError):
             return False
+        return True
+
+    async def probe_write(self, bound: float) -> bool:
+        """Whether MongoDB takes a majority write within `bound` seconds (readiness, while writes fail)."""
+        try:
+            async with _available(bound):
+                await self.db["readiness"].update_one({"_id": "write-probe"}, {"$set": {"at": utcnow()}}, upsert=True)
+        except (StoreUnavailable, PyMongoError):
+            return False
+        self.record_write(ok=True)
         return True
 
     async def transaction(self, work: Callable[[Session], Awaitable[T]]) -> T:
@@ -518,13 +567,37 @@ class MongoStore:
             )
         return result.modified_count == 1
 
-    async def release_key(self, key_id: str, owner: str) -> None:
-        """Forget a key whose request changed nothing, so a retry runs again (best effort)."""
-        with contextlib.suppress(PyMongoError):
-            with pymongo.timeout(self.timeout_seconds):
-                await self.keys.delete_one({"_id": key_id, "owner": owner, "state": "pending"})
+    def release_key(self, key_id: str, owner: str, lease_until: float) -> None:
+        """Forget, in the background, a key whose request did not complete, so a retry runs again.
+
+        The request answers at once; this retries until it worked or the lease ran out (then a
+        retry takes the key over anyway), and `close` waits for it: a draining process does not
+        leave a key that answers 409 to the client's retry.
+        """
+
+        async def release() -> None:
+            while True:
+                left = lease_until - time.monotonic()
+                if left <= 0:
+                    log.warning("idempotency key not released before its lease ran out")
+                    return
+                try:
+                    with pymongo.timeout(min(left, self.timeout_seconds)):
+                        await self.keys.delete_one({"_id": key_id, "owner": owner, "state": "pending"})
+                    return
+                except PyMongoError:
+                    await asyncio.sleep(min(0.25, max(0.0, lease_until - time.monotonic())))
+
+        # A fresh context: this one carries the failed request's pymongo.timeout deadline.
+        task = asyncio.get_running_loop().create_task(
+            release(), name="release-idempotency-key", context=contextvars.Context()
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     # -- presence (service.presence) ------------------------------------------------------
+    # Each call is bounded by MONGODB_TIMEOUT_MS like a request's: presence retries on its next
+    # tick, and an unbounded call would hold a pooled connection through a whole stall.
     # `presence`: one document per (process, user); `presence_users`: one per online user.
 
     async def _presence_indexes(self) -> None:
@@ -556,25 +629,25 @@ class MongoStore:
         ]
         ops += [DeleteOne({"_id": f"{process}|{user_id!r}"}) for user_id in removals]
         if ops:
-            async with _available():
+            async with _available(self.timeout_seconds):
                 await self.presence.bulk_write(ops, ordered=False)
             self.presence_writes += 1
 
     async def presence_refresh(self, process: str, now: datetime) -> int:
         """The heartbeat: one `update_many` over the process's documents; how many matched."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             result = await self.presence.update_many({"process": process}, {"$set": {"seenAt": now}})
         self.presence_writes += 1
         return result.matched_count
 
     async def presence_remove_process(self, process: str) -> None:
-        async with _available():
+        async with _available(self.timeout_seconds):
             await self.presence.delete_many({"process": process})
         self.presence_writes += 1
 
     async def presence_arrive(self, user_id: int | str, user_name: str, now: datetime) -> None:
         """A process has the user's first connection: online again, or joined (with its event)."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             while True:
                 found = await self.presence_users.find_one_and_update(
                     {"_id": user_id},
@@ -594,8 +667,7 @@ class MongoStore:
                     )
 
                 try:
-                    async with self.client.start_session() as session:
-                        await session.with_transaction(join)
+                    await self.transaction(join)
                     self.presence_writes += 2
                     return
                 except DuplicateKeyError:
@@ -603,7 +675,7 @@ class MongoStore:
 
     async def presence_depart(self, user_id: int | str, since: datetime) -> None:
         """A process no longer has the user: mark them leaving (the sweep decides after the grace)."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             await self.presence_users.update_one(
                 {"_id": user_id, "state": "online"}, {"$set": {"state": "leaving", "leavingSince": since}}
             )
@@ -611,7 +683,7 @@ class MongoStore:
 
     async def presence_back(self, user_ids: list[int | str]) -> list[int | str]:
         """Set these users online again (one `update_many`); returns those with no document."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             await self.presence_users.update_many(
                 {"_id": {"$in": user_ids}}, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
             )
@@ -621,34 +693,34 @@ class MongoStore:
 
     async def presence_depart_many(self, user_ids: list[int | str], since: datetime) -> None:
         """`presence_depart` for many users in one `update_many`."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             await self.presence_users.update_many(
                 {"_id": {"$in": user_ids}, "state": "online"}, {"$set": {"state": "leaving", "leavingSince": since}}
             )
         self.presence_writes += 1
 
     async def presence_stale(self, before: datetime) -> list[Document]:
-        async with _available():
+        async with _available(self.timeout_seconds):
             return await self.presence.find({"seenAt": {"$lt": before}}).to_list(length=None)
 
     async def presence_claim_stale(self, doc_id: str, seen_at: datetime) -> bool:
         """Delete a dead process's document unless someone did (or it was refreshed) first."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             result = await self.presence.delete_one({"_id": doc_id, "seenAt": seen_at})
         self.presence_writes += 1
         return result.deleted_count == 1
 
     async def presence_mark_orphans(self, now: datetime) -> None:
         """Users online with no process document at all (e.g. the whole fleet was stopped)."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             online = await self.presence_users.distinct("_id", {"state": "online"})
             present = set(await self.presence.distinct("userId"))
-            for user_id in online:
-                if user_id not in present:
-                    await self.presence_depart(user_id, now)
+        for user_id in online:
+            if user_id not in present:
+                await self.presence_depart(user_id, now)
 
     async def presence_leaving(self, before: datetime) -> list[Document]:
-        async with _available():
+        async with _available(self.timeout_seconds):
             return await self.presence_users.find({"state": "leaving", "leavingSince": {"$lt": before}}).to_list(
                 length=None
             )
@@ -656,7 +728,7 @@ class MongoStore:
     async def presence_settle(self, user_id: int | str, leaving_since: datetime, now: datetime) -> bool:
         """End a grace that ran out: back online if connected anywhere, else left (once, with its event)."""
         claim = {"_id": user_id, "state": "leaving", "leavingSince": leaving_since}
-        async with _available():
+        async with _available(self.timeout_seconds):
             if await self.presence.find_one({"userId": user_id}, {"_id": 1}) is not None:
                 await self.presence_users.update_one(
                     claim, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
@@ -674,8 +746,7 @@ class MongoStore:
                 )
                 return True
 
-            async with self.client.start_session() as session:
-                left = await session.with_transaction(leave)
+            left = await self.transaction(leave)
         if left:
             self.presence_writes += 2
         return bool(left)
@@ -684,17 +755,17 @@ class MongoStore:
         """Which of these users have no `presence_users` document."""
         if not user_ids:
             return []
-        async with _available():
+        async with _available(self.timeout_seconds):
             found = set(await self.presence_users.distinct("_id", {"_id": {"$in": user_ids}}))
         return [user_id for user_id in user_ids if user_id not in found]
 
     async def presence_count(self) -> int:
-        async with _available():
+        async with _available(self.timeout_seconds):
             return await self.presence_users.count_documents({})
 
     async def presence_list(self, stale_before: datetime) -> list[Document]:
         """Online users (the damped view the events describe) with live connection counts."""
-        async with _available():
+        async with _available(self.timeout_seconds):
             users = await self.presence_users.find({}).sort("since", ASCENDING).to_list(length=None)
             docs = await self.presence.find({"seenAt": {"$gte": stale_before}}).to_list(length=None)
         counts: dict[Any, dict[str, int]] = {}
