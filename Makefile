@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 NPM    := $(shell command -v npm 2>/dev/null)
 
-.PHONY: run test test-python test-web test-example test-image image image-deps lint types check web system-deps bench bench-scale conformance clean
+.PHONY: run test test-python test-web test-example test-image image image-deps lint types check web system-deps bench bench-scale conformance faults clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,10 @@ conformance: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) web/node_modules web/dist test-artifacts .pytest_cache .mypy_cache .ruff_cache
 	rm -rf examples/vite-react/node_modules examples/vite-react/dist examples/vite-react/vendor
+
+## faults: the fault suite (MongoDB restart under idle replicas, deep resumes, rolling restart, full disk, stalls; ~10 min; see bench/README.md)
+faults: $(VENV)/.dev
+	$(PY) -m bench.faults $(ARGS)
 
 ## bench-scale: the scaling curve, 1k to 100k connections, service against nchan (~20-25 min; see bench/README.md)
 bench-scale: $(VENV)/.dev

@@ -12,9 +12,10 @@ follower received.
   has passed, then resume (from MongoDB, across memory's moving boundary).
 - `rolling`: two replicas restarted one after the other (SIGTERM, drain, start), the followers
   moving to the other replica as a load balancer would.
-- `disk` and `stalls`: bench/fault_disk.py and bench/fault_stalls.py, when present.
+- `disk`: the embedded MongoDB's volume (a 64 MiB tmpfs) filled, then freed (bench/fault_disk.py).
+- `stalls`: MongoDB SIGSTOPped 20 s three times in a row under two replicas (bench/fault_stalls.py).
 
-    .venv/bin/python -m bench.faults [--rounds 3] [--only outage,deep,rolling] [--code DIR] [--json PATH]
+    .venv/bin/python -m bench.faults [--rounds 3] [--only outage,deep,rolling,disk,stalls] [--code DIR] [--json PATH]
 
 `--code DIR` runs the service of another checkout (e.g. the commit before a fix) with the same
 clients. Everything listens on 127.0.0.1; every process is stopped by pid.
@@ -218,7 +219,8 @@ async def deep(data_dir: Path, rounds: int, rng: random.Random, code: Path) -> F
         await asyncio.to_thread(service.start)
         writer, followers, stops, tasks = start_clients(service.url, [service.port], 4)
         for _ in range(rounds):
-            await wait_for(lambda: all(f.ws is not None for f in followers), 30, "the followers connected")
+            # Connected, and each with a position to resume from (one without would start afresh).
+            await wait_for(lambda: all(f.ws is not None and f.events for f in followers), 30, "the followers following")
             away = rng.sample(followers, 2)
             for follower in away:
                 await follower.leave()
@@ -267,7 +269,7 @@ async def rolling(data_dir: Path, rounds: int, rng: random.Random, code: Path) -
 
 
 FAULTS = {"outage": outage, "deep": deep, "rolling": rolling}
-EXTERNAL = {"disk": "bench.fault_disk", "stalls": "bench.fault_stalls"}  # `run(rounds, seed) -> dict`
+EXTERNAL = {"disk": "bench.fault_disk", "stalls": "bench.fault_stalls"}  # `run(rounds, seed, code=) -> dict`
 
 
 async def run_fault(name: str, data_dir: Path, rounds: int, seed: int, code: Path) -> dict[str, Any]:
@@ -275,7 +277,52 @@ async def run_fault(name: str, data_dir: Path, rounds: int, seed: int, code: Pat
         result = await FAULTS[name](data_dir / name, rounds, random.Random(seed), code)
         return asdict(result)
     module = importlib.import_module(EXTERNAL[name])
-    return {"fault": name, **(await module.run(rounds, seed))}
+    raw = await module.run(rounds, seed, code=code)
+    return {**normalized(name, raw), "raw": raw}
+
+
+def normalized(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The external scenarios' results in `FaultResult`'s shape, for one table."""
+    if name == "disk":
+        client = raw["clients"]["ws-follower"]
+        return asdict(
+            FaultResult(
+                name,
+                rounds=raw["rounds"],
+                acked=raw["acknowledged_writes"],
+                clients=1,
+                missed=[client["missed"]],
+                twice=[client["duplicated"]],
+                out_of_order=[client["out_of_order"]],
+                lost_acked=raw["lost_acked"],
+                recovery_seconds=[s for s in raw["recovery_seconds"] if s is not None],
+                problems=dict(raw["problems"]) or ({} if None not in raw["recovery_seconds"] else {"unrecovered": 1}),
+            )
+        )
+    rounds = raw["rounds"]
+    followers = [f for r in rounds for f in r["per_follower"]]
+    recovery = [s for r in rounds for stall in r["stalls"] for s in stall["recovery_seconds"]]
+    problems = {
+        "lost_acked": sum(r["lost_acked"] for r in rounds),
+        "duplicates": sum(r["duplicates"] for r in rounds),
+        "changes_without_event": sum(r["changes_without_event"] for r in rounds),
+        "unrecovered": sum(1 for s in recovery if s is None),
+    }
+    return asdict(
+        FaultResult(
+            name,
+            rounds=len(rounds),
+            acked=sum(r["acked_writes"] for r in rounds),
+            clients=len(followers),
+            missed=[f["missed"] for f in followers],
+            twice=[f["twice"] for f in followers],
+            out_of_order=[f["out_of_order"] for f in followers],
+            resyncs=sum(f["resyncs"] for f in followers),
+            lost_acked=problems["lost_acked"],
+            recovery_seconds=[s for s in recovery if s is not None],
+            problems={k: v for k, v in problems.items() if v},
+        )
+    )
 
 
 def available() -> list[str]:
