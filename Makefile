@@ -66,8 +66,8 @@ test-example: web
 	cd examples/vite-react && npm run --silent build
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service handlers metrics harness tests bench
-	$(BIN)/ruff format --check service handlers metrics harness tests bench
+	$(BIN)/ruff check service handlers metrics harness tests bench realtime_client examples/python
+	$(BIN)/ruff format --check service handlers metrics harness tests bench realtime_client examples/python
 
 types: $(VENV)/.dev
 	$(BIN)/mypy

@@ -175,14 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--name", default="", help="display name (any script)")
     t.add_argument("--roles", default="user", help="comma-separated: user,publisher,admin")
     t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
-    f = commands.add_parser("tail", help="print live events, one JSON per line")
-    f.add_argument("--url", default="http://localhost:5001", help="service base URL")
-    f.add_argument("--token", default=os.environ.get("REALTIME_TOKEN"), help="JWT (or REALTIME_TOKEN)")
-    f.add_argument("--sse", action="store_true", help="use Server-Sent Events instead of WebSocket")
-    f.add_argument("--poll", action="store_true", help="use long-polling (for proxies that buffer streams)")
-    f.add_argument("--events", default="", help="comma-separated event types (default: all)")
-    f.add_argument("--last-event-id", default=None, help="resume after this id")
-    f.add_argument("--max-events", type=int, default=0, help="exit after this many events (0: never)")
+    from service.tail import add_arguments
+
+    add_arguments(commands.add_parser("tail", help="print live events, one JSON per line"))
     args = parser.parse_args(argv)
     if args.command == "token":
         return token(args)

@@ -226,6 +226,7 @@ async def test_cli_tail_poll_prints_events_as_json_lines(service: Service) -> No
     """`python -m service tail --poll` follows over long-polling, one JSON line per message."""
     token = service.token(sub=3, name="يوسف")
     command = ["-m", "service", "tail", "--poll", "--url", service.http, "--token", token, "--max-events", "2"]
+    command.append("--no-position")  # remember nothing in the home directory
     tail = await asyncio.create_subprocess_exec(
         sys.executable, *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

@@ -230,6 +230,7 @@ def test_cli_tail_prints_events_as_json_lines(tmp_path: Path, transport: str) ->
     token = dev_token(tmp_path, sub=3, name="يوسف")
     with running(tmp_path) as service:
         command = [sys.executable, "-m", "service", "tail", "--url", service.url, "--token", token, "--max-events", "2"]
+        command.append("--no-position")  # remember nothing in the home directory
         tail = subprocess.Popen(
             [*command, *(["--sse"] if transport == "sse" else [])],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -35,9 +35,10 @@ def errors(body: dict[str, Any], fields: Any, **kwargs: Any) -> dict[str, str]:
 
 
 def test_generated_files_are_fresh() -> None:
-    """web/src/generated/schema.ts and docs/protocol.md are what `python -m service.schema` writes now."""
+    """web/src/generated/schema.ts, docs/protocol.md and realtime_client/schema.py are what
+    `python -m service.schema` writes now."""
     assert stale() == [], "run: python -m service.schema"
-    assert set(GENERATED) == {"web/src/generated/schema.ts", "docs/protocol.md"}
+    assert set(GENERATED) == {"web/src/generated/schema.ts", "docs/protocol.md", "realtime_client/schema.py"}
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.schema.protocol import protocol_markdown
+from service.schema.python import python_client_schema
 from service.schema.typescript import typescript
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED: dict[str, Callable[[], str]] = {
     "web/src/generated/schema.ts": typescript,
     "docs/protocol.md": protocol_markdown,
+    "realtime_client/schema.py": python_client_schema,
 }
 
 

@@ -106,12 +106,15 @@ which also holds every message below as a JSON Schema (`components.schemas`). Ty
   `last_event_id=` (resume, see below), `ticket=` or `token=` (authentication).
 - The first message is always `connected`; then, when resuming, the missed events; then live
   events.
-- Over SSE every message is one block: `id:` (events only), `event: <type>`, `data: <JSON>`.
+- Over SSE the stream opens with a block holding only `retry: <ms>` (EventSource's reconnect
+  delay, `SSE_RETRY_MS`, 3000 by default): it has no `data`, so it dispatches no event; a parser
+  must accept it. Then every message is one block: `id:` (events only), `event: <type>`, `data: <JSON>`.
   The stream ends with an `event: close` block carrying the close code (`{{"code":4401,...}}`),
   except when draining (a random `retry:`, then the end).
 - Heartbeats: WebSocket ping frames (answer them: a client that stops answering is closed) and
   SSE comment lines, every `heartbeatSeconds` (from `connected`, {DEFAULTS.heartbeat_seconds:g} s by default). A
-  client that hears nothing for a few heartbeats should reconnect. For long-polling,
+  client that hears nothing for 3 heartbeats (45 s by default; our Python client: 3 over SSE, 2
+  over WebSocket, pinging after the first) should reconnect. For long-polling,
   `heartbeatSeconds` is the longest one poll waits before an empty answer.
 
 ## Authentication
@@ -156,7 +159,8 @@ Rejected client messages get `error` (`bad_message`, or `unknown_type` for an un
 ## Resuming
 
 Reconnect with the last event `id` you processed: `last_event_id=` or the `Last-Event-ID`
-header (EventSource sends it). You get `connected` with `resumed: true`, then every event after
+header (EventSource sends it); when both are present the header wins (on `/poll`, `cursor=`
+wins over both). You get `connected` with `resumed: true`, then every event after
 that id that you may see, in order, without duplicates, then live events. When the position is
 gone (older than the retained history), you get `resumed: false` and one `resync`: refetch your
 state over REST; live events follow.

@@ -6,7 +6,7 @@ import {
   type UseRealtimeTasksOptions,
   type UseRealtimeTasksResult,
   useRealtimeTasks as useServiceTasks,
-} from "@realtime-tasks/web";
+} from "@realtime-tasks/web/react";
 
 /** The service's origin (REST, `/ws`, `/events`); unset means this page's own origin. */
 const url = import.meta.env.VITE_WS_URL;
