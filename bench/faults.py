@@ -65,7 +65,7 @@ class FaultResult:
     out_of_order: list[int] = field(default_factory=list)
     resyncs: int = 0
     lost_acked: int = 0
-    recovery_seconds: list[float] = field(default_factory=list)
+    recovery_seconds: list[float | None] = field(default_factory=list)  # None: not within the bound
     problems: dict[str, int] = field(default_factory=dict)
 
     def add(self, audits: list[Audit]) -> None:
@@ -295,7 +295,7 @@ def normalized(name: str, raw: dict[str, Any]) -> dict[str, Any]:
                 twice=[client["duplicated"]],
                 out_of_order=[client["out_of_order"]],
                 lost_acked=raw["lost_acked"],
-                recovery_seconds=[s for s in raw["recovery_seconds"] if s is not None],
+                recovery_seconds=list(raw["recovery_seconds"]),
                 problems=dict(raw["problems"]) or ({} if None not in raw["recovery_seconds"] else {"unrecovered": 1}),
             )
         )
@@ -319,7 +319,7 @@ def normalized(name: str, raw: dict[str, Any]) -> dict[str, Any]:
             out_of_order=[f["out_of_order"] for f in followers],
             resyncs=sum(f["resyncs"] for f in followers),
             lost_acked=problems["lost_acked"],
-            recovery_seconds=[s for s in recovery if s is not None],
+            recovery_seconds=recovery,
             problems={k: v for k, v in problems.items() if v},
         )
     )
@@ -345,7 +345,7 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['fault']} | {r.get('rounds', '')} | {r.get('acked', '')} | {r.get('clients', '')} | "
             f"{r.get('missed', '')} | {r.get('twice', '')} | {r.get('out_of_order', '')} | {r.get('resyncs', '')} | "
-            f"{r.get('lost_acked', '')} | {', '.join(f'{s:g}' for s in recovery)} |"
+            f"{r.get('lost_acked', '')} | {', '.join('never' if s is None else f'{s:g}' for s in recovery)} |"
         )
     return "\n".join(lines)
 
