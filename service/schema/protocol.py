@@ -130,6 +130,71 @@ connection is closed with 4401 `token expired` at `exp` + {s.LEEWAY_SECONDS} s, 
 moment a REST request, a connect or a poll with that token is refused too (inside the leeway all
 of them are accepted). SSE and polling clients reconnect with a new ticket or token.
 
+### Tokens: claims and roles
+
+A JWT signed with `JWT_SECRET` (HMAC, `HS256` by default) or, in production, verified with
+`JWT_PUBLIC_KEY` (RS/ES/EdDSA; `JWT_ALGORITHMS` lists the accepted ones, never `none`):
+
+| claim | | meaning |
+|---|---|---|
+| `sub` | required | the user id, an integer or a string (`"7"` is 7): `userId` in events, `to.users` |
+| `exp` | required | expiry, seconds since the epoch; accepted until `exp` + {s.LEEWAY_SECONDS} s |
+| `name` | optional | display name (`userName` in events); default: `sub` |
+| `roles` | optional | a **list** of strings (not one comma-separated string); default `["user"]` |
+| `iat`, `nbf` | optional | checked when present (`nbf` in the future: `invalid token`) |
+| `iss`, `aud` | when configured | required and checked when `JWT_ISSUER` / `JWT_AUDIENCE` are set |
+
+Roles: `user` follows the streams and reads and writes tasks and schedules; `publisher` may also
+`POST /api/events`; `admin` may do everything, the admin endpoints included.
+
+A bad signature, a missing `sub` or `exp`, a non-list `roles` or a wrong issuer or audience is
+401 `invalid token` (WebSocket 4401); an expired one 401 `token expired`.
+
+Where a credential may come from, and for how long it lasts:
+
+| source | where | lifetime |
+|---|---|---|
+| `Authorization: Bearer <JWT>` | every endpoint | the token's `exp` (+ {s.LEEWAY_SECONDS} s) |
+| `access_token` cookie | every endpoint | the token's `exp` (+ {s.LEEWAY_SECONDS} s) |
+| `?ticket=` (`POST /api/realtime/ticket`) | `/ws`, `/events`, `/poll` | one use within 60 s; then the token's |
+| `?token=<JWT>` | `/ws`, `/events` (`/poll`: 401 `token in URL`) | the token's `exp` (+ {s.LEEWAY_SECONDS} s) |
+
+`python -m service token --sub 7 [--name N] [--roles user,publisher] [--ttl 3600]` prints a
+token valid for `--ttl` seconds (default 3600). It signs with the `JWT_SECRET` of its own
+environment, or, without one, with the development secret kept in `DATA_DIR`
+(`DATA_DIR/dev-jwt-secret`, created once): run it with the same `DATA_DIR` and `JWT_SECRET` as
+the service, or the service answers `invalid token`. With only `JWT_PUBLIC_KEY` set it cannot
+sign (the private key is not the service's).
+
+### Service accounts
+
+A backend that publishes or follows events authenticates like any user, with a JWT of its own:
+`sub` a user id reserved for it (e.g. 9000; it appears as `userId` on what it publishes),
+`name` the program's name, `roles` what it needs (`["publisher"]` to `POST /api/events`,
+`["user"]` to follow). It sends it as `Authorization: Bearer` (REST, `/poll`, and `/ws` or
+`/events` from clients that can set headers, such as `realtime_client`); it never needs a ticket.
+
+- Development: `python -m service token --sub 9000 --name billing --roles publisher --ttl 86400`
+  in the service's environment (same `DATA_DIR` / `JWT_SECRET`).
+- Production: your identity provider (or your own signer) issues it with the key the service
+  verifies (`JWT_SECRET`, or the private half of `JWT_PUBLIC_KEY`), with `iss` / `aud` when
+  those are configured and a short `exp` (minutes to an hour), renewed before it expires:
+  `realtime_client` accepts a callable `token=` that it asks again on `token_expiring` and
+  4401; a long-lived stream over WebSocket refreshes in-band with `auth`. Do not mint long-lived
+  tokens: a token cannot be revoked before its `exp`.
+
+### Draining
+
+On SIGTERM a process refuses new streams and hands its clients over within `DRAIN_SECONDS` (20):
+
+| transport | open connections | new connections |
+|---|---|---|
+| WebSocket | closed with 1012 `SERVICE_RESTART`, spread over the window: reconnect, resume | 503 |
+| SSE | a random `retry:`, then the end, spread over the window: reconnect, resume | 503 |
+| long-polling | a waiting poll is answered at once (with its cursor): poll again | 503 |
+
+A client treats 503 like a dropped connection: back off and retry (another replica answers).
+
 ## Messages
 
 Every event is one flat JSON object; `id` is opaque, ordered, the same on every process and

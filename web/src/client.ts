@@ -8,6 +8,7 @@ import { DEFAULT_BACKOFF, backoffDelay } from "./backoff";
 import { CloseCode, closeAction, type StopReason } from "./close-codes";
 import { CONTROL_TYPES, type EventMap, KNOWN_TYPES, type RealtimeEvent, type TransportName } from "./events";
 import { endpoint, resolveBase, webSocketUrl } from "./urls";
+import { TOKEN_EVENT } from "./token-store";
 
 export type Status = "connecting" | "open" | "reconnecting" | "closed";
 export type TokenSource = () => string | null | undefined | Promise<string | null | undefined>;
@@ -66,7 +67,7 @@ export interface RealtimeClientOptions {
   fetchImpl?: typeof fetch;
   /** Where the SSE or polling fallback is remembered (default `sessionStorage`; `null`: nowhere). */
   storage?: Pick<Storage, "getItem" | "setItem"> | null;
-  /** Source of `online` events (default `window`). */
+  /** Source of `online` events and `storeToken`'s `realtime-token` (default `window`). */
   window?: Pick<EventTarget, "addEventListener" | "removeEventListener"> | null;
   /** Source of `visibilitychange` (default `document`). */
   document?: (Pick<EventTarget, "addEventListener" | "removeEventListener"> & { visibilityState: string }) | null;
@@ -101,6 +102,12 @@ export interface RealtimeClient {
   unsubscribe(types: readonly string[]): void;
   /** Connect now: skips a pending backoff, or starts again after `closed`. */
   reconnect(): void;
+  /**
+   * The app's token may have changed (e.g. the user signed in): when closed for want of a
+   * usable token, ask `getToken()` again and connect if it gives a new one; otherwise nothing.
+   * `storeToken()` does this for every client on the page; the hooks on every render.
+   */
+  tokenChanged(): void;
   close(): void;
 }
 
@@ -726,6 +733,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   }
 
   const onOnline = (): void => wake();
+  const onToken = (): void => client.tokenChanged();
   const onVisibility = (): void => {
     if (doc?.visibilityState === "visible") wake();
   };
@@ -734,6 +742,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     if (windowListening) return;
     windowListening = true;
     win?.addEventListener("online", onOnline);
+    win?.addEventListener(TOKEN_EVENT, onToken);
     doc?.addEventListener("visibilitychange", onVisibility);
   }
 
@@ -741,6 +750,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     if (!windowListening) return;
     windowListening = false;
     win?.removeEventListener("online", onOnline);
+    win?.removeEventListener(TOKEN_EVENT, onToken);
     doc?.removeEventListener("visibilitychange", onVisibility);
   }
 
@@ -822,6 +832,9 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
         listenWindow();
       }
       start();
+    },
+    tokenChanged() {
+      if (status === "closed" && stopReason === "unauthorized") void recheckToken();
     },
     close() {
       unlistenWindow();

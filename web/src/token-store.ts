@@ -11,6 +11,10 @@ export function storedToken(): string | null {
   }
 }
 
+/** The window event `storeToken` fires: clients closed for want of a token look again. */
+export const TOKEN_EVENT = "realtime-token";
+
+/** Keep (or, with null, forget) the token, and tell this page's clients it changed. */
 export function storeToken(token: string | null): void {
   try {
     if (token) sessionStorage.setItem(TOKEN_STORAGE_KEY, token);
@@ -18,4 +22,5 @@ export function storeToken(token: string | null): void {
   } catch {
     // Without storage the token lives only in memory for this page.
   }
+  if (typeof window !== "undefined") window.dispatchEvent(new Event(TOKEN_EVENT));
 }

@@ -1,5 +1,5 @@
 // @vitest-environment happy-dom
-import { StrictMode, act, type ReactNode } from "react";
+import { StrictMode, act, useState, type ReactNode } from "react";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { Schedule, Task } from "../src/events";
 import { useRealtimeTasks, type Toast, type UseRealtimeTasksResult } from "../src/hooks/use-realtime-tasks";
@@ -13,6 +13,7 @@ import {
   type FakeResponse,
 } from "./fakes";
 import { Mounted, inAct } from "./react";
+import { TOKEN_STORAGE_KEY, storeToken } from "../src/token-store";
 
 const T0 = "2026-11-25T19:00:00.000Z";
 
@@ -313,5 +314,63 @@ describe("useWebSocket", () => {
     await render(<Probe />);
     expect(result.current?.status).toBe("closed");
     expect(FakeWebSocket.instances).toHaveLength(0);
+  });
+});
+
+describe("signing in after mount", () => {
+  it("useRealtimeTasks connects and fetches once a re-render brings a token", async () => {
+    const api = backend();
+    const result: { current: UseRealtimeTasksResult | null } = { current: null };
+    let signIn: (token: string) => void = () => {};
+    function Page() {
+      const [token, setToken] = useState<string | null>(null);
+      signIn = setToken;
+      result.current = useRealtimeTasks({ ...fakeOptions({ getToken: () => token }), fetchImpl: api.fetch.impl });
+      return null;
+    }
+    await render(<Page />);
+    expect(result.current?.status).toBe("closed");
+    expect(FakeWebSocket.instances).toHaveLength(0);
+    await server(() => signIn("tok"));
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    await server(() => {
+      FakeWebSocket.last.accept();
+      FakeWebSocket.last.deliver(connectedMessage());
+    });
+    expect(result.current?.isConnected).toBe(true);
+    expect(ids(result)).toEqual([2, 1]);
+    expect(api.fetch.calls.at(-1)?.headers.Authorization).toBe("Bearer tok");
+  });
+
+  it("useWebSocket connects when storeToken() saves a token", async () => {
+    sessionStorage.removeItem(TOKEN_STORAGE_KEY);
+    const result: { current: UseWebSocketResult | null } = { current: null };
+    function Probe() {
+      result.current = useWebSocket({ ...fakeOptions({ window }), getToken: undefined });
+      return null;
+    }
+    await render(<Probe />);
+    expect(result.current?.status).toBe("closed");
+    await server(() => storeToken("tok-2")); // nothing re-renders Probe: the event alone
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(FakeWebSocket.last.query.get("token")).toBe("tok-2");
+    sessionStorage.removeItem(TOKEN_STORAGE_KEY);
+  });
+
+  it("a refused token does not reconnect on every render", async () => {
+    const result: { current: UseWebSocketResult | null } = { current: null };
+    let rerender: () => void = () => {};
+    function Probe() {
+      const [, setN] = useState(0);
+      rerender = () => setN((n) => n + 1);
+      result.current = useWebSocket(fakeOptions({ getToken: () => "bad" }));
+      return null;
+    }
+    await render(<Probe />);
+    await server(() => FakeWebSocket.last.serverClose(4401, "token expired"));
+    expect(result.current?.status).toBe("closed");
+    await server(() => rerender());
+    await server(() => rerender());
+    expect(FakeWebSocket.instances).toHaveLength(1);
   });
 });

@@ -78,6 +78,11 @@ export function useWebSocket(options: UseWebSocketOptions = {}): UseWebSocketRes
   }, [key]);
 
   const { client } = connection;
+  // A sign-in after mount re-renders with a token (or a new getToken): a client closed for want
+  // of one looks again. It connects only for a token other than the refused one, so no loop.
+  useEffect(() => {
+    client?.tokenChanged();
+  });
   const send = useCallback((message: object | string) => client?.send(message) ?? false, [client]);
   return {
     status: connection.status,
