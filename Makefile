@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 NPM    := $(shell command -v npm 2>/dev/null)
 
-.PHONY: run test test-python test-web test-example test-image image image-deps lint types check web system-deps bench bench-scale conformance faults clean
+.PHONY: run test test-python test-web test-example openapi-gen test-image image image-deps lint types check web system-deps bench bench-scale conformance faults clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ system-deps:
 	scripts/system-deps.sh /usr/bin/chromium=chromium promtool=prometheus /usr/sbin/nginx=nginx-light
 
 ## test: install everything the tests need, then run them all (lint, types, web unit tests, pytest)
-test: $(VENV)/.dev system-deps web test-example
+test: $(VENV)/.dev system-deps web test-example openapi-gen
 	$(MAKE) --no-print-directory lint types test-web test-python
 
 test-python: $(VENV)/.dev
@@ -60,6 +60,11 @@ test-image: $(VENV)/.dev image-deps
 test-web:
 	cd web && npm run --silent typecheck && npm run --silent test
 
+## openapi-gen: install tests/openapi-gen (openapi-typescript + TypeScript 5) for tests/test_openapi_codegen.py
+openapi-gen:
+	@test -n "$(NPM)" || { echo "npm is required for tests/openapi-gen (install Node.js 20)"; exit 1; }
+	cd tests/openapi-gen && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; }
+
 ## test-example: pack web/, install the tarball into examples/vite-react, type-check and build it (tsc -b, vite build)
 test-example: web
 	examples/vite-react/install-package.sh
@@ -82,7 +87,7 @@ conformance: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist test-artifacts .pytest_cache .mypy_cache .ruff_cache
-	rm -rf examples/vite-react/node_modules examples/vite-react/dist examples/vite-react/vendor
+	rm -rf examples/vite-react/node_modules examples/vite-react/dist examples/vite-react/vendor tests/openapi-gen/node_modules
 
 ## faults: the fault suite (MongoDB restart under idle replicas, deep resumes, rolling restart, full disk, stalls; ~10 min; see bench/README.md)
 faults: $(VENV)/.dev

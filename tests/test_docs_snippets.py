@@ -3,7 +3,8 @@
 A block's info string says what it is: ```python runs against a real service process,
 ```ts/```tsx/```js are type-checked (`tsc -b`) and built (`vite build`) in a fresh Vite app made
 of the configuration the README shows (```ts file=vite.config.ts, ```jsonc file=tsconfig.app.json)
-and the packed package that `make test-example` installed in examples/vite-react, ```json
+and the packed package that `make test-example` installed in examples/vite-react (```ts node:
+type-checked as a Node 20 module against that package, `ws` and Node's types instead), ```json
 parses, ```promql passes `promtool check rules`, and ```sh names only `make` targets, `python -m`
 modules and flags, `npm run` scripts, tarballs and repository paths that exist. ```text (output,
 diagrams) and any block whose info string says `illustrative` are not run; every other block
@@ -53,6 +54,11 @@ class Block:
     @property
     def illustrative(self) -> bool:
         return self.lang in ILLUSTRATIVE or "illustrative" in self.info
+
+    @property
+    def node(self) -> bool:
+        """A Node 20 program (```ts node), not a module of the browser app."""
+        return "node" in self.info[1:]
 
     @property
     def file(self) -> str | None:
@@ -265,6 +271,8 @@ def fresh_app(app: Path) -> list[str]:
         (app / name).write_text(json.dumps(config, indent=2))
     modules: list[str] = []
     for block in checked("ts", "tsx", "js", "jsonc"):
+        if block.node:
+            continue
         if block.file == "tsconfig.app.json":
             config = json.loads((app / block.file).read_text())
             config["compilerOptions"].update(jsonc(block.code)["compilerOptions"])
@@ -300,3 +308,49 @@ def test_typescript_blocks_typecheck_and_build_in_a_fresh_vite_app(tmp_path: Pat
     for command in ([str(bin_ / "tsc"), "-b"], [str(bin_ / "vite"), "build", "--logLevel", "warn"]):
         result = subprocess.run(command, cwd=app, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"
+
+
+# --- TypeScript for Node 20 (```ts node) -----------------------------------------------------
+
+NODE_TSCONFIG = {
+    "compilerOptions": {
+        "target": "ES2022",
+        "lib": ["ES2022"],
+        "module": "NodeNext",
+        "moduleResolution": "NodeNext",
+        "types": ["node"],
+        "strict": True,
+        "noEmit": True,
+        "skipLibCheck": True,
+    },
+    "include": ["*.ts"],
+}
+
+
+def test_node_blocks_typecheck_as_node_modules(tmp_path: Path) -> None:
+    """Every ```ts node block passes `tsc` as a Node ES module with the packed package and `ws`."""
+    assert INSTALLED.is_file(), f"{INSTALLED} is missing: run `make test-example` (packs web/ and installs it)"
+    blocks_ = [b for b in checked("ts") if b.node]
+    assert blocks_, "no ```ts node block: web/README.md's Node 20 section shows one"
+    modules = tmp_path / "node_modules"
+    (modules / "@realtime-tasks").mkdir(parents=True)
+    (modules / "@types").mkdir()
+    # The package as an app installs it; `ws` and its types from web/'s devDependencies.
+    (modules / "@realtime-tasks" / "web").symlink_to(INSTALLED.parent, target_is_directory=True)
+    for name in ("ws", "@types/ws", "@types/node"):
+        (modules / name).symlink_to(ROOT / "web" / "node_modules" / name, target_is_directory=True)
+    (tmp_path / "package.json").write_text('{"name": "docs-node-snippets", "private": true, "type": "module"}\n')
+    (tmp_path / "tsconfig.json").write_text(json.dumps(NODE_TSCONFIG, indent=2))
+    for block in blocks_:
+        (tmp_path / f"snippet_{block.line}.ts").write_text(block.code)
+    tsc = EXAMPLE / "node_modules" / ".bin" / "tsc"
+    result = subprocess.run([str(tsc), "-p", "."], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{[str(b) for b in blocks_]}:\n{result.stdout}{result.stderr}"
+
+
+def test_readme_node_snippet_is_the_websocket_script() -> None:
+    """web/README.md's Node 20 snippet is web/test/node/receive-one-websocket.mjs (after its comment)."""
+    script = (ROOT / "web" / "test" / "node" / "receive-one-websocket.mjs").read_text()
+    code = "".join(line for line in script.splitlines(keepends=True) if not line.startswith("//"))
+    [block] = [b for b in checked("ts") if b.node and "receive-one-websocket" in b.doc.read_text()]
+    assert block.code == code

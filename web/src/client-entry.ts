@@ -2,6 +2,7 @@
 
 export { createRealtimeClient } from "./client";
 export type * from "./client";
+export type * from "./transport-impl";
 export { CloseCode, closeAction } from "./close-codes";
 export type * from "./close-codes";
 export { backoffCeiling, backoffDelay, DEFAULT_BACKOFF } from "./backoff";

@@ -9,6 +9,7 @@ import { CloseCode, closeAction, type StopReason } from "./close-codes";
 import { CONTROL_TYPES, type EventMap, KNOWN_TYPES, type RealtimeEvent, type TransportName } from "./events";
 import { endpoint, resolveBase, webSocketUrl } from "./urls";
 import { TOKEN_EVENT } from "./token-store";
+import type { EventSourceConstructor, EventSourceLike, WebSocketConstructor, WebSocketLike } from "./transport-impl";
 
 export type Status = "connecting" | "open" | "reconnecting" | "closed";
 export type TokenSource = () => string | null | undefined | Promise<string | null | undefined>;
@@ -62,8 +63,13 @@ export interface RealtimeClientOptions {
    * without tickets); when it cannot be reached, the client waits and asks again.
    */
   ticketUrl?: string | null;
-  WebSocketImpl?: typeof WebSocket;
-  EventSourceImpl?: typeof EventSource;
+  /**
+   * The WebSocket class (default: the global one). Node 20 has none: pass the `ws` package's
+   * (`import WebSocket from "ws"`); any class with the members of `WebSocketLike` fits.
+   */
+  WebSocketImpl?: WebSocketConstructor;
+  /** The EventSource class (default: the global one; Node has none); see `EventSourceLike`. */
+  EventSourceImpl?: EventSourceConstructor;
   fetchImpl?: typeof fetch;
   /** Where the SSE or polling fallback is remembered (default `sessionStorage`; `null`: nowhere). */
   storage?: Pick<Storage, "getItem" | "setItem"> | null;
@@ -90,6 +96,12 @@ export interface RealtimeClient {
   readonly reason: StopReason | null;
   /** The id of the last event received; sent as `last_event_id` on reconnect. */
   readonly lastEventId: string | null;
+  /**
+   * The transports this client can use here, in order of preference: the wanted ones that have
+   * an implementation (Node 20 without `WebSocketImpl`: `["poll"]`). A wanted transport left
+   * out is also reported once per process with `console.warn`.
+   */
+  readonly transports: readonly TransportName[];
   /** Listen to one type, or to every message with `"*"`; returns the unsubscribe function. */
   on<K extends keyof EventMap>(type: K, listener: Listener<EventMap[K]>): () => void;
   on(type: string, listener: Listener<RealtimeEvent>): () => void;
@@ -129,13 +141,20 @@ interface PendingPing {
 export function createRealtimeClient(options: RealtimeClientOptions): RealtimeClient {
   const base = resolveBase(options.url);
   const wanted = options.transports?.length ? options.transports : (["websocket", "sse", "poll"] as const);
-  const WebSocketImpl = options.WebSocketImpl ?? globalThis.WebSocket;
-  const EventSourceImpl = options.EventSourceImpl ?? globalThis.EventSource;
+  const WebSocketImpl: WebSocketConstructor = options.WebSocketImpl ?? globalThis.WebSocket;
+  const EventSourceImpl: EventSourceConstructor = options.EventSourceImpl ?? globalThis.EventSource;
   const fetchImpl = options.fetchImpl ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
   const wsAllowed = wanted.includes("websocket") && typeof WebSocketImpl === "function";
   const sseAllowed = wanted.includes("sse") && typeof EventSourceImpl === "function";
   const pollAllowed = wanted.includes("poll") && typeof fetchImpl === "function";
-  if (!wsAllowed && !sseAllowed && !pollAllowed) throw new Error("realtime client: no usable transport");
+  const usable = wanted.filter(
+    (name) => (name === "websocket" && wsAllowed) || (name === "sse" && sseAllowed) || (name === "poll" && pollAllowed),
+  );
+  const missing = wanted.filter((name) => !usable.includes(name));
+  if (!usable.length) {
+    throw new Error(`realtime client: no usable transport (${missing.map(implNeeded).join(", ")})`);
+  }
+  if (missing.length) warnOnce(`realtime client: ${missing.map(implNeeded).join(", ")}; using ${usable.join(", ")}`);
   if (options.ticketUrl !== null && !fetchImpl) {
     throw new Error("realtime client: tickets need fetch; pass fetchImpl, or ticketUrl: null to send ?token=");
   }
@@ -172,8 +191,8 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   let wsFailures = 0; // consecutive WebSocket attempts that never opened
   let authFailures = 0; // consecutive 4401s answered with a new token
   let generation = 0; // bumped on every (re)start; stale async work checks it and gives up
-  let socket: WebSocket | null = null;
-  let source: EventSource | null = null;
+  let socket: WebSocketLike | null = null;
+  let source: EventSourceLike | null = null;
   let sourceTypes = new Set<string>();
   let aborter: AbortController | null = null;
   let retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -363,7 +382,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
 
   function openWebSocket(gen: number, auth: Auth): void {
     setStatus(status, "websocket");
-    let ws: WebSocket;
+    let ws: WebSocketLike;
     try {
       ws = new WebSocketImpl(webSocketUrl(base, query(auth)));
     } catch {
@@ -384,13 +403,13 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       wsFailures = 0;
       opened();
     };
-    ws.onmessage = (message: MessageEvent) => {
+    ws.onmessage = (message) => {
       if (socket === ws && typeof message.data === "string") received(message.data);
     };
     ws.onerror = () => {
       // Always followed by `close`, which carries the code.
     };
-    ws.onclose = (close: CloseEvent) => {
+    ws.onclose = (close) => {
       if (socket !== ws) return;
       socket = null;
       ended(gen, "websocket", isOpen, close.code);
@@ -399,7 +418,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
 
   function openEventSource(gen: number, auth: Auth): void {
     setStatus(status, "sse");
-    let es: EventSource;
+    let es: EventSourceLike;
     try {
       es = new EventSourceImpl(endpoint(base, "/events", query(auth)));
     } catch {
@@ -428,14 +447,14 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
       isOpen = true;
       opened();
     };
-    es.onmessage = (message: MessageEvent) => {
+    es.onmessage = (message) => {
       if (source === es) received(String(message.data), message.lastEventId);
     };
     // SSE dispatches `event: <type>` blocks only to listeners of that exact name.
     for (const type of sseTypes()) listenSse(es, type);
-    es.addEventListener("close", (message: Event) => {
+    es.addEventListener("close", (message) => {
       if (source !== es) return;
-      const data = parseJson((message as MessageEvent).data);
+      const data = parseJson(message.data);
       const code = isRecord(data) && typeof data.code === "number" ? data.code : CloseCode.NORMAL;
       dropTransport();
       ended(gen, "sse", true, code);
@@ -531,12 +550,12 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     return types;
   }
 
-  function listenSse(es: EventSource, type: string): void {
+  function listenSse(es: EventSourceLike, type: string): void {
     if (sourceTypes.has(type) || type === "*" || type === "close" || type === "message") return;
     sourceTypes.add(type);
-    es.addEventListener(type, (message: Event) => {
+    es.addEventListener(type, (message) => {
       if (source !== es) return;
-      const { data, lastEventId: sseId } = message as MessageEvent;
+      const { data, lastEventId: sseId } = message;
       received(String(data), sseId, type);
     });
   }
@@ -767,6 +786,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
     get lastEventId() {
       return lastEventId;
     },
+    transports: usable,
     on(type: string, listener: Listener<never>): () => void {
       const fn = listener as Listener<RealtimeEvent>;
       let set = listeners.get(type);
@@ -870,6 +890,26 @@ function remembered(value: string | null): { mode: "sse" | "poll"; at: number } 
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** What a transport without an implementation would have needed, for the one-time warning. */
+function implNeeded(name: TransportName): string {
+  if (name === "websocket") return "no WebSocket (pass WebSocketImpl, e.g. the ws package in Node 20)";
+  if (name === "sse") return "no EventSource (pass EventSourceImpl)";
+  return "no fetch for long-polling (pass fetchImpl)";
+}
+
+const warned = new Set<string>();
+
+/**
+ * A transport the caller wanted (or the default list named) has no implementation here: say so
+ * once per process and message, not on every client, so that a silent downgrade to long-polling
+ * (Node 20 has fetch but no WebSocket) is visible. `transports: ["poll"]` asks for no warning.
+ */
+function warnOnce(message: string): void {
+  if (warned.has(message)) return;
+  warned.add(message);
+  console.warn(message);
 }
 
 function parseJson(raw: unknown): unknown {

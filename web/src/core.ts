@@ -2,6 +2,15 @@
 
 export { createRealtimeClient } from "./client";
 export type {
+  CloseLike,
+  EventSourceConstructor,
+  EventSourceLike,
+  MessageLike,
+  SseMessageLike,
+  WebSocketConstructor,
+  WebSocketLike,
+} from "./transport-impl";
+export type {
   Listener,
   RealtimeClient,
   RealtimeClientOptions,

@@ -1,6 +1,7 @@
 // Node 20, no React, no browser globals: import the package root, follow the stream, print the
 // first `note` event as JSON and exit. Node 20 has fetch but no WebSocket or EventSource, so
-// the client uses long-polling unless you pass `WebSocketImpl` (e.g. the `ws` package).
+// the client uses long-polling (asked for here, so without a warning); receive-one-websocket.mjs
+// passes the `ws` package as `WebSocketImpl` instead.
 // Usage: REALTIME_URL=http://127.0.0.1:5001 REALTIME_TOKEN=<jwt> node test/node/receive-one.mjs
 import { createRealtimeClient } from "@realtime-tasks/web";
 
