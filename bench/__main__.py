@@ -14,6 +14,7 @@ import secrets
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -124,6 +125,37 @@ def publish(system: System, rate: float, duration: float) -> tuple[int, int]:
     return count, publisher.accepted
 
 
+def fanout_batches(system: System) -> dict[str, Any] | None:
+    """The service's `realtime_fanout_batch_size` histogram (one process: service1): how many
+    fan-outs, their mean size, and how many sent more than one event. None for the others,
+    and for code without the metric."""
+    if not isinstance(system, ServiceSystem) or system.workers != 1:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{system.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    buckets: dict[str, float] = {}
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("realtime_fanout_batch_size_bucket"):
+            buckets[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("realtime_fanout_batch_size_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("realtime_fanout_batch_size_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    if not count:
+        return None
+    return {
+        "fanouts": int(count),
+        "events": int(total),
+        "mean": round(total / count, 2),
+        "batched": int(count - buckets.get("1.0", count)),  # fan-outs of more than one event
+        "cumulative": {le: int(n) for le, n in buckets.items()},
+    }
+
+
 def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[str, Any]:
     """Start, load, publish, count, stop. Every process started here is stopped by pid."""
     ctx = multiprocessing.get_context("spawn")
@@ -155,6 +187,9 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
             pipe.send(("finish", (sent, args.drain)))
         deliveries = [_recv(pipe, "finish") for _, pipe in workers]
         cpu_used = cpu_seconds(pids) - cpu_before
+        batches = fanout_batches(system)
+        if batches is not None:
+            print(f"[{system.name}] fan-out batches: {batches}", file=sys.stderr, flush=True)
     finally:
         stop_load_processes(workers)
         system.stop()
@@ -178,6 +213,7 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
         "rss_idle_mb": idle_rss / 2**20,
         "rss_per_connection_kb": (idle_rss - base_rss) / max(1, opened) / 1024,
         "server_cpu_seconds": cpu_used,
+        "fanout_batches": batches,
         "websocket": report.delivery_summary(merged["websocket"]),
         "sse": report.delivery_summary(merged["sse"]),
         "poll": report.delivery_summary(merged["poll"]),
