@@ -125,10 +125,10 @@ def publish(system: System, rate: float, duration: float) -> tuple[int, int]:
     return count, publisher.accepted
 
 
-def fanout_batches(system: System) -> dict[str, Any] | None:
-    """The service's `realtime_fanout_batch_size` histogram (one process: service1): how many
-    fan-outs, their mean size, and how many sent more than one event. None for the others,
-    and for code without the metric."""
+def batch_histogram(system: System) -> dict[str, float] | None:
+    """The service's `realtime_fanout_batch_size` histogram now, as {le: cumulative count,
+    "sum": events, "count": fan-outs}; None but for service1 (one process to scrape) and for
+    code without the metric."""
     if not isinstance(system, ServiceSystem) or system.workers != 1:
         return None
     try:
@@ -136,23 +136,30 @@ def fanout_batches(system: System) -> dict[str, Any] | None:
             text = response.read().decode()
     except OSError:
         return None
-    buckets: dict[str, float] = {}
-    total = count = 0.0
+    values: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("realtime_fanout_batch_size_bucket"):
-            buckets[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("realtime_fanout_batch_size_sum"):
-            total = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("realtime_fanout_batch_size_count"):
-            count = float(line.rsplit(" ", 1)[1])
+            values[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(("realtime_fanout_batch_size_sum", "realtime_fanout_batch_size_count")):
+            values[line.split(" ", 1)[0].rsplit("_", 1)[1]] = float(line.rsplit(" ", 1)[1])
+    return values or None
+
+
+def fanout_batches(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
+    """The fan-outs while publishing: how many, how many events, the mean batch, how many
+    sent more than one event, and the cumulative distribution by batch size."""
+    if before is None or after is None:
+        return None
+    diff = {key: int(after[key] - before.get(key, 0.0)) for key in after}
+    count = diff.get("count", 0)
     if not count:
         return None
     return {
-        "fanouts": int(count),
-        "events": int(total),
-        "mean": round(total / count, 2),
-        "batched": int(count - buckets.get("1.0", count)),  # fan-outs of more than one event
-        "cumulative": {le: int(n) for le, n in buckets.items()},
+        "fanouts": count,
+        "events": diff.get("sum", 0),
+        "mean": round(diff.get("sum", 0) / count, 2),
+        "batched": count - diff.get("1.0", count),
+        "cumulative": {le: n for le, n in diff.items() if le not in ("sum", "count")},
     }
 
 
@@ -182,12 +189,13 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
         pids = system.server_pids()
         idle_rss = rss_bytes(pids)
         cpu_before = cpu_seconds(pids)
+        histogram_before = batch_histogram(system)
         sent, accepted = publish(system, args.rate, args.duration)
         for _, pipe in workers:
             pipe.send(("finish", (sent, args.drain)))
         deliveries = [_recv(pipe, "finish") for _, pipe in workers]
         cpu_used = cpu_seconds(pids) - cpu_before
-        batches = fanout_batches(system)
+        batches = fanout_batches(histogram_before, batch_histogram(system))
         if batches is not None:
             print(f"[{system.name}] fan-out batches: {batches}", file=sys.stderr, flush=True)
     finally:

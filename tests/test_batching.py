@@ -106,3 +106,16 @@ async def test_a_batch_past_max_pending_bytes_closes_a_client_that_does_not_read
     sample = service.ctx.metrics.registry.get_sample_value
     assert sample("realtime_slow_consumer_disconnects_total", {"transport": "websocket"}) == 1
     await silent.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_write_delay_ms_reaches_the_hub_and_events_still_arrive(start_service) -> None:  # type: ignore[no-untyped-def]
+    """WRITE_DELAY_MS=50: the hub holds events that long, then the client gets them whole."""
+    service = await start_service(write_delay_ms=50)
+    assert service.ctx.hub.write_delay_seconds == 0.05
+    transport = FakeTransport()
+    service.ctx.hub.attach(Connection(transport, principal(1)))
+    await service.ctx.store.events.insert_many(event_docs(2))
+    await service.ctx.store.events.insert_one({"type": "note", "n": 2})
+    await eventually(lambda: len(transport.events) == 3, 10, "three events")
+    assert b"".join(transport.writes) == b"".join(e.ws_frame for e in list(service.ctx.bus.history)[-3:])
