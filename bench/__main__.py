@@ -14,6 +14,7 @@ import secrets
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -124,6 +125,44 @@ def publish(system: System, rate: float, duration: float) -> tuple[int, int]:
     return count, publisher.accepted
 
 
+def batch_histogram(system: System) -> dict[str, float] | None:
+    """The service's `realtime_fanout_batch_size` histogram now, as {le: cumulative count,
+    "sum": events, "count": fan-outs}; None but for service1 (one process to scrape) and for
+    code without the metric."""
+    if not isinstance(system, ServiceSystem) or system.workers != 1:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{system.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("realtime_fanout_batch_size_bucket"):
+            values[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(("realtime_fanout_batch_size_sum", "realtime_fanout_batch_size_count")):
+            values[line.split(" ", 1)[0].rsplit("_", 1)[1]] = float(line.rsplit(" ", 1)[1])
+    return values or None
+
+
+def fanout_batches(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
+    """The fan-outs while publishing: how many, how many events, the mean batch, how many
+    sent more than one event, and the cumulative distribution by batch size."""
+    if before is None or after is None:
+        return None
+    diff = {key: int(after[key] - before.get(key, 0.0)) for key in after}
+    count = diff.get("count", 0)
+    if not count:
+        return None
+    return {
+        "fanouts": count,
+        "events": diff.get("sum", 0),
+        "mean": round(diff.get("sum", 0) / count, 2),
+        "batched": count - diff.get("1.0", count),
+        "cumulative": {le: n for le, n in diff.items() if le not in ("sum", "count")},
+    }
+
+
 def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[str, Any]:
     """Start, load, publish, count, stop. Every process started here is stopped by pid."""
     ctx = multiprocessing.get_context("spawn")
@@ -150,11 +189,15 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
         pids = system.server_pids()
         idle_rss = rss_bytes(pids)
         cpu_before = cpu_seconds(pids)
+        histogram_before = batch_histogram(system)
         sent, accepted = publish(system, args.rate, args.duration)
         for _, pipe in workers:
             pipe.send(("finish", (sent, args.drain)))
         deliveries = [_recv(pipe, "finish") for _, pipe in workers]
         cpu_used = cpu_seconds(pids) - cpu_before
+        batches = fanout_batches(histogram_before, batch_histogram(system))
+        if batches is not None:
+            print(f"[{system.name}] fan-out batches: {batches}", file=sys.stderr, flush=True)
     finally:
         stop_load_processes(workers)
         system.stop()
@@ -178,6 +221,7 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
         "rss_idle_mb": idle_rss / 2**20,
         "rss_per_connection_kb": (idle_rss - base_rss) / max(1, opened) / 1024,
         "server_cpu_seconds": cpu_used,
+        "fanout_batches": batches,
         "websocket": report.delivery_summary(merged["websocket"]),
         "sse": report.delivery_summary(merged["sse"]),
         "poll": report.delivery_summary(merged["poll"]),

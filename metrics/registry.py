@@ -30,6 +30,7 @@ LATENCY_BUCKETS = (
     0.06, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # events per fan-out; 1 is an idle service
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TRANSPORTS = ("websocket", "sse", "poll")
 ACCEPT_ERROR_REASONS = ("emfile", "enfile", "enobufs", "enomem", "other")  # service/accept.py
@@ -85,6 +86,12 @@ class Metrics:
             "realtime_fanout_duration_seconds",
             "Time to hand one event to every local connection",
             buckets=FANOUT_BUCKETS,
+            registry=r,
+        )
+        self.fanout_batch_size = Histogram(
+            "realtime_fanout_batch_size",
+            "Events fanned out together, each client getting its share in one write (one per batch)",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.bus_lag = Histogram(

@@ -46,6 +46,21 @@ POSITION_EVERY = 64
 # reads a batch, so small batches let writes in between (1,000 per batch: writes' p99 235 ms
 # under a deep-replay storm; 100: see bench/README.md "Replay storm").
 REPLAY_BATCH = 100
+# The most changes fanned out as one batch: a round trip that read more goes out in several.
+MAX_BATCH_EVENTS = 1000
+
+
+def change_buffered(stream: Any) -> bool:
+    """Whether the driver already holds the stream's next change (read by the last getMore),
+    so `try_next` returns it without a round trip.
+
+    PyMongo has no public way to ask: this reads `AsyncChangeStream._cursor` and
+    `AsyncCommandCursor._has_next()` (pymongo 4.x, pymongo/cursor_shared.py).
+    tests/test_bus_stream.py fails first if they change; until then every change is its own
+    batch (correct, only unbatched).
+    """
+    has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
+    return bool(has_next()) if callable(has_next) else False
 
 
 class Bus:
@@ -137,7 +152,15 @@ class Bus:
                     while True:
                         change = await stream.try_next()
                         if change is not None:
-                            self.handle(change)
+                            # The changes that arrived while the last fan-out ran came in this
+                            # round trip: they go out together, one write per client.
+                            changes = [change]
+                            while len(changes) < MAX_BATCH_EVENTS and change_buffered(stream):
+                                more = await stream.try_next()
+                                if more is None:
+                                    break
+                                changes.append(more)
+                            self.handle_batch(changes)
                         # Past empty batches too: a quiet collection must not leave the
                         # position behind the oplog's pruning.
                         self._resume_token = stream.resume_token or self._resume_token
@@ -157,20 +180,30 @@ class Bus:
 
     def handle(self, change: Mapping[str, Any]) -> None:
         """Turn one change notification into a delivered event."""
-        event = event_from_change(change)
-        if event is None:
-            log.warning("ignored a document in events that is not a valid event")
-            return
+        self.handle_batch([change])
+
+    def handle_batch(self, changes: list[Mapping[str, Any]]) -> None:
+        """Turn change notifications (in stream order) into events delivered as one batch."""
         m = self._metrics
-        m.bus_lag.observe(max(0.0, time.time() - event.inserted_at))
-        m.events_published.labels(metric_type(event.type)).inc()
-        encoded = encode_event(event)
-        if len(self.history) == self.history.maxlen:
-            self.covered_from = self.history[0].event.id
-        self.history.append(encoded)
-        self._history_ids.append(event.id)
-        self._hub.deliver(encoded)
-        self._note_position(event.id, change.get("_id"))
+        ready: list[Encoded] = []
+        tokens: list[object] = []
+        for change in changes:
+            event = event_from_change(change)
+            if event is None:
+                log.warning("ignored a document in events that is not a valid event")
+                continue
+            m.bus_lag.observe(max(0.0, time.time() - event.inserted_at))
+            m.events_published.labels(metric_type(event.type)).inc()
+            encoded = encode_event(event)
+            if len(self.history) == self.history.maxlen:
+                self.covered_from = self.history[0].event.id
+            self.history.append(encoded)
+            self._history_ids.append(event.id)
+            ready.append(encoded)
+            tokens.append(change.get("_id"))
+        self._hub.deliver_many(ready)
+        for encoded, token in zip(ready, tokens, strict=True):
+            self._note_position(encoded.event.id, token)
 
     def _note_position(self, id: str, token: object) -> None:
         """Save some positions (see POSITION_EVERY), in the background, newest first."""
@@ -193,6 +226,7 @@ class Bus:
                 log.debug("position %s not saved: %s", id, exc)  # a sparser index, nothing lost
 
     def _history_lost(self) -> None:
+        self._hub.flush()  # events held by the write delay go out before the resync
         self.history.clear()
         self._history_ids.clear()
         self.covered_from = None

@@ -23,6 +23,7 @@ PUBLIC_KEY_ALGORITHMS = frozenset(
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEV_SECRET_FILE = "dev-jwt-secret"
+MAX_WRITE_DELAY_MS = 1000  # WRITE_DELAY_MS: beyond a second, events are late, not batched
 
 ENV_VARS: tuple[str, ...] = (
     "HOST",
@@ -54,6 +55,7 @@ ENV_VARS: tuple[str, ...] = (
     "MAX_MESSAGE_BYTES",
     "DRAIN_SECONDS",
     "WS_COMPRESSION",
+    "WRITE_DELAY_MS",
     "WEB_DIR",
     "LOG_LEVEL",
     "LOG_FORMAT",
@@ -101,6 +103,7 @@ class Settings:
     max_message_bytes: int = 65_536
     drain_seconds: float = 20.0
     ws_compression: bool = False
+    write_delay_ms: int = 0
     web_dir: Path | None = None
     log_level: str = "INFO"
     log_format: str = "text"
@@ -382,6 +385,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if port > 65535:
         raise ConfigError(f"PORT: must be at most 65535, got {port}")
     heartbeat = _float(env, "HEARTBEAT_SECONDS", 15.0, minimum=0.05)
+    write_delay_ms = _int(env, "WRITE_DELAY_MS", 0)
+    if write_delay_ms > MAX_WRITE_DELAY_MS:
+        raise ConfigError(f"WRITE_DELAY_MS: must be at most {MAX_WRITE_DELAY_MS}, got {write_delay_ms}")
     web_dir = _text(env, "WEB_DIR")
     multiproc = _text(env, "PROMETHEUS_MULTIPROC_DIR")
     settings = Settings(
@@ -414,6 +420,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 65_536, minimum=128),
         drain_seconds=_float(env, "DRAIN_SECONDS", 20.0, minimum=0.0),
         ws_compression=_bool(env, "WS_COMPRESSION", False),
+        write_delay_ms=write_delay_ms,
         web_dir=Path(web_dir) if web_dir else None,
         log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
         log_format=_choice(env, "LOG_FORMAT", "text", LOG_FORMATS),

@@ -9,12 +9,15 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from service.auth import Principal
 from service.errors import CloseCode
 from service.events import Event, Payload
 from service.wire import Encoded
+
+if TYPE_CHECKING:
+    from service.batch import Batch, Selection
 
 # Events that arrive while a resuming connection replays history wait here; past this many
 # the connection is treated as a slow consumer rather than growing without bound.
@@ -54,6 +57,9 @@ class Transport(Protocol):
 
     def send_event(self, encoded: Encoded) -> None:
         """Queue an event's bytes for this transport; never blocks, never awaits."""
+
+    def send_batch(self, selection: Selection) -> None:
+        """Queue several events' bytes in one write (`Selection.joined`); never blocks."""
 
     def send_message(self, payload: Payload) -> None:
         """Queue a per-connection message (connected, pong, error, ...)."""
@@ -140,6 +146,29 @@ class Connection:
         self.transport.send_event(encoded)
         self.last_event_id = encoded.event.id
         return True
+
+    def offer_batch(self, batch: Batch) -> Selection | None:
+        """Send the events of `batch` this client should get now in one write; returns what
+        was sent (shared with the connections that want the same), None when nothing was.
+
+        While it replays, the events are held one by one as `offer` holds them.
+        """
+        if self.closed:
+            return None
+        if self._replay_buffer is not None:
+            for encoded in batch.events:
+                self.offer(encoded)
+            return None
+        last = self.last_event_id
+        if last is not None and last >= batch.first_id:  # rare: it has some of them already
+            selection = batch.select_wanted(self)
+        else:
+            selection = batch.select(self)
+        if not selection.events:
+            return None
+        self.transport.send_batch(selection)
+        self.last_event_id = selection.events[-1].event.id
+        return selection
 
     def begin_replay(self) -> None:
         """Hold live events back while history is replayed, so nothing overtakes it."""

@@ -1,7 +1,12 @@
 """The local registry of connections and the fan-out of one event to all of them.
 
 `deliver` is synchronous: it hands ready-made bytes to each connection in turn and never
-awaits one connection before the next, so a stalled client cannot delay the others. Each
+awaits one connection before the next, so a stalled client cannot delay the others. Events
+that become ready together (those the change stream read in one round trip while the previous
+fan-out ran, or those held up to WRITE_DELAY_MS) go out as one batch (`deliver_many`,
+`service.batch`): each client gets the frames it wants concatenated, in one write, so the
+system calls per client follow the fan-outs, not the events. An idle service sends each event
+alone, at once, as it arrives. Each
 transport checks `max_pending_bytes` at every write (events, replies, pings alike) and hands
 a client that does not read to `close_slow`. Per-user limits are `Slot`s, taken before any
 await and given back exactly once, so concurrent connects cannot overshoot them.
@@ -12,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from metrics.registry import Metrics
+from service.batch import Batch, Selection
 from service.connection import Connection
 from service.errors import CloseCode
 from service.wire import Encoded
@@ -45,8 +51,25 @@ class Slot:
 class Hub:
     """Connections of this process, by transport and by user."""
 
-    def __init__(self, metrics: Metrics, *, max_pending_bytes: int, max_per_user: int) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        max_pending_bytes: int,
+        max_per_user: int,
+        write_delay_seconds: float = 0.0,
+        call_later: Callable[[float, Callable[[], None]], Any] | None = None,
+    ) -> None:
+        """
+        Args:
+            write_delay_seconds: hold events up to this long to send them as one batch (0: none).
+            call_later: schedules the held events' fan-out; the running loop's when omitted.
+        """
         self._metrics = metrics
+        self.write_delay_seconds = write_delay_seconds
+        self._call_later = call_later
+        self._held: list[Encoded] = []  # events waiting for the write delay's timer
+        self._flush_timer: Any = None
         self.max_pending_bytes = max_pending_bytes  # what a transport may hold unsent, checked at each write
         self._max_per_user = max_per_user
         self._by_transport: dict[str, dict[str, Connection]] = {"websocket": {}, "sse": {}}
@@ -134,6 +157,66 @@ class Hub:
 
     def of_user(self, user_id: int | str) -> list[Connection]:
         return list(self._by_user.get(user_id, {}).values())
+
+    def deliver_many(self, events: Sequence[Encoded]) -> None:
+        """Hand events that are ready together (in id order) to every local connection: one
+        write per connection for all of them, or, with a write delay, after it."""
+        if not events:
+            return
+        if self.write_delay_seconds <= 0:
+            self._fan_out(events)
+            return
+        self._held.extend(events)
+        if self._flush_timer is None:
+            call_later = self._call_later or asyncio.get_running_loop().call_later
+            self._flush_timer = call_later(self.write_delay_seconds, self.flush)
+
+    def flush(self) -> None:
+        """Send the events the write delay holds now (the timer's callback; a resync calls it
+        first so nothing it refers to comes after it)."""
+        timer, self._flush_timer = self._flush_timer, None
+        if timer is not None:
+            timer.cancel()
+        held, self._held = self._held, []
+        if held:
+            self._fan_out(held)
+
+    def _fan_out(self, events: Sequence[Encoded]) -> None:
+        self._metrics.fanout_batch_size.observe(len(events))
+        if len(events) == 1:
+            self.deliver(events[0])
+        else:
+            self.deliver_batch(Batch(events))
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """Hand a batch to every local connection: each gets the events it wants in one write.
+
+        Metrics stay per event: each event sent to a transport is one broadcast latency
+        observation for it (inserted → the batch written to that transport's last socket),
+        and each event of the batch is one fan-out duration observation of the whole batch's
+        fan-out (the time over which its bytes went out).
+        """
+        started = time.perf_counter()
+        m = self._metrics
+        for kind, group in self._by_transport.items():
+            sent = 0
+            used: dict[int, Selection] = {}
+            for connection in list(group.values()):
+                selection = connection.offer_batch(batch)
+                if selection is not None:
+                    sent += len(selection.events)
+                    used[id(selection)] = selection
+            if sent:
+                m.messages_sent.labels(kind).inc(sent)
+                now = time.time()
+                latency = m.broadcast_latency.labels(kind)
+                reached = {id(encoded) for selection in used.values() for encoded in selection.events}
+                for encoded in batch.events:
+                    if id(encoded) in reached:
+                        latency.observe(max(0.0, now - encoded.event.inserted_at))
+        duration = time.perf_counter() - started
+        for _ in batch.events:
+            m.fanout_duration.observe(duration)
 
     def deliver(self, encoded: Encoded) -> None:
         """Hand one event to every local connection that should get it."""

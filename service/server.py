@@ -73,7 +73,12 @@ def build_context(
     """
     metrics = metrics or Metrics(settings.multiproc_dir)
     store = MongoStore(settings, mongodb_uri)
-    hub = Hub(metrics, max_pending_bytes=settings.max_pending_bytes, max_per_user=settings.max_connections_per_user)
+    hub = Hub(
+        metrics,
+        max_pending_bytes=settings.max_pending_bytes,
+        max_per_user=settings.max_connections_per_user,
+        write_delay_seconds=settings.write_delay_ms / 1000,
+    )
     bus = Bus(store, hub, metrics, history_size=settings.history_size, history_ttl_seconds=settings.history_ttl_seconds)
     if settings.presence:
         hub.presence = Presence(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from service.auth import Principal
+from service.batch import Selection
 from service.errors import CloseCode
 from service.events import Audience, Event, Payload
 from service.wire import Encoded, encode_event
@@ -19,6 +20,7 @@ class FakeTransport:
 
     def __init__(self) -> None:
         self.events: list[str] = []  # ids of the events sent
+        self.writes: list[bytes] = []  # the WebSocket bytes of each write of events
         self.messages: list[Payload] = []
         self.heartbeats = 0
         self.closes: list[tuple[int, str]] = []
@@ -26,6 +28,11 @@ class FakeTransport:
 
     def send_event(self, encoded: Encoded) -> None:
         self.events.append(encoded.event.id)
+        self.writes.append(encoded.ws_frame)
+
+    def send_batch(self, selection: Selection) -> None:
+        self.events.extend(encoded.event.id for encoded in selection.events)
+        self.writes.append(selection.joined("websocket", ws_frame_of))
 
     def send_message(self, payload: Payload) -> None:
         self.messages.append(payload)
@@ -38,6 +45,10 @@ class FakeTransport:
 
     def close(self, code: CloseCode, reason: str) -> None:
         self.closes.append((int(code), reason))
+
+
+def ws_frame_of(encoded: Encoded) -> bytes:
+    return encoded.ws_frame
 
 
 class FakeSSETransport(FakeTransport):

@@ -61,6 +61,15 @@ def test_a_document_that_is_not_an_event_is_ignored() -> None:
     assert transport.events == [] and len(bus.history) == 0
 
 
+def test_changes_read_together_are_one_write_and_all_kept_for_resume() -> None:
+    """`handle_batch`: every valid change is in history, and a client gets them in one write."""
+    bus, transport = make_bus(history_size=5)
+    bus.handle_batch([change(1), change(2, event_type="Bad Type!"), change(3)])
+    assert [e.event.id for e in bus.history] == [eid(1), eid(3)]
+    assert transport.events == [eid(1), eid(3)]
+    assert transport.writes == [bus.history[0].ws_frame + bus.history[1].ws_frame]
+
+
 def test_recent_since_returns_the_events_after_an_id_from_memory() -> None:
     """Resume from memory: exactly the events after the client's id, in order."""
     bus, _ = make_bus()

@@ -102,6 +102,9 @@ def test_workers_zero_means_one_per_usable_core() -> None:
         ("LOG_LEVEL", "loud"),
         ("DEV_MODE", "maybe"),
         ("WS_COMPRESSION", "2"),
+        ("WRITE_DELAY_MS", "-1"),
+        ("WRITE_DELAY_MS", "1001"),
+        ("WRITE_DELAY_MS", "5ms"),
     ],
 )
 def test_bad_value_names_its_variable(tmp_path: Path, name: str, value: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from metrics.registry import Metrics
 from service.connection import Connection
+from service.events import Audience
 from service.hub import Hub
-from tests.fakes import FakeSSETransport, FakeTransport, encoded, principal
+from tests.fakes import FakeClock, FakeSSETransport, FakeTransport, encoded, principal
 
 
 def make_hub(max_per_user: int = 2, metrics: Metrics | None = None) -> Hub:
@@ -108,3 +109,134 @@ def test_close_slow_closes_4408_once_and_counts_it() -> None:
     hub.close_slow(connection)
     assert transport.closes == [(4408, "slow consumer")]
     assert value(metrics, "realtime_slow_consumer_disconnects_total", "websocket") == 1
+
+
+# -- batches (issue 25) --------------------------------------------------------------------
+
+
+def frames(*numbers: int) -> bytes:
+    return b"".join(encoded(n).ws_frame for n in numbers)
+
+
+def test_a_single_ready_event_is_one_write_of_its_own_frame() -> None:
+    """An idle service: one event ready is written alone, at once, as its own frame."""
+    hub = make_hub()
+    _, transport = attach(hub, 1)
+    hub.deliver_many([encoded(1)])
+    assert transport.writes == [frames(1)]
+
+
+def test_a_batch_is_one_write_per_connection_with_the_frames_in_order() -> None:
+    """Three events ready together: each connection gets one write, the three frames in order."""
+    hub = make_hub()
+    _, first = attach(hub, 1)
+    _, second = attach(hub, 2)
+    hub.deliver_many([encoded(1), encoded(2), encoded(3)])
+    assert first.writes == second.writes == [frames(1, 2, 3)]
+    assert first.events == [encoded(n).event.id for n in (1, 2, 3)]
+
+
+def test_connections_with_the_same_filters_share_one_bytes_object() -> None:
+    """The concatenation is built once per group, not once per client."""
+    hub = make_hub(max_per_user=10)
+    transports = [attach(hub, n)[1] for n in range(5)]
+    hub.deliver_many([encoded(1), encoded(2)])
+    assert len({id(t.writes[0]) for t in transports}) == 1
+
+
+def test_filters_and_to_stay_exact_per_connection_within_a_batch() -> None:
+    """Subscriptions and `to` (users, roles) pick each connection's events out of one batch."""
+    hub = make_hub(max_per_user=10)
+    every = Connection(FakeTransport(), principal(1))
+    notes = Connection(FakeTransport(), principal(2), subscriptions=frozenset({"note"}))
+    admin = Connection(FakeTransport(), principal(3, roles=("admin",)))
+    user_4 = Connection(FakeTransport(), principal(4))
+    for connection in (every, notes, admin, user_4):
+        hub.attach(connection)
+    batch = [
+        encoded(1),
+        encoded(2, "alert"),
+        encoded(3, audience=Audience(frozenset({4}), frozenset())),
+        encoded(4, "alert", audience=Audience(frozenset(), frozenset({"admin"}))),
+        encoded(5),
+    ]
+    hub.deliver_many(batch)
+
+    def of(*numbers: int) -> list[bytes]:
+        return [b"".join(batch[n - 1].ws_frame for n in numbers)]
+
+    got = {c.principal.user_id: c.transport.writes for c in (every, notes, admin, user_4)}  # type: ignore[attr-defined]
+    assert got == {1: of(1, 2, 5), 2: of(1, 5), 3: of(1, 2, 4, 5), 4: of(1, 2, 3, 5)}
+
+
+def test_a_connection_that_already_has_part_of_a_batch_gets_only_the_rest() -> None:
+    """Resume positions stay exact: events at or before `last_event_id` are not sent again."""
+    hub = make_hub()
+    connection, transport = attach(hub, 1)
+    connection.last_event_id = encoded(2).event.id
+    hub.deliver_many([encoded(1), encoded(2), encoded(3), encoded(4)])
+    assert transport.writes == [frames(3, 4)] and connection.last_event_id == encoded(4).event.id
+
+
+def test_a_replaying_connection_holds_a_batch_and_sends_it_after_the_replay() -> None:
+    """While it replays, a batch is held event by event, then sent after the replayed history."""
+    hub = make_hub()
+    connection, transport = attach(hub, 1)
+    connection.begin_replay()
+    hub.deliver_many([encoded(2), encoded(3)])
+    assert transport.writes == []
+    connection.finish_replay([encoded(1)])
+    assert transport.events == [encoded(n).event.id for n in (1, 2, 3)]
+
+
+def test_write_delay_holds_events_and_sends_them_as_one_batch() -> None:
+    """WRITE_DELAY_MS > 0: events ready within the delay go out together when it ends."""
+    clock = FakeClock()
+    hub = Hub(Metrics(), max_pending_bytes=1024, max_per_user=2, write_delay_seconds=0.01, call_later=clock.call_later)
+    _, transport = attach(hub, 1)
+    hub.deliver_many([encoded(1)])
+    clock.advance(0.005)
+    hub.deliver_many([encoded(2), encoded(3)])
+    assert transport.writes == [] and len(clock.pending()) == 1
+    clock.advance(0.005)
+    assert transport.writes == [frames(1, 2, 3)] and clock.pending() == []
+    hub.deliver_many([encoded(4)])
+    clock.advance(0.01)
+    assert transport.writes == [frames(1, 2, 3), frames(4)]
+
+
+def test_without_write_delay_no_timer_is_set() -> None:
+    """WRITE_DELAY_MS=0 (the default): each event is written at once, no timer."""
+    clock = FakeClock()
+    hub = Hub(Metrics(), max_pending_bytes=1024, max_per_user=2, call_later=clock.call_later)
+    _, transport = attach(hub, 1)
+    hub.deliver_many([encoded(1)])
+    assert transport.writes == [frames(1)] and clock.timers == []
+
+
+def test_batch_metrics_are_observed_once_per_event() -> None:
+    """A batch of 3 to a WebSocket and an SSE client: 3 latencies per transport, 3 fan-out
+    durations, 6 messages, and one batch-size observation of 3."""
+    metrics = Metrics()
+    hub = make_hub(metrics=metrics)
+    attach(hub, 1)
+    attach(hub, 2, FakeSSETransport())
+    hub.deliver_many([encoded(1), encoded(2), encoded(3)])
+    sample = metrics.registry.get_sample_value
+    for kind in ("websocket", "sse"):
+        assert sample("realtime_broadcast_latency_seconds_count", {"transport": kind}) == 3
+        assert value(metrics, "realtime_messages_sent_total", kind) == 3
+    assert sample("realtime_fanout_duration_seconds_count", {}) == 3
+    assert (sample("realtime_fanout_batch_size_count", {}), sample("realtime_fanout_batch_size_sum", {})) == (1, 3)
+
+
+def test_latency_is_observed_only_for_events_a_transport_got() -> None:
+    """An event no SSE client wants adds no SSE latency observation."""
+    metrics = Metrics()
+    hub = make_hub(metrics=metrics)
+    attach(hub, 1)
+    hub.attach(Connection(FakeSSETransport(), principal(2), subscriptions=frozenset({"note"})))
+    hub.deliver_many([encoded(1), encoded(2, "alert")])
+    sample = metrics.registry.get_sample_value
+    assert sample("realtime_broadcast_latency_seconds_count", {"transport": "websocket"}) == 2
+    assert sample("realtime_broadcast_latency_seconds_count", {"transport": "sse"}) == 1

@@ -44,6 +44,8 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     # Beyond SPEC §8, for the edge (issue 23): accept() failures and connections refused unserved.
     "realtime_accept_errors": ("counter", frozenset({"reason"})),
     "realtime_connections_refused": ("counter", frozenset({"reason"})),
+    # Issue 25: events per fan-out batch (1 for an idle service).
+    "realtime_fanout_batch_size": ("histogram", frozenset()),
 }
 SPEC_LATENCY_BUCKETS = (
     *(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05),

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import ClassVar
 
 from service.auth import Principal
+from service.batch import Selection
 from service.connection import Connection
 from service.context import AppContext
 from service.errors import CloseCode
@@ -68,6 +69,11 @@ class PollTransport:
         self.cursor = encoded.event.id
         self._bytes += len(encoded.json)
         self._wake.set()
+
+    def send_batch(self, selection: Selection) -> None:
+        """A poll answers in one body anyway: the events join its parts one by one."""
+        for encoded in selection.events:
+            self.send_event(encoded)
 
     def send_message(self, payload: Payload) -> None:
         if self.close_code is None:

@@ -12,6 +12,7 @@ import random
 from collections.abc import Iterable
 from email.utils import formatdate
 
+from service.batch import Selection
 from service.context import AppContext
 from service.errors import CloseCode
 from service.events import Payload
@@ -28,6 +29,14 @@ SSE_HEADERS = (
 HEARTBEAT = sse_comment("heartbeat")
 HEARTBEAT_CHUNK = http_chunk(HEARTBEAT)
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _chunk(encoded: Encoded) -> bytes:
+    return encoded.sse_chunk
+
+
+def _block(encoded: Encoded) -> bytes:
+    return encoded.sse
 
 
 def response_head(headers: Iterable[tuple[str, str]], *, chunked: bool) -> bytes:
@@ -71,6 +80,14 @@ class EventStreamSession(StreamSession):
     def send_event(self, encoded: Encoded) -> None:
         if self._ended is None:
             self.write(encoded.sse_chunk if self._chunked else encoded.sse)
+
+    def send_batch(self, selection: Selection) -> None:
+        """The events' blocks (chunked: their chunks) in one write."""
+        if self._ended is None:
+            if self._chunked:
+                self.write(selection.joined("sse_chunk", _chunk))
+            else:
+                self.write(selection.joined("sse", _block))
 
     def send_message(self, payload: Payload) -> None:
         if self._ended is None:

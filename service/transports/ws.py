@@ -10,6 +10,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from service.auth import Principal
+from service.batch import Selection
 from service.connection import Connection
 from service.context import AppContext
 from service.errors import AuthError, BadMessage, CloseCode
@@ -73,6 +74,15 @@ class WebSocketSession(StreamSession):
             self.protocol.send(encoded.ws_frame)
         else:
             self.protocol.send(_compressed_frames.get(encoded, self._deflate))
+
+    def send_batch(self, selection: Selection) -> None:
+        """The events' frames in one write; compressed, each is still its own message."""
+        deflate = self._deflate
+        if deflate is None:
+            self.protocol.send(selection.joined("websocket", _plain_frame))
+        else:
+            data = selection.joined(("websocket", deflate.window_bits), lambda e: _compressed_frames.get(e, deflate))
+            self.protocol.send(data)
 
     def send_message(self, payload: Payload) -> None:
         self._send_data(dumps(payload), OP_TEXT)
@@ -189,23 +199,33 @@ class WebSocketSession(StreamSession):
         super().connection_lost(exc)
 
 
+def _plain_frame(encoded: Encoded) -> bytes:
+    return encoded.ws_frame
+
+
 class _CompressedFrames:
-    """The compressed frame of the event being fanned out: every client of a process gets
-    the same bytes (no context takeover), so it is made once per event and window size.
+    """The compressed frames of the events being fanned out: every client of a process gets
+    the same bytes (no context takeover), so each is made once per event and window size,
+    for the events of the current batch (the cache is emptied past `MAX_CACHED` frames).
     """
 
-    __slots__ = ("_encoded", "_frame", "_window_bits")
+    MAX_CACHED = 2048  # above the largest batch (service.bus.MAX_BATCH_EVENTS), times a few window sizes
+    __slots__ = ("_frames",)
 
     def __init__(self) -> None:
-        self._encoded: Encoded | None = None
-        self._window_bits = 0
-        self._frame = b""
+        # id(encoded), window bits → (encoded, frame); the encoded is kept so its id is not reused.
+        self._frames: dict[tuple[int, int], tuple[Encoded, bytes]] = {}
 
     def get(self, encoded: Encoded, deflate: Deflate) -> bytes:
-        if encoded is not self._encoded or deflate.window_bits != self._window_bits:
-            self._frame = ws_frame(deflate.compress(encoded.json), compressed=True)
-            self._encoded, self._window_bits = encoded, deflate.window_bits
-        return self._frame
+        key = (id(encoded), deflate.window_bits)
+        cached = self._frames.get(key)
+        if cached is not None and cached[0] is encoded:
+            return cached[1]
+        if len(self._frames) >= self.MAX_CACHED:
+            self._frames.clear()
+        frame = ws_frame(deflate.compress(encoded.json), compressed=True)
+        self._frames[key] = (encoded, frame)
+        return frame
 
 
 _compressed_frames = _CompressedFrames()
