@@ -23,11 +23,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.local import old_and_new
 from harness.attacks import tricky_requests
 from harness.processes import SECRET, ServiceProcess
 from service.auth import issue_token
 from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo, free_port
+from service.embedded_mongo import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,16 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--hold", type=float, default=20.0, help="longest wait for the slowloris sockets to close")
     args = parser.parse_args(argv)
-    mongo = EmbeddedMongo(":memory:")
-    uri = mongo.start()
-    try:
-        results = {}
-        if args.old:
-            results["old"] = measure(args.old.resolve(), uri, args)
-        results["new"] = measure(ROOT, uri, args)
-    finally:
-        mongo.stop()
-    print(json.dumps(results, indent=2))
+    old_and_new(lambda code, uri: measure(code, uri, args), args.old)
 
 
 if __name__ == "__main__":

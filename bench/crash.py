@@ -134,23 +134,36 @@ class Writer:
 
 @dataclass
 class Follower:
-    """A WebSocket client that reconnects after every drop and resumes with its last id."""
+    """A WebSocket client that reconnects after every drop and resumes with its last id; over
+    several replicas (`ports`, a list the caller may change) it resumes on the next one, as
+    behind a load balancer. `leave` keeps it away until `come_back`."""
 
     port: int
     token: str
     events: list[dict[str, Any]] = field(default_factory=list)
     resyncs: int = 0
     reconnects: int = 0
+    ports: list[int] = field(default_factory=list)  # empty: `port` only
+    following: asyncio.Event = field(default_factory=asyncio.Event)
+    ws: Any = None  # the open connection, if any
+    on: int = 0  # the port it is connected to (0: none)
+
+    def __post_init__(self) -> None:
+        self.following.set()
 
     @property
     def last_id(self) -> str | None:
         return self.events[-1]["id"] if self.events else None
 
     async def run(self, stop: asyncio.Event) -> None:
+        turn = 0
         while not stop.is_set():
+            await self.following.wait()
+            port = self.ports[turn % len(self.ports)] if self.ports else self.port
             query = {"token": self.token, **({"last_event_id": self.last_id} if self.last_id else {})}
             try:
-                async with connect(f"ws://127.0.0.1:{self.port}/ws?{urlencode(query)}", open_timeout=5) as ws:
+                async with connect(f"ws://127.0.0.1:{port}/ws?{urlencode(query)}", open_timeout=5) as ws:
+                    self.ws, self.on = ws, port
                     async for text in ws:
                         message = json.loads(text)
                         if message.get("type") == "resync":
@@ -159,8 +172,19 @@ class Follower:
                             self.events.append(message)
             except (OSError, WebSocketException, TimeoutError):
                 pass
+            self.ws, self.on = None, 0
             self.reconnects += 1
+            turn += 1
             await asyncio.sleep(0.1)
+
+    async def leave(self) -> None:
+        """Disconnect and stay away until `come_back`."""
+        self.following.clear()
+        if self.ws is not None:
+            await self.ws.close()
+
+    def come_back(self) -> None:
+        self.following.set()
 
 
 @dataclass

@@ -33,17 +33,15 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import WebSocketException  # noqa: E402
 
 from bench.crash import SERVICE_ENV, Audit, Follower, Writer, audit, stored_events, wait_for, writer_token  # noqa: E402
 from harness.processes import ServiceProcess  # noqa: E402
@@ -81,50 +79,7 @@ class FaultResult:
                 self.problems[name] = self.problems.get(name, 0) + n
 
 
-class RotatingFollower(Follower):
-    """A `Follower` over several replicas: after a drop it resumes on the next one."""
-
-    def __init__(self, ports: list[int], token: str) -> None:
-        super().__init__(ports[0] if ports else 0, token)
-        self.ports = ports
-        self.paused = asyncio.Event()
-        self.paused.set()  # set: following
-        self.ws: Any = None  # the open connection, if any
-        self.on = 0  # the port it is connected to (0: none)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        turn = 0
-        while not stop.is_set():
-            await self.paused.wait()
-            port = self.ports[turn % len(self.ports)]
-            query = {"token": self.token, **({"last_event_id": self.last_id} if self.last_id else {})}
-            try:
-                async with connect(f"ws://127.0.0.1:{port}/ws?{urlencode(query)}", open_timeout=5) as ws:
-                    self.ws, self.on = ws, port
-                    async for text in ws:
-                        message = json.loads(text)
-                        if message.get("type") == "resync":
-                            self.resyncs += 1
-                        elif message.get("type") in ("task_created", "task_executed"):
-                            self.events.append(message)
-            except (OSError, WebSocketException, TimeoutError):
-                pass
-            self.ws, self.on = None, 0
-            self.reconnects += 1
-            turn += 1
-            await asyncio.sleep(0.1)
-
-    async def leave(self) -> None:
-        """Disconnect and stay away until `come_back`."""
-        self.paused.clear()
-        if self.ws is not None:
-            await self.ws.close()
-
-    def come_back(self) -> None:
-        self.paused.set()
-
-
-async def wind_down(uri: str, writer: Writer, followers: list[RotatingFollower], stops: list[asyncio.Event],
+async def wind_down(uri: str, writer: Writer, followers: list[Follower], stops: list[asyncio.Event],
                     tasks: list[asyncio.Task[None]]) -> list[Audit]:  # fmt: skip
     """Stop writing, let every follower catch up with what is stored, and audit each."""
     stops[0].set()
@@ -142,12 +97,23 @@ async def wind_down(uri: str, writer: Writer, followers: list[RotatingFollower],
     return [await asyncio.to_thread(audit, uri, DB, writer, f) for f in followers]
 
 
+@contextlib.asynccontextmanager
+async def external_mongo(data_dir: Path) -> AsyncIterator[tuple[EmbeddedMongo, str]]:
+    """A SecantusDB of its own (data on disk, so it can be restarted) for the replicas; stopped after."""
+    mongo = EmbeddedMongo(data_dir / "mongo")
+    uri = await asyncio.to_thread(mongo.start)
+    try:
+        yield mongo, uri
+    finally:
+        await asyncio.to_thread(mongo.stop)
+
+
 def start_clients(
     base_url: str, ports: list[int], followers: int
-) -> tuple[Writer, list[RotatingFollower], list[asyncio.Event], list[asyncio.Task[None]]]:
+) -> tuple[Writer, list[Follower], list[asyncio.Event], list[asyncio.Task[None]]]:
     token = writer_token()
     writer = Writer(base_url, token)
-    clients = [RotatingFollower(ports[i % len(ports) :] + ports[: i % len(ports)], token) for i in range(followers)]
+    clients = [Follower(0, token, ports=ports[i % len(ports) :] + ports[: i % len(ports)]) for i in range(followers)]
     stops = [asyncio.Event(), asyncio.Event()]
     tasks = [asyncio.create_task(writer.run(stops[0]))]
     tasks += [asyncio.create_task(c.run(stops[1])) for c in clients]
@@ -158,114 +124,108 @@ async def outage(data_dir: Path, rounds: int, rng: random.Random, code: Path) ->
     """Each round: two fresh (idle) replicas, MongoDB SIGKILLed for 5-9 s and restarted, writes
     from the moment it answers, while the replicas' streams may still be in their retry sleep."""
     result = FaultResult("outage", rounds)
-    mongo = EmbeddedMongo(data_dir / "mongo")
-    uri = await asyncio.to_thread(mongo.start)
-    env = {**SERVICE_ENV, "MONGODB_URI": uri}
     token = writer_token()
     ports: list[int] = []  # the live replicas; followers move to them when theirs stop
-    followers = [RotatingFollower(ports, token) for _ in range(4)]
+    followers = [Follower(0, token, ports=ports) for _ in range(4)]
     everything = Writer("", token)
     stops = [asyncio.Event(), asyncio.Event()]
     tasks: list[asyncio.Task[None]] = []
     replicas: list[ServiceProcess] = []
-    try:
-        for number in range(rounds):
-            fresh = [ServiceProcess(data_dir / f"r{number}-{i}", env, code=code) for i in range(2)]
-            for replica in fresh:
-                await asyncio.to_thread(replica.start)
-            ports[:] = [r.port for r in fresh]
+    async with external_mongo(data_dir) as (mongo, uri):
+        env = {**SERVICE_ENV, "MONGODB_URI": uri}
+        try:
+            for number in range(rounds):
+                fresh = [ServiceProcess(data_dir / f"r{number}-{i}", env, code=code) for i in range(2)]
+                for replica in fresh:
+                    await asyncio.to_thread(replica.start)
+                ports[:] = [r.port for r in fresh]
+                for replica in replicas:
+                    await asyncio.to_thread(replica.stop)
+                replicas = fresh
+                if number == 0:
+                    tasks = [asyncio.create_task(f.run(stops[1])) for f in followers]
+                await wait_for(lambda: all(f.on in ports for f in followers), 30, "the followers on the new replicas")
+                assert mongo.process is not None
+                mongo.process.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(mongo.process.wait)
+                await asyncio.sleep(rng.uniform(5.0, 9.0))  # long enough for the streams' longest retry sleep
+                await asyncio.to_thread(mongo.start, 30.0, mongo.port)
+                back = time.monotonic()
+                writer = Writer(replicas[0].url, token, prefix=f"{everything.prefix}-r{number}")
+                stop = asyncio.Event()
+                writing = asyncio.create_task(writer.run(stop))
+                await wait_for(lambda writer=writer: writer.acked > 0, 60, "a write after MongoDB returned")
+                result.recovery_seconds.append(round(time.monotonic() - back, 2))
+                target = rng.randint(20, 60)
+                await wait_for(lambda writer=writer, target=target: writer.acked >= target, 60, "writes after it")
+                stop.set()
+                await writing
+                everything.acked_tasks.update(writer.acked_tasks)
+                everything.acked_executions.update(writer.acked_executions)
+                everything.retries += writer.retries
+            done = asyncio.Event()
+            done.set()
+            tasks.insert(0, asyncio.create_task(done.wait()))  # wind_down's "writer": already finished
+            result.add(await wind_down(uri, everything, followers, stops, tasks))
+            return result
+        finally:
             for replica in replicas:
                 await asyncio.to_thread(replica.stop)
-            replicas = fresh
-            if number == 0:
-                tasks = [asyncio.create_task(f.run(stops[1])) for f in followers]
-            await wait_for(lambda: all(f.on in ports for f in followers), 30, "the followers on the new replicas")
-            assert mongo.process is not None
-            mongo.process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(mongo.process.wait)
-            await asyncio.sleep(rng.uniform(5.0, 9.0))  # long enough for the streams' longest retry sleep
-            await asyncio.to_thread(mongo.start, 30.0, mongo.port)
-            back = time.monotonic()
-            writer = Writer(replicas[0].url, token, prefix=f"{everything.prefix}-r{number}")
-            stop = asyncio.Event()
-            writing = asyncio.create_task(writer.run(stop))
-            await wait_for(lambda writer=writer: writer.acked > 0, 60, "a write after MongoDB returned")
-            result.recovery_seconds.append(round(time.monotonic() - back, 2))
-            target = rng.randint(20, 60)
-            await wait_for(lambda writer=writer, target=target: writer.acked >= target, 60, "writes after it")
-            stop.set()
-            await writing
-            everything.acked_tasks.update(writer.acked_tasks)
-            everything.acked_executions.update(writer.acked_executions)
-            everything.retries += writer.retries
-        done = asyncio.Event()
-        done.set()
-        tasks.insert(0, asyncio.create_task(done.wait()))  # wind_down's "writer": already finished
-        result.add(await wind_down(uri, everything, followers, stops, tasks))
-        return result
-    finally:
-        for replica in replicas:
-            await asyncio.to_thread(replica.stop)
-        await asyncio.to_thread(mongo.stop)
 
 
 async def deep(data_dir: Path, rounds: int, rng: random.Random, code: Path) -> FaultResult:
     """Followers away for more than HISTORY_SIZE events, then resuming, under a steady writer."""
     result = FaultResult("deep", rounds)
-    mongo = EmbeddedMongo(data_dir / "mongo")
-    uri = await asyncio.to_thread(mongo.start)
-    service = ServiceProcess(data_dir / "svc", {**SERVICE_ENV, "MONGODB_URI": uri, "HISTORY_SIZE": "50"}, code=code)
-    try:
-        await asyncio.to_thread(service.start)
-        writer, followers, stops, tasks = start_clients(service.url, [service.port], 4)
-        for _ in range(rounds):
-            # Connected, and each with a position to resume from (one without would start afresh).
-            await wait_for(lambda: all(f.ws is not None and f.events for f in followers), 30, "the followers following")
-            away = rng.sample(followers, 2)
-            for follower in away:
-                await follower.leave()
-            target = writer.acked + rng.randint(60, 120)  # two events per acknowledged pair: > 50 in memory
-            await wait_for(lambda target=target: writer.acked >= target, 60, "writes while away")
-            started = time.monotonic()
-            for follower in away:
-                follower.come_back()
-            await wait_for(lambda away=away: all(f.ws is not None for f in away), 30, "the followers back")
-            result.recovery_seconds.append(round(time.monotonic() - started, 2))
-        result.add(await wind_down(uri, writer, followers, stops, tasks))
-        return result
-    finally:
-        await asyncio.to_thread(service.stop)
-        await asyncio.to_thread(mongo.stop)
+    async with external_mongo(data_dir) as (_, uri):
+        env = {**SERVICE_ENV, "MONGODB_URI": uri, "HISTORY_SIZE": "50"}
+        service = ServiceProcess(data_dir / "svc", env, code=code)
+        try:
+            await asyncio.to_thread(service.start)
+            writer, followers, stops, tasks = start_clients(service.url, [service.port], 4)
+            for _ in range(rounds):
+                # Connected, and each with a position to resume from (one without would start afresh).
+                await wait_for(lambda: all(f.ws is not None and f.events for f in followers), 30, "followers following")
+                away = rng.sample(followers, 2)
+                for follower in away:
+                    await follower.leave()
+                target = writer.acked + rng.randint(60, 120)  # one event per acknowledged write: > 50 in memory
+                await wait_for(lambda target=target: writer.acked >= target, 60, "writes while away")
+                started = time.monotonic()
+                for follower in away:
+                    follower.come_back()
+                await wait_for(lambda away=away: all(f.ws is not None for f in away), 30, "the followers back")
+                result.recovery_seconds.append(round(time.monotonic() - started, 2))
+            result.add(await wind_down(uri, writer, followers, stops, tasks))
+            return result
+        finally:
+            await asyncio.to_thread(service.stop)
 
 
 async def rolling(data_dir: Path, rounds: int, rng: random.Random, code: Path) -> FaultResult:
     """Two replicas restarted one after the other, followers moving to the other one."""
     result = FaultResult("rolling", rounds)
-    mongo = EmbeddedMongo(data_dir / "mongo")
-    uri = await asyncio.to_thread(mongo.start)
-    env = {**SERVICE_ENV, "MONGODB_URI": uri, "DRAIN_SECONDS": "2"}
-    replicas = [ServiceProcess(data_dir / f"r{i}", env, code=code) for i in range(2)]
-    try:
-        for replica in replicas:
-            await asyncio.to_thread(replica.start)
-        ports = [r.port for r in replicas]
-        writer, followers, stops, tasks = start_clients(replicas[1].url, ports, 4)
-        for _ in range(rounds):
-            for i, replica in enumerate(replicas):
-                writer.base_url = replicas[1 - i].url  # the load balancer sends writes to the other one
-                target = writer.acked + rng.randint(10, 30)
-                await wait_for(lambda target=target: writer.acked >= target, 60, "writes before a restart")
-                started = time.monotonic()
+    async with external_mongo(data_dir) as (_, uri):
+        env = {**SERVICE_ENV, "MONGODB_URI": uri, "DRAIN_SECONDS": "2"}
+        replicas = [ServiceProcess(data_dir / f"r{i}", env, code=code) for i in range(2)]
+        try:
+            for replica in replicas:
+                await asyncio.to_thread(replica.start)
+            writer, followers, stops, tasks = start_clients(replicas[1].url, [r.port for r in replicas], 4)
+            for _ in range(rounds):
+                for i, replica in enumerate(replicas):
+                    writer.base_url = replicas[1 - i].url  # the load balancer sends writes to the other one
+                    target = writer.acked + rng.randint(10, 30)
+                    await wait_for(lambda target=target: writer.acked >= target, 60, "writes before a restart")
+                    started = time.monotonic()
+                    await asyncio.to_thread(replica.stop)
+                    replicas[i] = ServiceProcess(replica.data_dir, env, port=replica.port, code=code)
+                    await asyncio.to_thread(replicas[i].start)
+                    result.recovery_seconds.append(round(time.monotonic() - started, 2))
+            result.add(await wind_down(uri, writer, followers, stops, tasks))
+            return result
+        finally:
+            for replica in replicas:
                 await asyncio.to_thread(replica.stop)
-                replicas[i] = ServiceProcess(replica.data_dir, env, port=replica.port, code=code)
-                await asyncio.to_thread(replicas[i].start)
-                result.recovery_seconds.append(round(time.monotonic() - started, 2))
-        result.add(await wind_down(uri, writer, followers, stops, tasks))
-        return result
-    finally:
-        for replica in replicas:
-            await asyncio.to_thread(replica.stop)
-        await asyncio.to_thread(mongo.stop)
 
 
 FAULTS = {"outage": outage, "deep": deep, "rolling": rolling}

@@ -17,7 +17,6 @@ Keep `--seconds` short: the code before the fix spins a core for the whole windo
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import socket
 import tempfile
@@ -28,9 +27,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.local import old_and_new
 from harness.attacks import slow_body
 from harness.processes import SECRET, ServiceProcess
-from service.embedded_mongo import EmbeddedMongo, free_port
+from service.embedded_mongo import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_EVERY_SECONDS = 2.0
@@ -165,16 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the connections are held (≤ 30)")
     args = parser.parse_args(argv)
     args.seconds = min(args.seconds, 30.0)
-    mongo = EmbeddedMongo(":memory:")
-    uri = mongo.start()
-    try:
-        results = {}
-        if args.old:
-            results["old"] = measure(args.old.resolve(), uri, args)
-        results["new"] = measure(ROOT, uri, args)
-    finally:
-        mongo.stop()
-    print(json.dumps(results, indent=2))
+    old_and_new(lambda code, uri: measure(code, uri, args), args.old)
 
 
 if __name__ == "__main__":

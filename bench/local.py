@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.processes import SECRET, ServiceProcess
+from harness.processes import ROOT, SECRET, ServiceProcess
 from service.embedded_mongo import EmbeddedMongo
 
 
@@ -26,3 +27,18 @@ def local_service() -> Iterator[tuple[ServiceProcess, str]]:
                 process.stop()
     finally:
         mongo.stop()
+
+
+def old_and_new(measure: Callable[[Path, str], dict[str, object]], old: Path | None) -> None:
+    """Run `measure(checkout, mongodb_uri)` for another checkout (`--old`, when given) and this
+    one against one in-memory SecantusDB, and print both results as JSON."""
+    mongo = EmbeddedMongo(":memory:")
+    uri = mongo.start()
+    try:
+        results = {}
+        if old:
+            results["old"] = measure(old.resolve(), uri)
+        results["new"] = measure(ROOT, uri)
+    finally:
+        mongo.stop()
+    print(json.dumps(results, indent=2))

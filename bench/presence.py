@@ -40,11 +40,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
-from bench.restart_storm import Client, Plan
+from bench.restart_storm import DEFAULT_POLICY, Client, Plan
 from bench.systems import cpu_seconds
 from harness.clients import WsClient, read_frame
 from harness.processes import SECRET, ServiceProcess, as_service
-from service.backoff import DEFAULT_POLICY
 from service.embedded_mongo import EmbeddedMongo
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,6 +1,6 @@
 """Restart storm: N WebSocket clients, the service restarted, how fast and how spread they come back.
 
-For each reconnect policy in turn (the current one, `service/backoff.py`'s DEFAULT_POLICY =
+For each reconnect policy in turn (the current one, `realtime_client/backoff.py`'s policy =
 web/src/backoff.ts, and the previous 3 s → 30 s one), N clients connect, the service is
 stopped (SIGTERM; every connection closed with 1012 at once, DRAIN_SECONDS=0) and started
 again on the same port, and every client reconnects under the policy exactly as the browser
@@ -41,9 +41,23 @@ import jwt
 from bench.systems import cpu_seconds
 from harness.clients import read_frame
 from harness.processes import SECRET, ServiceProcess
-from service.backoff import DEFAULT_POLICY, PREVIOUS_POLICY, Backoff, BackoffPolicy
+from realtime_client.backoff import Backoff
+from realtime_client.schema import BACKOFF
 from service.embedded_mongo import EmbeddedMongo
 
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """Base and cap of the ceiling, and how long a connection must hold to reset the count (s)."""
+
+    base: float
+    cap: float
+    stable: float
+
+
+DEFAULT_POLICY = BackoffPolicy(BACKOFF["base"], BACKOFF["cap"], BACKOFF["stable"])  # every client we ship
+# What web/ and `service tail` did before: 3 s doubling to 30 s, reset after 10 s open.
+PREVIOUS_POLICY = BackoffPolicy(base=3.0, cap=30.0, stable=10.0)
 POLICIES = {"new": DEFAULT_POLICY, "old": PREVIOUS_POLICY}
 OPEN_TIMEOUT = 10.0  # the browser client's openTimeoutMs
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,7 +83,7 @@ class Client:
         now = int(time.time())
         claims = {"sub": str(user), "name": "عميل", "roles": ["user"], "iat": now, "exp": now + 7200}
         self.token = jwt.encode(claims, SECRET, algorithm="HS256")
-        self.backoff = Backoff(plan.policy, rng)
+        self.backoff = Backoff(plan.policy.base, plan.policy.cap, plan.policy.stable, rng)
         self.connected_at: list[float] = []
         self.failures = 0
 

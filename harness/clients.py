@@ -15,9 +15,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from realtime_client.sse import SseEvent, parse_block
 from service.auth import issue_token
 from service.config import Settings
-from service.sse_parser import SseEvent, parse_block
 
 
 def wait_bound(seconds: float) -> float:

@@ -1,10 +1,10 @@
-"""service/backoff.py: the Python copy of the browser client's reconnect policy."""
+"""realtime_client/backoff.py: the Python copy of the browser client's reconnect policy."""
 
 from __future__ import annotations
 
 import random
 
-from service.backoff import DEFAULT_POLICY, PREVIOUS_POLICY, Backoff
+from realtime_client.backoff import Backoff
 
 
 class Half(random.Random):
@@ -16,8 +16,8 @@ class Half(random.Random):
 
 def test_ceiling_doubles_from_one_second_to_a_five_second_cap() -> None:
     """The same ceilings as web/src/backoff.ts: 1, 2, 4, then 5 s however many attempts."""
-    assert [DEFAULT_POLICY.ceiling(n) for n in (0, 1, 2, 3, 10, 10**6)] == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
-    assert [PREVIOUS_POLICY.ceiling(n) for n in (0, 1, 4, 5)] == [3.0, 6.0, 30.0, 30.0]
+    assert [Backoff().ceiling(n) for n in (0, 1, 2, 3, 10, 10**6)] == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert [Backoff(3.0, 30.0, 10.0).ceiling(n) for n in (0, 1, 4, 5)] == [3.0, 6.0, 30.0, 30.0]
 
 
 def test_delays_are_full_jitter_below_the_ceiling() -> None:

@@ -228,7 +228,7 @@ async def test_sigterm_drains_streams_then_exits_zero(tmp_path: Path) -> None:
 def test_cli_tail_prints_events_as_json_lines(tmp_path: Path, transport: str) -> None:
     """`python -m service tail` prints each event as one JSON line, on either transport."""
     token = dev_token(tmp_path, sub=3, name="يوسف")
-    with running(tmp_path) as service:
+    with running(tmp_path, {"PRESENCE": "0"}) as service:  # its presence_joined would be one of the two
         command = [sys.executable, "-m", "service", "tail", "--url", service.url, "--token", token, "--max-events", "2"]
         command.append("--no-position")  # remember nothing in the home directory
         tail = subprocess.Popen(

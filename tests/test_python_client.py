@@ -55,21 +55,27 @@ def test_sse_opening_retry_block_is_kept_not_dispatched() -> None:
     assert (event.event, event.data) == ("connected", '{"type":"connected"}')
 
 
-@pytest.mark.gen_test(timeout=120)
-async def test_killed_worker_resumes_from_its_position_file(tmp_path: Path, mongo_uri: str) -> None:
-    """examples/python/worker.py, SIGKILLed mid-stream and started again, prints what it missed."""
+async def client_setup(
+    tmp_path: Path, mongo_uri: str, sub: int, **env: str
+) -> tuple[ServiceProcess, Service, str, dict[str, str]]:
+    """A service process, a publisher's token, a position file seeded at its head, and the
+    environment a client process runs with (its URL, a token for `sub`, and `env`)."""
     process = ServiceProcess(tmp_path, {**shared_env(mongo_uri), "PRESENCE": "0"})
     await asyncio.to_thread(process.start)
     service = as_service(process)
     publisher = service.token(sub=1, roles=("publisher",))
     await seed_position(service, publisher, tmp_path / "worker.position")
-    env = {
-        **os.environ,
-        "REALTIME_URL": process.url,
-        "REALTIME_TOKEN": service.token(sub=2),
-        "POSITION_FILE": str(tmp_path / "worker.position"),
-        "PYTHONPATH": str(ROOT),
-    }
+    return process, service, publisher, {
+        **os.environ, "REALTIME_URL": process.url, "REALTIME_TOKEN": service.token(sub=sub), **env
+    }  # fmt: skip
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_killed_worker_resumes_from_its_position_file(tmp_path: Path, mongo_uri: str) -> None:
+    """examples/python/worker.py, SIGKILLed mid-stream and started again, prints what it missed."""
+    process, service, publisher, env = await client_setup(
+        tmp_path, mongo_uri, 2, POSITION_FILE=str(tmp_path / "worker.position"), PYTHONPATH=str(ROOT)
+    )
 
     async def start_worker() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
@@ -218,17 +224,7 @@ async def test_publish_with_one_idempotency_key_emits_once(service: Service) -> 
 @pytest.mark.gen_test(timeout=120)
 async def test_tail_remembers_its_position_between_runs(tmp_path: Path, mongo_uri: str) -> None:
     """`python -m service tail` run again prints what was published while it was away."""
-    process = ServiceProcess(tmp_path, {**shared_env(mongo_uri), "PRESENCE": "0"})
-    await asyncio.to_thread(process.start)
-    service = as_service(process)
-    publisher = service.token(sub=1, roles=("publisher",))
-    await seed_position(service, publisher, tmp_path / "worker.position")
-    env = {
-        **os.environ,
-        "REALTIME_URL": process.url,
-        "REALTIME_TOKEN": service.token(sub=3),
-        "XDG_STATE_HOME": str(tmp_path),
-    }
+    process, service, publisher, env = await client_setup(tmp_path, mongo_uri, 3, XDG_STATE_HOME=str(tmp_path))
 
     async def tail(*args: str) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(

@@ -38,6 +38,14 @@ async def seed(service: Service, count: int, start: int = 0) -> None:
     await eventually(seen, 30, f"{count} seeded events on the bus")
 
 
+async def resyncs_over_websocket(service: Service, token: str, last_id: str) -> None:
+    """A WebSocket resuming from `last_id` gets `connected` with `resumed: false`, then `resync`."""
+    ws = await service.websocket({"token": token, "last_event_id": last_id})
+    assert (await ws.recv_type("connected"))["resumed"] is False
+    assert (await ws.recv())["type"] == "resync"
+    await ws.close()
+
+
 async def cursor_now(service: Service, token: str) -> str:
     status, _, body = await poll(service, token)
     assert status == 200 and body["messages"][0]["type"] == "connected"
@@ -118,10 +126,7 @@ async def test_an_id_older_than_the_history_ttl_is_resync(start_service) -> None
     service = await start_service(history_size=10, history_ttl_seconds=60)
     token = service.token(sub=25)
     old = event_id(Timestamp(int(time.time()) - 120, 1))
-    ws = await service.websocket({"token": token, "last_event_id": old})
-    assert (await ws.recv_type("connected"))["resumed"] is False
-    assert (await ws.recv())["type"] == "resync"
-    await ws.close()
+    await resyncs_over_websocket(service, token, old)
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -134,10 +139,7 @@ async def test_an_id_older_than_every_saved_position_is_resync(start_service) ->
     before = event_id(Timestamp(int(time.time()) - 3000, 1))
     status, _, body = await poll(service, token, cursor=before)
     assert status == 200 and [m["type"] for m in body["messages"]] == ["resync"]
-    ws = await service.websocket({"token": token, "last_event_id": before})
-    assert (await ws.recv_type("connected"))["resumed"] is False
-    assert (await ws.recv())["type"] == "resync"
-    await ws.close()
+    await resyncs_over_websocket(service, token, before)
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -152,10 +154,7 @@ async def test_a_position_pruned_from_the_oplog_is_resync_not_a_short_replay(sta
         cursor = await cursor_now(service, token)
         await seed(service, 600)
         await service.ctx.store.client.admin.command("secantusAdmin.pruneOplog")
-        ws = await service.websocket({"token": token, "last_event_id": cursor})
-        assert (await ws.recv_type("connected"))["resumed"] is False
-        assert (await ws.recv())["type"] == "resync"
-        await ws.close()
+        await resyncs_over_websocket(service, token, cursor)
         status, _, body = await poll(service, token, cursor=cursor)
         assert status == 200 and [m["type"] for m in body["messages"]] == ["resync"]
         # A recent position still resumes: pruning costs only what it pruned.

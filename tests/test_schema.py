@@ -15,13 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
+from realtime_client.sse import SseEvent, SseParser, parse_block
 from service import schema
 from service.errors import BadMessage, CloseCode
 from service.events import APP_TYPES, CONTROL_TYPES, RESERVED_TYPES
 from service.models import EXECUTE_FIELDS, SCHEDULE_FIELDS, TASK_FIELDS, validate, validate_listing
 from service.schema.__main__ import GENERATED, ROOT, stale
 from service.schema.openapi import openapi_document
-from service.sse_parser import SseEvent, SseParser, parse_block
 from service.tail import FINAL_CODES
 from service.wire import parse_client_message, sse_block
 

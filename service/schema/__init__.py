@@ -494,7 +494,7 @@ CLOSE_POLICY: dict[int, ClosePolicy] = {
 STOP_REASONS = ("normal", "disconnected", "forbidden", "client_error", "unauthorized", "closed")
 # Close codes after which a client must not simply reconnect (`service tail` exits on them).
 FINAL_CLOSE_CODES = frozenset(code for code, policy in CLOSE_POLICY.items() if policy.action != "retry")
-# The reconnect policy of every client we ship (service/backoff.py, web/src/backoff.ts), seconds.
+# The reconnect policy of every client we ship (realtime_client/backoff.py, web/src/backoff.ts), seconds.
 BACKOFF = {"base": 1.0, "cap": 5.0, "stable": 1.0}
 
 

@@ -149,7 +149,7 @@ def _backoff() -> str:
     members = ", ".join(f"{k}: {v}" for k, v in ms.items())
     return (
         "/** Reconnect backoff (full jitter): first and largest ceiling, and how long a connection must hold\n"
-        " * to reset the attempt count (service/backoff.py uses the same). */\n"
+        " * to reset the attempt count (realtime_client/backoff.py uses the same). */\n"
         f"export const BACKOFF = {{ {members} }} as const;\n"
     )
 

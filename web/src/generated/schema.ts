@@ -464,5 +464,5 @@ export const CLOSE_POLICY: Readonly<Record<number, CloseAction>> = {
 };
 
 /** Reconnect backoff (full jitter): first and largest ceiling, and how long a connection must hold
- * to reset the attempt count (service/backoff.py uses the same). */
+ * to reset the attempt count (realtime_client/backoff.py uses the same). */
 export const BACKOFF = { baseMs: 1000, capMs: 5000, stableMs: 1000 } as const;
