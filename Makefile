@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 NPM    := $(shell command -v npm 2>/dev/null)
 
-.PHONY: run test test-python test-web test-example openapi-gen test-image image image-deps lint types check web system-deps bench bench-scale conformance faults clean
+.PHONY: run test test-python test-web test-example openapi-gen test-image image image-deps lint types check web system-deps bench bench-scale conformance faults test-faults clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,16 @@ system-deps:
 test: $(VENV)/.dev system-deps web test-example openapi-gen
 	$(MAKE) --no-print-directory lint types test-web test-python
 
+# Fault injection against real processes (~2 min): their own target, so make test stays under 10 min
+FAULT_TESTS := tests/test_faults.py tests/test_stalls.py tests/test_embedded_faults.py tests/test_replay_storm.py
+
 test-python: $(VENV)/.dev
-	$(PY) -m pytest --ignore=tests/test_image.py
+	$(PY) -m pytest --ignore=tests/test_image.py $(FAULT_TESTS:%=--ignore=%)
+
+## test-faults: the fault-injection tests (MongoDB restart under idle replicas, deep resumes, rolling
+## restart, full disk on a tmpfs, stalls, a replay storm), real processes, ~2 min; CI runs it after make test
+test-faults: $(VENV)/.dev system-deps
+	$(PY) -m pytest $(FAULT_TESTS)
 
 ## image: build the container image (IMAGE=realtime:dev) with docker or podman; without a
 ## reachable registry its Debian bookworm bases are made locally (cached in ~/.cache/realtime-image)

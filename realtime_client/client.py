@@ -349,6 +349,8 @@ class RealtimeClient:
     async def _poll(self) -> AsyncIterator[Message]:
         cursor: str | None = None
         while True:
+            if self._is_closed():  # closed while a message was with the caller: no next poll
+                raise _Ended
             params = {"events": ",".join(self.events)} if self.events else {}
             if cursor is not None:
                 params["cursor"] = cursor
