@@ -30,6 +30,7 @@ RUN pip install --no-cache-dir --only-binary=:all: -r requirements.txt
 COPY service/ service/
 COPY handlers/ handlers/
 COPY metrics/ metrics/
+COPY realtime_client/ realtime_client/
 COPY --from=web /web/dist/ web/dist/
 # The root filesystem is read-only in Kubernetes: everything written goes under /tmp.
 ENV LOG_FORMAT=json \

@@ -178,14 +178,17 @@ def test_final_stage_installs_requirements_without_cache_or_build_tools() -> Non
 
 
 def test_final_stage_copies_only_the_service_code() -> None:
-    """The image gets service/, handlers/, metrics/ and the web build, not tests or bench."""
+    """The image gets service/, handlers/, metrics/, realtime_client/ (`python -m service tail` is
+    built on it) and the web build, not tests or bench."""
     copied = set()
     for args in arguments(final_stage(), "COPY"):
         *sources, _destination = args.split()
         stage = next((flag.removeprefix("--from=") for flag in sources if flag.startswith("--from=")), "")
         copied |= {f"{stage}:{source}" if stage else source for source in sources if not source.startswith("--")}
     web_stage = stages()[0][0][1].split()[-1]
-    assert copied == {"requirements.txt", "service/", "handlers/", "metrics/", f"{web_stage}:/web/dist/"}
+    assert copied == {
+        "requirements.txt", "service/", "handlers/", "metrics/", "realtime_client/", f"{web_stage}:/web/dist/"
+    }  # fmt: skip
 
 
 def test_dockerignore_excludes_local_state() -> None:
@@ -194,5 +197,5 @@ def test_dockerignore_excludes_local_state() -> None:
     rules = [line for line in lines if line and not line.startswith("#")]
     assert rules[0] == "*"
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    assert allowed == {"requirements.txt", "service", "handlers", "metrics", "web"}
+    assert allowed == {"requirements.txt", "service", "handlers", "metrics", "realtime_client", "web"}
     assert {"web/node_modules/", "web/dist/", "**/__pycache__/"} <= set(rules)
