@@ -174,7 +174,8 @@ class Ticket:
 class Replay:
     """The events after a client's id, page by page; `close` it when done with it."""
 
-    def next_page(self) -> Any:  # Awaitable[Page]
+    async def next_page(self) -> Page:
+        """The next page; `Page.done` says whether another follows."""
         raise NotImplementedError
 
     async def close(self) -> None:
