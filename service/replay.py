@@ -206,7 +206,6 @@ class StoreReplay(Replay):
     memory: Memory
     ticket: Ticket | None = None
     page_size: int = PAGE_SIZE
-    read: int = field(default=0, init=False)  # events read from MongoDB (skipped ones too)
     _closed: bool = field(default=False, init=False)
 
     async def next_page(self) -> Page:
@@ -222,7 +221,6 @@ class StoreReplay(Replay):
             if change is None:
                 caught_up = True  # nothing more committed right now
                 break
-            self.read += 1
             cluster_time = change.get("clusterTime")
             if cluster_time is None:
                 continue

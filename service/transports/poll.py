@@ -174,15 +174,13 @@ async def poll(ctx: AppContext, connection: Connection, transport: PollTransport
         if not caught.resumed:
             # No position, or one the client must drop: start from the newest event known here.
             transport.cursor = connection.last_event_id = head(ctx)
-        elif not caught.done:
-            # One page read from MongoDB and more to come: answer with it now, live events
-            # (held, not sent) wait for the poll that reaches them. The cursor moves past the
-            # page's filtered-out events too, so a rare subscription still advances.
-            if transport.complete and caught.position is not None:
-                transport.cursor = max(transport.cursor or caught.position, caught.position)
-            return
-        if transport.complete and caught.position is not None:
+        elif transport.complete and caught.position is not None:
+            # Past the replay's filtered-out events too, so a rare subscription still advances.
             transport.cursor = max(transport.cursor or caught.position, caught.position)
+        if not caught.done:
+            # One page read from MongoDB and more to come: answer with it now; live events
+            # (held, not sent) wait for the poll that reaches them.
+            return
         connection.finish_replay()
         expires_at = connection.principal.valid_until  # `exp` plus the leeway, as on every transport
         remaining = expires_at - time.time()
