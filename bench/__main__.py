@@ -24,7 +24,7 @@ from typing import Any
 from bench import load, report
 from bench.stats import Delivery, Histogram
 from bench.systems import NaiveSystem, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
-from service.embedded_mongo import EmbeddedMongo
+from service.storage.mongo.embedded import EmbeddedMongo
 
 SYSTEMS = ("service1", "service2", "naive", "nchan1", "nchan2")
 PIPE_TIMEOUT = 300.0  # no single step of a load process may take longer than this

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from bench.systems import rss_bytes
 from harness.processes import SECRET, ServiceProcess
-from service.auth import issue_token
-from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo
+from service.app.auth import issue_token
+from service.core.config import Settings
+from service.storage.mongo.embedded import EmbeddedMongo
 
 ROOT = Path(__file__).resolve().parent.parent
 PING = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # masked (all-zero key) ping, 125 bytes

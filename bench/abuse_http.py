@@ -26,9 +26,9 @@ from typing import Any
 from bench.local import old_and_new
 from harness.attacks import tricky_requests
 from harness.processes import SECRET, ServiceProcess
-from service.auth import issue_token
-from service.config import Settings
-from service.embedded_mongo import free_port
+from service.app.auth import issue_token
+from service.core.config import Settings
+from service.storage.mongo.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

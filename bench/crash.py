@@ -46,10 +46,10 @@ from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import WebSocketException  # noqa: E402
 
 from harness.processes import SECRET, ServiceProcess, children_of, pid_alive, wait_until  # noqa: E402
-from service.auth import issue_token  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.embedded_mongo import EmbeddedMongo  # noqa: E402
-from service.store import MongoStore  # noqa: E402
+from service.app.auth import issue_token  # noqa: E402
+from service.core.config import Settings  # noqa: E402
+from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
+from service.storage.mongo.store import MongoStore  # noqa: E402
 
 SERVICE_ENV = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "MONGODB_TIMEOUT_MS": "1000", "LOG_LEVEL": "WARNING"}
 RETRY_STATUSES = (409, 503, 599)  # in flight, MongoDB away, no answer (connection dropped)
@@ -381,8 +381,8 @@ async def write_latencies(data_dir: Path, writes: int) -> dict[str, list[float]]
         await old.bench.events.insert_one({"type": "task_created", "taskId": n, "createdAt": now})
 
     async def new_write(n: int, key: bool) -> None:
-        from service.idempotency import Answer, commit_once
-        from service.store import utcnow
+        from service.app.idempotency import Answer, commit_once
+        from service.storage.mongo.store import utcnow
 
         async def change(session: Any) -> Answer:
             task = await store.create_task({"title": f"t{n}", "taskType": "daily"}, 1, "bench", utcnow(), session)

@@ -44,8 +44,8 @@ from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from harness.processes import PrometheusProcess, ServiceProcess, wait_until  # noqa: E402
-from service.auth import issue_token  # noqa: E402
-from service.config import Settings  # noqa: E402
+from service.app.auth import issue_token  # noqa: E402
+from service.core.config import Settings  # noqa: E402
 
 DASHBOARD = ROOT / "k8s" / "monitoring" / "dashboard.json"
 RULE_FILES = ("alerts.yaml", "slo-rules.yaml")

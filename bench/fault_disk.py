@@ -40,8 +40,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
 
 from bench.crash import SERVICE_ENV, Follower, Writer, embedded_uri, finish, wait_for, writer_token  # noqa: E402
 from harness.processes import SECRET, ServiceProcess  # noqa: E402
-from service.auth import issue_token  # noqa: E402
-from service.config import Settings  # noqa: E402
+from service.app.auth import issue_token  # noqa: E402
+from service.core.config import Settings  # noqa: E402
 
 VOLUME_MB = 64
 RECOVERY_BOUND_SECONDS = 60.0

@@ -42,7 +42,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
 
 from bench.crash import Follower, TaskGone, Writer, audit, stored_events, wait_for, writer_token  # noqa: E402
 from harness.processes import SECRET, ServiceProcess  # noqa: E402
-from service.embedded_mongo import EmbeddedMongo  # noqa: E402
+from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
 
 SERVICE_ENV = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "LOG_LEVEL": "WARNING", "MONGODB_DB": "realtime"}
 STALLS_PER_ROUND = 3

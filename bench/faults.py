@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from bench.crash import SERVICE_ENV, Audit, Follower, Writer, audit, stored_events, wait_for, writer_token  # noqa: E402
 from harness.processes import ServiceProcess  # noqa: E402
-from service.embedded_mongo import EmbeddedMongo  # noqa: E402
+from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
 
 DB = "realtime"
 

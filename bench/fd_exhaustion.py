@@ -30,7 +30,7 @@ from typing import Any
 from bench.local import old_and_new
 from harness.attacks import slow_body
 from harness.processes import SECRET, ServiceProcess
-from service.embedded_mongo import free_port
+from service.storage.mongo.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_EVERY_SECONDS = 2.0

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.__main__ import run_system
 from bench.dashboard_preview import histogram_quantile
 from bench.systems import HttpPublisher, Publisher, ServiceSystem
-from service.embedded_mongo import EmbeddedMongo
+from service.storage.mongo.embedded import EmbeddedMongo
 
 OLD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LIMIT = 1.1  # metric p99 ÷ slowest client

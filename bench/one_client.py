@@ -20,8 +20,8 @@ from websockets.asyncio.client import connect
 
 from bench.local import local_service
 from harness.processes import SECRET
-from service.auth import issue_token
-from service.config import Settings
+from service.app.auth import issue_token
+from service.core.config import Settings
 
 
 async def measure(port: int, events: int) -> list[float]:

@@ -44,7 +44,7 @@ from bench.restart_storm import DEFAULT_POLICY, Client, Plan
 from bench.systems import cpu_seconds
 from harness.clients import WsClient, read_frame
 from harness.processes import SECRET, ServiceProcess, as_service
-from service.embedded_mongo import EmbeddedMongo
+from service.storage.mongo.embedded import EmbeddedMongo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WRITES = ("insert", "update", "delete")

@@ -21,8 +21,8 @@ from pymongo import AsyncMongoClient
 from bench.local import local_service
 from harness.clients import Service
 from harness.processes import SECRET, ServiceProcess, as_service
-from service.auth import issue_token
-from service.config import Settings
+from service.app.auth import issue_token
+from service.core.config import Settings
 
 
 async def publish(uri: str, first: int, count: int) -> None:

@@ -38,9 +38,9 @@ from websockets.asyncio.client import connect  # noqa: E402
 
 from bench.crash import SERVICE_ENV, embedded_uri  # noqa: E402
 from harness.processes import SECRET, ServiceProcess, children_of  # noqa: E402
-from service.auth import issue_token  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.events import event_document  # noqa: E402
+from service.app.auth import issue_token  # noqa: E402
+from service.core.config import Settings  # noqa: E402
+from service.core.events import event_document  # noqa: E402
 
 SLOW: list[tuple[float, int]] = []  # (seconds into the storm, ms) of writes over 50 ms
 TICKS = 100  # /proc's clock ticks per second on Linux

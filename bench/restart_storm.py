@@ -43,7 +43,7 @@ from harness.clients import read_frame
 from harness.processes import SECRET, ServiceProcess
 from realtime_client.backoff import Backoff
 from realtime_client.schema import BACKOFF
-from service.embedded_mongo import EmbeddedMongo
+from service.storage.mongo.embedded import EmbeddedMongo
 
 
 @dataclass(frozen=True)

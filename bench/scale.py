@@ -33,7 +33,7 @@ from bench import load, report
 from bench.__main__ import _plans, _recv, stop_load_processes
 from bench.stats import Delivery, Histogram
 from bench.systems import ROOT, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
-from service.embedded_mongo import EmbeddedMongo
+from service.storage.mongo.embedded import EmbeddedMongo
 
 HERE = Path(__file__).resolve().parent
 SIZES = (1_000, 5_000, 10_000, 25_000, 50_000, 100_000)

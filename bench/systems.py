@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.embedded_mongo import free_port
+from service.storage.mongo.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
@@ -148,7 +148,7 @@ class MongoPublisher(Publisher):
         self.events = self.client[database]["events"]
 
     def send(self, seq: int) -> None:
-        from service.events import document_for_publish
+        from service.core.events import document_for_publish
 
         self.events.insert_one(document_for_publish(bench_fields(seq), datetime.now(UTC)))
         self.accepted += 1

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
-from service.errors import CloseCode, NotFound
-from service.events import user_id_of
+from service.core.errors import CloseCode, NotFound
+from service.core.events import user_id_of
 
 
 class ConnectionsHandler(BaseHandler):

@@ -12,15 +12,15 @@ from typing import Any
 from tornado import httputil
 from tornado.web import HTTPError, OutputTransform, RequestHandler, stream_request_body
 
-from service.auth import Credentials, Principal
-from service.context import AppContext
-from service.embedded_mongo import disk_full
-from service.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreFull, StoreUnavailable
-from service.events import event_document
-from service.idempotency import HEADER, Answer, Change, KeyInUse, KeyReused, commit_once, fingerprint, parse_key
-from service.logs import RedactedLogging
-from service.store import Session
-from service.wire import loads
+from metrics.logs import RedactedLogging
+from service.app.context import AppContext
+from service.app.idempotency import HEADER, Answer, Change, KeyInUse, KeyReused, commit_once, fingerprint, parse_key
+from service.core.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreFull, StoreUnavailable
+from service.core.events import event_document
+from service.core.identity import Credentials, Principal
+from service.protocol.wire import loads
+from service.storage.mongo.embedded import disk_full
+from service.storage.mongo.store import Session
 
 log = logging.getLogger(__name__)
 

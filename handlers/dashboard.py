@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 from tornado.web import HTTPError, StaticFileHandler
 
-from service.config import Settings
-from service.logs import RedactedLogging
+from metrics.logs import RedactedLogging
+from service.core.config import Settings
 
 SERVICE_URL_META = "realtime-service-url"
 

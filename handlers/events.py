@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from handlers.base import ApiHandler
-from service.events import document_for_publish
-from service.idempotency import Answer
-from service.store import Session
+from service.app.idempotency import Answer
+from service.core.events import document_for_publish
+from service.storage.mongo.store import Session
 
 
 class PublishHandler(ApiHandler):

@@ -1,9 +1,9 @@
-"""`GET /api/openapi.json`: the OpenAPI 3.1 document that `service.schema.openapi` generates."""
+"""`GET /api/openapi.json`: the OpenAPI 3.1 document that `handlers.openapi_document` generates."""
 
 from __future__ import annotations
 
 from handlers.base import BaseHandler
-from service.schema.openapi import openapi_document
+from handlers.openapi_document import openapi_document
 
 
 class OpenApiHandler(BaseHandler):

@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 
 from handlers.base import BaseHandler, credentials_of
-from service.auth import Principal
-from service.connection import Connection
-from service.context import AppContext
-from service.errors import AuthError, ReplayBusy
-from service.pace import Paced, Pacer
+from service.app.context import AppContext
+from service.core.errors import AuthError, ReplayBusy
+from service.core.identity import Principal
+from service.fanout.connection import Connection
+from service.fanout.pace import Paced, Pacer
+from service.protocol.wire import parse_event_list
 from service.transports.poll import PollTransport, VerifiedTokens, poll
-from service.wire import parse_event_list
 
 
 class PollHandler(BaseHandler):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from handlers.base import ApiHandler
-from service.errors import NotFound
-from service.presence import STALE_HEARTBEATS
-from service.store import utcnow
+from service.core.errors import NotFound
+from service.fanout.presence import STALE_HEARTBEATS
+from service.storage.mongo.store import utcnow
 
 
 class PresenceHandler(ApiHandler):

@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from handlers.base import ApiHandler, path_id
-from service.auth import Principal
-from service.idempotency import Answer
-from service.models import SCHEDULE_FIELDS, validate
-from service.store import Session, utcnow
+from service.app.idempotency import Answer
+from service.app.validation import SCHEDULE_FIELDS, validate
+from service.core.identity import Principal
+from service.storage.mongo.store import Session, utcnow
 
 
 class _ScheduleEvents(ApiHandler):

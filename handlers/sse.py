@@ -8,10 +8,10 @@ at once by an `EventStreamSession` (service.transports), which writes the respon
 from __future__ import annotations
 
 from handlers.base import DEFAULT_CSP, SECURITY_HEADERS, BaseHandler
-from service.connection import Connection
+from service.fanout.connection import Connection
+from service.protocol.wire import parse_event_list
 from service.transports.sse import SSE_HEADERS, EventStreamSession, response_head
 from service.transports.takeover import take_over
-from service.wire import parse_event_list
 
 
 class EventStreamEndpoint(BaseHandler):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler, path_id
-from service.idempotency import Answer
-from service.models import EXECUTE_FIELDS, TASK_FIELDS, validate, validate_listing
-from service.store import Session, utcnow
+from service.app.idempotency import Answer
+from service.app.validation import EXECUTE_FIELDS, TASK_FIELDS, validate, validate_listing
+from service.storage.mongo.store import Session, utcnow
 
 
 class TasksHandler(ApiHandler):

@@ -10,13 +10,13 @@ import logging
 from tornado.web import HTTPError
 
 from handlers.base import BaseHandler, credentials_of
-from service.connection import Connection
-from service.context import AppContext
-from service.errors import AuthError, BadMessage, CloseCode, StoreUnavailable
-from service.transports.frames import handshake_response, negotiate_deflate, valid_key
+from service.app.context import AppContext
+from service.core.errors import AuthError, BadMessage, CloseCode, StoreUnavailable
+from service.fanout.connection import Connection
+from service.protocol.frames import handshake_response, negotiate_deflate, valid_key
+from service.protocol.wire import parse_event_list
 from service.transports.takeover import take_over
 from service.transports.ws import WebSocketSession
-from service.wire import parse_event_list
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class WebSocketEndpoint(BaseHandler):
     transport_label = "websocket"
 
     def initialize(self, ctx: AppContext, echo: bool = False) -> None:
-        """`echo` (tests/test_autobahn.py only; `service.app` never sets it): every session
+        """`echo` (tests/test_autobahn.py only; `handlers.routes` never sets it): every session
         echoes what it receives, with no auth, for the Autobahn conformance cases."""
         super().initialize(ctx)
         self.echo = echo

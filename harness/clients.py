@@ -16,8 +16,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from realtime_client.sse import SseEvent, parse_block
-from service.auth import issue_token
-from service.config import Settings
+from service.app.auth import issue_token
+from service.core.config import Settings
 
 
 def wait_bound(seconds: float) -> float:

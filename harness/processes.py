@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.clients import Service, wait_bound
-from service.config import Settings
-from service.embedded_mongo import free_port
+from service.core.config import Settings
+from service.storage.mongo.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "scaling-test-secret-0123456789-0123456789-abcdef"

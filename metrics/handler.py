@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from metrics.logs import RedactedLogging
 from metrics.registry import Metrics
-from service.logs import RedactedLogging
 
 
 class MetricsHandler(RedactedLogging):

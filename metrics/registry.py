@@ -33,8 +33,8 @@ FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # events per fan-out; 1 is an idle service
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TRANSPORTS = ("websocket", "sse", "poll")
-ACCEPT_ERROR_REASONS = ("emfile", "enfile", "enobufs", "enomem", "other")  # service/accept.py
-REFUSED_REASONS = ("per_address", "no_descriptor")  # service/edge.py, service/accept.py
+ACCEPT_ERROR_REASONS = ("emfile", "enfile", "enobufs", "enomem", "other")  # handlers/accept.py
+REFUSED_REASONS = ("per_address", "no_descriptor")  # handlers/edge.py, handlers/accept.py
 
 
 class Metrics:

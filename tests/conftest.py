@@ -19,9 +19,9 @@ sys.path.insert(0, str(ROOT))
 
 from harness.clients import Service  # noqa: E402
 from metrics.registry import Metrics  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.embedded_mongo import EmbeddedMongo  # noqa: E402
-from service.server import Server, build_context  # noqa: E402
+from service.core.config import Settings  # noqa: E402
+from service.runtime.server import Server, build_context  # noqa: E402
+from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 ARTIFACTS = ROOT / "test-artifacts"

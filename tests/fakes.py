@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from service.auth import Principal
-from service.batch import Selection
-from service.errors import CloseCode
-from service.events import Audience, Event, Payload
-from service.wire import Encoded, encode_event
+from service.core.errors import CloseCode
+from service.core.events import Audience, Event, Payload
+from service.core.identity import Principal
+from service.fanout.batch import Selection
+from service.protocol.wire import Encoded, encode_event
 
 
 class FakeTransport:
-    """A `service.connection.Transport` that records instead of writing."""
+    """A `service.fanout.connection.Transport` that records instead of writing."""
 
     kind: ClassVar[str] = "websocket"
 

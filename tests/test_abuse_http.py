@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
+from handlers.routes import API_ROUTES
 from harness.attacks import get, tricky_requests, upgrade
 from harness.clients import Service, wait_bound
 from harness.processes import SECRET, as_service, running, shared_env
-from service.app import API_ROUTES
-from service.config import load_settings
-from service.errors import ConfigError
-from service.logs import HTTP_METHODS, redact, scrub
+from metrics.logs import HTTP_METHODS, redact, scrub
+from service.core.config import load_settings
+from service.core.errors import ConfigError
 
 TOKEN_STAND_IN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
 

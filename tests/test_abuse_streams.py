@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from harness.clients import RawWebSocket, Service, eventually, wait_bound
-from service.auth import Principal
-from service.connection import Connection, RateLimit
-from service.transports.frames import OP_CLOSE, OP_PING, parse_close
-from service.transports.protocol import REQUEST_BURST
+from service.core.identity import Principal
+from service.core.rate import RateLimit
+from service.fanout.connection import Connection
+from service.protocol.frames import OP_CLOSE, OP_PING, parse_close
+from service.protocol.websocket import REQUEST_BURST
 from service.transports.ws import WebSocketSession
 
 FLOOD = 2_000  # requests sent at once, unread answers and all: 40 times the burst
@@ -201,7 +202,7 @@ async def test_drained_streams_give_their_slots_back(service: Service) -> None:
     await ws.recv_type("connected")
     await sse.next_of("connected")
     assert service.ctx.hub.slots_taken(44) == 2
-    await service.server.drain(0)
+    await service.runtime.server.drain(0)
     assert (await ws.closed())[0] == 1012
     await sse.until_end()
     await eventually(lambda: service.ctx.hub.slots_taken(44) == 0, 20, "every slot given back")

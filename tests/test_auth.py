@@ -15,9 +15,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from service.auth import LEEWAY_SECONDS, Authenticator, Credentials, Principal
-from service.config import Settings
-from service.errors import AuthError
+from service.app.auth import Authenticator
+from service.core.config import Settings
+from service.core.errors import AuthError
+from service.core.identity import LEEWAY_SECONDS, Credentials, Principal
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs256-hs384-and-hs512-0123"
 FOREIGN_SECRET = "another-secret-that-is-long-enough-for-every-hmac-algorithm-987654"
@@ -245,7 +246,7 @@ def test_hs256_token_signed_with_the_public_key_text_is_refused(rsa_pair: tuple[
 
 
 def test_pyjwt_still_has_the_signature_layer_the_decoder_replaces_hmac_in() -> None:
-    """service.auth swaps the HMAC algorithms of its own PyJWT's `_jws`: a PyJWT that renames it fails here first."""
+    """service.app.auth swaps the HMACs of its own PyJWT's `_jws`: a PyJWT that renames it fails here first."""
     jws = jwt.PyJWT()._jws
     assert isinstance(jws, jwt.PyJWS)
     assert {"HS256", "HS384", "HS512"} <= set(jws.get_algorithms())

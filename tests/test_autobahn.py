@@ -1,7 +1,7 @@
 """Autobahn|Testsuite conformance of the service's own WebSocket session, driven by `kosoku`.
 
 The session runs in its echo mode (`WebSocketEndpoint` with `echo=True`, a route this test
-builds; `service.app` never does): the same `WebSocketSession`, `WebSocketProtocol` and
+builds; `handlers.routes` never does): the same `WebSocketSession`, `WebSocketProtocol` and
 frames as production, answering each message with itself, unauthenticated and without the
 request rate limit (the cases send thousands of messages at once).
 
@@ -28,11 +28,11 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+from handlers.routes import make_app
 from handlers.ws import WebSocketEndpoint
 from metrics.registry import Metrics
-from service.app import make_app
-from service.config import Settings
-from service.server import build_context
+from service.core.config import Settings
+from service.runtime.server import build_context
 
 ROOT = Path(__file__).resolve().parent.parent
 KOSOKU = Path(sys.executable).parent / "kosoku"

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from harness.clients import RawWebSocket, Service, eventually
-from service.bus import change_buffered
-from service.connection import Connection
-from service.events import Event
-from service.wire import Encoded, encode_event
+from service.core.events import Event
+from service.fanout.bus import change_buffered
+from service.fanout.connection import Connection
+from service.protocol.wire import Encoded, encode_event
 from tests.fakes import FakeTransport, principal
 
 

@@ -15,12 +15,12 @@ from bson import Timestamp
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from metrics.registry import Metrics
-from service.bus import Bus
-from service.connection import Connection
-from service.errors import ReplayBusy
-from service.events import event_id
-from service.hub import Hub
-from service.replay import ReplayGate
+from service.core.errors import ReplayBusy
+from service.core.events import event_id
+from service.fanout.bus import Bus
+from service.fanout.connection import Connection
+from service.fanout.hub import Hub
+from service.fanout.replay import ReplayGate
 from tests.fakes import FakeTransport, principal
 
 T0 = int(time.time()) - 3600  # an hour ago: inside the history TTL, not from the future

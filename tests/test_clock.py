@@ -3,7 +3,7 @@ after it ends (when a REST request with the token is refused too), re-arming."""
 
 from __future__ import annotations
 
-from service.connection import Connection
+from service.fanout.connection import Connection
 from service.transports.clock import TokenClock
 from tests.fakes import FakeClock, FakeTransport, principal
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from harness.clients import wait_bound
-from service.config import DEV_SECRET_FILE, ENV_VARS, Settings, load_settings, usable_cpus
-from service.errors import ConfigError
+from service.core.config import DEV_SECRET_FILE, ENV_VARS, Settings, load_settings, usable_cpus
+from service.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "config-test-secret-that-is-long-enough-0123456789"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import service.connection
-from service.connection import Connection
-from service.events import Audience
+import service.fanout.connection
+from service.core.events import Audience
+from service.fanout.connection import Connection
 from tests.fakes import FakeTransport, encoded, principal
 
 
@@ -69,7 +69,7 @@ def test_replay_sends_history_then_what_arrived_live_each_once() -> None:
 
 def test_a_replay_buffer_past_its_bound_closes_as_a_slow_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Events held during a replay are bounded: past MAX_REPLAY_BUFFER the client is closed 4408."""
-    monkeypatch.setattr(service.connection, "MAX_REPLAY_BUFFER", 3)
+    monkeypatch.setattr(service.fanout.connection, "MAX_REPLAY_BUFFER", 3)
     connection, transport = connect()
     connection.begin_replay()
     for n in range(5):

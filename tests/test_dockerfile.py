@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ENV_VARS, Settings
+from service.core.config import ENV_VARS, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

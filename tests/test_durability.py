@@ -17,10 +17,10 @@ import pytest
 
 from bench.crash import sigkill_rounds, sigstop_rounds
 from harness.clients import Service, wait_bound
-from service.config import load_settings
-from service.embedded_mongo import EmbeddedMongo
-from service.idempotency import fingerprint, key_id
-from service.store import MongoStore
+from service.app.idempotency import fingerprint, key_id
+from service.core.config import load_settings
+from service.storage.mongo.embedded import EmbeddedMongo
+from service.storage.mongo.store import MongoStore
 
 NEW_TASK = {"title": "تقرير يومي", "taskType": "daily"}
 

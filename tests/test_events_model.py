@@ -10,8 +10,8 @@ from bson import ObjectId, Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.errors import BadMessage
-from service.events import (
+from service.core.errors import BadMessage
+from service.core.events import (
     Audience,
     document_for_publish,
     event_document,

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, Request, expect
 
 from harness.processes import SECRET, ServiceProcess, as_service, wait_until
-from service.embedded_mongo import free_port
+from service.storage.mongo.embedded import free_port
 from tests.browser import CHROMIUM, STATUS_LOG_SCRIPT, chromium, create_task, ms, screenshot, write_artifact
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from metrics.registry import Metrics
-from service.connection import Connection
-from service.events import Audience
-from service.hub import Hub
+from service.core.events import Audience
+from service.fanout.connection import Connection
+from service.fanout.hub import Hub
 from tests.fakes import FakeClock, FakeSSETransport, FakeTransport, encoded, principal
 
 

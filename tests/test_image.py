@@ -37,8 +37,8 @@ import pytest
 
 from harness.clients import Service
 from harness.processes import SECRET, as_service, running, shared_env, wait_until
-from service.config import usable_cpus
-from service.embedded_mongo import free_port
+from service.core.config import usable_cpus
+from service.storage.mongo.embedded import free_port
 from tests.test_k8s import one, realtime_container, realtime_pod, render
 
 ROOT = Path(__file__).resolve().parent.parent

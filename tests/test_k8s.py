@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from metrics.registry import exported_metric_names
-from service.config import ENV_VARS, Settings, load_settings
+from service.core.config import ENV_VARS, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -200,7 +200,7 @@ def test_container_port_is_the_default_port(path: str) -> None:
 
 def test_probe_paths_are_routes_of_the_app() -> None:
     """Startup, liveness and readiness probe paths are served by the app's route table."""
-    from service.app import route_patterns
+    from handlers.routes import route_patterns
 
     patterns = route_patterns()
     container = realtime_container(render("base"))
@@ -218,7 +218,7 @@ def test_probe_paths_are_routes_of_the_app() -> None:
 
 @pytest.mark.parametrize("path", APP_KUSTOMIZATIONS)
 def test_env_var_names_are_read_by_the_service(path: str) -> None:
-    """Every variable the manifests set is one `service.config` reads (no typos, no dead config)."""
+    """Every variable the manifests set is one `service.core.config` reads (no typos, no dead config)."""
     docs = render(path)
     names = set(container_env(docs, realtime_container(docs)))
     names |= {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.clients import Service, wait_bound
-from service.embedded_mongo import EmbeddedMongo
+from service.storage.mongo.embedded import EmbeddedMongo
 
 PADDING = "x" * 50_000
 

@@ -24,7 +24,7 @@ from tornado.httpclient import AsyncHTTPClient
 from harness.clients import Service, wait_bound
 from harness.processes import ROOT, ServiceProcess, as_service, shared_env
 from metrics.registry import LATENCY_BUCKETS
-from service.errors import CloseCode
+from service.core.errors import CloseCode
 
 # SPEC §8, as written there: name → (type, label names).
 SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from handlers.openapi_document import openapi_document
 from harness.processes import ROOT
-from service.schema.openapi import openapi_document
 
 GEN = ROOT / "tests" / "openapi-gen"
 BIN = GEN / "node_modules" / ".bin"

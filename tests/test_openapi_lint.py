@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from handlers.openapi_document import openapi_document
 from harness.processes import ROOT
-from service.schema.openapi import openapi_document
 
 REDOCLY = ROOT / "web" / "node_modules" / ".bin" / "redocly"
 
@@ -19,7 +19,7 @@ REDOCLY = ROOT / "web" / "node_modules" / ".bin" / "redocly"
 def test_openapi_document_is_redocly_lint_clean(tmp_path: Path) -> None:
     """No error and no warning under redocly's recommended rules (one documented exception: /ws's 101)."""
     (tmp_path / "openapi.json").write_text(json.dumps(openapi_document()), encoding="utf-8")
-    shutil.copy(ROOT / "service" / "schema" / "openapi.lint-ignore.yaml", tmp_path / ".redocly.lint-ignore.yaml")
+    shutil.copy(ROOT / "handlers" / "openapi.lint-ignore.yaml", tmp_path / ".redocly.lint-ignore.yaml")
     result = subprocess.run(
         [str(REDOCLY), "lint", "--format", "json", "openapi.json"],
         cwd=tmp_path,

@@ -1,12 +1,12 @@
-"""service/pace.py on a fake clock: the burst, the turns callers wait for, the refusal past
+"""service/fanout/pace.py on a fake clock: the burst, the turns callers wait for, the refusal past
 `max_wait`, and the bound on remembered keys."""
 
 from __future__ import annotations
 
 import pytest
 
-from service import pace
-from service.pace import Paced, Pacer
+from service.fanout import pace
+from service.fanout.pace import Paced, Pacer
 
 
 class Clock:

@@ -22,7 +22,7 @@ from playwright.sync_api import Page, expect
 
 from harness.clients import wait_bound
 from harness.processes import ServiceProcess, as_service, running, shared_env, wait_until
-from service.embedded_mongo import free_port
+from service.storage.mongo.embedded import free_port
 from tests.browser import STATUS_LOG_SCRIPT, chromium, create_task, ms, require_dashboard, screenshot, write_artifact
 
 NGINX = "/usr/sbin/nginx"

@@ -20,7 +20,7 @@ import pytest
 
 from harness.clients import Service, WsClient, eventually
 from harness.processes import ServiceProcess, as_service, shared_env
-from service.store import MongoStore
+from service.storage.mongo.store import MongoStore
 from tests.conftest import StartService, base_settings
 
 WATCHED = "presence_joined,presence_left,marker"

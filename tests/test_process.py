@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from harness.processes import ROOT, SECRET, ServiceProcess, as_service, children_of, pid_alive, running, wait_until
-from service.auth import issue_token
-from service.config import load_settings
-from service.embedded_mongo import EmbeddedMongo, free_port, server_command
+from service.app.auth import issue_token
+from service.core.config import load_settings
+from service.storage.mongo.embedded import EmbeddedMongo, free_port, server_command
 
 
 def dev_token(data_dir: Path, **claims: object) -> str:

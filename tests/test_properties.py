@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.processes import SECRET, ServiceProcess, as_service
-from service.errors import BadMessage
-from service.models import EXECUTE_FIELDS, SCHEDULE_FIELDS, TASK_FIELDS, validate
+from service.app.validation import EXECUTE_FIELDS, SCHEDULE_FIELDS, TASK_FIELDS, validate
+from service.core.errors import BadMessage
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),

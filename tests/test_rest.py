@@ -14,8 +14,8 @@ import pytest
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
+from handlers.routes import API_ROUTES
 from harness.clients import Service, wait_bound
-from service.app import API_ROUTES
 
 MIB = 1024 * 1024
 NEW_TASK = {"title": "تقرير يومي", "taskType": "daily"}

@@ -13,9 +13,9 @@ import pytest
 from bson import Timestamp
 
 from harness.clients import Service, eventually
-from service.embedded_mongo import EmbeddedMongo
-from service.events import event_document, event_id
-from service.replay import PER_USER
+from service.core.events import event_document, event_id
+from service.fanout.replay import PER_USER
+from service.storage.mongo.embedded import EmbeddedMongo
 
 BACKLOG = 3500
 
@@ -161,6 +161,6 @@ async def test_a_position_pruned_from_the_oplog_is_resync_not_a_short_replay(sta
         recent = service.ctx.bus.history[0].event.id
         status, _, body = await poll(service, token, cursor=recent)
         assert status == 200 and [m["n"] for m in body["messages"]] == list(range(591, 600))
-        await service.server.stop()
+        await service.runtime.server.stop()
     finally:
         mongo.stop()

@@ -15,15 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
+from handlers.openapi_document import openapi_document
 from realtime_client.sse import SseEvent, SseParser, parse_block
-from service import schema
-from service.errors import BadMessage, CloseCode
-from service.events import APP_TYPES, CONTROL_TYPES, RESERVED_TYPES
-from service.models import EXECUTE_FIELDS, SCHEDULE_FIELDS, TASK_FIELDS, validate, validate_listing
-from service.schema.__main__ import GENERATED, ROOT, stale
-from service.schema.openapi import openapi_document
-from service.tail import FINAL_CODES
-from service.wire import parse_client_message, sse_block
+from service.app.validation import EXECUTE_FIELDS, SCHEDULE_FIELDS, TASK_FIELDS, validate, validate_listing
+from service.codegen.__main__ import GENERATED, ROOT, stale
+from service.core import schema
+from service.core.errors import BadMessage, CloseCode
+from service.core.events import APP_TYPES, CONTROL_TYPES, RESERVED_TYPES
+from service.protocol.wire import parse_client_message, sse_block
+from service.runtime.tail import FINAL_CODES
 
 TASK = {"title": "تقرير", "taskType": "daily"}
 
@@ -36,8 +36,8 @@ def errors(body: dict[str, Any], fields: Any, **kwargs: Any) -> dict[str, str]:
 
 def test_generated_files_are_fresh() -> None:
     """web/src/generated/schema.ts, docs/protocol.md and realtime_client/schema.py are what
-    `python -m service.schema` writes now."""
-    assert stale() == [], "run: python -m service.schema"
+    `python -m service.codegen` writes now."""
+    assert stale() == [], "run: python -m service.codegen"
     assert set(GENERATED) == {"web/src/generated/schema.ts", "docs/protocol.md", "realtime_client/schema.py"}
 
 
@@ -153,7 +153,7 @@ def test_openapi_keeps_idempotency_key_and_its_answers() -> None:
 
 
 def test_event_types_and_close_codes_have_one_source() -> None:
-    """service.events, service tail and the schema name the same types and final close codes."""
+    """service.core.events, service tail and the schema name the same types and final close codes."""
     assert set(schema.event_types()) == APP_TYPES >= set(schema.APP_EVENT_TYPES)
     assert set(schema.SERVER_CONTROL_TYPES) == CONTROL_TYPES
     assert set(schema.RESERVED_TYPES) == RESERVED_TYPES >= CONTROL_TYPES
@@ -175,7 +175,7 @@ def test_event_types_and_close_codes_have_one_source() -> None:
     ],
 )
 def test_client_message_schemas_match_the_parser(message: dict[str, Any], accepted: bool) -> None:
-    """What the schema allows a client to send is what service.wire accepts, and the reverse."""
+    """What the schema allows a client to send is what service.protocol.wire accepts, and the reverse."""
     by_type = {m.type: m for m in schema.MESSAGES if m.sender == "client"}
     published = openapi_document()["components"]["schemas"][by_type[message["type"]].name]
     assert Draft202012Validator(published).is_valid(message) is accepted
@@ -200,7 +200,7 @@ def test_the_drift_is_gone() -> None:
 
 
 def test_sse_parser_reads_what_the_service_writes() -> None:
-    """A block from service.wire, split anywhere (even inside a UTF-8 character), parses whole."""
+    """A block from service.protocol.wire, split anywhere (even inside a UTF-8 character), parses whole."""
     payload = json.dumps({"type": "task_created", "title": "مهمة\nثانية"}, ensure_ascii=False).encode()
     stream = b": hi\n\nretry: 3000\n\n" + sse_block(payload, event="task_created", id="00000001") * 2
     for cut in range(len(stream)):
@@ -221,7 +221,7 @@ def test_sse_parser_handles_crlf_multiline_data_and_defaults() -> None:
 
 def enforced(name: str) -> object:
     """A limit where the transport code keeps it (handlers/ before service/transports/, or after)."""
-    homes = ("service.transports.ws", "service.transports.protocol", "service.transports.clock", "service.wire")
+    homes = ("service.transports.ws", "service.protocol.websocket", "service.transports.clock", "service.protocol.wire")
     for home in (*homes, "handlers.ws", "handlers.stream"):
         try:
             module = importlib.import_module(home)
@@ -238,5 +238,5 @@ def enforced(name: str) -> object:
      "MAX_SUBSCRIPTIONS"],
 )  # fmt: skip
 def test_documented_limits_are_the_enforced_ones(name: str) -> None:
-    """docs/protocol.md states the limit the code enforces (better still: that code imports it from service.schema)."""
+    """docs/protocol.md states the limit the code enforces."""
     assert enforced(name) == getattr(schema, name)

@@ -11,7 +11,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from harness.clients import Service
-from service import schema
+from service.core import schema
 from tests.test_delivery import drive_every_event_type
 
 EVERY_APP_EVENT = list(schema.APP_EVENT_TYPES)

@@ -24,11 +24,11 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from harness.clients import Service, wait_bound
 from harness.processes import SECRET, ServiceProcess, as_service, wait_until
-from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo
-from service.errors import StoreUnavailable
-from service.idempotency import Answer, commit_once, key_id
-from service.store import MongoStore, Session, utcnow
+from service.app.idempotency import Answer, commit_once, key_id
+from service.core.config import Settings
+from service.core.errors import StoreUnavailable
+from service.storage.mongo.embedded import EmbeddedMongo
+from service.storage.mongo.store import MongoStore, Session, utcnow
 
 NEW_TASK = {"title": "stall", "taskType": "daily"}
 STALL_SECONDS = 5.0  # each stall of the repeated-stalls test
@@ -286,7 +286,7 @@ async def test_drain_answers_a_keyed_write_in_flight_and_releases_its_key(start_
             while service.ctx.lifecycle.writes == 0:
                 assert time.monotonic() < deadline, "the PATCH never started"
                 await asyncio.sleep(0.01)
-            await service.server.drain(0.0)
+            await service.runtime.server.drain(0.0)
             response = await patch
             await blocker.abort_transaction()
     finally:

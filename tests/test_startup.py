@@ -10,9 +10,9 @@ import pytest
 from pymongo import MongoClient
 
 from harness.processes import SECRET, ServiceProcess, shared_env
-from service.auth import issue_token
-from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo, free_port, server_command
+from service.app.auth import issue_token
+from service.core.config import Settings
+from service.storage.mongo.embedded import EmbeddedMongo, free_port, server_command
 from tests.test_process import call
 
 

@@ -20,7 +20,7 @@ from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from service.edge import PRIVATE_NAMES as EDGE_PRIVATE_NAMES
+from handlers.edge import PRIVATE_NAMES as EDGE_PRIVATE_NAMES
 from service.transports.takeover import PRIVATE_ATTRIBUTES, TESTED_TORNADO, take_over, tornado_tested
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
@@ -55,7 +55,7 @@ def test_iostream_has_the_private_attributes_with_their_types() -> None:
 
 
 def test_the_edge_servers_private_names_exist() -> None:
-    """service.edge builds Tornado's per-connection context and registers connections itself."""
+    """handlers.edge builds Tornado's per-connection context and registers connections itself."""
     left, right = socket.socketpair()
     stream = IOStream(left)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from harness.clients import Service, wait_bound
-from service.auth import LEEWAY_SECONDS
+from service.core.identity import LEEWAY_SECONDS
 
 INSIDE = -(LEEWAY_SECONDS - 10)  # `ttl` of a token whose exp passed 20 s ago
 PAST = -(LEEWAY_SECONDS + 10)  # 40 s ago

@@ -12,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.clients import parse_sse_block
-from service.errors import BadMessage
-from service.events import Event, event_id
-from service.transports.frames import ws_frame
-from service.wire import (
+from service.core.errors import BadMessage
+from service.core.events import Event, event_id
+from service.protocol.frames import ws_frame
+from service.protocol.wire import (
     encode_event,
     http_chunk,
     parse_client_message,

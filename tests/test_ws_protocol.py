@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from handlers.sse import EventStreamEndpoint
 from handlers.ws import WebSocketEndpoint
 from harness.clients import RawWebSocket, Service, eventually
-from service.events import Event
-from service.transports.frames import (
+from service.core.events import Event
+from service.protocol.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -34,8 +34,8 @@ from service.transports.frames import (
     negotiate_deflate,
     parse_close,
 )
+from service.protocol.wire import encode_event
 from service.transports.ws import WebSocketSession
-from service.wire import encode_event
 
 frame = RawWebSocket.frame
 

@@ -1,4 +1,4 @@
-"""The WebSocket state machine (`service.transports.protocol`) with no socket: client bytes
+"""The WebSocket state machine (`service.protocol.websocket`) with no socket: client bytes
 in, the exact bytes it writes out, and its one `State`."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from harness.clients import RawWebSocket
-from service.transports.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_frame, ws_frame
-from service.transports.protocol import PING_FRAME, REQUEST_BURST, State, WebSocketProtocol
+from service.protocol.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_frame, ws_frame
+from service.protocol.websocket import PING_FRAME, REQUEST_BURST, State, WebSocketProtocol
 
 frame = RawWebSocket.frame
 

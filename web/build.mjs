@@ -17,9 +17,9 @@ const target = "es2022";
 // The types in src/generated come from the service's schema: regenerate them when building
 // inside the repository (a checked-in copy serves builds without Python; a test keeps it fresh).
 const repo = join(root, "..");
-if (existsSync(join(repo, "service/schema/__main__.py"))) {
+if (existsSync(join(repo, "service/core/schema/__main__.py"))) {
   try {
-    execFileSync(process.env.PYTHON ?? "python3", ["-m", "service.schema"], { cwd: repo, stdio: ["ignore", "ignore", "inherit"] });
+    execFileSync(process.env.PYTHON ?? "python3", ["-m", "service.codegen"], { cwd: repo, stdio: ["ignore", "ignore", "inherit"] });
   } catch (error) {
     if (error.code !== "ENOENT") throw error;
     console.warn("python3 not found: using the checked-in src/generated");

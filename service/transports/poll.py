@@ -16,15 +16,15 @@ import time
 from collections import OrderedDict
 from typing import ClassVar
 
-from service.auth import Principal
-from service.batch import Selection
-from service.connection import Connection
-from service.context import AppContext
-from service.errors import CloseCode
-from service.events import Payload
-from service.pace import Pacer
+from service.app.context import AppContext
+from service.core.errors import CloseCode
+from service.core.events import Payload
+from service.core.identity import Principal
+from service.fanout.batch import Selection
+from service.fanout.connection import Connection
+from service.fanout.pace import Pacer
+from service.protocol.wire import Encoded, dumps
 from service.transports.session import replay_and_greet
-from service.wire import Encoded, dumps
 
 # Tokens whose verification a process remembers for its pollers (least recently used dropped).
 VERIFIED_TOKENS = 10_000
@@ -37,7 +37,7 @@ POLL_WAIT_SECONDS = 10.0
 
 
 def poll_pacer() -> Pacer:
-    """The pacing of one process's polls, by user (`service.pace`)."""
+    """The pacing of one process's polls, by user (`service.fanout.pace`)."""
     return Pacer(POLLS_PER_SECOND, POLL_BURST, max_wait=POLL_WAIT_SECONDS)
 
 
@@ -47,7 +47,7 @@ MAX_BATCH = 1000
 
 
 class PollTransport:
-    """What a waiting poll's connection writes to; implements `service.connection.Transport`."""
+    """What a waiting poll's connection writes to; implements `service.fanout.connection.Transport`."""
 
     kind: ClassVar[str] = "poll"
     __slots__ = ("_bytes", "_wake", "close_code", "close_reason", "complete", "cursor", "parts")

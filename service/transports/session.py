@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from service.connection import Connection
-from service.context import AppContext
-from service.errors import CloseCode, ReplayBusy, StoreUnavailable
-from service.events import now_iso
-from service.hub import Slot
-from service.replay import Replay
+from service.app.context import AppContext
+from service.core.errors import CloseCode, ReplayBusy, StoreUnavailable
+from service.core.events import now_iso
+from service.fanout.connection import Connection
+from service.fanout.hub import Slot
+from service.fanout.replay import Replay
 from service.transports.clock import TokenClock
 
 log = logging.getLogger("service.connections")
@@ -37,7 +37,7 @@ DRAIN_SECONDS = 10.0  # how long a replay waits for its client to take a page
 
 class StreamSession(asyncio.Protocol):
     """A connection after the takeover. Subclasses add the framing (WebSocket or SSE),
-    implement the rest of `service.connection.Transport`, and say how it ended (`ended`).
+    implement the rest of `service.fanout.connection.Transport`, and say how it ended (`ended`).
     """
 
     kind: ClassVar[str]

@@ -12,13 +12,13 @@ import random
 from collections.abc import Iterable
 from email.utils import formatdate
 
-from service.batch import Selection
-from service.context import AppContext
-from service.errors import CloseCode
-from service.events import Payload
-from service.hub import Slot
+from service.app.context import AppContext
+from service.core.errors import CloseCode
+from service.core.events import Payload
+from service.fanout.batch import Selection
+from service.fanout.hub import Slot
+from service.protocol.wire import Encoded, dumps, http_chunk, sse_block, sse_comment, sse_retry
 from service.transports.session import StreamSession
-from service.wire import Encoded, dumps, http_chunk, sse_block, sse_comment, sse_retry
 
 # The headers that make a response an event stream no proxy buffers or transforms.
 SSE_HEADERS = (
@@ -55,7 +55,7 @@ def response_head(headers: Iterable[tuple[str, str]], *, chunked: bool) -> bytes
 
 
 class EventStreamSession(StreamSession):
-    """One SSE client; implements `service.connection.Transport`.
+    """One SSE client; implements `service.fanout.connection.Transport`.
 
     Args:
         chunked: frame the body as HTTP/1.1 chunks (else the client speaks HTTP/1.0).

@@ -9,23 +9,23 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from service.auth import Principal
-from service.batch import Selection
-from service.connection import Connection
-from service.context import AppContext
-from service.errors import AuthError, BadMessage, CloseCode
-from service.events import Payload, iso, now_iso
-from service.transports.frames import OP_TEXT, Deflate, ws_frame
-from service.transports.protocol import State, WebSocketProtocol
+from service.app.context import AppContext
+from service.core.errors import AuthError, BadMessage, CloseCode
+from service.core.events import Payload, iso, now_iso
+from service.core.identity import Principal
+from service.fanout.batch import Selection
+from service.fanout.connection import Connection
+from service.protocol.frames import OP_TEXT, Deflate, ws_frame
+from service.protocol.websocket import State, WebSocketProtocol
+from service.protocol.wire import ClientMessage, Encoded, dumps, parse_client_message
 from service.transports.session import StreamSession
-from service.wire import ClientMessage, Encoded, dumps, parse_client_message
 
 MAX_BAD_MESSAGES = 10
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a closing connection waits for the client's close frame
 
 
 class WebSocketSession(StreamSession):
-    """One WebSocket client; implements `service.connection.Transport`.
+    """One WebSocket client; implements `service.fanout.connection.Transport`.
 
     Nothing the client sends is read until it is authenticated and greeted (`begin_reading`);
     then frames are parsed as they arrive and answered without awaiting anything.
@@ -209,7 +209,7 @@ class _CompressedFrames:
     for the events of the current batch (the cache is emptied past `MAX_CACHED` frames).
     """
 
-    MAX_CACHED = 2048  # above the largest batch (service.bus.MAX_BATCH_EVENTS), times a few window sizes
+    MAX_CACHED = 2048  # above the largest batch (service.fanout.bus.MAX_BATCH_EVENTS), times a few window sizes
     __slots__ = ("_frames",)
 
     def __init__(self) -> None:

@@ -1,6 +1,6 @@
 /**
  * Message and REST types of the realtime service. Every shape and event-type list is generated
- * from the service's schema (`generated/schema.ts`, by `python -m service.schema`) and exported
+ * from the service's schema (`generated/schema.ts`, by `python -m service.codegen`) and exported
  * from here; this module adds the unions and runtime helpers the client uses. docs/protocol.md
  * describes every message.
  */

@@ -1,0 +1,294 @@
+"""The event bus: one change stream on `events` per process, feeding the hub.
+
+It keeps the last HISTORY_SIZE events in memory for resume, saves a sparse index of stream
+positions (resume tokens) in MongoDB so any process can replay older history cheaply
+(`service.fanout.replay`), and always knows where its own stream stands: from the moment it opens
+it holds a resume token (the open's own position before the first change), so after a
+MongoDB outage it resumes exactly where it was, never from "now". When MongoDB says that
+position is gone (ChangeStreamHistoryLost), every client is told to `resync` and memory's
+coverage starts again at the new position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from bson import Timestamp
+from pymongo.errors import OperationFailure, PyMongoError
+
+from metrics.registry import Metrics
+from service.core.errors import ReplayBusy, StoreUnavailable
+from service.core.events import event_from_change, event_id, metric_type, parse_event_id
+from service.fanout.hub import Hub
+from service.fanout.replay import PAGE_SIZE, MemoryReplay, Replay, ReplayGate, StoreReplay, Wants
+from service.protocol.wire import Encoded, encode_event
+from service.storage.mongo.store import MongoStore
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
+FUTURE_TOLERANCE_SECONDS = 60  # clock skew between replicas that an id may show
+HISTORY_LOST = 286  # ChangeStreamHistoryLost: the position was pruned from the oplog
+# Positions saved: events whose id hashes to 0 modulo this (the same events on every
+# process, so replicas mostly write the same documents), and at least every 4× this many
+# events per process. A replay skips at most that many events before the client's id.
+POSITION_EVERY = 64
+# Events per round trip of a replay's change stream: SecantusDB holds its storage lock while it
+# reads a batch, so small batches let writes in between (1,000 per batch: writes' p99 235 ms
+# under a deep-replay storm; 100: see bench/README.md "Replay storm").
+REPLAY_BATCH = 100
+# The most changes fanned out as one batch: a round trip that read more goes out in several.
+MAX_BATCH_EVENTS = 1000
+
+
+def change_buffered(stream: Any) -> bool:
+    """Whether the driver already holds the stream's next change (read by the last getMore),
+    so `try_next` returns it without a round trip.
+
+    PyMongo has no public way to ask: this reads `AsyncChangeStream._cursor` and
+    `AsyncCommandCursor._has_next()` (pymongo 4.x, pymongo/cursor_shared.py).
+    tests/test_batching.py fails first if they change; until then every change is its own
+    batch (correct, only unbatched).
+    """
+    has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
+    return bool(has_next()) if callable(has_next) else False
+
+
+class Bus:
+    """Change stream → history → hub, and replay for resuming clients."""
+
+    def __init__(
+        self,
+        store: MongoStore,
+        hub: Hub,
+        metrics: Metrics,
+        *,
+        history_size: int,
+        history_ttl_seconds: float = 86_400,
+        gate: ReplayGate | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._metrics = metrics
+        self.history_ttl_seconds = history_ttl_seconds
+        self.gate = gate or ReplayGate()
+        self.page_size = page_size
+        self.history: deque[Encoded] = deque(maxlen=history_size)
+        self._history_ids: deque[str] = deque(maxlen=history_size)
+        # Every event with an id above this one is in `history` (or still to come).
+        self.covered_from: str | None = None
+        self._resume_token: Mapping[str, Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
+        self._unsaved: tuple[str, Mapping[str, Any]] | None = None  # newest position to save
+        self._since_saved = 0
+        self.running = False
+
+    async def start(self) -> None:
+        """Open the change stream (so events inserted after this returns are seen) and run it.
+
+        The stream opens at "now" and its first resume token marks that position, so no
+        scan of the oplog by time is needed and an outage before the first event resumes
+        from here.
+        """
+        stream = await self._open(None)
+        self.running = True
+        self._task = asyncio.create_task(self._run(stream), name="bus")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._saver):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.running = False
+
+    async def _open(self, token: Mapping[str, Any] | None) -> Any:
+        """A change stream from `token`, or from now (then memory's coverage starts here)."""
+        stream = await self._store.watch_events(resume_after=token)
+        self._resume_token = stream.resume_token or token
+        if token is None:
+            # Every event after the cluster time read *after* the open is seen by this stream.
+            self.covered_from = event_id(await self._cluster_time())
+            if self._resume_token is not None:
+                # Saved, so a replay from any id this process delivers finds a position at or
+                # before it (the sampled ones alone may lie after it).
+                try:
+                    await self._store.save_position(self.covered_from, self._resume_token)
+                except (PyMongoError, StoreUnavailable) as exc:
+                    log.warning("start position not saved (replays from before the next one resync): %s", exc)
+        return stream
+
+    async def _cluster_time(self) -> Timestamp:
+        try:
+            reply = await self._store.client.admin.command("ping")
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB unavailable: {type(exc).__name__}") from exc
+        ts = reply.get("operationTime") or reply.get("$clusterTime", {}).get("clusterTime")
+        if not isinstance(ts, Timestamp):
+            ts = Timestamp(int(time.time()), 0)
+        return ts
+
+    async def _run(self, stream: Any) -> None:
+        failures = 0
+        while True:
+            try:
+                if stream is None:
+                    stream = await self._open(self._resume_token)
+                    log.info("change stream resumed")
+                self.running = True
+                failures = 0
+                async with stream:
+                    while True:
+                        change = await stream.try_next()
+                        if change is not None:
+                            # The changes that arrived while the last fan-out ran came in this
+                            # round trip: they go out together, one write per client.
+                            changes = [change]
+                            while len(changes) < MAX_BATCH_EVENTS and change_buffered(stream):
+                                more = await stream.try_next()
+                                if more is None:
+                                    break
+                                changes.append(more)
+                            self.handle_batch(changes)
+                        # Past empty batches too: a quiet collection must not leave the
+                        # position behind the oplog's pruning.
+                        self._resume_token = stream.resume_token or self._resume_token
+            except asyncio.CancelledError:
+                raise
+            except (PyMongoError, StoreUnavailable) as exc:
+                if isinstance(exc, OperationFailure) and exc.code == HISTORY_LOST:
+                    log.error("change stream history lost; connected clients are told to resync")
+                    self._resume_token = None
+                    self._history_lost()
+                elif self.running:
+                    log.warning("change stream interrupted: %s", exc)
+                self.running = False
+                stream = None
+                await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                failures += 1
+
+    def handle(self, change: Mapping[str, Any]) -> None:
+        """Turn one change notification into a delivered event."""
+        self.handle_batch([change])
+
+    def handle_batch(self, changes: list[Mapping[str, Any]]) -> None:
+        """Turn change notifications (in stream order) into events delivered as one batch."""
+        m = self._metrics
+        ready: list[Encoded] = []
+        tokens: list[object] = []
+        for change in changes:
+            event = event_from_change(change)
+            if event is None:
+                log.warning("ignored a document in events that is not a valid event")
+                continue
+            m.bus_lag.observe(max(0.0, time.time() - event.inserted_at))
+            m.events_published.labels(metric_type(event.type)).inc()
+            encoded = encode_event(event)
+            if len(self.history) == self.history.maxlen:
+                self.covered_from = self.history[0].event.id
+            self.history.append(encoded)
+            self._history_ids.append(event.id)
+            ready.append(encoded)
+            tokens.append(change.get("_id"))
+        self._hub.deliver_many(ready)
+        for encoded, token in zip(ready, tokens, strict=True):
+            self._note_position(encoded.event.id, token)
+
+    def _note_position(self, id: str, token: object) -> None:
+        """Save some positions (see POSITION_EVERY), in the background, newest first."""
+        self._since_saved += 1
+        if not isinstance(token, Mapping) or self._store is None:
+            return
+        if zlib.crc32(id.encode()) % POSITION_EVERY and self._since_saved < 4 * POSITION_EVERY:
+            return
+        self._since_saved = 0
+        self._unsaved = (id, token)
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.get_running_loop().create_task(self._save_positions(), name="bus-positions")
+
+    async def _save_positions(self) -> None:
+        while self._unsaved is not None:
+            (id, token), self._unsaved = self._unsaved, None
+            try:
+                await self._store.save_position(id, token)
+            except (PyMongoError, StoreUnavailable) as exc:
+                log.debug("position %s not saved: %s", id, exc)  # a sparser index, nothing lost
+
+    def _history_lost(self) -> None:
+        self._hub.flush()  # events held by the write delay go out before the resync
+        self.history.clear()
+        self._history_ids.clear()
+        self.covered_from = None
+        for connection in self._hub:
+            connection.send_message({"type": "resync", "reason": "history lost"})
+
+    def recent_since(self, last_id: str) -> list[Encoded] | None:
+        """Events after `last_id` from memory; None when memory does not reach back that far."""
+        if self.covered_from is None or last_id < self.covered_from:
+            return None
+        return self.memory_after(last_id)
+
+    def memory_after(self, last_id: str) -> list[Encoded]:
+        """The events in memory after `last_id`, in order."""
+        start = bisect.bisect_right(self._history_ids, last_id)
+        return list(itertools.islice(self.history, start, None))
+
+    def expired(self, last_id: str) -> bool:
+        """Whether `last_id` is not ours, from the future, or older than HISTORY_TTL_SECONDS."""
+        position = parse_event_id(last_id)
+        now = time.time()
+        return (
+            position is None
+            or position.time > now + FUTURE_TOLERANCE_SECONDS
+            or position.time < now - self.history_ttl_seconds
+        )
+
+    async def open_replay(self, last_id: str, wants: Wants, user_id: int | str) -> Replay | None:
+        """The events after `last_id` that `wants` accepts, as pages; None when they cannot
+        all be replayed (the client must `resync`).
+
+        Memory first; otherwise, admitted by the gate, a change stream resumed at the newest
+        saved position at or before the id.
+
+        Raises:
+            ReplayBusy: a store replay was not admitted now.
+            StoreUnavailable: MongoDB did not answer.
+        """
+        if self.expired(last_id):
+            log.info("resume from %s: resync (not an id of ours, from the future, or past the history TTL)", last_id)
+            return None  # following a future id would filter out every live event
+        recent = self.recent_since(last_id)
+        if recent is not None:
+            return MemoryReplay(recent, last_id, wants)
+        ticket = await self.gate.acquire(user_id)
+        try:
+            saved = await self._store.position_at_or_before(last_id)
+            if saved is None:
+                ticket.release()
+                log.info("resume from %s: resync (older than every saved position)", last_id)
+                return None  # nothing proves the gap is whole
+            stream = await self._store.watch_events(resume_after=saved, batch_size=REPLAY_BATCH)
+        except OperationFailure as exc:
+            ticket.release()
+            if exc.code == HISTORY_LOST:
+                log.info("resume from %s: resync (its position was pruned from the oplog)", last_id)
+                return None
+            raise StoreUnavailable(f"cannot replay: {exc}") from exc
+        except BaseException:
+            ticket.release()
+            raise
+        return StoreReplay(stream, last_id, wants, self, ticket, page_size=self.page_size)
+
+
+__all__ = ["Bus", "ReplayBusy"]

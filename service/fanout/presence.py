@@ -1,0 +1,293 @@
+"""Presence: which users are online anywhere in the fleet, kept in MongoDB, damped and crash-honest.
+
+A user is online while they hold at least one authenticated connection on any process. The
+state lives in two MongoDB collections, so every replica answers `GET /api/presence` the same:
+
+- `presence`: one document per (process, user) with that process's connection counts per
+  transport and `seenAt`. A process writes only user-level transitions (a user's first
+  connection here, their last one gone, a changed count), collected by the hub's synchronous
+  hooks and flushed as one `bulk_write` per tick (`FLUSH_SECONDS`); every heartbeat it
+  refreshes all its documents' `seenAt` with ONE `update_many`. So 10,000 connections cost one
+  write per heartbeat per process, not one per connection. A TTL index on `seenAt` is the
+  backstop when no process is left to clean up.
+- `presence_users`: one document per online user, `state` `online` or `leaving` (+
+  `leavingSince`). It is the damped, fleet-wide view that the events describe.
+
+Transitions and their events (inserted into `events`, so they travel the one change stream
+like every event: ordered, with ids, resumable, filterable with `events=`):
+
+- arrive (a process gets a user's first connection): `presence_users` documents that exist
+  (online, or leaving within grace) are set back to `online` with no event, all of a flush's
+  arrivals in one `update_many`, before the bulk write; a user with no document is inserted
+  together with `presence_joined` in one transaction. Two processes racing to insert meet
+  the unique `_id`: the loser sees the winner's document and emits nothing.
+- depart (a process's last connection of a user closes, or a drain ends): the process's
+  document is deleted and the user marked `leaving` (conditional on `online`; all of a
+  flush's departures in one `update_many`). No event yet.
+- sweep (every process, every half heartbeat or half grace, whichever is shorter; three
+  indexed reads when nothing changed): documents of a process silent for
+  `STALE_HEARTBEATS` heartbeats (killed with `kill -9`) are deleted one by one with a
+  conditional delete, and their users marked leaving as of the last `seenAt`. A user leaving
+  for longer than the grace period either has a document again (reconnected elsewhere: set
+  back to `online`, no event) or is removed by `find_one_and_delete` conditional on the very
+  `leavingSince` seen, in the same transaction as the `presence_left` insert. Only one
+  sweeper's conditional delete can match, so each leave is emitted once. A process that has
+  just started ends no grace during its first grace period: after a single replica restarts,
+  its clients come back to it, and nobody else was there to take them in.
+
+Why not one write per connection, or keep it in memory: a write per connect/disconnect
+grows with connections (10,000 reconnecting clients = 20,000 writes), while users change far
+less often; and memory per process cannot give the same answer on every replica nor notice a
+replica that died. Why the grace in `presence_users` and not in each process: a user who
+leaves A (drain) and arrives on B must be matched across processes, which only the shared
+document can do. Every step is kept until it succeeded and retried on the next tick, so a
+MongoDB outage or a write conflict between two processes only delays it.
+
+Bounds: a killed process's users are stale after 1.5 heartbeats and seen by a sweep at most
+half a heartbeat later, so `presence_left` follows `kill -9` within 2 heartbeats (when the
+grace is shorter than 1.5 heartbeats; otherwise within the grace plus half a heartbeat). A
+user who reconnects (to any process) within the grace produces neither leave nor join: a
+deploy's 1012 drain moves users from one replica to another without a flap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from pymongo.errors import PyMongoError
+
+from metrics.registry import Metrics
+from service.core.errors import StoreUnavailable
+from service.storage.mongo.store import MongoStore
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.25  # transitions are batched this long: one bulk write per tick at most
+STALE_HEARTBEATS = 1.5  # a process silent this many heartbeats is considered dead
+ORPHAN_SWEEPS = 20  # every this many sweeps, look for users online with no process at all
+STEP_CONCURRENCY = 32  # per-user steps in flight at once
+STEP_TIMEOUT_SECONDS = 5.0  # at least; half a heartbeat when longer (cancelled work is redone)
+
+
+class Presence:
+    """This process's side of presence: local counts, batched writes, the fleet-wide sweep."""
+
+    def __init__(
+        self,
+        store: MongoStore,
+        metrics: Metrics,
+        *,
+        heartbeat_seconds: float,
+        grace_seconds: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self.heartbeat_seconds = heartbeat_seconds
+        self.grace_seconds = grace_seconds
+        self._clock = clock
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._counts: dict[int | str, dict[str, int]] = {}  # open connections here, by user, by transport
+        self._names: dict[int | str, str] = {}
+        self._dirty: set[int | str] = set()
+        self._written: set[int | str] = set()  # users with a `presence` document of this process
+        # User-level steps still to do (kept until done, so a MongoDB outage only delays them).
+        self._arrivals: dict[int | str, str] = {}
+        self._departures: set[int | str] = set()
+        self._started = time.monotonic()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sweeps = 0
+        # Often enough to see a dead process within half a heartbeat and to end a grace
+        # within half a grace; each sweep is three indexed reads.
+        self.sweep_seconds = max(FLUSH_SECONDS, min(heartbeat_seconds, grace_seconds or heartbeat_seconds) / 2)
+
+    # -- hooks from the hub (synchronous, no I/O) -----------------------------------------
+
+    def connected(self, user_id: int | str, user_name: str, transport: str) -> None:
+        """An authenticated connection of this user was attached on this process."""
+        counts = self._counts.setdefault(user_id, {})
+        counts[transport] = counts.get(transport, 0) + 1
+        self._names[user_id] = user_name
+        self._dirty.add(user_id)
+
+    def disconnected(self, user_id: int | str, transport: str) -> None:
+        """One of this user's connections on this process was detached."""
+        counts = self._counts.get(user_id)
+        if counts is None:
+            return
+        left = counts.get(transport, 0) - 1
+        if left > 0:
+            counts[transport] = left
+        else:
+            counts.pop(transport, None)
+        if not counts:
+            del self._counts[user_id]
+        self._dirty.add(user_id)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Sweep once (users left behind by a fleet that stopped), then run the loop."""
+        self._started = time.monotonic()
+        try:
+            await self._sweep(orphans=True)
+        except PyMongoError as exc:  # a conflict with another sweeper: the loop sweeps again
+            log.warning("presence: first sweep: %s: %s", type(exc).__name__, exc)
+        self._task = asyncio.create_task(self._run(), name="presence")
+
+    async def stop(self) -> None:
+        """Write the last transitions and remove this process's users at once (clean drain)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(StoreUnavailable, PyMongoError):  # the TTL index and the sweepers remain
+            self._dirty |= set(self._counts) | self._written
+            self._counts.clear()
+            await self.flush()
+            await self._store.presence_remove_process(self.process_id)
+
+    async def _run(self) -> None:
+        last_refresh = last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            # Three independent steps: a flush that keeps failing (a conflict, an outage) must
+            # not hold back the heartbeat, or the other processes would sweep live users.
+            await self._attempt(self.flush)
+            now = time.monotonic()
+            if now - last_refresh >= self.heartbeat_seconds:
+                last_refresh = now
+                await self._attempt(self._refresh)
+            if now - last_sweep >= self.sweep_seconds:
+                last_sweep = now
+                self._sweeps += 1
+                await self._attempt(lambda: self._sweep(orphans=self._sweeps % ORPHAN_SWEEPS == 0))
+
+    async def _attempt(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one step within STEP_TIMEOUT_SECONDS; a failure is logged and retried next tick
+        (every pending change is kept until written)."""
+        try:
+            async with asyncio.timeout(max(STEP_TIMEOUT_SECONDS, self.heartbeat_seconds / 2)):
+                await step()
+        except (StoreUnavailable, PyMongoError, TimeoutError) as exc:
+            log.warning("presence: %s: %s; retrying", type(exc).__name__, exc)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write the transitions collected since the last flush: the per-user arrive steps, one
+        bulk write of this process's changed documents, then the per-user depart steps."""
+        if not self._dirty:
+            if self._arrivals or self._departures:
+                await self._steps(self._clock())
+            return
+        dirty, self._dirty = self._dirty, set()
+        now = self._clock()
+        upserts: dict[int | str, tuple[str, dict[str, int]]] = {}
+        removals: list[int | str] = []
+        for user_id in dirty:
+            counts = self._counts.get(user_id)
+            if counts:
+                upserts[user_id] = (self._names[user_id], dict(counts))
+            elif user_id in self._written:
+                removals.append(user_id)
+        for user_id in upserts:
+            if user_id not in self._written:
+                self._arrivals[user_id] = upserts[user_id][0]
+                self._departures.discard(user_id)
+        try:
+            # Arrivals first: one small update takes a user back from `leaving`, before the bulk
+            # write (slow under a restart's load) could let their grace run out.
+            await self._steps(now)
+            await self._store.presence_write(self.process_id, upserts, removals, now)
+        except BaseException:  # an error, or the step's timeout: nothing is lost
+            self._dirty |= dirty
+            raise
+        for user_id in removals:
+            self._arrivals.pop(user_id, None)
+            self._departures.add(user_id)
+        self._written.update(upserts)
+        self._written.difference_update(removals)
+        await self._steps(now)
+
+    async def _steps(self, now: datetime) -> None:
+        """The per-user steps around the bulk write: back online or joined, and leaving.
+
+        Returning users (the common case: a restart moves thousands, all within their grace)
+        and departing users each take ONE `update_many`; only users with no document at all
+        go one by one (insert with its `presence_joined`), in concurrent chunks. Each step is
+        kept until it succeeded.
+        """
+        store = self._store
+        if self._arrivals:
+            missing = set(await store.presence_back(list(self._arrivals)))
+            for user_id in [u for u in self._arrivals if u not in missing]:
+                del self._arrivals[user_id]
+
+            async def join(user_id: int | str, name: str) -> None:
+                await store.presence_arrive(user_id, name, now)
+                self._arrivals.pop(user_id, None)
+
+            joins = [join(u, n) for u, n in self._arrivals.items()]
+            failures: list[BaseException] = []
+            for start in range(0, len(joins), STEP_CONCURRENCY):
+                results = await asyncio.gather(*joins[start : start + STEP_CONCURRENCY], return_exceptions=True)
+                failures += [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise failures[0]  # the others are retried with it on the next tick
+        if self._departures:
+            departing = list(self._departures)
+            await store.presence_depart_many(departing, now)
+            self._departures.difference_update(departing)
+
+    async def _refresh(self) -> None:
+        """The heartbeat: one `update_many` keeps every document of this process fresh."""
+        if not self._written:
+            return
+        matched = await self._store.presence_refresh(self.process_id, self._clock())
+        # Users of this process whose fleet-wide document is gone (a sweep took it while this
+        # process stalled, and a later flush re-created only the process document): arrive again.
+        for user_id in await self._store.presence_missing(list(self._written)):
+            if user_id in self._names:
+                self._arrivals[user_id] = self._names[user_id]
+        if matched < len(self._written):
+            # Someone swept us (this process stalled longer than the stale bound): write all again.
+            log.warning(
+                "presence: %d of %d users were swept; rewriting", len(self._written) - matched, len(self._written)
+            )
+            self._dirty |= self._written | set(self._counts)
+            self._written.clear()
+
+    async def _sweep(self, *, orphans: bool = False) -> None:
+        """Remove dead processes' users, end graces that ran out, update the gauge."""
+        store = self._store
+        now = self._clock()
+        stale_before = now - timedelta(seconds=self.heartbeat_seconds * STALE_HEARTBEATS)
+        for doc in await store.presence_stale(stale_before):
+            if await store.presence_claim_stale(doc["_id"], doc["seenAt"]):
+                await store.presence_depart(doc["userId"], doc["seenAt"])
+        if orphans:
+            await store.presence_mark_orphans(now)
+        # A process that just started gives clients one grace to come back to it first: after
+        # a single-replica restart, nobody else was there to take them back.
+        if time.monotonic() - self._started >= self.grace_seconds:
+            grace_before = now - timedelta(seconds=self.grace_seconds)
+            for doc in await store.presence_leaving(grace_before):
+                await store.presence_settle(doc["_id"], doc["leavingSince"], now)
+        self._metrics.presence_users.set(await store.presence_count())
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def local_users(self) -> int:
+        """Users with at least one connection on this process."""
+        return len(self._counts)
