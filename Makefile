@@ -39,10 +39,10 @@ test: $(VENV)/.dev system-deps web test-example openapi-gen
 	$(MAKE) --no-print-directory lint types test-web test-python
 
 # Fault injection against real processes (~2 min): their own target, so make test stays under 10 min
-FAULT_TESTS := tests/test_faults.py tests/test_stalls.py tests/test_embedded_faults.py tests/test_replay_storm.py
+FAULT_TESTS := tests/system/faults/test_faults.py tests/system/faults/test_stalls.py tests/system/faults/test_embedded_faults.py tests/system/faults/test_replay_storm.py
 
 test-python: $(VENV)/.dev
-	$(PY) -m pytest --ignore=tests/test_image.py $(FAULT_TESTS:%=--ignore=%)
+	$(PY) -m pytest --ignore=tests/system/deploy/test_image.py $(FAULT_TESTS:%=--ignore=%)
 
 ## test-faults: the fault-injection tests (MongoDB restart under idle replicas, deep resumes, rolling
 ## restart, full disk on a tmpfs, stalls, a replay storm), real processes, ~2 min; CI runs it after make test
@@ -61,14 +61,14 @@ image-deps:
 	@scripts/image.sh --engine >/dev/null 2>&1 || \
 	 scripts/system-deps.sh podman=podman,runc,slirp4netns slirp4netns=slirp4netns mmdebstrap=mmdebstrap
 
-## test-image: build the image and run it as k8s/base's Deployment would (tests/test_image.py, ~1-3 min)
+## test-image: build the image and run it as k8s/base's Deployment would (tests/system/deploy/test_image.py, ~1-3 min)
 test-image: $(VENV)/.dev image-deps
-	$(PY) -m pytest tests/test_image.py -s
+	$(PY) -m pytest tests/system/deploy/test_image.py -s
 
 test-web:
 	cd web && npm run --silent typecheck && npm run --silent test
 
-## openapi-gen: install tests/openapi-gen (openapi-typescript + TypeScript 5) for tests/test_openapi_codegen.py
+## openapi-gen: install tests/openapi-gen (openapi-typescript + TypeScript 5) for tests/system/test_openapi_codegen.py
 openapi-gen:
 	@test -n "$(NPM)" || { echo "npm is required for tests/openapi-gen (install Node.js 20)"; exit 1; }
 	cd tests/openapi-gen && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; }
@@ -91,7 +91,7 @@ bench: $(VENV)/.dev
 
 ## conformance: Autobahn|Testsuite against the WebSocket session: cases 1-10, then 12-13 with WS_COMPRESSION=1 (~5 min)
 conformance: $(VENV)/.dev
-	AUTOBAHN=full $(PY) -m pytest tests/test_autobahn.py -s
+	AUTOBAHN=full $(PY) -m pytest tests/system/test_autobahn.py -s
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist test-artifacts .pytest_cache .mypy_cache .ruff_cache

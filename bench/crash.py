@@ -11,7 +11,7 @@ sync-on-commit, no transaction, w:1) in the same run.
 
     .venv/bin/python -m bench.crash [--rounds 3] [--writes 300]
 
-tests/test_durability.py runs the same rounds, smaller. Everything listens on 127.0.0.1;
+tests/integration/test_durability.py runs the same rounds, smaller. Everything listens on 127.0.0.1;
 every process is stopped by pid.
 """
 

@@ -5,7 +5,7 @@ survives running out of file descriptors (handlers/accept.py), and whose
 
 Besides Tornado's public server hooks (`add_sockets`, `stop`, `handle_stream`, `start_request`,
 `on_close`) it uses two private names, listed in `PRIVATE_NAMES` and checked by
-tests/test_takeover.py together with the takeover's, against the Tornado range pinned in
+tests/unit/transports/test_takeover.py together with the takeover's, against the Tornado range pinned in
 requirements.txt.
 """
 

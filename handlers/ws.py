@@ -27,7 +27,7 @@ class WebSocketEndpoint(BaseHandler):
     transport_label = "websocket"
 
     def initialize(self, ctx: AppContext, echo: bool = False) -> None:
-        """`echo` (tests/test_autobahn.py only; `handlers.routes` never sets it): every session
+        """`echo` (tests/system/test_autobahn.py only; `handlers.routes` never sets it): every session
         echoes what it receives, with no auth, for the Autobahn conformance cases."""
         super().initialize(ctx)
         self.echo = echo

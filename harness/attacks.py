@@ -1,5 +1,5 @@
 """Raw request heads and connections for the HTTP-edge attacks: one corpus for the tests
-(tests/test_abuse_http.py, tests/test_accept.py) and bench/abuse_http.py and
+(tests/integration/test_abuse_http.py, tests/integration/test_accept.py) and bench/abuse_http.py and
 bench/fd_exhaustion.py, so the figures and the tests try the same things.
 """
 

@@ -6,7 +6,7 @@
 k8s/monitoring/slo.yaml defines the objective; this writes k8s/monitoring/slo-rules.yaml
 (a PrometheusRule: error ratios per window, the 30-day budget, the burn-rate alerts) and
 replaces the SLO row at the top of k8s/monitoring/dashboard.json, leaving its other panels
-as they are (moved below the row). tests/test_slo.py runs `--check`.
+as they are (moved below the row). tests/unit/metrics/test_slo.py runs `--check`.
 """
 
 from __future__ import annotations

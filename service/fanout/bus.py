@@ -56,7 +56,7 @@ def change_buffered(stream: Any) -> bool:
 
     PyMongo has no public way to ask: this reads `AsyncChangeStream._cursor` and
     `AsyncCommandCursor._has_next()` (pymongo 4.x, pymongo/cursor_shared.py).
-    tests/test_batching.py fails first if they change; until then every change is its own
+    tests/integration/test_batching.py fails first if they change; until then every change is its own
     batch (correct, only unbatched).
     """
     has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)

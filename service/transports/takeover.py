@@ -4,7 +4,7 @@ Tornado answers the HTTP request (routing, auth, errors); `take_over` then ends 
 the transports serve the socket with a lean asyncio protocol. `IOStream` has no public way to
 give its socket back together with what it read ahead, so this module names the private
 attributes it uses (`PRIVATE_ATTRIBUTES`) and the Tornado versions they were checked against
-(`TESTED_TORNADO`, the same range as requirements.txt). tests/test_takeover.py checks both
+(`TESTED_TORNADO`, the same range as requirements.txt). tests/unit/transports/test_takeover.py checks both
 first, so a Tornado upgrade that renames them fails there, loudly, not in production.
 """
 
@@ -16,7 +16,7 @@ import tornado
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
 
-# Checked with Tornado 6.5.10 and 6.6.1 (tests/test_takeover.py and the stream tests); the pin in requirements.txt.
+# Checked with Tornado 6.5.10 and 6.6.1 (tests/unit/transports/test_takeover.py and the stream tests); the pin in requirements.txt.
 TESTED_TORNADO = ((6, 5), (6, 7))  # lower bound included, upper bound excluded
 # IOStream's private attributes read here: (name, what it holds).
 PRIVATE_ATTRIBUTES = (

@@ -1,6 +1,6 @@
 // A client written against the operation types that openapi-typescript generates from the
 // service's OpenAPI document (schema.d.ts, generated next to this file by
-// tests/test_openapi_codegen.py). tsc fails when an operationId disappears or is renamed, or
+// tests/system/test_openapi_codegen.py). tsc fails when an operationId disappears or is renamed, or
 // when a body, parameter or answer these calls rely on changes shape.
 import type { components, operations, paths } from "./schema";
 

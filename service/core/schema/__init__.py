@@ -10,7 +10,7 @@ reconnect constants (`BACKOFF`) live here. Everything else is derived from them:
 - the TypeScript types of web/ (`service.codegen.typescript` → web/src/generated/schema.ts);
 - docs/protocol.md (`service.codegen.protocol`).
 
-`python -m service.codegen` rewrites the generated files; tests/test_schema.py fails when one is
+`python -m service.codegen` rewrites the generated files; tests/unit/core/test_schema.py fails when one is
 stale. Plain dicts rather than pydantic or dataclasses: the schema *is* the published JSON
 Schema, with no dependency and no mapping layer between what we validate and what we document.
 Extension keywords (`x-...`) carry what JSON Schema cannot say (error texts, TypeScript names);

@@ -16,7 +16,7 @@ from harness.clients import wait_bound
 from service.core.config import DEV_SECRET_FILE, ENV_VARS, Settings, load_settings, usable_cpus
 from service.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 SECRET = "config-test-secret-that-is-long-enough-0123456789"
 
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from metrics.registry import LATENCY_BUCKETS
-from tests.test_monitoring_static import dashboard, rules_spec, run_promtool
+from tests.unit.metrics.test_monitoring_static import dashboard, rules_spec, run_promtool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 MONITORING = ROOT / "k8s" / "monitoring"
 SLO_RULES = MONITORING / "slo-rules.yaml"
 SLO_TESTS = MONITORING / "slo-rules.test.yaml"

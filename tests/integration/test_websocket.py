@@ -234,7 +234,7 @@ async def test_draining_service_refuses_new_websockets(service: Service) -> None
 @pytest.mark.gen_test(timeout=30)
 async def test_a_warned_connection_refreshes_in_band(service: Service) -> None:
     """A token in its last 30 s is warned at once; `auth` with a fresh token answers `auth_ok`
-    with the new expiry (that the clock re-arms is tests/test_clock.py's, without waiting)."""
+    with the new expiry (that the clock re-arms is tests/unit/transports/test_clock.py's, without waiting)."""
     token = service.token(sub=11, ttl=20)
     expires = jwt.decode(token, options={"verify_signature": False})["exp"]
     ws = await service.websocket({"token": token})

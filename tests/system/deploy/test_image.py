@@ -39,9 +39,9 @@ from harness.clients import Service
 from harness.processes import SECRET, as_service, running, shared_env, wait_until
 from service.core.config import usable_cpus
 from service.storage.mongo.embedded import free_port
-from tests.test_k8s import one, realtime_container, realtime_pod, render
+from tests.system.deploy.test_k8s import one, realtime_container, realtime_pod, render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 ARTIFACT = ROOT / "test-artifacts" / "image.json"
 # Where a container reaches the host's loopback: podman's slirp4netns with allow_host_loopback.
 PODMAN_HOST_LOOPBACK = "10.0.2.2"

@@ -23,7 +23,7 @@ from tornado.web import Application, RequestHandler
 from handlers.edge import PRIVATE_NAMES as EDGE_PRIVATE_NAMES
 from service.transports.takeover import PRIVATE_ATTRIBUTES, TESTED_TORNADO, take_over, tornado_tested
 
-REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+REQUIREMENTS = Path(__file__).resolve().parents[3] / "requirements.txt"
 
 
 def test_installed_tornado_is_in_the_tested_range() -> None:

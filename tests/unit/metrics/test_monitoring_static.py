@@ -1,7 +1,7 @@
 """Alert rules and the Grafana dashboard, checked offline against promtool and the service.
 
 The rules live as two PrometheusRules, k8s/monitoring/alerts.yaml (hand-written) and
-slo-rules.yaml (generated from slo.yaml, tested in tests/test_slo.py); each `spec` is a
+slo-rules.yaml (generated from slo.yaml, tested in tests/unit/metrics/test_slo.py); each `spec` is a
 plain Prometheus rule file, which these tests hand to `promtool`.
 """
 
@@ -20,7 +20,7 @@ import yaml
 
 from metrics.registry import exported_metric_names
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 MONITORING = ROOT / "k8s" / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"
 SLO_RULES = MONITORING / "slo-rules.yaml"

@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 from harness.clients import Service
 from service.core import schema
-from tests.test_delivery import drive_every_event_type
+from tests.integration.test_delivery import drive_every_event_type
 
 EVERY_APP_EVENT = list(schema.APP_EVENT_TYPES)
 

@@ -24,7 +24,7 @@ from harness.processes import SECRET, ServiceProcess, as_service, wait_until
 from service.storage.mongo.embedded import free_port
 from tests.browser import CHROMIUM, STATUS_LOG_SCRIPT, chromium, create_task, ms, screenshot, write_artifact
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "vite-react"
 VITE = EXAMPLE / "node_modules" / ".bin" / "vite"
 INSTALLED = EXAMPLE / "node_modules" / "@realtime-tasks" / "web" / "package.json"

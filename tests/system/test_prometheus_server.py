@@ -21,7 +21,7 @@ from tornado.httpclient import AsyncHTTPClient
 from harness.clients import Service, wait_bound
 from harness.processes import PrometheusProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "k8s" / "monitoring"
 # Grafana's variables, as a Prometheus scraping every second can answer them.
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "1s", "$namespace": ".*"}

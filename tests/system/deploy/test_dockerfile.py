@@ -16,7 +16,7 @@ import pytest
 
 from service.core.config import ENV_VARS, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 IMAGE_UID = 10001  # runAsUser in k8s/base/deployment.yaml

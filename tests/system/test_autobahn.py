@@ -34,7 +34,7 @@ from metrics.registry import Metrics
 from service.core.config import Settings
 from service.runtime.server import build_context
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KOSOKU = Path(sys.executable).parent / "kosoku"
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 FULL = os.environ.get("AUTOBAHN") == "full"

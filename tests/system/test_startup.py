@@ -13,7 +13,7 @@ from harness.processes import SECRET, ServiceProcess, shared_env
 from service.app.auth import issue_token
 from service.core.config import Settings
 from service.storage.mongo.embedded import EmbeddedMongo, free_port, server_command
-from tests.test_process import call
+from tests.system.test_process import call
 
 
 def secantusd(storage: str, *flags: str) -> tuple[subprocess.Popen[bytes], int]:

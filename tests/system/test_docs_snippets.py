@@ -29,7 +29,7 @@ import pytest
 
 from harness.clients import wait_bound
 from harness.processes import ROOT, ServiceProcess, as_service, shared_env
-from tests.test_python_client import seed_position
+from tests.system.test_python_client import seed_position
 
 DOCS = [ROOT / "README.md", ROOT / "web" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLE = ROOT / "examples" / "vite-react"

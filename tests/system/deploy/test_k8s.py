@@ -24,7 +24,7 @@ import yaml
 from metrics.registry import exported_metric_names
 from service.core.config import ENV_VARS, Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "k8s"
 KUBERNETES_VERSION = "1.32"  # the kubectl client here; kubernetes-validate bundles its schemas
 KUSTOMIZATIONS = ("base", "monitoring", "mongodb", "overlays/dev", "overlays/prod")
