@@ -5,7 +5,7 @@ long-polling, with reconnects and resume) and call the REST API.
         async for event in client:
             ...
 
-Nothing here imports the service: this package installs on its own (`pip install .`).
+Nothing here imports the service: this package installs on its own (`pip install ./realtime_client`).
 """
 
 from __future__ import annotations
