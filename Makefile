@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 NPM    := $(shell command -v npm 2>/dev/null)
 
-.PHONY: run test test-python test-web test-example openapi-gen test-image image image-deps lint types check web system-deps bench bench-scale conformance faults test-faults clean
+.PHONY: run test test-bench bench-deps test-python test-web test-example openapi-gen test-image image image-deps lint types check web system-deps bench bench-scale conformance faults test-faults clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,11 @@ test: $(VENV)/.dev system-deps web test-example openapi-gen
 # Fault injection against real processes (~2 min): their own target, so make test stays under 10 min
 FAULT_TESTS := tests/system/faults/test_faults.py tests/system/faults/test_stalls.py tests/system/faults/test_embedded_faults.py tests/system/faults/test_replay_storm.py
 
+# The benchmark's peers need make bench-deps (Pushpin, nchan, npm packages): their own target, make test-bench
+BENCH_TESTS := tests/system/test_bench_peers.py
+
 test-python: $(VENV)/.dev
-	$(PY) -m pytest --ignore=tests/system/deploy/test_image.py $(FAULT_TESTS:%=--ignore=%)
+	$(PY) -m pytest --ignore=tests/system/deploy/test_image.py $(FAULT_TESTS:%=--ignore=%) $(BENCH_TESTS:%=--ignore=%)
 
 ## test-faults: the fault-injection tests (MongoDB restart under idle replicas, deep resumes, rolling
 ## restart, full disk on a tmpfs, stalls, a replay storm), real processes, ~2 min; CI runs it after make test
@@ -85,8 +88,18 @@ lint: $(VENV)/.dev
 types: $(VENV)/.dev
 	$(BIN)/mypy
 
-## bench: fan-out benchmark against nchan and a naive Tornado server (see bench/README.md)
-bench: $(VENV)/.dev
+## bench-deps: what the benchmark's peers need: nginx with nchan and Pushpin (Debian), Socket.IO 4.8 (npm ci)
+bench-deps:
+	scripts/system-deps.sh pushpin=pushpin /usr/lib/nginx/modules/ngx_nchan_module.so=nginx-light,libnginx-mod-nchan
+	@test -n "$(NPM)" || { echo "npm is required for bench/peers/socketio (install Node.js 20)"; exit 1; }
+	cd bench/peers/socketio && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; }
+
+## test-bench: each benchmark peer (Socket.IO, Pushpin) started with 20 clients that all get an event (~30 s)
+test-bench: $(VENV)/.dev bench-deps
+	$(PY) -m pytest $(BENCH_TESTS)
+
+## bench: fan-out benchmark against nchan, Socket.IO, Pushpin and a naive Tornado server (see bench/README.md)
+bench: $(VENV)/.dev bench-deps
 	$(PY) -m bench $(ARGS)
 
 ## conformance: Autobahn|Testsuite against the WebSocket session: cases 1-10, then 12-13 with WS_COMPRESSION=1 (~5 min)
@@ -95,12 +108,12 @@ conformance: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist test-artifacts .pytest_cache .mypy_cache .ruff_cache
-	rm -rf examples/vite-react/node_modules examples/vite-react/dist examples/vite-react/vendor tests/openapi-gen/node_modules
+	rm -rf examples/vite-react/node_modules examples/vite-react/dist examples/vite-react/vendor tests/openapi-gen/node_modules bench/peers/socketio/node_modules
 
 ## faults: the fault suite (MongoDB restart under idle replicas, deep resumes, rolling restart, full disk, stalls; ~10 min; see bench/README.md)
 faults: $(VENV)/.dev
 	$(PY) -m bench.faults $(ARGS)
 
-## bench-scale: the scaling curve, 1k to 100k connections, service against nchan (~20-25 min; see bench/README.md)
-bench-scale: $(VENV)/.dev
+## bench-scale: the scaling curve, 1k to 100k connections, service against nchan, Socket.IO and Pushpin (see bench/README.md)
+bench-scale: $(VENV)/.dev bench-deps
 	$(PY) -m bench.scale $(ARGS)

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import load, report
+from bench.peers.pushpin_system import PushpinSystem
+from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery, Histogram
 from bench.systems import NaiveSystem, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
 from service.storage.mongo.embedded import EmbeddedMongo
 
-SYSTEMS = ("service1", "service2", "naive", "nchan1", "nchan2")
+SYSTEMS = ("service1", "service2", "naive", "nchan1", "nchan2", "socketio1", "socketio2", "pushpin1")
 PIPE_TIMEOUT = 300.0  # no single step of a load process may take longer than this
 
 
@@ -91,11 +93,14 @@ def _plans(system: System, args: argparse.Namespace, secret: str, **extra: Any) 
         ws = args.ws // args.procs + (1 if i < args.ws % args.procs else 0)
         sse = args.sse // args.procs + (1 if i < args.sse % args.procs else 0)
         poll = args.poll // args.procs + (1 if i < args.poll % args.procs else 0)
+        if system.sse_path is None:  # no SSE transport (Socket.IO): the same connections, all WebSocket
+            ws, sse = ws + sse, 0
         plans.append(
             load.Plan(
                 port=system.port,
                 ws_path=system.ws_path,
-                sse_path=system.sse_path,
+                sse_path=system.sse_path or "",
+                ws_protocol=system.ws_protocol,
                 ws=ws,
                 sse=sse,
                 poll=poll if system.name.startswith("service") else 0,
@@ -276,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
                     system = ServiceSystem(workdir, secret, workers=int(name[-1]), mongo_uri=mongo_uri)
                 elif name == "naive":
                     system = NaiveSystem(workdir, secret)
+                elif name.startswith("socketio"):
+                    system = SocketIoSystem(workdir, secret, workers=int(name[-1]))
+                elif name == "pushpin1":
+                    system = PushpinSystem(workdir, secret)
                 else:
                     system = NchanSystem(workdir, secret, workers=int(name[-1]))
                 if args.apart and name.startswith("service"):
@@ -305,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                 "service": "insert_one into `events` (acknowledged, sequential); delivery via the change stream",
                 "naive": "POST /publish (broadcast in the request)",
                 "nchan": "POST /pub (nchan_publisher)",
+                "socketio": "POST /publish (io.emit, through the cluster adapter with 2 workers)",
+                "pushpin": "POST /publish/ on the handler's HTTP publish port (ws-message and http-stream formats)",
             },
             "results": results,
             "table": markdown,

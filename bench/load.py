@@ -51,6 +51,7 @@ class Plan:
     poll_path: str = "/poll"
     algorithm: str = "HS256"  # RS256: jwt_secret is then the private key (PEM)
     track_heartbeats: bool = False  # record heartbeat arrival times and a histogram per event
+    ws_protocol: str = "websocket"  # "engineio": Socket.IO's packets inside the WebSocket frames
 
 
 class Tracker:
@@ -199,8 +200,7 @@ class WsClient(LoadClient):
             if end > size:
                 break
             if opcode == 0x1:
-                if not self.tracker.scan(buf, pos + head, end, now_us):
-                    self.tracker.ready(True)  # the greeting, or another per-connection message
+                self._text(buf, pos + head, end, now_us)
             elif opcode == 0x9:
                 self._pong(buf[pos + head : end])
                 self.tracker.beat()
@@ -210,6 +210,10 @@ class WsClient(LoadClient):
             pos = end
         self.buffer = buf[pos:]
 
+    def _text(self, buf: bytes, start: int, end: int, now_us: int) -> None:
+        if not self.tracker.scan(buf, start, end, now_us):
+            self.tracker.ready(True)  # the greeting, or another per-connection message
+
     def _pong(self, payload: bytes) -> None:
         if self.transport is None:
             return
@@ -217,6 +221,37 @@ class WsClient(LoadClient):
             self.transport.write(PONG_EMPTY)
         elif len(payload) < 126:  # a zero mask key leaves the payload as it is
             self.transport.write(bytes((0x8A, 0x80 | len(payload), 0, 0, 0, 0)) + payload)
+
+
+def masked_text(payload: bytes) -> bytes:
+    """A short client text frame, masked with a zero key (which leaves the payload as it is)."""
+    return bytes((0x81, 0x80 | len(payload), 0, 0, 0, 0)) + payload
+
+
+class EngineIoClient(WsClient):
+    """A Socket.IO client over a WebSocket (Engine.IO v4): the server's open packet `0{...}` is
+    answered with `40` (connect to namespace `/`), its `40{"sid":...}` means connected (`44` is a
+    refusal), its pings `2` are answered `3`, and events arrive as `42["event",{...}]`."""
+
+    CONNECT = masked_text(b"40")
+    PONG = masked_text(b"3")
+
+    def _text(self, buf: bytes, start: int, end: int, now_us: int) -> None:
+        kind = buf[start : start + 2]
+        if kind == b"42":
+            self.tracker.scan(buf, start, end, now_us)
+        elif kind[:1] == b"2":
+            if self.transport is not None:
+                self.transport.write(self.PONG)
+            self.tracker.beat()
+        elif kind == b"40":
+            self.tracker.ready(True)
+        elif kind[:1] == b"0":
+            if self.transport is not None:
+                self.transport.write(self.CONNECT)
+        elif kind == b"44" or kind[:1] == b"1":  # connect refused, or the engine closed
+            self.tracker.ready(False)
+            self.close()
 
 
 class SseClient(LoadClient):
@@ -305,8 +340,9 @@ def _token(secret: Any, user: int, algorithm: str = "HS256") -> str:
 
 def _ws_request(plan: Plan, token: str) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
+    separator = "&" if "?" in plan.ws_path else "?"
     return (
-        f"GET {plan.ws_path}?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{plan.port}\r\n"
+        f"GET {plan.ws_path}{separator}token={token} HTTP/1.1\r\nHost: 127.0.0.1:{plan.port}\r\n"
         f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
@@ -371,7 +407,8 @@ class Load:
         async def open_one(n: int, kind: str, request: bytes) -> None:
             async with limit:
                 tracker = Tracker(self.hists[kind], self.worst, loop.create_future(), self.by_seq, self.beats)
-                protocol: asyncio.Protocol = CLIENTS[kind](request, tracker, plan.greeting)
+                client = EngineIoClient if kind == "websocket" and plan.ws_protocol == "engineio" else CLIENTS[kind]
+                protocol: asyncio.Protocol = client(request, tracker, plan.greeting)
                 try:
                     await loop.create_connection(
                         lambda: protocol, "127.0.0.1", plan.port, local_addr=(source_address(first_user + n), 0)

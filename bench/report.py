@@ -70,7 +70,12 @@ def add_ratios(results: dict[str, dict[str, Any]]) -> None:
         if reference and not name.startswith("nchan"):
             ref = results[reference]
             ratios["vs"] = reference
-            ratios["p99_vs_nchan"] = _ratio(r["all"]["p99_ms"], ref["all"]["p99_ms"])
+            if r["sse"]["clients"]:
+                ratios["p99_vs_nchan"] = _ratio(r["all"]["p99_ms"], ref["all"]["p99_ms"])
+            else:  # WebSocket only (Socket.IO): against nchan's WebSocket clients
+                ratios["p99_vs_nchan"] = _ratio(
+                    r["websocket"]["latency"]["p99_ms"], ref["websocket"]["latency"]["p99_ms"]
+                )
             for kind in ("websocket", "sse"):
                 ratios[f"{kind}_p99_vs_nchan"] = _ratio(r[kind]["latency"]["p99_ms"], ref[kind]["latency"]["p99_ms"])
             ratios["rss_vs_nchan"] = _ratio(r["rss_per_connection_kb"], ref["rss_per_connection_kb"])

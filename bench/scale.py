@@ -31,12 +31,15 @@ from typing import Any
 
 from bench import load, report
 from bench.__main__ import _plans, _recv, stop_load_processes
+from bench.peers.pushpin_system import PushpinSystem
+from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery, Histogram
 from bench.systems import ROOT, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
 from service.storage.mongo.embedded import EmbeddedMongo
 
 HERE = Path(__file__).resolve().parent
 SIZES = (1_000, 5_000, 10_000, 25_000, 50_000, 100_000)
+SYSTEMS = ("service", "nchan", "socketio", "pushpin")
 FILES_PER_PROCESS = 15_000  # connections per server or load process: 20,000 open files, with room for imbalance
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 
@@ -57,7 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="at most this many deliveries per phase (shorter phases at high rates and sizes; 2 s at least)",
     )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
-    parser.add_argument("--systems", default="service,nchan", help="service and/or nchan")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"any of {','.join(SYSTEMS)} (socketio: WebSocket only; pushpin: one instance, at most ~19k connections)",
+    )
     parser.add_argument("--connect-size", type=int, default=10_000, help="WebSocket clients of the connect runs")
     parser.add_argument("--old", type=Path, default=None, help="another checkout: its connect rate beside this one")
     parser.add_argument("--connect-reps", type=int, default=2, help="connect runs per code and algorithm, alternated")
@@ -80,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(args.systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(unknown)}")
     set_files_per_process(args.files_per_process)
     return args
 
@@ -424,7 +434,7 @@ def sizing_table(document: dict[str, Any]) -> str:
         "| with p99 ≤ 250 ms (per core) | idle RSS per 10k connections |",
         "|---|---|---|---|---|",
     ]
-    for system in ("service", "nchan"):
+    for system in _systems(document):
         s = sizing(document, system)
         for rate, row in s["by_rate"].items():
             rows.append(
@@ -432,6 +442,11 @@ def sizing_table(document: dict[str, Any]) -> str:
                 f"| {row['p99_250ms']:,} ({row['p99_250ms_per_core']:,}) | {s.get('mb_per_10k', 0):g} MB |"
             )
     return "\n".join(rows)
+
+
+def _systems(document: dict[str, Any]) -> list[str]:
+    """The systems with points, in the order they were first measured."""
+    return list(dict.fromkeys(p["system"] for p in document["points"]))
 
 
 def write_readme(markdown: str, command: str) -> None:
@@ -453,7 +468,9 @@ def plot(document: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (lat, mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for system, colour in (("service", "tab:blue"), ("nchan", "tab:orange")):
+    colours = {"service": "tab:blue", "nchan": "tab:orange", "socketio": "tab:green", "pushpin": "tab:red"}
+    for system in _systems(document):
+        colour = colours.get(system, "tab:grey")
         points = sorted((p for p in document["points"] if p["system"] == system), key=lambda p: p["size"])
         if not points:
             continue
@@ -547,6 +564,10 @@ def main(argv: list[str] | None = None) -> int:
                     system: System
                     if name == "service":
                         system = ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri)
+                    elif name == "socketio":
+                        system = SocketIoSystem(workdir, secret, workers=workers)
+                    elif name == "pushpin":  # one instance: condure holds every socket in one process
+                        system = PushpinSystem(workdir, secret)
                     else:
                         system = NchanSystem(workdir, secret, workers=workers)
                     try:

@@ -69,6 +69,41 @@ def wait_for(condition: object, seconds: float, what: str) -> None:
     raise RuntimeError(f"timed out after {seconds:.0f}s waiting for {what}")
 
 
+def raise_open_files() -> None:
+    """In a child before exec: the soft open-file limit up to NOFILE_LIMIT (or the hard limit),
+    for servers that cannot raise it themselves (Node, Pushpin)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE_LIMIT if hard == resource.RLIM_INFINITY else min(NOFILE_LIMIT, hard)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def stop_pid(pid: int, command_part: str, grace: float = 10) -> None:
+    """Stop a process we started but do not hold a Popen for (a server's worker), by pid: SIGTERM,
+    then SIGKILL after `grace` s. Only while its command line still holds `command_part`, so a
+    reused pid is left alone."""
+
+    def ours() -> bool:
+        try:
+            return command_part.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        if not ours():
+            return
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 def stop_process(process: subprocess.Popen[bytes] | None, signum: int = signal.SIGTERM, grace: float = 30) -> None:
     """Signal one process we started, wait, and kill it if it does not exit."""
     if process is None or process.poll() is not None:
@@ -133,6 +168,26 @@ class HttpPublisher(Publisher):
         self.sock.close()
 
 
+class OneShotHttpPublisher(Publisher):
+    """One POST per connection, each answered before the next is sent: for servers that close
+    after every request (Pushpin's publish API answers `Connection: close`), where pipelining
+    would lose what follows the first request."""
+
+    def __init__(self, port: int, path: str, body: Callable[[int], bytes]) -> None:
+        self.port = port
+        self.body = body
+        self.head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        self.accepted = 0
+
+    def send(self, seq: int) -> None:
+        body = self.body(seq)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(f"{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            if sock.recv(64).startswith(b"HTTP/1.1 20"):
+                self.accepted += 1
+
+
 class MongoPublisher(Publisher):
     """Acknowledged inserts into `events`, one after another: what `POST /api/events` does, minus HTTP.
 
@@ -167,7 +222,8 @@ class System:
 
     name = ""
     ws_path = "/ws"
-    sse_path = "/events"
+    sse_path: str | None = "/events"  # None: no SSE transport (its share of clients is WebSocket)
+    ws_protocol = "websocket"  # or "engineio": Socket.IO's framing inside the WebSocket frames
     greeting = True  # sends `connected` after authenticating
     workers = 1
 
@@ -195,10 +251,18 @@ class System:
         stop_process(self.process)
         self.process = None
 
-    def _spawn(self, command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+    def _spawn(
+        self,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         log = open(self.workdir / f"{self.name}.log", "ab")
         try:
-            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+            )
         finally:
             log.close()
 

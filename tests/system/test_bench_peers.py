@@ -1,0 +1,102 @@
+"""The benchmark's peers (Socket.IO one process and two cluster workers, Pushpin): each starts,
+authenticates 20 clients of the bench's own load client, delivers one published event to every
+one of them, refuses a token signed with another key, and stops every process it started.
+
+Needs `make bench-deps` (Pushpin from Debian, `npm ci` in bench/peers/socketio); run by
+`make test-bench`, not by `make test`. A missing dependency fails with that hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import load
+from bench.peers.pushpin_system import PushpinSystem
+from bench.peers.socketio_system import SocketIoSystem
+from bench.stats import Delivery
+from bench.systems import System
+
+SECRET = secrets.token_urlsafe(32)
+PEERS: dict[str, Callable[[Path], System]] = {
+    "socketio1": lambda workdir: SocketIoSystem(workdir, SECRET, workers=1),
+    "socketio2": lambda workdir: SocketIoSystem(workdir, SECRET, workers=2),
+    "pushpin1": lambda workdir: PushpinSystem(workdir, SECRET),
+}
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(params=sorted(PEERS))
+def peer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
+    system = PEERS[request.param](tmp_path)
+    pids: list[int] = []
+    try:
+        system.start()
+        pids = system.server_pids()
+        yield system
+    finally:
+        system.stop()
+    assert not [pid for pid in pids if running(pid)], f"{system.name} left processes running"
+
+
+def plan(system: System, ws: int, sse: int, secret: str = SECRET) -> load.Plan:
+    return load.Plan(
+        port=system.port,
+        ws_path=system.ws_path,
+        sse_path=system.sse_path or "",
+        ws_protocol=system.ws_protocol,
+        ws=ws,
+        sse=sse,
+        first_user=1,
+        jwt_secret=secret,
+        greeting=system.greeting,
+        connect_timeout=20.0,
+    )
+
+
+async def deliver_one(system: System, clients: load.Load) -> dict[str, Delivery]:
+    """Connect the clients, publish event 1, wait (bounded) until each has it."""
+    try:
+        await asyncio.wait_for(clients.connect(), 60)
+        publisher = system.publisher()
+        await asyncio.get_running_loop().run_in_executor(None, publisher.send, 1)
+        await asyncio.get_running_loop().run_in_executor(None, publisher.close)
+        return await asyncio.wait_for(clients.finish(1, 30.0), 60)
+    finally:
+        await clients.close()
+
+
+def test_peer_delivers_an_event_to_all_its_clients(peer: System) -> None:
+    """20 clients (10 SSE where the peer has SSE) connect, and each gets the one event, once."""
+    sse = 10 if peer.sse_path else 0
+    clients = load.Load(plan(peer, 20 - sse, sse))
+    result = asyncio.run(deliver_one(peer, clients))
+    assert clients.failed == 0
+    got = {kind: (d.clients, d.received, d.lost, d.duplicated) for kind, d in result.items() if d.clients}
+    expected = {"websocket": (20 - sse, 20 - sse, 0, 0)} | ({"sse": (sse, sse, 0, 0)} if sse else {})
+    assert got == expected
+
+
+def test_peer_refuses_a_token_signed_with_another_key(peer: System) -> None:
+    """A WebSocket client with a forged token is never counted as connected."""
+    clients = load.Load(plan(peer, 1, 0, secret=secrets.token_urlsafe(32)))
+
+    async def connect() -> None:
+        try:
+            await asyncio.wait_for(clients.connect(), 30)
+        finally:
+            await clients.close()
+
+    asyncio.run(connect())
+    assert clients.failed == 1
