@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
 from http.client import responses
 from typing import Any
 
@@ -16,11 +15,8 @@ from metrics.logs import RedactedLogging
 from service.app.context import AppContext
 from service.app.idempotency import HEADER, Answer, Change, KeyInUse, KeyReused, commit_once, fingerprint, parse_key
 from service.core.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreFull, StoreUnavailable
-from service.core.events import event_document
 from service.core.identity import Credentials, Principal
 from service.protocol.wire import loads
-from service.storage.mongo.embedded import disk_full
-from service.storage.mongo.store import Session
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +148,7 @@ class BaseHandler(RedactedLogging):
         elif isinstance(exc, NotFound):
             status_code, body = 404, {"error": "not_found", "message": f"no {exc}"}
         elif isinstance(exc, StoreUnavailable):
-            storage = self.ctx.embedded_storage
-            full = isinstance(exc, StoreFull) or (storage is not None and disk_full(storage))
+            full = isinstance(exc, StoreFull) or self.ctx.disk_full()
             reason = "database disk full" if full else "database unavailable, retry later"
             status_code, body = 503, {"error": "unavailable", "reason": reason}
             self.set_header("Retry-After", "5" if full else "2")
@@ -198,22 +193,11 @@ class ApiHandler(BaseHandler):
             return
         self._body.extend(chunk)
 
-    async def emit(
-        self,
-        user: Principal,
-        event_type: str,
-        fields: dict[str, Any],
-        at: datetime | None = None,
-        session: Session | None = None,
-    ) -> None:
-        """Publish the event for a change this request made, signed with the user's id and name."""
-        fields = {"userId": user.user_id, "userName": user.name, **fields}
-        await self.ctx.store.publish(event_document(event_type, fields, at), session)
-
     async def commit(self, user: Principal, change: Change) -> None:
-        """Commit a change with its one event in one transaction, once per `Idempotency-Key`,
-        and send its answer (the first one again for a retried request), within MONGODB_TIMEOUT_MS."""
-        deadline = time.monotonic() + self.ctx.store.timeout_seconds
+        """Run a use case's change (which writes its one event) in one unit of work, once per
+        `Idempotency-Key`, and send its answer (the first one again for a retried request),
+        within MONGODB_TIMEOUT_MS."""
+        deadline = time.monotonic() + self.ctx.unit_of_work.timeout_seconds
         key = parse_key(self.request.headers.get(HEADER))
         same = fingerprint(self.request.method or "", self.request.path, bytes(self._body))
         lifecycle = self.ctx.lifecycle
@@ -224,7 +208,7 @@ class ApiHandler(BaseHandler):
         try:
             with lifecycle.write():
                 answer = await commit_once(
-                    self.ctx.store, change, key=key, user_id=user.user_id, fingerprint=same, deadline=deadline
+                    self.ctx.unit_of_work, change, key=key, user_id=user.user_id, fingerprint=same, deadline=deadline
                 )
         except KeyInUse as exc:
             self.reject(409, str(exc), {"Retry-After": "1"})

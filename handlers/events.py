@@ -1,13 +1,12 @@
-"""`POST /api/events`: publishers insert any event (the seed's `wsServer.broadcast`)."""
+"""`POST /api/events`: publishers insert any event (the seed's `wsServer.broadcast`; the rules
+are `service.app.publish`)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from handlers.base import ApiHandler
+from service.app import publish
 from service.app.idempotency import Answer
-from service.core.events import document_for_publish
-from service.storage.mongo.store import Session
+from service.core.ports import Transaction
 
 
 class PublishHandler(ApiHandler):
@@ -15,10 +14,9 @@ class PublishHandler(ApiHandler):
 
     async def post(self) -> None:
         user = await self.principal("publisher")
-        doc = document_for_publish(self.json_body(), datetime.now(UTC))
+        event = publish.accept(self.json_body())
 
-        async def change(session: Session) -> Answer:
-            await self.ctx.store.publish(doc, session)
-            return Answer.json(202, {"accepted": True, "type": doc["type"]})
+        async def change(transaction: Transaction) -> Answer:
+            return Answer.json(202, await publish.publish(transaction, event))
 
         await self.commit(user, change)

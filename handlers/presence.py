@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from handlers.base import ApiHandler
 from service.core.errors import NotFound
 from service.fanout.presence import STALE_HEARTBEATS
-from service.storage.mongo.store import utcnow
 
 
 class PresenceHandler(ApiHandler):
@@ -18,6 +17,6 @@ class PresenceHandler(ApiHandler):
         if self.ctx.hub.presence is None:
             raise NotFound("presence is off (PRESENCE=0)")
         heartbeat = self.ctx.settings.heartbeat_seconds
-        stale_before = utcnow() - timedelta(seconds=heartbeat * STALE_HEARTBEATS)
-        users = await self.ctx.store.presence_list(stale_before)
+        stale_before = datetime.now(UTC) - timedelta(seconds=heartbeat * STALE_HEARTBEATS)
+        users = await self.ctx.online.presence_list(stale_before)
         self.write_json({"users": users, "count": len(users)})

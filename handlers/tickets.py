@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler
-from service.app.auth import TICKET_SECONDS
+from service.app import tickets
 
 
 class TicketHandler(ApiHandler):
     async def post(self) -> None:
         user = await self.principal()
-        ticket = await self.ctx.auth.issue_ticket(user)
-        self.write_json({"ticket": ticket, "expiresIn": TICKET_SECONDS})
+        self.write_json(await tickets.issue(self.ctx.auth, user))

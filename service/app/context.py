@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from metrics.registry import Metrics
 from service.app.auth import Authenticator
 from service.app.readiness import Readiness
 from service.core.config import Settings
+from service.core.ports import OnlineUsers, UnitOfWork
 from service.fanout.bus import Bus
 from service.fanout.hub import Hub
-from service.storage.mongo.store import MongoStore
 
 
 @dataclass
@@ -51,14 +50,16 @@ class Lifecycle:
 
 @dataclass
 class AppContext:
-    """Dependencies of the handlers; tests build their own."""
+    """Dependencies of the handlers, storage as ports (the runtime wires MongoDB in); tests build their own."""
 
     settings: Settings
-    store: MongoStore
+    unit_of_work: UnitOfWork  # the use cases' changes and reads (`service.app.tasks`, ...)
+    online: OnlineUsers  # `GET /api/presence`
     auth: Authenticator
     hub: Hub
     bus: Bus
     metrics: Metrics
     readiness: Readiness
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
-    embedded_storage: Path | None = None  # the embedded MongoDB's data directory, if there is one
+    # Whether the database's disk is full (the embedded MongoDB's data directory is): a 503 says so.
+    disk_full: Callable[[], bool] = lambda: False

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.core.errors import BadMessage, ServiceError, StoreUnavailable
-from service.storage.mongo.store import MongoStore, Session
+from service.core.ports import Transaction, UnitOfWork
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -54,7 +54,8 @@ class Answer:
         return {"status": self.status, "body": self.body, "location": self.location}
 
 
-Change = Callable[[Session], Awaitable[Answer]]
+# A use case's change inside the unit of work, with the answer to remember for its key.
+Change = Callable[[Transaction], Awaitable[Answer]]
 
 
 def parse_key(raw: str | None) -> str | None:
@@ -88,7 +89,7 @@ def key_id(user_id: int | str, key: str) -> str:
 
 
 async def commit_once(
-    store: MongoStore,
+    storage: UnitOfWork,
     change: Change,
     *,
     key: str | None,
@@ -96,7 +97,7 @@ async def commit_once(
     fingerprint: str,
     deadline: float | None = None,
 ) -> Answer:
-    """Run `change` in a transaction, once per key: the first answer for a repeated request.
+    """Run `change` in one unit of work, once per key: the first answer for a repeated request.
 
     The claim, the transaction and its commit share one deadline (MONGODB_TIMEOUT_MS from
     `deadline`'s start), so a request answers 503 within it, not after a budget per step. A
@@ -112,30 +113,30 @@ async def commit_once(
         StoreUnavailable: MongoDB did not answer in time (the key is released, in the
             background, when nothing changed).
     """
-    left = store.timeout_seconds if deadline is None else deadline - time.monotonic()
+    left = storage.timeout_seconds if deadline is None else deadline - time.monotonic()
     if left <= 0:
         raise StoreUnavailable("the request's deadline passed before MongoDB was asked")
     try:
-        async with store.deadline(left):
-            answer = await _commit_once(store, change, key=key, user_id=user_id, fingerprint=fingerprint)
+        async with storage.deadline(left):
+            answer = await _commit_once(storage, change, key=key, user_id=user_id, fingerprint=fingerprint)
     except StoreUnavailable:
-        store.record_write(ok=False)
+        storage.record_write(ok=False)
         raise
     if not answer.replayed:
-        store.record_write(ok=True)
+        storage.record_write(ok=True)
     return answer
 
 
 async def _commit_once(
-    store: MongoStore, change: Change, *, key: str | None, user_id: int | str, fingerprint: str
+    storage: UnitOfWork, change: Change, *, key: str | None, user_id: int | str, fingerprint: str
 ) -> Answer:
     if key is None:
-        return await store.transaction(change)
+        return await storage.run(change)
     record_id = key_id(user_id, key)
     owner = uuid.uuid4().hex
-    lease = 2 * store.timeout_seconds + 1
+    lease = 2 * storage.timeout_seconds + 1
     lease_until = time.monotonic() + lease
-    held = await store.claim_key(record_id, fingerprint, owner, lease_seconds=lease)
+    held = await storage.claim_key(record_id, fingerprint, owner, lease_seconds=lease)
     if held is not None:
         if held.get("fingerprint") != fingerprint:
             raise KeyReused("this Idempotency-Key was used for a different request (method, path or body)")
@@ -144,15 +145,15 @@ async def _commit_once(
         answer = held["answer"]
         return Answer(answer["status"], answer.get("body"), answer.get("location"), replayed=True)
 
-    async def change_and_record(session: Session) -> Answer:
-        answer = await change(session)
-        if not await store.complete_key(record_id, owner, answer.record(), session):
+    async def change_and_record(transaction: Transaction) -> Answer:
+        answer = await change(transaction)
+        if not await transaction.complete_key(record_id, owner, answer.record()):
             # Our lease ran out and a retry took the key over: it will make the change.
             raise KeyInUse("a request with this Idempotency-Key is still in progress; retry shortly")
         return answer
 
     try:
-        return await store.transaction(change_and_record)
+        return await storage.run(change_and_record)
     except BaseException:
-        store.release_key(record_id, owner, lease_until)
+        storage.release_key(record_id, owner, lease_until)
         raise

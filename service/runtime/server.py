@@ -7,6 +7,8 @@ import logging
 import signal
 import socket
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tornado.ioloop import PeriodicCallback
@@ -23,7 +25,9 @@ from service.core.errors import CloseCode, ServiceError
 from service.fanout.bus import Bus
 from service.fanout.hub import Hub
 from service.fanout.presence import Presence
+from service.storage.mongo.embedded import disk_full
 from service.storage.mongo.store import MongoStore
+from service.storage.mongo.unit_of_work import MongoUnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +67,16 @@ def check_port(host: str, port: int) -> None:
             sock.close()
 
 
+@dataclass(kw_only=True)
+class ServerContext(AppContext):
+    """The handlers' context and the concrete store behind its ports, which the server starts and closes."""
+
+    store: MongoStore = field(repr=False)
+
+
 def build_context(
     settings: Settings, mongodb_uri: str, metrics: Metrics | None = None, *, embedded_storage: Path | None = None
-) -> AppContext:
+) -> ServerContext:
     """Every dependency of the handlers, wired together (nothing started yet).
 
     Args:
@@ -84,23 +95,25 @@ def build_context(
         hub.presence = Presence(
             store, metrics, heartbeat_seconds=settings.heartbeat_seconds, grace_seconds=settings.presence_grace_seconds
         )
-    return AppContext(
+    return ServerContext(
         settings=settings,
         store=store,
+        unit_of_work=MongoUnitOfWork(store),
+        online=store,
         auth=Authenticator(settings, store),
         hub=hub,
         bus=bus,
         metrics=metrics,
         readiness=Readiness(store),
         lifecycle=Lifecycle(started_at=time.time()),
-        embedded_storage=embedded_storage,
+        disk_full=partial(disk_full, embedded_storage) if embedded_storage is not None else lambda: False,
     )
 
 
 class Server:
     """The HTTP server of one process and the things that run beside it."""
 
-    def __init__(self, ctx: AppContext, *, reuse_port: bool = False) -> None:
+    def __init__(self, ctx: ServerContext, *, reuse_port: bool = False) -> None:
         self.ctx = ctx
         self.reuse_port = reuse_port
         self.http: EdgeServer | None = None
