@@ -119,7 +119,8 @@ async def timed(method: str, url: str, **kwargs: Any) -> tuple[int, float]:
 
 def server_connections(uri: str) -> int:
     """Connections the server holds (serverStatus), this one's excluded."""
-    with MongoClient(uri, serverSelectionTimeoutMS=10_000, maxPoolSize=1) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000, maxPoolSize=1)
+    with client:
         return int(client.admin.command("serverStatus")["connections"]["current"]) - 1
 
 

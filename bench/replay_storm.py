@@ -63,7 +63,8 @@ def rss_mb(pid: int) -> float:
 
 
 def seed(uri: str, count: int) -> None:
-    with MongoClient(uri) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    with client:
         events = client["realtime"]["events"]
         docs = [event_document("note", {"n": n, "text": "حدث " * 8}) for n in range(count)]
         for at in range(0, count, 1000):

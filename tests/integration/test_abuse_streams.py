@@ -25,16 +25,17 @@ from service.transports.ws import WebSocketSession
 FLOOD = 2_000  # requests sent at once, unread answers and all: 40 times the burst
 
 
-class StalledTransport:
+class StalledTransport(asyncio.Transport):
     """An asyncio transport whose peer reads nothing: every byte written stays queued."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.writes: list[bytes] = []
         self.most_queued = 0  # the largest backlog before the connection began to close
         self.closing = False
 
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
         if data[0] & 0x0F != OP_CLOSE:
             self.most_queued = max(self.most_queued, self.get_write_buffer_size())
 
@@ -202,7 +203,7 @@ async def test_drained_streams_give_their_slots_back(service: Service) -> None:
     await ws.recv_type("connected")
     await sse.next_of("connected")
     assert service.ctx.hub.slots_taken(44) == 2
-    await service.runtime.server.drain(0)
+    await service.server.drain(0)
     assert (await ws.closed())[0] == 1012
     await sse.until_end()
     await eventually(lambda: service.ctx.hub.slots_taken(44) == 0, 20, "every slot given back")

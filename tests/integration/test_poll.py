@@ -75,7 +75,8 @@ async def test_consecutive_polls_deliver_100_events_per_second_once_in_order(ser
     token = service.token()
     publisher = service.token(sub=2, roles=PUBLISHER)
     _, _, first = await poll(service, token)
-    cursor, received, polls = first["cursor"], [], 0
+    cursor, polls = first["cursor"], 0
+    received: list[dict[str, Any]] = []
 
     async def publish_all() -> None:
         for n in range(300):
@@ -103,7 +104,7 @@ async def test_poll_resumes_across_a_service_restart(start_service) -> None:  # 
     await service.publish(publisher, {"type": "tick", "n": 0})
     _, _, body = await poll(service, token, cursor=first["cursor"])
     assert [m["n"] for m in body["messages"]] == [0]
-    await service.runtime.server.stop()
+    await service.server.stop()
     restarted = await start_service(mongodb_db=service.settings.mongodb_db)
     for n in (1, 2, 3):
         await restarted.publish(publisher, {"type": "tick", "n": n})
@@ -190,7 +191,7 @@ async def test_drain_answers_a_waiting_poll_at_once_and_refuses_new_ones(start_s
     _, _, first = await poll(service, token)
     waiting = asyncio.ensure_future(poll(service, token, cursor=first["cursor"]))
     await eventually(lambda: len(service.ctx.hub) == 2, 5, "the poll to wait")
-    draining = asyncio.ensure_future(service.runtime.server.drain())
+    draining = asyncio.ensure_future(service.server.drain())
     status, _, body = await asyncio.wait_for(waiting, wait_bound(10))
     assert status == 200 and body == {"messages": [], "cursor": first["cursor"]}
     await stream.until_end()

@@ -161,6 +161,6 @@ async def test_a_position_pruned_from_the_oplog_is_resync_not_a_short_replay(sta
         recent = service.ctx.bus.history[0].event.id
         status, _, body = await poll(service, token, cursor=recent)
         assert status == 200 and [m["n"] for m in body["messages"]] == list(range(591, 600))
-        await service.runtime.server.stop()
+        await service.server.stop()
     finally:
         mongo.stop()

@@ -119,7 +119,7 @@ async def test_message_over_limit_closes_with_1009(start_service) -> None:  # ty
             "invalid token",
         ),
         (
-            lambda s: {"token": jwt.encode({"sub": "1", "exp": time.time() + 60}, None, algorithm="none")},
+            lambda s: {"token": jwt.encode({"sub": "1", "exp": time.time() + 60}, "", algorithm="none")},
             "invalid token",
         ),
         (
