@@ -129,7 +129,7 @@ async def test_resume_replays_missed_events_once_in_order(start_service, history
     sse = await service.sse({"token": token}, headers={"Last-Event-ID": seen[0]["id"]})
     assert (await sse.next_of("connected")).json()["resumed"] is True
     assert [(await sse.next_event()).json()["n"] for _ in range(9)] == list(range(1, 10))
-    outcome = service.ctx.metrics.resumes.labels("websocket", "replayed")._value.get()
+    outcome = service.ctx.metrics.sample("realtime_resumes_total", transport="websocket", outcome="replayed")
     assert outcome == 1
     await ws.close()
     sse.close()
@@ -144,7 +144,7 @@ async def test_unknown_last_event_id_gets_resync_then_live_events(service: Servi
     assert (await ws.recv())["type"] == "resync"
     await service.publish(publisher, {"type": "tick", "n": 1})
     assert (await ws.recv())["n"] == 1
-    assert service.ctx.metrics.resumes.labels("websocket", "resync")._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_resumes_total", transport="websocket", outcome="resync") == 1
     await ws.close()
 
 

@@ -110,7 +110,7 @@ async def test_poll_resumes_across_a_service_restart(start_service) -> None:  # 
         await restarted.publish(publisher, {"type": "tick", "n": n})
     _, _, after = await poll(restarted, token, cursor=body["cursor"])
     assert [m["n"] for m in after["messages"]] == [1, 2, 3]
-    assert restarted.ctx.metrics.resumes.labels("poll", "replayed")._value.get() == 1
+    assert restarted.ctx.metrics.sample("realtime_resumes_total", transport="poll", outcome="replayed") == 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -120,7 +120,7 @@ async def test_unknown_cursor_answers_resync_and_a_fresh_cursor(service: Service
     [resync] = body["messages"]
     assert resync["type"] == "resync"
     assert isinstance(body["cursor"], str) and body["cursor"] != "not-an-id"
-    assert service.ctx.metrics.resumes.labels("poll", "resync")._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_resumes_total", transport="poll", outcome="resync") == 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -146,7 +146,7 @@ async def test_poll_auth_failure_is_401_json_at_once(service: Service, token: st
     status, headers, body = await poll(service, token, cursor="0")
     assert status == 401 and body == {"error": "unauthorized", "reason": reason}
     assert headers["Cache-Control"] == "no-store"
-    assert service.ctx.metrics.auth_failures.labels("poll", reason)._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_auth_failures_total", transport="poll", reason=reason) == 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -156,7 +156,7 @@ async def test_poll_refuses_a_token_in_the_url(service: Service, header: bool) -
     token = service.token(sub=5)
     response = await service.request("GET", f"/poll?token={token}", token=token if header else None)
     assert response.code == 401 and json.loads(response.body) == {"error": "unauthorized", "reason": "token in URL"}
-    assert service.ctx.metrics.auth_failures.labels("poll", "token in URL")._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_auth_failures_total", transport="poll", reason="token in URL") == 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -213,12 +213,12 @@ async def test_waiting_polls_count_as_poll_connections(service: Service) -> None
     token = service.token()
     _, _, first = await poll(service, token)
     waiting = asyncio.ensure_future(poll(service, token, cursor=first["cursor"]))
-    await eventually(lambda: metrics.connections.labels("poll")._value.get() == 1, 5, "a poll connection")
+    await eventually(lambda: metrics.sample("realtime_connections", transport="poll") == 1, 5, "a poll connection")
     await service.publish(service.token(sub=2, roles=PUBLISHER), {"type": "note"})
     await asyncio.wait_for(waiting, wait_bound(10))
-    assert metrics.connections.labels("poll")._value.get() == 0
-    assert metrics.messages_sent.labels("poll")._value.get() == 1
-    assert metrics.connections_opened.labels("poll")._value.get() == 2
+    assert metrics.sample("realtime_connections", transport="poll") == 0
+    assert metrics.sample("realtime_messages_sent_total", transport="poll") == 1
+    assert metrics.sample("realtime_connections_opened_total", transport="poll") == 2
     assert b'realtime_connections{transport="poll"}' in metrics.exposition()
 
 

@@ -49,7 +49,7 @@ async def test_sse_auth_failure_is_401_json(service: Service, query: dict[str, s
     sse = await service.sse(query)
     assert sse.status == 401
     assert sse.body_json == {"error": "unauthorized", "reason": reason}
-    assert service.ctx.metrics.auth_failures.labels("sse", reason)._value.get() >= 1
+    assert service.ctx.metrics.sample("realtime_auth_failures_total", transport="sse", reason=reason) >= 1
 
 
 @pytest.mark.gen_test(timeout=30)

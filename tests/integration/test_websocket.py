@@ -135,7 +135,7 @@ async def test_auth_failure_closes_websocket_with_4401(service: Service, make_qu
     ws = await service.websocket(make_query(service))
     code, got = await ws.closed()
     assert (code, got) == (4401, reason)
-    failures = service.ctx.metrics.auth_failures.labels("websocket", reason)._value.get()
+    failures = service.ctx.metrics.sample("realtime_auth_failures_total", transport="websocket", reason=reason)
     assert failures >= 1
 
 

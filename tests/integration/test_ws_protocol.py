@@ -286,7 +286,7 @@ async def test_client_close_is_answered_with_its_code_and_counted(service: Servi
     ws.send(frame(struct.pack("!H", 4321) + "خروج".encode(), OP_CLOSE))
     assert await ws.recv_close() == (4321, "")
     assert await ws.at_eof()
-    assert service.ctx.metrics.disconnects.labels("websocket", "4321")._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_disconnects_total", transport="websocket", code="4321") == 1
     assert len(service.ctx.hub) == 0
     await ws.close()
 
