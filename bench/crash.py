@@ -25,7 +25,6 @@ import json
 import random
 import signal
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -36,21 +35,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from pymongo import AsyncMongoClient, MongoClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-from pymongo import AsyncMongoClient, MongoClient  # noqa: E402
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import WebSocketException  # noqa: E402
-
-from harness.clients import Condition  # noqa: E402
-from harness.processes import SECRET, ServiceProcess, children_of, pid_alive, wait_until  # noqa: E402
-from service.app.auth import issue_token  # noqa: E402
-from service.core.config import Settings  # noqa: E402
-from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
-from service.storage.mongo.store import MongoStore  # noqa: E402
+from harness.clients import Condition
+from harness.processes import SECRET, ServiceProcess, children_of, pid_alive, wait_until
+from service.app.auth import issue_token
+from service.core.config import Settings
+from service.storage.mongo.embedded import EmbeddedMongo
+from service.storage.mongo.store import MongoStore
 
 SERVICE_ENV = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "MONGODB_TIMEOUT_MS": "1000", "LOG_LEVEL": "WARNING"}
 RETRY_STATUSES = (409, 503, 599)  # in flight, MongoDB away, no answer (connection dropped)

@@ -30,7 +30,6 @@ import importlib
 import json
 import random
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -38,14 +37,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.crash import SERVICE_ENV, Audit, Follower, Writer, audit, stored_events, wait_for, writer_token
+from harness.processes import ServiceProcess
+from service.storage.mongo.embedded import EmbeddedMongo
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-
-from bench.crash import SERVICE_ENV, Audit, Follower, Writer, audit, stored_events, wait_for, writer_token  # noqa: E402
-from harness.processes import ServiceProcess  # noqa: E402
-from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
 
 DB = "realtime"
 
