@@ -21,6 +21,7 @@ from service.fanout.connection import Connection
 from service.protocol.frames import OP_CLOSE, OP_PING, parse_close
 from service.protocol.websocket import REQUEST_BURST
 from service.transports.ws import WebSocketSession
+from tests.conftest import StartService
 
 FLOOD = 2_000  # requests sent at once, unread answers and all: 40 times the burst
 
@@ -58,7 +59,7 @@ class StalledTransport(asyncio.Transport):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_unread_pongs_count_against_max_pending_bytes_and_close_with_4408(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_unread_pongs_count_against_max_pending_bytes_and_close_with_4408(start_service: StartService) -> None:
     """Pongs to a client that reads nothing stop at MAX_PENDING_BYTES: it is closed 4408 at that write."""
     service = await start_service(max_pending_bytes=1024)
     session = WebSocketSession(service.ctx, None)
@@ -251,7 +252,7 @@ async def test_to_users_reaches_only_the_user_with_that_canonical_id(service: Se
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_leading_zero_subject_does_not_take_the_numeric_users_slots(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_leading_zero_subject_does_not_take_the_numeric_users_slots(start_service: StartService) -> None:
     """With one connection per user, "00100" connected does not keep user 100 out."""
     service = await start_service(max_connections_per_user=1)
     other, _ = await connected_as(service, "00100")

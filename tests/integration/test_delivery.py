@@ -7,6 +7,7 @@ import json
 import pytest
 
 from harness.clients import Service, SseClient, WsClient
+from tests.conftest import StartService
 
 SEED_FIELDS = {
     "task_created": {"userId", "userName", "taskId", "taskType", "title"},
@@ -109,7 +110,7 @@ async def publish_numbered(service: Service, token: str, first: int, count: int)
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("history_size", [1000, 2], ids=["from-memory", "from-mongodb"])
-async def test_resume_replays_missed_events_once_in_order(start_service, history_size: int) -> None:  # type: ignore[no-untyped-def]
+async def test_resume_replays_missed_events_once_in_order(start_service: StartService, history_size: int) -> None:
     """Reconnecting with the last id replays what was missed, then live events, no duplicates."""
     service = await start_service(history_size=history_size)
     publisher = service.token(sub=9, roles=("publisher",))

@@ -17,6 +17,7 @@ from harness.clients import Service, eventually, wait_bound
 from service.core.identity import Principal
 from service.transports.poll import VerifiedTokens
 from tests.browser import ROOT
+from tests.conftest import StartService
 
 PUBLISHER = ("user", "publisher")
 
@@ -46,7 +47,7 @@ async def test_first_poll_answers_connected_at_once_without_caching(service: Ser
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_idle_poll_returns_empty_with_its_cursor_after_the_timeout(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_idle_poll_returns_empty_with_its_cursor_after_the_timeout(start_service: StartService) -> None:
     """Nothing pending: an empty list after POLL_TIMEOUT_SECONDS, the cursor unchanged."""
     service = await start_service(poll_timeout_seconds=0.3)
     token = service.token()
@@ -95,7 +96,7 @@ async def test_consecutive_polls_deliver_100_events_per_second_once_in_order(ser
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_poll_resumes_across_a_service_restart(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_poll_resumes_across_a_service_restart(start_service: StartService) -> None:
     """A cursor from one process is answered by the next from MongoDB: each missed event once."""
     service = await start_service()
     token = service.token()
@@ -124,7 +125,7 @@ async def test_unknown_cursor_answers_resync_and_a_fresh_cursor(service: Service
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_poll_applies_addressing_and_event_filters(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_poll_applies_addressing_and_event_filters(start_service: StartService) -> None:
     """Events for other users and unsubscribed types are skipped, and the cursor still moves past them."""
     service = await start_service(poll_timeout_seconds=0.5)
     token = service.token(sub=1)
@@ -167,7 +168,7 @@ async def test_poll_accepts_the_access_token_cookie(service: Service) -> None:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_waiting_poll_holds_one_of_the_users_slots(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_waiting_poll_holds_one_of_the_users_slots(start_service: StartService) -> None:
     """Past MAX_CONNECTIONS_PER_USER a poll is refused with 429; the slot comes back when it ends."""
     service = await start_service(max_connections_per_user=1)
     token = service.token()
@@ -182,7 +183,7 @@ async def test_a_waiting_poll_holds_one_of_the_users_slots(start_service) -> Non
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_drain_answers_a_waiting_poll_at_once_and_refuses_new_ones(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_drain_answers_a_waiting_poll_at_once_and_refuses_new_ones(start_service: StartService) -> None:
     """SIGTERM's drain answers a pending poll now (empty, same cursor), not in its turn among streams."""
     service = await start_service(drain_seconds=60.0, poll_timeout_seconds=60.0)
     token = service.token()
@@ -262,7 +263,7 @@ async def test_poll_by_ticket_is_logged_without_it(service: Service, caplog: pyt
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_poll_ends_with_close_4401_when_its_token_expires(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_poll_ends_with_close_4401_when_its_token_expires(start_service: StartService) -> None:
     """A poll never outlives its token: at expiry (exp + the leeway) it answers `close` 4401, then 401s."""
     service = await start_service(poll_timeout_seconds=60.0)
     token = service.token(ttl=-28)  # exp + 30 s leeway is 2 s away
