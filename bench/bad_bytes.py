@@ -54,7 +54,9 @@ def corpus(template: dict[str, object]) -> list[tuple[str, bytes, dict[str, str]
     """Every bad variant of one endpoint's body: (name, bytes, extra headers)."""
     text = json.dumps(template, ensure_ascii=False)
     utf8 = text.encode()
-    cases = [(name, utf8.replace(MARK.encode(), insert), {}) for name, insert in INSERTS.items()]
+    cases: list[tuple[str, bytes, dict[str, str]]] = [
+        (name, utf8.replace(MARK.encode(), insert), {}) for name, insert in INSERTS.items()
+    ]
     key = dict(template)
     key["k\ud800"] = 1
     cases.append(("escaped-surrogate-in-key", json.dumps(key).encode(), {}))

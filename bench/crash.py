@@ -25,31 +25,27 @@ import json
 import random
 import signal
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from pymongo import AsyncMongoClient, MongoClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-from pymongo import AsyncMongoClient, MongoClient  # noqa: E402
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import WebSocketException  # noqa: E402
-
-from harness.processes import SECRET, ServiceProcess, children_of, pid_alive, wait_until  # noqa: E402
-from service.app.auth import issue_token  # noqa: E402
-from service.core.config import Settings  # noqa: E402
-from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
-from service.storage.mongo.store import MongoStore  # noqa: E402
+from harness.clients import Condition
+from harness.processes import SECRET, ServiceProcess, children_of, pid_alive, wait_until
+from service.app.auth import issue_token
+from service.core.config import Settings
+from service.storage.mongo.embedded import EmbeddedMongo
+from service.storage.mongo.store import MongoStore
 
 SERVICE_ENV = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "MONGODB_TIMEOUT_MS": "1000", "LOG_LEVEL": "WARNING"}
 RETRY_STATUSES = (409, 503, 599)  # in flight, MongoDB away, no answer (connection dropped)
@@ -225,13 +221,15 @@ def event_key(event: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def stored_events(uri: str, db_name: str) -> list[tuple[str, int, int]]:
-    with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
+    with client:
         docs = client[db_name]["events"].find({"type": {"$in": ["task_created", "task_executed"]}})
         return [event_key(doc) for doc in docs]
 
 
 def audit(uri: str, db_name: str, writer: Writer, follower: Follower) -> Audit:
-    with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
+    with client:
         db = client[db_name]
         tasks = {doc["_id"]: doc for doc in db["tasks"].find({"title": {"$regex": f"^{writer.prefix}-"}})}
         events = [event_key(doc) for doc in db["events"].find({"type": {"$in": ["task_created", "task_executed"]}})]
@@ -272,7 +270,7 @@ def embedded_uri(service: ServiceProcess) -> str:
     raise RuntimeError("no embedded MongoDB under the service")
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+async def wait_for(condition: Condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -369,7 +367,7 @@ async def write_latencies(data_dir: Path, writes: int) -> dict[str, list[float]]
     old_server = EmbeddedMongo(data_dir / "old", sync_on_commit=False)
     new_server = EmbeddedMongo(data_dir / "new", sync_on_commit=True)
     old_uri, new_uri = old_server.start(), new_server.start()
-    old = AsyncMongoClient(old_uri, w=1)
+    old: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(old_uri, w=1)
     store = MongoStore(Settings(mongodb_db="bench", mongodb_timeout_ms=5000), new_uri)
     await store.start()
     samples: dict[str, list[float]] = {"old": [], "new": [], "new + key": []}
@@ -394,9 +392,9 @@ async def write_latencies(data_dir: Path, writes: int) -> dict[str, list[float]]
     try:
         for n in range(writes):
             for name, write in (
-                ("old", lambda n=n: old_write(n)),
-                ("new", lambda n=n: new_write(n, False)),
-                ("new + key", lambda n=n: new_write(n, True)),
+                ("old", partial(old_write, n)),
+                ("new", partial(new_write, n, False)),
+                ("new + key", partial(new_write, n, True)),
             ):
                 started = time.perf_counter()
                 await write()

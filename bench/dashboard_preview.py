@@ -25,7 +25,6 @@ import re
 import secrets
 import shutil
 import socket
-import sys
 import tempfile
 import time
 import urllib.request
@@ -34,18 +33,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from harness.processes import PrometheusProcess, ServiceProcess, wait_until
+from service.app.auth import issue_token
+from service.core.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import yaml  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed  # noqa: E402
-
-from harness.processes import PrometheusProcess, ServiceProcess, wait_until  # noqa: E402
-from service.app.auth import issue_token  # noqa: E402
-from service.core.config import Settings  # noqa: E402
 
 DASHBOARD = ROOT / "k8s" / "monitoring" / "dashboard.json"
 RULE_FILES = ("alerts.yaml", "slo-rules.yaml")

@@ -23,7 +23,6 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,16 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from bench.crash import SERVICE_ENV, Follower, Writer, embedded_uri, finish, wait_for, writer_token
+from harness.processes import SECRET, ServiceProcess
+from service.app.auth import issue_token
+from service.core.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
-
-from bench.crash import SERVICE_ENV, Follower, Writer, embedded_uri, finish, wait_for, writer_token  # noqa: E402
-from harness.processes import SECRET, ServiceProcess  # noqa: E402
-from service.app.auth import issue_token  # noqa: E402
-from service.core.config import Settings  # noqa: E402
 
 VOLUME_MB = 64
 RECOVERY_BOUND_SECONDS = 60.0

@@ -25,7 +25,6 @@ import contextlib
 import json
 import random
 import signal
-import sys
 import tempfile
 import time
 import uuid
@@ -33,16 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymongo import MongoClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from bench.crash import Follower, TaskGone, Writer, audit, stored_events, wait_for, writer_token
+from harness.processes import SECRET, ServiceProcess
+from service.storage.mongo.embedded import EmbeddedMongo
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from pymongo import MongoClient  # noqa: E402
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
-
-from bench.crash import Follower, TaskGone, Writer, audit, stored_events, wait_for, writer_token  # noqa: E402
-from harness.processes import SECRET, ServiceProcess  # noqa: E402
-from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
 
 SERVICE_ENV = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "LOG_LEVEL": "WARNING", "MONGODB_DB": "realtime"}
 STALLS_PER_ROUND = 3
@@ -119,7 +116,8 @@ async def timed(method: str, url: str, **kwargs: Any) -> tuple[int, float]:
 
 def server_connections(uri: str) -> int:
     """Connections the server holds (serverStatus), this one's excluded."""
-    with MongoClient(uri, serverSelectionTimeoutMS=10_000, maxPoolSize=1) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000, maxPoolSize=1)
+    with client:
         return int(client.admin.command("serverStatus")["connections"]["current"]) - 1
 
 

@@ -30,7 +30,6 @@ import importlib
 import json
 import random
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -38,14 +37,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.crash import SERVICE_ENV, Audit, Follower, Writer, audit, stored_events, wait_for, writer_token
+from harness.processes import ServiceProcess
+from service.storage.mongo.embedded import EmbeddedMongo
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-
-from bench.crash import SERVICE_ENV, Audit, Follower, Writer, audit, stored_events, wait_for, writer_token  # noqa: E402
-from harness.processes import ServiceProcess  # noqa: E402
-from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
 
 DB = "realtime"
 
@@ -163,9 +159,7 @@ async def outage(data_dir: Path, rounds: int, rng: random.Random, code: Path) ->
                 everything.acked_tasks.update(writer.acked_tasks)
                 everything.acked_executions.update(writer.acked_executions)
                 everything.retries += writer.retries
-            done = asyncio.Event()
-            done.set()
-            tasks.insert(0, asyncio.create_task(done.wait()))  # wind_down's "writer": already finished
+            tasks.insert(0, asyncio.create_task(asyncio.sleep(0)))  # wind_down's "writer": already finished
             result.add(await wind_down(uri, everything, followers, stops, tasks))
             return result
         finally:

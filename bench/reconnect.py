@@ -47,7 +47,8 @@ async def run(
         if ws is not None:
             return await ws.recv(seconds=30)
         assert sse is not None
-        return (await sse.next_event(seconds=30)).json()
+        message: dict[str, object] = (await sse.next_event(seconds=30)).json()
+        return message
 
     while (await next_message())["type"] != "connected":
         pass
@@ -69,7 +70,7 @@ async def run(
     ws = await service.websocket(query) if transport == "websocket" else None
     sse = await service.sse(query) if transport == "sse" else None
     hello = await next_message()
-    received = []
+    received: list[object] = []
     while len(received) < count:
         message = await next_message()
         received.append(message["n"])

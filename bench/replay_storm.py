@@ -28,19 +28,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from pymongo import MongoClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from websockets.asyncio.client import connect
+
+from bench.crash import SERVICE_ENV, embedded_uri
+from harness.processes import SECRET, ServiceProcess, children_of
+from service.app.auth import issue_token
+from service.core.config import Settings
+from service.core.events import event_document
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from pymongo import MongoClient  # noqa: E402
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-
-from bench.crash import SERVICE_ENV, embedded_uri  # noqa: E402
-from harness.processes import SECRET, ServiceProcess, children_of  # noqa: E402
-from service.app.auth import issue_token  # noqa: E402
-from service.core.config import Settings  # noqa: E402
-from service.core.events import event_document  # noqa: E402
 
 SLOW: list[tuple[float, int]] = []  # (seconds into the storm, ms) of writes over 50 ms
 TICKS = 100  # /proc's clock ticks per second on Linux
@@ -63,7 +61,8 @@ def rss_mb(pid: int) -> float:
 
 
 def seed(uri: str, count: int) -> None:
-    with MongoClient(uri) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    with client:
         events = client["realtime"]["events"]
         docs = [event_document("note", {"n": n, "text": "حدث " * 8}) for n in range(count)]
         for at in range(0, count, 1000):

@@ -116,8 +116,7 @@ class Client:
         self.backoff.connected(time.monotonic())
         return reader, writer
 
-    @staticmethod
-    async def hold(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+    async def hold(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         """Read until the server closes (the restart); heartbeats are off."""
         reader, writer = connection
         try:

@@ -108,7 +108,7 @@ def phase_seconds(args: argparse.Namespace, rate: float, size: int) -> float:
     """`--duration`, shortened so one phase delivers at most `--deliveries` events (2 s at least):
     100,000 clients at 10 events/s are a million deliveries a second, which 2 shared cores
     work through far slower than they arrive."""
-    return max(2.0, min(args.duration, args.deliveries / (rate * size)))
+    return max(2.0, min(float(args.duration), float(args.deliveries) / (rate * size)))
 
 
 def rsa_keys() -> tuple[str, str]:
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                 for (label, root), (algorithm, env) in order:
                     if True:
                         key = secret if algorithm == "HS256" else private
-                        system = ServiceSystem(
+                        system: System = ServiceSystem(
                             workdir,
                             secret,
                             workers=2,
@@ -561,7 +561,6 @@ def main(argv: list[str] | None = None) -> int:
                         say(f"deadline: skipping {name} {size}")
                         continue
                     workers = processes_for(size)
-                    system: System
                     if name == "service":
                         system = ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri)
                     elif name == "socketio":

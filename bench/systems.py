@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness.clients import Condition
 from service.storage.mongo.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,10 +61,10 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def wait_for(condition: object, seconds: float, what: str) -> None:
+def wait_for(condition: Condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         time.sleep(0.1)
     raise RuntimeError(f"timed out after {seconds:.0f}s waiting for {what}")

@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -18,6 +18,16 @@ from websockets.exceptions import ConnectionClosed
 from realtime_client.sse import SseEvent, parse_block
 from service.app.auth import issue_token
 from service.core.config import Settings
+
+
+class Condition(Protocol):
+    """What `eventually` and `wait_until` poll: called with no argument, true when done.
+
+    A Protocol rather than `Callable[[], object]` because code in a loop binds its variables as
+    lambda defaults (`lambda target=target: ...`), and mypy infers those only against a Protocol.
+    """
+
+    def __call__(self) -> object: ...
 
 
 def wait_bound(seconds: float) -> float:
@@ -313,7 +323,7 @@ class RawWebSocket:
         await self.writer.wait_closed()
 
 
-async def eventually(condition: Any, seconds: float, what: str) -> None:
+async def eventually(condition: Condition, seconds: float, what: str) -> None:
     """Wait (without blocking the loop) until `condition()` is true."""
     deadline = asyncio.get_running_loop().time() + wait_bound(seconds)
     while not condition():

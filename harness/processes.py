@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.clients import Service, wait_bound
+from harness.clients import Condition, Service, wait_bound
 from service.core.config import Settings
 from service.storage.mongo.embedded import free_port
 
@@ -68,7 +68,7 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
-def wait_until(condition, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_until(condition: Condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + wait_bound(seconds)
     while time.monotonic() < deadline:
         if condition():
@@ -132,6 +132,7 @@ class ServiceProcess:
 
     def _limit_open_files(self) -> None:
         """In the child, before exec: lower the soft open-file limit (lowering needs no privilege)."""
+        assert self.open_files is not None  # only installed when set
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 

@@ -35,6 +35,7 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 TRANSPORTS = ("websocket", "sse", "poll")
 ACCEPT_ERROR_REASONS = ("emfile", "enfile", "enobufs", "enomem", "other")  # handlers/accept.py
 REFUSED_REASONS = ("per_address", "no_descriptor")  # handlers/edge.py, handlers/accept.py
+SAMPLE_SUFFIXES = ("", "_total", "_bucket", "_sum", "_count")  # series of a family, `_created` disabled
 
 
 class Metrics:
@@ -141,6 +142,22 @@ class Metrics:
             self.accept_errors.labels(reason)
         for reason in REFUSED_REASONS:
             self.connections_refused.labels(reason)
+
+    def sample(self, name: str, **labels: str) -> float:
+        """One series' current value in this process, by its exported name and labels.
+
+        The public read (`CollectorRegistry.get_sample_value`) for tests and tools, in place of a
+        metric's private `_value`: `metrics.sample("realtime_resumes_total", transport="sse",
+        outcome="replayed")`. A series not yet touched reads 0; a name this registry does not
+        export raises KeyError, so a misspelt name cannot pass as 0.
+        """
+        value = self.registry.get_sample_value(name, labels)
+        if value is not None:
+            return value
+        exported = {family.name + suffix for family in self.registry.collect() for suffix in SAMPLE_SUFFIXES}
+        if name not in exported:
+            raise KeyError(f"{name}: not a series of this registry")
+        return 0.0
 
     def exposition(self) -> bytes:
         """The text format scraped at `/metrics` (summed over workers in multiprocess mode)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sys
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,15 +13,13 @@ from typing import Any
 
 import pytest
 
+from harness.clients import Service
+from metrics.registry import Metrics
+from service.core.config import Settings
+from service.runtime.server import Server, build_context
+from service.storage.mongo.embedded import EmbeddedMongo
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from harness.clients import Service  # noqa: E402
-from metrics.registry import Metrics  # noqa: E402
-from service.core.config import Settings  # noqa: E402
-from service.runtime.server import Server, build_context  # noqa: E402
-from service.storage.mongo.embedded import EmbeddedMongo  # noqa: E402
-
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 ARTIFACTS = ROOT / "test-artifacts"
 

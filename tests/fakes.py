@@ -46,6 +46,9 @@ class FakeTransport:
     def close(self, code: CloseCode, reason: str) -> None:
         self.closes.append((int(code), reason))
 
+    async def drained(self) -> None:
+        """Nothing is ever queued here, so a replay's next page may always go."""
+
 
 def ws_frame_of(encoded: Encoded) -> bytes:
     return encoded.ws_frame

@@ -16,7 +16,8 @@ import tornado
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
 
-# Checked with Tornado 6.5.10 and 6.6.1 (tests/unit/transports/test_takeover.py and the stream tests); the pin in requirements.txt.
+# Checked with Tornado 6.5.10 and 6.6.1 (tests/unit/transports/test_takeover.py and the stream tests);
+# the pin in requirements.txt.
 TESTED_TORNADO = ((6, 5), (6, 7))  # lower bound included, upper bound excluded
 # IOStream's private attributes read here: (name, what it holds).
 PRIVATE_ATTRIBUTES = (

@@ -13,6 +13,7 @@ from service.core.events import Event
 from service.fanout.bus import change_buffered
 from service.fanout.connection import Connection
 from service.protocol.wire import Encoded, encode_event
+from tests.conftest import StartService
 from tests.fakes import FakeTransport, principal
 
 
@@ -75,7 +76,7 @@ async def test_websocket_and_sse_clients_parse_a_batch_event_by_event(service: S
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_compressed_batch_is_one_message_per_event(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_compressed_batch_is_one_message_per_event(start_service: StartService) -> None:
     """WS_COMPRESSION=1: each event of a batch is still its own compressed message."""
     service = await start_service(ws_compression=True)
     ws = await service.websocket({"token": service.token()})
@@ -88,7 +89,9 @@ async def test_a_compressed_batch_is_one_message_per_event(start_service) -> Non
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_batch_past_max_pending_bytes_closes_a_client_that_does_not_read_once(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_batch_past_max_pending_bytes_closes_a_client_that_does_not_read_once(
+    start_service: StartService,
+) -> None:
     """A client that stops reading is closed 4408 by the batch write that passes the bound, once."""
     service = await start_service(max_pending_bytes=1024)
     silent = await RawWebSocket.connect(service.port, f"/ws?token={service.token(sub=1)}")
@@ -109,7 +112,7 @@ async def test_a_batch_past_max_pending_bytes_closes_a_client_that_does_not_read
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_write_delay_ms_reaches_the_hub_and_events_still_arrive(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_write_delay_ms_reaches_the_hub_and_events_still_arrive(start_service: StartService) -> None:
     """WRITE_DELAY_MS=50: the hub holds events that long, then the client gets them whole."""
     service = await start_service(write_delay_ms=50)
     assert service.ctx.hub.write_delay_seconds == 0.05

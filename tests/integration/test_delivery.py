@@ -7,6 +7,7 @@ import json
 import pytest
 
 from harness.clients import Service, SseClient, WsClient
+from tests.conftest import StartService
 
 SEED_FIELDS = {
     "task_created": {"userId", "userName", "taskId", "taskType", "title"},
@@ -109,7 +110,7 @@ async def publish_numbered(service: Service, token: str, first: int, count: int)
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("history_size", [1000, 2], ids=["from-memory", "from-mongodb"])
-async def test_resume_replays_missed_events_once_in_order(start_service, history_size: int) -> None:  # type: ignore[no-untyped-def]
+async def test_resume_replays_missed_events_once_in_order(start_service: StartService, history_size: int) -> None:
     """Reconnecting with the last id replays what was missed, then live events, no duplicates."""
     service = await start_service(history_size=history_size)
     publisher = service.token(sub=9, roles=("publisher",))
@@ -129,7 +130,7 @@ async def test_resume_replays_missed_events_once_in_order(start_service, history
     sse = await service.sse({"token": token}, headers={"Last-Event-ID": seen[0]["id"]})
     assert (await sse.next_of("connected")).json()["resumed"] is True
     assert [(await sse.next_event()).json()["n"] for _ in range(9)] == list(range(1, 10))
-    outcome = service.ctx.metrics.resumes.labels("websocket", "replayed")._value.get()
+    outcome = service.ctx.metrics.sample("realtime_resumes_total", transport="websocket", outcome="replayed")
     assert outcome == 1
     await ws.close()
     sse.close()
@@ -144,7 +145,7 @@ async def test_unknown_last_event_id_gets_resync_then_live_events(service: Servi
     assert (await ws.recv())["type"] == "resync"
     await service.publish(publisher, {"type": "tick", "n": 1})
     assert (await ws.recv())["n"] == 1
-    assert service.ctx.metrics.resumes.labels("websocket", "resync")._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_resumes_total", transport="websocket", outcome="resync") == 1
     await ws.close()
 
 

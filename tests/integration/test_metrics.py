@@ -47,7 +47,7 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     # Issue 25: events per fan-out batch (1 for an idle service).
     "realtime_fanout_batch_size": ("histogram", frozenset()),
 }
-SPEC_LATENCY_BUCKETS = (
+SPEC_LATENCY_BUCKETS: tuple[float, ...] = (
     *(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05),
     *(0.06, 0.075, 0.1, 0.25, 0.5, 1, 2.5),
 )

@@ -17,6 +17,7 @@ from harness.clients import Service, eventually, wait_bound
 from service.core.identity import Principal
 from service.transports.poll import VerifiedTokens
 from tests.browser import ROOT
+from tests.conftest import StartService
 
 PUBLISHER = ("user", "publisher")
 
@@ -46,7 +47,7 @@ async def test_first_poll_answers_connected_at_once_without_caching(service: Ser
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_idle_poll_returns_empty_with_its_cursor_after_the_timeout(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_idle_poll_returns_empty_with_its_cursor_after_the_timeout(start_service: StartService) -> None:
     """Nothing pending: an empty list after POLL_TIMEOUT_SECONDS, the cursor unchanged."""
     service = await start_service(poll_timeout_seconds=0.3)
     token = service.token()
@@ -75,7 +76,8 @@ async def test_consecutive_polls_deliver_100_events_per_second_once_in_order(ser
     token = service.token()
     publisher = service.token(sub=2, roles=PUBLISHER)
     _, _, first = await poll(service, token)
-    cursor, received, polls = first["cursor"], [], 0
+    cursor, polls = first["cursor"], 0
+    received: list[dict[str, Any]] = []
 
     async def publish_all() -> None:
         for n in range(300):
@@ -94,7 +96,7 @@ async def test_consecutive_polls_deliver_100_events_per_second_once_in_order(ser
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_poll_resumes_across_a_service_restart(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_poll_resumes_across_a_service_restart(start_service: StartService) -> None:
     """A cursor from one process is answered by the next from MongoDB: each missed event once."""
     service = await start_service()
     token = service.token()
@@ -103,13 +105,13 @@ async def test_poll_resumes_across_a_service_restart(start_service) -> None:  # 
     await service.publish(publisher, {"type": "tick", "n": 0})
     _, _, body = await poll(service, token, cursor=first["cursor"])
     assert [m["n"] for m in body["messages"]] == [0]
-    await service.runtime.server.stop()
+    await service.server.stop()
     restarted = await start_service(mongodb_db=service.settings.mongodb_db)
     for n in (1, 2, 3):
         await restarted.publish(publisher, {"type": "tick", "n": n})
     _, _, after = await poll(restarted, token, cursor=body["cursor"])
     assert [m["n"] for m in after["messages"]] == [1, 2, 3]
-    assert restarted.ctx.metrics.resumes.labels("poll", "replayed")._value.get() == 1
+    assert restarted.ctx.metrics.sample("realtime_resumes_total", transport="poll", outcome="replayed") == 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -119,11 +121,11 @@ async def test_unknown_cursor_answers_resync_and_a_fresh_cursor(service: Service
     [resync] = body["messages"]
     assert resync["type"] == "resync"
     assert isinstance(body["cursor"], str) and body["cursor"] != "not-an-id"
-    assert service.ctx.metrics.resumes.labels("poll", "resync")._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_resumes_total", transport="poll", outcome="resync") == 1
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_poll_applies_addressing_and_event_filters(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_poll_applies_addressing_and_event_filters(start_service: StartService) -> None:
     """Events for other users and unsubscribed types are skipped, and the cursor still moves past them."""
     service = await start_service(poll_timeout_seconds=0.5)
     token = service.token(sub=1)
@@ -145,7 +147,7 @@ async def test_poll_auth_failure_is_401_json_at_once(service: Service, token: st
     status, headers, body = await poll(service, token, cursor="0")
     assert status == 401 and body == {"error": "unauthorized", "reason": reason}
     assert headers["Cache-Control"] == "no-store"
-    assert service.ctx.metrics.auth_failures.labels("poll", reason)._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_auth_failures_total", transport="poll", reason=reason) == 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -155,7 +157,7 @@ async def test_poll_refuses_a_token_in_the_url(service: Service, header: bool) -
     token = service.token(sub=5)
     response = await service.request("GET", f"/poll?token={token}", token=token if header else None)
     assert response.code == 401 and json.loads(response.body) == {"error": "unauthorized", "reason": "token in URL"}
-    assert service.ctx.metrics.auth_failures.labels("poll", "token in URL")._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_auth_failures_total", transport="poll", reason="token in URL") == 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -166,7 +168,7 @@ async def test_poll_accepts_the_access_token_cookie(service: Service) -> None:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_waiting_poll_holds_one_of_the_users_slots(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_waiting_poll_holds_one_of_the_users_slots(start_service: StartService) -> None:
     """Past MAX_CONNECTIONS_PER_USER a poll is refused with 429; the slot comes back when it ends."""
     service = await start_service(max_connections_per_user=1)
     token = service.token()
@@ -181,7 +183,7 @@ async def test_a_waiting_poll_holds_one_of_the_users_slots(start_service) -> Non
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_drain_answers_a_waiting_poll_at_once_and_refuses_new_ones(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_drain_answers_a_waiting_poll_at_once_and_refuses_new_ones(start_service: StartService) -> None:
     """SIGTERM's drain answers a pending poll now (empty, same cursor), not in its turn among streams."""
     service = await start_service(drain_seconds=60.0, poll_timeout_seconds=60.0)
     token = service.token()
@@ -190,7 +192,7 @@ async def test_drain_answers_a_waiting_poll_at_once_and_refuses_new_ones(start_s
     _, _, first = await poll(service, token)
     waiting = asyncio.ensure_future(poll(service, token, cursor=first["cursor"]))
     await eventually(lambda: len(service.ctx.hub) == 2, 5, "the poll to wait")
-    draining = asyncio.ensure_future(service.runtime.server.drain())
+    draining = asyncio.ensure_future(service.server.drain())
     status, _, body = await asyncio.wait_for(waiting, wait_bound(10))
     assert status == 200 and body == {"messages": [], "cursor": first["cursor"]}
     await stream.until_end()
@@ -212,12 +214,12 @@ async def test_waiting_polls_count_as_poll_connections(service: Service) -> None
     token = service.token()
     _, _, first = await poll(service, token)
     waiting = asyncio.ensure_future(poll(service, token, cursor=first["cursor"]))
-    await eventually(lambda: metrics.connections.labels("poll")._value.get() == 1, 5, "a poll connection")
+    await eventually(lambda: metrics.sample("realtime_connections", transport="poll") == 1, 5, "a poll connection")
     await service.publish(service.token(sub=2, roles=PUBLISHER), {"type": "note"})
     await asyncio.wait_for(waiting, wait_bound(10))
-    assert metrics.connections.labels("poll")._value.get() == 0
-    assert metrics.messages_sent.labels("poll")._value.get() == 1
-    assert metrics.connections_opened.labels("poll")._value.get() == 2
+    assert metrics.sample("realtime_connections", transport="poll") == 0
+    assert metrics.sample("realtime_messages_sent_total", transport="poll") == 1
+    assert metrics.sample("realtime_connections_opened_total", transport="poll") == 2
     assert b'realtime_connections{transport="poll"}' in metrics.exposition()
 
 
@@ -261,7 +263,7 @@ async def test_poll_by_ticket_is_logged_without_it(service: Service, caplog: pyt
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_poll_ends_with_close_4401_when_its_token_expires(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_poll_ends_with_close_4401_when_its_token_expires(start_service: StartService) -> None:
     """A poll never outlives its token: at expiry (exp + the leeway) it answers `close` 4401, then 401s."""
     service = await start_service(poll_timeout_seconds=60.0)
     token = service.token(ttl=-28)  # exp + 30 s leeway is 2 s away

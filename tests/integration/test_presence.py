@@ -20,6 +20,7 @@ import pytest
 
 from harness.clients import Service, WsClient, eventually
 from harness.processes import ServiceProcess, as_service, shared_env
+from realtime_client.sse import SseEvent
 from service.storage.mongo.store import MongoStore
 from tests.conftest import StartService, base_settings
 
@@ -91,7 +92,7 @@ async def test_users_on_either_process_are_one_presence_list(tmp_path: Path, mon
         async def both_listed() -> bool:
             nonlocal listed
             listed = await presence(a, token)
-            return listed["count"] == 2
+            return bool(listed["count"] == 2)
 
         for _ in range(400):
             if await both_listed():
@@ -213,7 +214,7 @@ async def test_resume_replays_presence_events_in_order(tmp_path: Path, mongo_uri
             seen.append(await next_presence(watch))
         resumed = await a.sse({"token": token, "events": WATCHED}, headers={"Last-Event-ID": event.id or ""})
         assert (await resumed.next_of("connected")).json()["resumed"] is True
-        replayed = []
+        replayed: list[SseEvent] = []
         while len(replayed) < 2:
             if (e := await resumed.next_event(10)).json()["userId"] in (1, 2):
                 replayed.append(e)

@@ -7,13 +7,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.processes import SECRET, ServiceProcess, as_service
-from service.app.validation import EXECUTE_FIELDS, SCHEDULE_FIELDS, TASK_FIELDS, validate
+from service.app.validation import EXECUTE_FIELDS, SCHEDULE_FIELDS, TASK_FIELDS, Check, validate
 from service.core.errors import BadMessage
 
 json_values = st.recursive(
@@ -39,7 +40,7 @@ plausible = st.fixed_dictionaries(
 @pytest.mark.parametrize("fields", [TASK_FIELDS, EXECUTE_FIELDS, SCHEDULE_FIELDS], ids=["task", "execute", "schedule"])
 @given(body=bodies)
 @settings(max_examples=300, deadline=None)
-def test_validation_only_ever_raises_bad_message(fields, body) -> None:  # type: ignore[no-untyped-def]
+def test_validation_only_ever_raises_bad_message(fields: dict[str, Check], body: dict[str, Any]) -> None:
     """The body validators accept or raise BadMessage with field errors, nothing else."""
     try:
         validate(body, fields, required=tuple(fields)[:1])
@@ -72,7 +73,7 @@ def post(url: str, token: str, payload: bytes) -> tuple[int, object]:
 @pytest.mark.parametrize("path", ["/api/tasks", "/api/schedules", "/api/events", "/api/tasks/1/execute"])
 @given(body=plausible | bodies)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_rest_answers_any_json_body_without_server_error(api, path: str, body) -> None:  # type: ignore[no-untyped-def]
+def test_rest_answers_any_json_body_without_server_error(api: tuple[str, str], path: str, body: object) -> None:
     """Random JSON bodies get 2xx or a JSON 4xx (with `fields` on 400), never a 5xx."""
     url, token = api
     status, answer = post(url + path, token, json.dumps(body).encode())
@@ -83,7 +84,7 @@ def test_rest_answers_any_json_body_without_server_error(api, path: str, body) -
 
 @given(raw=st.binary(max_size=200))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_rest_answers_arbitrary_bytes_with_400(api, raw: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_rest_answers_arbitrary_bytes_with_400(api: tuple[str, str], raw: bytes) -> None:
     """Bodies that are not JSON objects are a 400, not a crash."""
     url, token = api
     status, _ = post(url + "/api/tasks", token, raw)

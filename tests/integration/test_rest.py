@@ -11,7 +11,7 @@ from typing import Any
 
 import jwt
 import pytest
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from handlers.routes import API_ROUTES

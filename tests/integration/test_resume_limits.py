@@ -16,6 +16,7 @@ from harness.clients import Service, eventually
 from service.core.events import event_document, event_id
 from service.fanout.replay import PER_USER
 from service.storage.mongo.embedded import EmbeddedMongo
+from tests.conftest import StartService
 
 BACKLOG = 3500
 
@@ -53,7 +54,7 @@ async def cursor_now(service: Service, token: str) -> str:
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_polling_catches_up_a_deep_backlog_one_page_per_poll(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_polling_catches_up_a_deep_backlog_one_page_per_poll(start_service: StartService) -> None:
     """3,500 events behind a 10-event memory: every one once, in order, in ceil(3500/1000) polls plus the last."""
     service = await start_service(history_size=10, poll_timeout_seconds=1)
     token = service.token(sub=21)
@@ -73,7 +74,7 @@ async def test_polling_catches_up_a_deep_backlog_one_page_per_poll(start_service
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_streams_resume_a_deep_backlog_greeted_first_then_in_order(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_streams_resume_a_deep_backlog_greeted_first_then_in_order(start_service: StartService) -> None:
     """WebSocket and SSE: `connected` (resumed) comes at once, then the 3,500 events, then live ones."""
     service = await start_service(history_size=10)
     token = service.token(sub=22)
@@ -92,7 +93,7 @@ async def test_streams_resume_a_deep_backlog_greeted_first_then_in_order(start_s
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_replay_past_the_users_share_is_refused_with_retry_after(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_replay_past_the_users_share_is_refused_with_retry_after(start_service: StartService) -> None:
     """With the user's share of store replays taken (PER_USER): poll 503 + Retry-After, WebSocket 1013, SSE close 1013
     with a retry; another user's write still succeeds."""
     service = await start_service(history_size=10)
@@ -121,7 +122,7 @@ async def test_a_replay_past_the_users_share_is_refused_with_retry_after(start_s
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_an_id_older_than_the_history_ttl_is_resync(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_an_id_older_than_the_history_ttl_is_resync(start_service: StartService) -> None:
     """Events past HISTORY_TTL_SECONDS may still be in the oplog; they are not replayed as if whole."""
     service = await start_service(history_size=10, history_ttl_seconds=60)
     token = service.token(sub=25)
@@ -130,7 +131,7 @@ async def test_an_id_older_than_the_history_ttl_is_resync(start_service) -> None
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_an_id_older_than_every_saved_position_is_resync(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_an_id_older_than_every_saved_position_is_resync(start_service: StartService) -> None:
     """An id from before this deployment's oldest saved stream position (older than the oplog's
     floor, or forged) cannot be proven whole: resync, over a poll and a WebSocket."""
     service = await start_service(history_size=10)
@@ -143,7 +144,7 @@ async def test_an_id_older_than_every_saved_position_is_resync(start_service) ->
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_position_pruned_from_the_oplog_is_resync_not_a_short_replay(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_position_pruned_from_the_oplog_is_resync_not_a_short_replay(start_service: StartService) -> None:
     """On a store whose oplog keeps 300 entries, a resume from before 600 newer events is resync
     (the old code answered `resumed: true` and silently skipped what was pruned)."""
     mongo = EmbeddedMongo(":memory:", oplog_max_entries=300)
@@ -161,6 +162,6 @@ async def test_a_position_pruned_from_the_oplog_is_resync_not_a_short_replay(sta
         recent = service.ctx.bus.history[0].event.id
         status, _, body = await poll(service, token, cursor=recent)
         assert status == 200 and [m["n"] for m in body["messages"]] == list(range(591, 600))
-        await service.runtime.server.stop()
+        await service.server.stop()
     finally:
         mongo.stop()

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from harness.clients import Service, wait_bound
+from tests.conftest import StartService
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -29,7 +30,7 @@ async def test_sse_sends_headers_retry_and_connected_at_once(service: Service) -
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_sse_heartbeat_comment_arrives_every_interval(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_sse_heartbeat_comment_arrives_every_interval(start_service: StartService) -> None:
     """An idle stream gets `: heartbeat` comments."""
     service = await start_service(heartbeat_seconds=0.2)
     sse = await service.sse({"token": service.token()})
@@ -49,7 +50,7 @@ async def test_sse_auth_failure_is_401_json(service: Service, query: dict[str, s
     sse = await service.sse(query)
     assert sse.status == 401
     assert sse.body_json == {"error": "unauthorized", "reason": reason}
-    assert service.ctx.metrics.auth_failures.labels("sse", reason)._value.get() >= 1
+    assert service.ctx.metrics.sample("realtime_auth_failures_total", transport="sse", reason=reason) >= 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -81,7 +82,7 @@ async def test_sse_events_filter(service: Service) -> None:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_sse_too_many_connections_is_429(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_sse_too_many_connections_is_429(start_service: StartService) -> None:
     """Past MAX_CONNECTIONS_PER_USER the stream is refused with 429."""
     service = await start_service(max_connections_per_user=1)
     first = await service.sse({"token": service.token(sub=3)})

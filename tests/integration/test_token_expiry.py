@@ -16,6 +16,7 @@ import pytest
 
 from harness.clients import Service, wait_bound
 from service.core.identity import LEEWAY_SECONDS
+from tests.conftest import StartService
 
 INSIDE = -(LEEWAY_SECONDS - 10)  # `ttl` of a token whose exp passed 20 s ago
 PAST = -(LEEWAY_SECONDS + 10)  # 40 s ago
@@ -105,7 +106,7 @@ async def test_websocket_closes_when_its_token_stops_working_for_rest(service: S
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_waiting_poll_ends_when_its_token_stops_working_for_rest(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_waiting_poll_ends_when_its_token_stops_working_for_rest(start_service: StartService) -> None:
     """A waiting poll is answered `close` 4401 when the token stops authenticating, and the next poll is a 401."""
     service = await start_service(poll_timeout_seconds=60.0)
     token = service.token(ttl=ENDING)

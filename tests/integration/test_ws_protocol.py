@@ -36,6 +36,7 @@ from service.protocol.frames import (
 )
 from service.protocol.wire import encode_event
 from service.transports.ws import WebSocketSession
+from tests.conftest import StartService
 
 frame = RawWebSocket.frame
 
@@ -286,7 +287,7 @@ async def test_client_close_is_answered_with_its_code_and_counted(service: Servi
     ws.send(frame(struct.pack("!H", 4321) + "خروج".encode(), OP_CLOSE))
     assert await ws.recv_close() == (4321, "")
     assert await ws.at_eof()
-    assert service.ctx.metrics.disconnects.labels("websocket", "4321")._value.get() == 1
+    assert service.ctx.metrics.sample("realtime_disconnects_total", transport="websocket", code="4321") == 1
     assert len(service.ctx.hub) == 0
     await ws.close()
 
@@ -303,7 +304,7 @@ async def test_unauthenticated_client_sends_nothing_that_is_read(service: Servic
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_compressed_connection_round_trips_arabic(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_compressed_connection_round_trips_arabic(start_service: StartService) -> None:
     """WS_COMPRESSION=1: python-websockets offers permessage-deflate and gets it, both ways."""
     service = await start_service(ws_compression=True)
     ws = await service.websocket({"token": service.token()})
@@ -350,7 +351,7 @@ def missed_pongs(service: Service) -> list[int]:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_heartbeat_round_is_spread_over_its_ticks(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_heartbeat_round_is_spread_over_its_ticks(start_service: StartService) -> None:
     """Each tick pings its share; after a round every client has had exactly one ping."""
     service = await start_service(heartbeat_seconds=3600)  # the timer stays out of the way
     clients = [await RawWebSocket.connect(service.port, f"/ws?token={service.token(sub=i)}") for i in range(8)]
@@ -368,7 +369,7 @@ async def test_a_heartbeat_round_is_spread_over_its_ticks(start_service) -> None
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_client_that_never_answers_pings_is_closed_and_one_that_does_stays(start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_client_that_never_answers_pings_is_closed_and_one_that_does_stays(start_service: StartService) -> None:
     service = await start_service(heartbeat_seconds=3600)
     silent = await RawWebSocket.connect(service.port, f"/ws?token={service.token(sub=1)}")
     assert (await silent.recv_json())["type"] == "connected"

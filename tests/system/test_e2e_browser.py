@@ -16,7 +16,7 @@ from tests.browser import STATUS_LOG_SCRIPT, chromium, create_task, ms, require_
 
 HEARTBEAT_SECONDS = 2.0
 ME = {"sub": 1, "name": "محمد حسن"}
-OTHER = {"sub": 2, "name": "سارة"}
+OTHER: dict[str, Any] = {"sub": 2, "name": "سارة"}
 
 # Every WebSocket the page opens goes to a path that answers with plain HTTP, not 101:
 # the browser sees a refused upgrade (close 1006), as behind a proxy that blocks WebSocket.

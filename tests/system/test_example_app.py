@@ -29,7 +29,7 @@ EXAMPLE = ROOT / "examples" / "vite-react"
 VITE = EXAMPLE / "node_modules" / ".bin" / "vite"
 INSTALLED = EXAMPLE / "node_modules" / "@realtime-tasks" / "web" / "package.json"
 ME = {"sub": 1, "name": "محمد حسن"}
-OTHER = {"sub": 2, "name": "سارة"}
+OTHER: dict[str, Any] = {"sub": 2, "name": "سارة"}
 # Restarts per run; EXAMPLE_RESTARTS=20 for reconnect figures (test-artifacts/example-reconnect-timings.json).
 RESTARTS = int(os.environ.get("EXAMPLE_RESTARTS", "3"))
 

@@ -18,14 +18,9 @@ from service.core.config import load_settings
 from service.storage.mongo.embedded import EmbeddedMongo, free_port, server_command
 
 
-def dev_token(data_dir: Path, **claims: object) -> str:
+def dev_token(data_dir: Path, sub: int | str = 1, name: str = "محمد حسن") -> str:
     settings = load_settings({"DATA_DIR": str(data_dir)})
-    return issue_token(
-        settings,
-        sub=claims.get("sub", 1),
-        name=str(claims.get("name", "محمد حسن")),  # type: ignore[arg-type]
-        roles=("user", "publisher"),
-    )
+    return issue_token(settings, sub=sub, name=name, roles=("user", "publisher"))
 
 
 def call(url: str, method: str = "GET", body: object = None, token: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]

@@ -137,7 +137,7 @@ async def test_client_resumes_across_a_draining_service_restart(tmp_path: Path, 
         try:
             await publish(service, publisher, 2)  # before or after the client is back: it gets it once
             await publish(service, publisher, 3)
-            received = []
+            received: list[int] = []
             while len(received) < 2:
                 message = await next_message(messages, 30)
                 if message["type"] == "note":

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.clients import SseClient, WsClient
+from harness.clients import Service, SseClient, WsClient
 from harness.processes import ServiceProcess, as_service, children_of, pid_alive, shared_env, wait_until
 
 
 @pytest.fixture
-def two_services(tmp_path: Path, mongo_uri: str):  # type: ignore[no-untyped-def]
+def two_services(tmp_path: Path, mongo_uri: str) -> Iterator[tuple[Service, Service]]:
     env = shared_env(mongo_uri)
     first = ServiceProcess(tmp_path / "a", env)
     second = ServiceProcess(tmp_path / "b", env)
@@ -30,7 +31,9 @@ def two_services(tmp_path: Path, mongo_uri: str):  # type: ignore[no-untyped-def
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_events_from_either_process_reach_clients_of_both_in_one_order(two_services) -> None:  # type: ignore[no-untyped-def]
+async def test_events_from_either_process_reach_clients_of_both_in_one_order(
+    two_services: tuple[Service, Service],
+) -> None:
     """Publishing through A and B alternately: every client on A and B sees one order, one set of ids."""
     a, b = two_services
     token = a.token(sub=1)
@@ -60,7 +63,7 @@ async def test_events_from_either_process_reach_clients_of_both_in_one_order(two
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_resume_works_on_the_other_process(two_services) -> None:  # type: ignore[no-untyped-def]
+async def test_resume_works_on_the_other_process(two_services: tuple[Service, Service]) -> None:
     """An id seen on A resumes on B: the missed events, in order, once."""
     a, b = two_services
     token = a.token(sub=1)

@@ -41,8 +41,8 @@ def ttl_of(uri: str, database: str, collection: str, field: str) -> float | None
     client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
     try:
         for index in client[database][collection].list_indexes():
-            if dict(index["key"]) == {field: 1}:  # type: ignore[call-overload]
-                return float(index["expireAfterSeconds"])  # type: ignore[arg-type]
+            if dict(index["key"]) == {field: 1}:
+                return float(index["expireAfterSeconds"])
         return None
     finally:
         client.close()

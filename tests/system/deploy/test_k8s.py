@@ -72,11 +72,12 @@ def one(docs: list[Doc], kind: str, name: str) -> Doc:
 
 
 def realtime_pod(docs: list[Doc]) -> Doc:
-    return one(docs, "Deployment", "realtime")["spec"]["template"]
+    template: Doc = one(docs, "Deployment", "realtime")["spec"]["template"]
+    return template
 
 
 def realtime_container(docs: list[Doc]) -> Doc:
-    containers = realtime_pod(docs)["spec"]["containers"]
+    containers: list[Doc] = realtime_pod(docs)["spec"]["containers"]
     assert [c["name"] for c in containers] == ["realtime"]
     return containers[0]
 

@@ -219,7 +219,8 @@ def test_key_of_a_write_that_failed_in_a_stall_is_released_after_it(mongo: Embed
         finally:
             resume(mongo)
             await store.close()  # waits for the release
-        with MongoClient(mongo.uri) as client:
+        client: MongoClient[dict[str, Any]] = MongoClient(mongo.uri)
+        with client:
             return client["stall"]["idempotency_keys"].find_one({"_id": key_id(1, "k2")})
 
     assert asyncio.run(scenario()) is None
@@ -286,12 +287,13 @@ async def test_drain_answers_a_keyed_write_in_flight_and_releases_its_key(start_
             while service.ctx.lifecycle.writes == 0:
                 assert time.monotonic() < deadline, "the PATCH never started"
                 await asyncio.sleep(0.01)
-            await service.runtime.server.drain(0.0)
+            await service.server.drain(0.0)
             response = await patch
             await blocker.abort_transaction()
     finally:
         await other.close()
     assert response.code == 503, response.body
-    with MongoClient(mongo_uri) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+    with client:
         held = client[service.settings.mongodb_db]["idempotency_keys"].find_one({"_id": key_id(9, key)})
     assert held is None

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,10 @@ ROOT = Path(__file__).resolve().parents[3]
 SECRET = "config-test-secret-that-is-long-enough-0123456789"
 
 
-def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> str:
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+def public_pem(key: PrivateKey) -> str:
     return (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -157,7 +161,7 @@ def test_secret_and_public_key_together_are_refused(rsa_pem: str) -> None:
     ],
     ids=["rsa", "p256", "p384", "ed25519"],
 )
-def test_public_key_picks_its_algorithm(tmp_path: Path, make_key, algorithm: str) -> None:  # type: ignore[no-untyped-def]
+def test_public_key_picks_its_algorithm(tmp_path: Path, make_key: Callable[[], PrivateKey], algorithm: str) -> None:
     """Without JWT_ALGORITHMS, the key's type decides the algorithm; PEM text and a path both work."""
     pem = public_pem(make_key())
     path = tmp_path / "key.pem"

@@ -130,9 +130,9 @@ def test_field_checks_agree_with_a_json_schema_validator(component: str, value: 
     format_checker = FormatChecker()
     for name, check in schema.FORMATS.items():
         format_checker.checks(name)(lambda text, check=check: not isinstance(text, str) or check(text))
-    for name, check in schema.body_fields(component).items():
+    for name, field_check in schema.body_fields(component).items():
         validator = Draft202012Validator(published["properties"][name], format_checker=format_checker)
-        assert (check(value) is None) == validator.is_valid(value), (name, value)
+        assert (field_check(value) is None) == validator.is_valid(value), (name, value)
 
 
 def test_published_schemas_are_valid_json_schema() -> None:

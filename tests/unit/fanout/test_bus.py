@@ -26,7 +26,7 @@ from tests.fakes import FakeTransport, principal
 T0 = int(time.time()) - 3600  # an hour ago: inside the history TTL, not from the future
 
 
-def change(inc: int, event_type: str = "note", **fields: object) -> dict[str, object]:
+def change(inc: int, event_type: str = "note", **fields: object) -> dict[str, Any]:
     """A change stream insert notification for an event at oplog position (T0, inc)."""
     doc = {"type": event_type, "createdAt": datetime(2030, 3, 17, tzinfo=UTC), **fields}
     return {"_id": {"_data": str(inc)}, "clusterTime": Timestamp(T0, inc), "fullDocument": doc}

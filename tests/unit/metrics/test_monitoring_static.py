@@ -231,7 +231,8 @@ def test_dashboard_panel_ids_and_ref_ids_are_unique() -> None:
 def test_latency_panel_plots_quantiles_against_50ms_line() -> None:
     """The broadcast latency panel shows p50, p95 and p99 and a 50 ms threshold line."""
     [panel] = [p for p in panels() if "realtime_broadcast_latency_seconds_bucket" in json.dumps(p["targets"])]
-    quantiles = {re.match(r"histogram_quantile\(([\d.]+),", t["expr"]).group(1) for t in panel["targets"]}
+    quantile = re.compile(r"histogram_quantile\(([\d.]+),")
+    quantiles = {m[1] if (m := quantile.match(t["expr"])) else t["expr"] for t in panel["targets"]}
     assert quantiles == {"0.5", "0.95", "0.99"}
     defaults = panel["fieldConfig"]["defaults"]
     assert defaults["unit"] == "s"

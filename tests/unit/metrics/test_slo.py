@@ -55,7 +55,7 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path, capsys: pytest.CaptureF
     slo = generator()
     stale = tmp_path / "slo-rules.yaml"
     stale.write_text(SLO_RULES.read_text(encoding="utf-8").replace("14.4", "14"), encoding="utf-8")
-    slo.RULES, slo.ROOT = stale, tmp_path
+    vars(slo).update(RULES=stale, ROOT=tmp_path)
     assert slo.main(["--check"]) == 1
     assert "slo-rules.yaml" in capsys.readouterr().err
     assert "(14 * 0.01)" in stale.read_text(encoding="utf-8")  # --check writes nothing
