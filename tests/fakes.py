@@ -1,14 +1,17 @@
-"""Fakes for unit tests of the transport layer's logic: a `Transport` that records what it
-is asked to send, and a clock whose time moves only when a test advances it."""
+"""Fakes for unit tests: a `Transport` that records what it is asked to send, a clock whose
+time moves only when a test advances it, and in-memory implementations of the storage ports
+(`service.core.ports`; mypy checks they implement them: `make types` covers this file)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import ClassVar
 
-from service.core.errors import CloseCode
-from service.core.events import Audience, Event, Payload
+from service.core.errors import CloseCode, HistoryLost, StoreUnavailable
+from service.core.events import Audience, Change, Event, Payload, Position, ResumeToken
 from service.core.identity import Principal
+from service.core.ports import ChangeFeed, ChangeStream, StoreHealth
 from service.fanout.batch import Selection
 from service.protocol.wire import Encoded, encode_event
 
@@ -108,3 +111,110 @@ def encoded(n: int, event_type: str = "note", audience: Audience | None = None, 
     """The n-th event: ids sort by n, like real ones."""
     event = Event(f"{0x60000000 + n:08x}00000001", event_type, "2026-12-01T00:00:00Z", {"n": n}, audience, inserted_at)
     return encode_event(event)
+
+
+class MemoryChangeStream:
+    """A `ChangeStream` over a list; `on_read` runs as each change is returned (the await point)."""
+
+    def __init__(
+        self,
+        changes: list[Change],
+        on_read: Callable[[Change], None] | None = None,
+        fail_at: int | None = None,
+    ) -> None:
+        self.changes = list(changes)
+        self.on_read = on_read
+        self.fail_at = fail_at  # `try_next` number this many fails as if MongoDB went away
+        self.returned = 0
+        self.closed = False
+        self._token: ResumeToken | None = {"_data": "start"}
+
+    @property
+    def resume_token(self) -> ResumeToken | None:
+        return self._token
+
+    async def try_next(self) -> Change | None:
+        if self.fail_at is not None and self.returned == self.fail_at:
+            raise StoreUnavailable("connection reset")
+        if not self.changes:
+            await asyncio.sleep(0.01)  # as a server waits before an empty batch
+            return None
+        change = self.changes.pop(0)
+        self.returned += 1
+        self._token = change.token
+        if self.on_read is not None:
+            self.on_read(change)
+        return change
+
+    def buffered(self) -> bool:
+        return bool(self.changes)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class MemoryChangeFeed:
+    """A `ChangeFeed` over an in-memory oplog whose resume tokens are `{"_data": "<inc>"}`."""
+
+    def __init__(self, oplog: list[Change] | None = None) -> None:
+        self.oplog = oplog if oplog is not None else []
+        self.positions: dict[str, ResumeToken] = {}
+        self.opened: list[ResumeToken | None] = []
+        self.streams: list[MemoryChangeStream] = []
+        self.on_read: Callable[[Change], None] | None = None
+        self.pruned_below: int | None = None  # tokens before this inc raise `HistoryLost`
+
+    async def watch_events(
+        self, *, resume_after: ResumeToken | None = None, batch_size: int | None = None
+    ) -> MemoryChangeStream:
+        self.opened.append(resume_after)
+        data = str(resume_after["_data"]) if resume_after else ""
+        after = int(data) if data.isdigit() else 0
+        if self.pruned_below is not None and after < self.pruned_below:
+            raise HistoryLost("resume point may no longer be in the oplog")
+        stream = MemoryChangeStream([c for c in self.oplog if c.position.inc > after], self.on_read)
+        self.streams.append(stream)
+        return stream
+
+    async def cluster_time(self) -> Position:
+        return self.oplog[-1].position if self.oplog else Position(0, 0)
+
+    async def save_position(self, id: str, token: ResumeToken) -> None:
+        self.positions[id] = token
+
+    async def position_at_or_before(self, id: str) -> ResumeToken | None:
+        older = [key for key in self.positions if key <= id]
+        return self.positions[max(older)] if older else None
+
+
+class MemoryHealth:
+    """A `StoreHealth` whose answers a test sets; counts the checks it was asked."""
+
+    def __init__(self, *, reachable: bool = True, writes: bool = True, writes_failing: bool = False) -> None:
+        self.timeout_seconds = 10.0
+        self.reachable = reachable
+        self.writes = writes
+        self.writes_failing = writes_failing
+        self.pings = 0
+        self.probes = 0
+        self.release = asyncio.Event()  # checks wait for it when `hold` is set
+        self.hold = False
+
+    async def ping(self, bound: float) -> bool:
+        self.pings += 1
+        if self.hold:
+            await self.release.wait()
+        return self.reachable
+
+    async def probe_write(self, bound: float) -> bool:
+        self.probes += 1
+        if self.hold:
+            await self.release.wait()
+        return self.writes
+
+
+def _implements_the_ports(feed: MemoryChangeFeed, stream: MemoryChangeStream, health: MemoryHealth) -> None:
+    """Never called: mypy fails here when a fake drifts from its port."""
+    _feed: ChangeFeed = feed
+    _stream: ChangeStream = stream
+    _health: StoreHealth = health

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from service.storage.mongo.store import MongoStore
+from service.core.ports import StoreHealth
 
 READY_BOUND_SECONDS = 2.0  # a probe's MongoDB check, at most (Kubernetes' default probe timeout is 1 s)
 
@@ -27,7 +27,7 @@ class MongoHealth:
 class Readiness:
     """The MongoDB half of `/readyz`, one check in flight at a time."""
 
-    def __init__(self, store: MongoStore) -> None:
+    def __init__(self, store: StoreHealth) -> None:
         self._store = store
         self.bound_seconds = min(store.timeout_seconds, READY_BOUND_SECONDS)
         self._running: asyncio.Task[MongoHealth] | None = None

@@ -6,8 +6,11 @@ ServiceError
 │   └── Forbidden      authenticated, but lacks a role
 ├── BadMessage         a client message or request body was rejected (carries fields)
 ├── NotFound           an unknown id
-├── StoreUnavailable   MongoDB did not answer in time, or failed and must be restarted
-│   └── StoreFull      MongoDB is out of disk space
+├── StoreError         storage did not do what was asked (a write conflict, say); a retry may
+│   │                  succeed. Fan-out sees only these, never the driver's errors
+│   ├── StoreUnavailable   MongoDB did not answer in time, or failed and must be restarted
+│   │   └── StoreFull      MongoDB is out of disk space
+│   └── HistoryLost    a change feed position was pruned from the oplog: clients must resync
 └── ReplayBusy         a resume from MongoDB was not admitted now (too many at once)
 """
 
@@ -69,12 +72,20 @@ class NotFound(ServiceError):
     """An id that names nothing."""
 
 
-class StoreUnavailable(ServiceError):
+class StoreError(ServiceError):
+    """Storage refused or failed an operation; the caller may retry it later."""
+
+
+class StoreUnavailable(StoreError):
     """MongoDB could not be reached within the configured timeout, or answered that it failed."""
 
 
 class StoreFull(StoreUnavailable):
     """MongoDB said it is out of disk space (OutOfDiskSpace)."""
+
+
+class HistoryLost(StoreError):
+    """The change feed cannot resume at a position: MongoDB pruned it (ChangeStreamHistoryLost)."""
 
 
 class ReplayBusy(ServiceError):

@@ -1,4 +1,4 @@
-"""The event envelope: types, validation of published events, ids from the change stream.
+"""The event envelope: types, validation of published events, ids from the change feed.
 
 An event is stored in the `events` collection as a flat document (the seed's shape) plus
 `createdAt`, `createdAtUs` and an optional `to`; its `id` is the change stream's position, so
@@ -11,9 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from bson import Timestamp
+from typing import Any, NamedTuple
 
 from service.core import schema
 from service.core.errors import BadMessage
@@ -65,16 +63,38 @@ def now_iso() -> str:
     return iso(datetime.now(UTC))
 
 
-def event_id(cluster_time: Timestamp) -> str:
+class Position(NamedTuple):
+    """An oplog position: a commit's seconds and its order within that second (MongoDB's
+    `Timestamp`, converted by storage so the core needs no driver). Ordered like the oplog."""
+
+    time: int
+    inc: int
+
+
+# Where a change feed stands, as the store gives it: opaque, handed back to resume there.
+ResumeToken = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One insert into `events` as the change feed reports it."""
+
+    position: Position  # the commit's: the event's id
+    token: ResumeToken  # a feed resumed after it starts with the next change
+    document: Mapping[str, Any] | None  # the inserted document (None if the feed had none)
+    wall_time: datetime | None = None  # the commit's wall-clock time, when the store says
+
+
+def event_id(position: Position) -> str:
     """Encode an oplog position as an id that sorts like the position (16 hex digits)."""
-    return f"{cluster_time.time:08x}{cluster_time.inc:08x}"
+    return f"{position.time:08x}{position.inc:08x}"
 
 
-def parse_event_id(value: str) -> Timestamp | None:
+def parse_event_id(value: str) -> Position | None:
     """The oplog position of an id made by `event_id`; None if it is not one."""
     if not EVENT_ID_PATTERN.fullmatch(value):
         return None
-    return Timestamp(int(value[:8], 16), int(value[8:], 16))
+    return Position(int(value[:8], 16), int(value[8:], 16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,13 +239,13 @@ def _unstorable(key: str, value: object, depth: int) -> str | None:
     return None
 
 
-def event_from_change(change: Mapping[str, Any]) -> Event | None:
-    """Build the event for one change stream insert notification.
+def event_from_change(change: Change) -> Event | None:
+    """Build the event for one change feed insert.
 
     Returns None for a document that is not a valid event (for example one inserted
     directly by another program with a bad `type`); the caller logs and counts it.
     """
-    doc = change.get("fullDocument")
+    doc = change.document
     if not isinstance(doc, Mapping):
         return None
     event_type = doc.get("type")
@@ -239,8 +259,8 @@ def event_from_change(change: Mapping[str, Any]) -> Event | None:
         return None
     created = doc.get("createdAt")
     if not isinstance(created, datetime):
-        wall = change.get("wallTime")
-        created = wall if isinstance(wall, datetime) else datetime.fromtimestamp(change["clusterTime"].time, UTC)
+        wall = change.wall_time
+        created = wall if isinstance(wall, datetime) else datetime.fromtimestamp(change.position.time, UTC)
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
     fields = {k: _plain(v) for k, v in doc.items() if k not in PRIVATE_FIELDS and k not in ("type", "id", "ts")}
@@ -250,7 +270,7 @@ def event_from_change(change: Mapping[str, Any]) -> Event | None:
     else:
         inserted_at = created.timestamp()
     return Event(
-        id=event_id(change["clusterTime"]),
+        id=event_id(change.position),
         type=event_type,
         ts=iso(created),
         fields=fields,

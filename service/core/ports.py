@@ -1,5 +1,9 @@
 """The ports: what fan-out and the use cases need from storage, as Protocols. The MongoDB
-implementations are in `service.storage.mongo`; only the runtime picks and wires one."""
+implementations are in `service.storage.mongo`; only the runtime picks and wires one.
+
+Ports speak plain types and core errors (`service.core.errors`: `StoreError` and below), never
+a driver's: fan-out catches `StoreError`, not `PyMongoError`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
+
+from service.core.events import Change, Position, ResumeToken
 
 
 class TicketStore(Protocol):
@@ -113,3 +119,115 @@ class OnlineUsers(Protocol):
     """Who is online on any replica, as `GET /api/presence` shows them."""
 
     async def presence_list(self, stale_before: datetime) -> list[Record]: ...
+
+
+# -- Fan-out (service.fanout) and readiness: the change feed, presence, health ---------------------
+
+UserId = int | str
+
+
+class ChangeStream(Protocol):
+    """An open change feed: the inserted events in commit order, from where it was opened.
+
+    Its methods raise `StoreUnavailable` (the store is gone; reopen at `resume_token`),
+    `HistoryLost` (that position was pruned) or `StoreError`.
+    """
+
+    @property
+    def resume_token(self) -> ResumeToken | None:
+        """Where the stream stands now (after the last change read, or where it opened)."""
+
+    async def try_next(self) -> Change | None:
+        """The next change, or None when none came within the store's wait (a quiet feed)."""
+
+    def buffered(self) -> bool:
+        """Whether the next change is already here (read in the last round trip), so
+        `try_next` returns it without waiting: the bus fans such changes out together."""
+
+    async def close(self) -> None:
+        """Give the stream's cursor back."""
+
+
+class ChangeFeed(Protocol):
+    """The event bus's side of storage: streams of inserted events and saved positions."""
+
+    async def watch_events(
+        self, *, resume_after: ResumeToken | None = None, batch_size: int | None = None
+    ) -> ChangeStream:
+        """A stream of inserted events from now, or resumed after a token.
+
+        Args:
+            batch_size: changes per round trip; large for replays that read history.
+
+        Raises:
+            HistoryLost: `resume_after` was pruned.
+            StoreUnavailable: the store did not answer.
+        """
+
+    async def cluster_time(self) -> Position:
+        """A position at or after every commit so far: a stream opened before this call sees
+        every change after it."""
+
+    async def save_position(self, id: str, token: ResumeToken) -> None:
+        """Remember where the feed stood at event `id`, so a replay can resume there."""
+
+    async def position_at_or_before(self, id: str) -> ResumeToken | None:
+        """The token saved for the newest event at or before `id`; None if none is."""
+
+
+class PresenceStore(Protocol):
+    """Fleet-wide presence (`service.fanout.presence` explains the two collections and the
+    transitions). Every method raises `StoreError` (or `StoreUnavailable`) when the store
+    refused or did not answer; presence retries on its next tick."""
+
+    async def presence_write(
+        self,
+        process: str,
+        upserts: Mapping[UserId, tuple[str, Mapping[str, int]]],
+        removals: list[UserId],
+        now: datetime,
+    ) -> None: ...
+
+    async def presence_refresh(self, process: str, now: datetime) -> int: ...
+
+    async def presence_remove_process(self, process: str) -> None: ...
+
+    async def presence_arrive(self, user_id: UserId, user_name: str, now: datetime) -> None: ...
+
+    async def presence_depart(self, user_id: UserId, since: datetime) -> None: ...
+
+    async def presence_back(self, user_ids: list[UserId]) -> list[UserId]: ...
+
+    async def presence_depart_many(self, user_ids: list[UserId], since: datetime) -> None: ...
+
+    async def presence_stale(self, before: datetime) -> list[Record]: ...
+
+    async def presence_claim_stale(self, doc_id: str, seen_at: datetime) -> bool: ...
+
+    async def presence_mark_orphans(self, now: datetime) -> None: ...
+
+    async def presence_leaving(self, before: datetime) -> list[Record]: ...
+
+    async def presence_settle(self, user_id: UserId, leaving_since: datetime, now: datetime) -> bool: ...
+
+    async def presence_missing(self, user_ids: list[UserId]) -> list[UserId]: ...
+
+    async def presence_count(self) -> int: ...
+
+
+class StoreHealth(Protocol):
+    """What readiness asks of storage: does it answer, and does it take writes."""
+
+    @property
+    def timeout_seconds(self) -> float:
+        """MONGODB_TIMEOUT_MS, in seconds: no check waits longer."""
+
+    @property
+    def writes_failing(self) -> bool:
+        """Whether the last REST write that ended could not reach the store."""
+
+    async def ping(self, bound: float) -> bool:
+        """Whether the store answers within `bound` seconds."""
+
+    async def probe_write(self, bound: float) -> bool:
+        """Whether the store takes a (majority) write within `bound` seconds."""

@@ -1,12 +1,12 @@
 """The event bus: one change stream on `events` per process, feeding the hub.
 
 It keeps the last HISTORY_SIZE events in memory for resume, saves a sparse index of stream
-positions (resume tokens) in MongoDB so any process can replay older history cheaply
+positions (resume tokens) in the store so any process can replay older history cheaply
 (`service.fanout.replay`), and always knows where its own stream stands: from the moment it opens
 it holds a resume token (the open's own position before the first change), so after a
-MongoDB outage it resumes exactly where it was, never from "now". When MongoDB says that
-position is gone (ChangeStreamHistoryLost), every client is told to `resync` and memory's
-coverage starts again at the new position.
+MongoDB outage it resumes exactly where it was, never from "now". When the store says that
+position is gone (`HistoryLost`), every client is told to `resync` and memory's coverage
+starts again at the new position. It reaches storage only through the `ChangeFeed` port.
 """
 
 from __future__ import annotations
@@ -19,25 +19,19 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
-
-from bson import Timestamp
-from pymongo.errors import OperationFailure, PyMongoError
 
 from metrics.registry import Metrics
-from service.core.errors import ReplayBusy, StoreUnavailable
-from service.core.events import event_from_change, event_id, metric_type, parse_event_id
+from service.core.errors import HistoryLost, ReplayBusy, StoreError, StoreUnavailable
+from service.core.events import Change, ResumeToken, event_from_change, event_id, metric_type, parse_event_id
+from service.core.ports import ChangeFeed, ChangeStream
 from service.fanout.hub import Hub
 from service.fanout.replay import PAGE_SIZE, MemoryReplay, Replay, ReplayGate, StoreReplay, Wants
 from service.protocol.wire import Encoded, encode_event
-from service.storage.mongo.store import MongoStore
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 FUTURE_TOLERANCE_SECONDS = 60  # clock skew between replicas that an id may show
-HISTORY_LOST = 286  # ChangeStreamHistoryLost: the position was pruned from the oplog
 # Positions saved: events whose id hashes to 0 modulo this (the same events on every
 # process, so replicas mostly write the same documents), and at least every 4× this many
 # events per process. A replay skips at most that many events before the client's id.
@@ -50,25 +44,12 @@ REPLAY_BATCH = 100
 MAX_BATCH_EVENTS = 1000
 
 
-def change_buffered(stream: Any) -> bool:
-    """Whether the driver already holds the stream's next change (read by the last getMore),
-    so `try_next` returns it without a round trip.
-
-    PyMongo has no public way to ask: this reads `AsyncChangeStream._cursor` and
-    `AsyncCommandCursor._has_next()` (pymongo 4.x, pymongo/cursor_shared.py).
-    tests/integration/test_batching.py fails first if they change; until then every change is its own
-    batch (correct, only unbatched).
-    """
-    has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
-    return bool(has_next()) if callable(has_next) else False
-
-
 class Bus:
     """Change stream → history → hub, and replay for resuming clients."""
 
     def __init__(
         self,
-        store: MongoStore,
+        feed: ChangeFeed,
         hub: Hub,
         metrics: Metrics,
         *,
@@ -77,7 +58,7 @@ class Bus:
         gate: ReplayGate | None = None,
         page_size: int = PAGE_SIZE,
     ) -> None:
-        self._store = store
+        self._feed = feed
         self._hub = hub
         self._metrics = metrics
         self.history_ttl_seconds = history_ttl_seconds
@@ -87,10 +68,10 @@ class Bus:
         self._history_ids: deque[str] = deque(maxlen=history_size)
         # Every event with an id above this one is in `history` (or still to come).
         self.covered_from: str | None = None
-        self._resume_token: Mapping[str, Any] | None = None
+        self._resume_token: ResumeToken | None = None
         self._task: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
-        self._unsaved: tuple[str, Mapping[str, Any]] | None = None  # newest position to save
+        self._unsaved: tuple[str, ResumeToken] | None = None  # newest position to save
         self._since_saved = 0
         self.running = False
 
@@ -113,33 +94,23 @@ class Bus:
                     await task
         self.running = False
 
-    async def _open(self, token: Mapping[str, Any] | None) -> Any:
+    async def _open(self, token: ResumeToken | None) -> ChangeStream:
         """A change stream from `token`, or from now (then memory's coverage starts here)."""
-        stream = await self._store.watch_events(resume_after=token)
+        stream = await self._feed.watch_events(resume_after=token)
         self._resume_token = stream.resume_token or token
         if token is None:
             # Every event after the cluster time read *after* the open is seen by this stream.
-            self.covered_from = event_id(await self._cluster_time())
+            self.covered_from = event_id(await self._feed.cluster_time())
             if self._resume_token is not None:
                 # Saved, so a replay from any id this process delivers finds a position at or
                 # before it (the sampled ones alone may lie after it).
                 try:
-                    await self._store.save_position(self.covered_from, self._resume_token)
-                except (PyMongoError, StoreUnavailable) as exc:
+                    await self._feed.save_position(self.covered_from, self._resume_token)
+                except StoreError as exc:
                     log.warning("start position not saved (replays from before the next one resync): %s", exc)
         return stream
 
-    async def _cluster_time(self) -> Timestamp:
-        try:
-            reply = await self._store.client.admin.command("ping")
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB unavailable: {type(exc).__name__}") from exc
-        ts = reply.get("operationTime") or reply.get("$clusterTime", {}).get("clusterTime")
-        if not isinstance(ts, Timestamp):
-            ts = Timestamp(int(time.time()), 0)
-        return ts
-
-    async def _run(self, stream: Any) -> None:
+    async def _run(self, stream: ChangeStream | None) -> None:
         failures = 0
         while True:
             try:
@@ -148,26 +119,15 @@ class Bus:
                     log.info("change stream resumed")
                 self.running = True
                 failures = 0
-                async with stream:
-                    while True:
-                        change = await stream.try_next()
-                        if change is not None:
-                            # The changes that arrived while the last fan-out ran came in this
-                            # round trip: they go out together, one write per client.
-                            changes = [change]
-                            while len(changes) < MAX_BATCH_EVENTS and change_buffered(stream):
-                                more = await stream.try_next()
-                                if more is None:
-                                    break
-                                changes.append(more)
-                            self.handle_batch(changes)
-                        # Past empty batches too: a quiet collection must not leave the
-                        # position behind the oplog's pruning.
-                        self._resume_token = stream.resume_token or self._resume_token
+                try:
+                    await self._follow(stream)
+                finally:
+                    with contextlib.suppress(StoreError):
+                        await stream.close()
             except asyncio.CancelledError:
                 raise
-            except (PyMongoError, StoreUnavailable) as exc:
-                if isinstance(exc, OperationFailure) and exc.code == HISTORY_LOST:
+            except StoreError as exc:
+                if isinstance(exc, HistoryLost):
                     log.error("change stream history lost; connected clients are told to resync")
                     self._resume_token = None
                     self._history_lost()
@@ -178,15 +138,33 @@ class Bus:
                 await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
                 failures += 1
 
-    def handle(self, change: Mapping[str, Any]) -> None:
-        """Turn one change notification into a delivered event."""
+    async def _follow(self, stream: ChangeStream) -> None:
+        """Read the stream for ever, fanning out what each round trip brought as one batch."""
+        while True:
+            change = await stream.try_next()
+            if change is not None:
+                # The changes that arrived while the last fan-out ran came in this
+                # round trip: they go out together, one write per client.
+                changes = [change]
+                while len(changes) < MAX_BATCH_EVENTS and stream.buffered():
+                    more = await stream.try_next()
+                    if more is None:
+                        break
+                    changes.append(more)
+                self.handle_batch(changes)
+            # Past empty batches too: a quiet collection must not leave the
+            # position behind the oplog's pruning.
+            self._resume_token = stream.resume_token or self._resume_token
+
+    def handle(self, change: Change) -> None:
+        """Turn one change into a delivered event."""
         self.handle_batch([change])
 
-    def handle_batch(self, changes: list[Mapping[str, Any]]) -> None:
+    def handle_batch(self, changes: list[Change]) -> None:
         """Turn change notifications (in stream order) into events delivered as one batch."""
         m = self._metrics
         ready: list[Encoded] = []
-        tokens: list[object] = []
+        tokens: list[ResumeToken] = []
         for change in changes:
             event = event_from_change(change)
             if event is None:
@@ -200,16 +178,14 @@ class Bus:
             self.history.append(encoded)
             self._history_ids.append(event.id)
             ready.append(encoded)
-            tokens.append(change.get("_id"))
+            tokens.append(change.token)
         self._hub.deliver_many(ready)
         for encoded, token in zip(ready, tokens, strict=True):
             self._note_position(encoded.event.id, token)
 
-    def _note_position(self, id: str, token: object) -> None:
+    def _note_position(self, id: str, token: ResumeToken) -> None:
         """Save some positions (see POSITION_EVERY), in the background, newest first."""
         self._since_saved += 1
-        if not isinstance(token, Mapping) or self._store is None:
-            return
         if zlib.crc32(id.encode()) % POSITION_EVERY and self._since_saved < 4 * POSITION_EVERY:
             return
         self._since_saved = 0
@@ -221,8 +197,8 @@ class Bus:
         while self._unsaved is not None:
             (id, token), self._unsaved = self._unsaved, None
             try:
-                await self._store.save_position(id, token)
-            except (PyMongoError, StoreUnavailable) as exc:
+                await self._feed.save_position(id, token)
+            except StoreError as exc:
                 log.debug("position %s not saved: %s", id, exc)  # a sparser index, nothing lost
 
     def _history_lost(self) -> None:
@@ -273,17 +249,21 @@ class Bus:
             return MemoryReplay(recent, last_id, wants)
         ticket = await self.gate.acquire(user_id)
         try:
-            saved = await self._store.position_at_or_before(last_id)
+            saved = await self._feed.position_at_or_before(last_id)
             if saved is None:
                 ticket.release()
                 log.info("resume from %s: resync (older than every saved position)", last_id)
                 return None  # nothing proves the gap is whole
-            stream = await self._store.watch_events(resume_after=saved, batch_size=REPLAY_BATCH)
-        except OperationFailure as exc:
+            stream = await self._feed.watch_events(resume_after=saved, batch_size=REPLAY_BATCH)
+        except HistoryLost:
             ticket.release()
-            if exc.code == HISTORY_LOST:
-                log.info("resume from %s: resync (its position was pruned from the oplog)", last_id)
-                return None
+            log.info("resume from %s: resync (its position was pruned from the oplog)", last_id)
+            return None
+        except StoreUnavailable:
+            ticket.release()
+            raise
+        except StoreError as exc:
+            ticket.release()
             raise StoreUnavailable(f"cannot replay: {exc}") from exc
         except BaseException:
             ticket.release()

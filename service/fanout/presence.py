@@ -62,11 +62,9 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from pymongo.errors import PyMongoError
-
 from metrics.registry import Metrics
-from service.core.errors import StoreUnavailable
-from service.storage.mongo.store import MongoStore
+from service.core.errors import StoreError, StoreUnavailable
+from service.core.ports import PresenceStore
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ class Presence:
 
     def __init__(
         self,
-        store: MongoStore,
+        store: PresenceStore,
         metrics: Metrics,
         *,
         heartbeat_seconds: float,
@@ -140,7 +138,9 @@ class Presence:
         self._started = time.monotonic()
         try:
             await self._sweep(orphans=True)
-        except PyMongoError as exc:  # a conflict with another sweeper: the loop sweeps again
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:  # a conflict with another sweeper: the loop sweeps again
             log.warning("presence: first sweep: %s: %s", type(exc).__name__, exc)
         self._task = asyncio.create_task(self._run(), name="presence")
 
@@ -151,7 +151,7 @@ class Presence:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(StoreUnavailable, PyMongoError):  # the TTL index and the sweepers remain
+        with contextlib.suppress(StoreError):  # the TTL index and the sweepers remain
             self._dirty |= set(self._counts) | self._written
             self._counts.clear()
             await self.flush()
@@ -179,7 +179,7 @@ class Presence:
         try:
             async with asyncio.timeout(max(STEP_TIMEOUT_SECONDS, self.heartbeat_seconds / 2)):
                 await step()
-        except (StoreUnavailable, PyMongoError, TimeoutError) as exc:
+        except (StoreError, TimeoutError) as exc:
             log.warning("presence: %s: %s; retrying", type(exc).__name__, exc)
 
     # -- writes ---------------------------------------------------------------------------

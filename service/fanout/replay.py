@@ -17,7 +17,7 @@ the rest. What a client can make this cost is bounded three ways:
 
 History that is gone is never replayed as if it were complete: an id older than
 HISTORY_TTL_SECONDS, one with no saved position at or before it, or one whose position
-MongoDB has pruned (ChangeStreamHistoryLost) answers `None`, and the client gets `resync`.
+the store has pruned (`HistoryLost`) answers `None`, and the client gets `resync`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from pymongo.errors import PyMongoError
-
-from service.core.errors import ReplayBusy, StoreUnavailable
+from service.core.errors import ReplayBusy, StoreError, StoreUnavailable
 from service.core.events import Event, event_from_change, event_id
+from service.core.ports import ChangeStream
 from service.fanout.pace import Paced, Pacer
 from service.protocol.wire import Encoded, encode_event
 
@@ -58,14 +57,6 @@ class Memory(Protocol):
 
     def memory_after(self, last_id: str) -> list[Encoded]:
         """Events in memory after `last_id`, in order (valid when `covered_from <= last_id`)."""
-
-
-class ChangeCursor(Protocol):
-    """A change stream being read (pymongo's `AsyncChangeStream`)."""
-
-    async def try_next(self) -> Any: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -200,7 +191,7 @@ class StoreReplay(Replay):
     time until memory covers what follows (decided with no await between the check and the
     memory read, so memory cannot move its boundary in between)."""
 
-    stream: ChangeCursor
+    stream: ChangeStream
     after: str  # the client's id: events at or before it are skipped
     wants: Wants
     memory: Memory
@@ -216,15 +207,14 @@ class StoreReplay(Replay):
         for _ in range(self.page_size):
             try:
                 change = await self.stream.try_next()
-            except PyMongoError as exc:
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
                 raise StoreUnavailable(f"replay interrupted: {type(exc).__name__}: {exc}") from exc
             if change is None:
                 caught_up = True  # nothing more committed right now
                 break
-            cluster_time = change.get("clusterTime")
-            if cluster_time is None:
-                continue
-            position = event_id(cluster_time)
+            position = event_id(change.position)
             if position <= self.after:
                 continue  # between the saved position and the client's id
             self.after = position
@@ -246,7 +236,7 @@ class StoreReplay(Replay):
         self._closed = True
         try:
             await self.stream.close()
-        except PyMongoError as exc:  # the replay is over either way; a dead stream has nothing to give back
+        except StoreError as exc:  # the replay is over either way; a dead stream has nothing to give back
             log.debug("closing a replay stream: %s", exc)
         finally:
             if self.ticket is not None:

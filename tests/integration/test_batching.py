@@ -10,7 +10,6 @@ import pytest
 
 from harness.clients import RawWebSocket, Service, eventually
 from service.core.events import Event
-from service.fanout.bus import change_buffered
 from service.fanout.connection import Connection
 from service.protocol.wire import Encoded, encode_event
 from tests.conftest import StartService
@@ -32,7 +31,8 @@ def event_docs(count: int) -> list[dict[str, object]]:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_change_buffered_sees_the_changes_pymongo_holds(service: Service) -> None:
-    """The private pymongo names `change_buffered` reads still tell a held change from none."""
+    """The private pymongo names `service.storage.mongo.events.change_buffered` reads (the
+    change feed's `buffered`) still tell a held change from none."""
     stream = await service.ctx.store.watch_events()
     async with stream:
         await service.ctx.store.events.insert_many(event_docs(3))
@@ -41,9 +41,9 @@ async def test_change_buffered_sees_the_changes_pymongo_holds(service: Service) 
         while first is None and time.monotonic() < deadline:
             first = await stream.try_next()
         assert first is not None
-        assert change_buffered(stream)  # the other two came in the same getMore
+        assert stream.buffered()  # the other two came in the same getMore
         assert await stream.try_next() is not None and await stream.try_next() is not None
-        assert not change_buffered(stream)
+        assert not stream.buffered()
 
 
 @pytest.mark.gen_test(timeout=30)

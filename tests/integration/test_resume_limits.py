@@ -10,10 +10,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from bson import Timestamp
 
 from harness.clients import Service, eventually
-from service.core.events import event_document, event_id
+from service.core.events import Position, event_document, event_id
 from service.fanout.replay import PER_USER
 from service.storage.mongo.embedded import EmbeddedMongo
 from tests.conftest import StartService
@@ -126,7 +125,7 @@ async def test_an_id_older_than_the_history_ttl_is_resync(start_service: StartSe
     """Events past HISTORY_TTL_SECONDS may still be in the oplog; they are not replayed as if whole."""
     service = await start_service(history_size=10, history_ttl_seconds=60)
     token = service.token(sub=25)
-    old = event_id(Timestamp(int(time.time()) - 120, 1))
+    old = event_id(Position(int(time.time()) - 120, 1))
     await resyncs_over_websocket(service, token, old)
 
 
@@ -137,7 +136,7 @@ async def test_an_id_older_than_every_saved_position_is_resync(start_service: St
     service = await start_service(history_size=10)
     token = service.token(sub=26)
     await seed(service, 20)
-    before = event_id(Timestamp(int(time.time()) - 3000, 1))
+    before = event_id(Position(int(time.time()) - 3000, 1))
     status, _, body = await poll(service, token, cursor=before)
     assert status == 200 and [m["type"] for m in body["messages"]] == ["resync"]
     await resyncs_over_websocket(service, token, before)

@@ -6,13 +6,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from bson import ObjectId, Timestamp
+from bson import ObjectId
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.core.errors import BadMessage
 from service.core.events import (
     Audience,
+    Change,
+    Position,
     document_for_publish,
     event_document,
     event_from_change,
@@ -25,25 +27,25 @@ from service.core.events import (
 CREATED = datetime(2026, 11, 25, 19, 0, 0, 123_456, tzinfo=UTC)
 CREATED_US = 1_795_633_200_123_456  # CREATED in microseconds since the epoch
 U32 = st.integers(min_value=0, max_value=2**32 - 1)
-timestamps = st.builds(Timestamp, U32, U32)
+timestamps = st.builds(Position, U32, U32)
 
 
-POSITION = Timestamp(1_700_000_000, 3)
+POSITION = Position(1_700_000_000, 3)
 
 
-def change(doc: dict[str, Any], position: Timestamp = POSITION, **extra: Any) -> dict[str, Any]:
-    """A change stream insert notification as PyMongo hands it over."""
-    return {"operationType": "insert", "clusterTime": position, "fullDocument": doc, **extra}
+def change(doc: Any, position: Position = POSITION, wall_time: datetime | None = None) -> Change:
+    """The change feed's insert of `doc` (anything, as another program may have inserted)."""
+    return Change(position, {"_data": "token"}, doc, wall_time)
 
 
 @given(timestamps)
-def test_event_id_round_trips_through_parse(position: Timestamp) -> None:
+def test_event_id_round_trips_through_parse(position: Position) -> None:
     """Every oplog position survives `event_id` then `parse_event_id`."""
     assert parse_event_id(event_id(position)) == position
 
 
 @given(timestamps, timestamps)
-def test_event_id_order_follows_oplog_order(a: Timestamp, b: Timestamp) -> None:
+def test_event_id_order_follows_oplog_order(a: Position, b: Position) -> None:
     """Ids compare as strings exactly as their positions compare."""
     assert (event_id(a) < event_id(b)) == (a < b)
     assert (event_id(a) == event_id(b)) == (a == b)
@@ -160,7 +162,7 @@ def test_event_from_change_builds_the_client_payload() -> None:
         "meta": {"at": CREATED, "ref": oid, "tags": ("a", "b")},
         "to": {"users": [1]},
     }
-    event = event_from_change(change(doc, Timestamp(1_700_000_000, 3)))
+    event = event_from_change(change(doc, Position(1_700_000_000, 3)))
     assert event is not None
     assert event.id == "6553f10000000003"
     assert event.ts == "2026-11-25T19:00:00.123Z"
@@ -187,13 +189,13 @@ def test_event_from_change_ignores_stored_id_and_ts() -> None:
 
 def test_event_from_change_without_created_at_uses_wall_time() -> None:
     """A document without `createdAt` takes the notification's wall time (naive means UTC)."""
-    event = event_from_change(change({"type": "x"}, wallTime=CREATED.replace(tzinfo=None)))
+    event = event_from_change(change({"type": "x"}, wall_time=CREATED.replace(tzinfo=None)))
     assert event is not None and event.ts == "2026-11-25T19:00:00.123Z"
 
 
 def test_event_from_change_without_any_time_uses_cluster_time() -> None:
     """With neither `createdAt` nor wall time the cluster time's seconds are used."""
-    event = event_from_change(change({"type": "x"}, Timestamp(1_700_000_000, 1)))
+    event = event_from_change(change({"type": "x"}, Position(1_700_000_000, 1)))
     assert event is not None and event.ts == "2023-11-14T22:13:20.000Z"
 
 

@@ -1,39 +1,47 @@
-"""Bus without MongoDB: change → history → hub, resume from memory, and replay logic against a
-fake store (paging, the memory boundary, saved positions, the gate). Replay against SecantusDB
+"""Bus without MongoDB: change → history → hub, resume from memory, and replay logic against an
+in-memory change feed (paging, the memory boundary, saved positions, the gate). Replay against SecantusDB
 is tested in test_delivery.py and test_resume_limits.py."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from bson import Timestamp
-from pymongo.errors import AutoReconnect, OperationFailure
 
 from metrics.registry import Metrics
 from service.core.errors import ReplayBusy
-from service.core.events import event_id
+from service.core.events import Change, Position, ResumeToken, event_id
 from service.fanout.bus import Bus
 from service.fanout.connection import Connection
 from service.fanout.hub import Hub
 from service.fanout.replay import ReplayGate
-from tests.fakes import FakeTransport, principal
+from tests.fakes import FakeTransport, MemoryChangeFeed, MemoryChangeStream, principal
 
 T0 = int(time.time()) - 3600  # an hour ago: inside the history TTL, not from the future
 
 
-def change(inc: int, event_type: str = "note", **fields: object) -> dict[str, Any]:
-    """A change stream insert notification for an event at oplog position (T0, inc)."""
+def change(inc: int, event_type: str = "note", **fields: object) -> Change:
+    """The change feed's insert of an event at oplog position (T0, inc)."""
     doc = {"type": event_type, "createdAt": datetime(2030, 3, 17, tzinfo=UTC), **fields}
-    return {"_id": {"_data": str(inc)}, "clusterTime": Timestamp(T0, inc), "fullDocument": doc}
+    return Change(Position(T0, inc), {"_data": str(inc)}, doc)
 
 
 def eid(inc: int) -> str:
-    return event_id(Timestamp(T0, inc))
+    return event_id(Position(T0, inc))
+
+
+def handle(bus: Bus, *changes: Change) -> None:
+    """`bus.handle` each change in an event loop (a sampled position is saved by a task)."""
+
+    async def run() -> None:
+        for c in changes:
+            bus.handle(c)
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
 
 
 def make_bus(history_size: int = 3) -> tuple[Bus, FakeTransport]:
@@ -41,7 +49,7 @@ def make_bus(history_size: int = 3) -> tuple[Bus, FakeTransport]:
     hub = Hub(metrics, max_pending_bytes=1024, max_per_user=5)
     transport = FakeTransport()
     hub.attach(Connection(transport, principal()))
-    bus = Bus(None, hub, metrics, history_size=history_size)  # type: ignore[arg-type]  # memory paths only
+    bus = Bus(MemoryChangeFeed(), hub, metrics, history_size=history_size)
     bus.covered_from = eid(0)  # as `start` sets it: everything after position 0 is seen
     return bus, transport
 
@@ -49,7 +57,7 @@ def make_bus(history_size: int = 3) -> tuple[Bus, FakeTransport]:
 def test_a_change_is_delivered_and_kept_for_resume() -> None:
     """`handle` encodes the event once, hands it to the hub and appends it to history."""
     bus, transport = make_bus()
-    bus.handle(change(1, text="مرحبا"))
+    handle(bus, change(1, text="مرحبا"))
     assert transport.events == [eid(1)] and [e.event.id for e in bus.history] == [eid(1)]
     assert bus.history[0].event.fields["text"] == "مرحبا"
 
@@ -57,14 +65,18 @@ def test_a_change_is_delivered_and_kept_for_resume() -> None:
 def test_a_document_that_is_not_an_event_is_ignored() -> None:
     """A bad `type` (inserted by another program) reaches no client and no history."""
     bus, transport = make_bus()
-    bus.handle(change(1, event_type="Bad Type!"))
+    handle(bus, change(1, event_type="Bad Type!"))
     assert transport.events == [] and len(bus.history) == 0
 
 
 def test_changes_read_together_are_one_write_and_all_kept_for_resume() -> None:
     """`handle_batch`: every valid change is in history, and a client gets them in one write."""
     bus, transport = make_bus(history_size=5)
-    bus.handle_batch([change(1), change(2, event_type="Bad Type!"), change(3)])
+
+    async def run() -> None:
+        bus.handle_batch([change(1), change(2, event_type="Bad Type!"), change(3)])
+
+    asyncio.run(run())
     assert [e.event.id for e in bus.history] == [eid(1), eid(3)]
     assert transport.events == [eid(1), eid(3)]
     assert transport.writes == [bus.history[0].ws_frame + bus.history[1].ws_frame]
@@ -73,8 +85,7 @@ def test_changes_read_together_are_one_write_and_all_kept_for_resume() -> None:
 def test_recent_since_returns_the_events_after_an_id_from_memory() -> None:
     """Resume from memory: exactly the events after the client's id, in order."""
     bus, _ = make_bus()
-    for inc in (1, 2, 3):
-        bus.handle(change(inc))
+    handle(bus, *(change(inc) for inc in (1, 2, 3)))
     assert [e.event.id for e in bus.recent_since(eid(1)) or []] == [eid(2), eid(3)]
     assert bus.recent_since(eid(3)) == []
 
@@ -82,8 +93,7 @@ def test_recent_since_returns_the_events_after_an_id_from_memory() -> None:
 def test_history_is_bounded_and_coverage_moves_with_it() -> None:
     """Past `history_size`, the oldest event leaves memory and an id before it is no longer covered."""
     bus, _ = make_bus(history_size=3)
-    for inc in (1, 2, 3, 4, 5):
-        bus.handle(change(inc))
+    handle(bus, *(change(inc) for inc in (1, 2, 3, 4, 5)))
     assert [e.event.id for e in bus.history] == [eid(3), eid(4), eid(5)]
     assert bus.recent_since(eid(1)) is None
     assert [e.event.id for e in bus.recent_since(eid(3)) or []] == [eid(4), eid(5)]
@@ -92,78 +102,16 @@ def test_history_is_bounded_and_coverage_moves_with_it() -> None:
 def test_open_replay_refuses_ids_that_are_not_ours_from_the_future_or_past_the_ttl() -> None:
     """A malformed id, one far in the future, or one older than HISTORY_TTL_SECONDS means resync (None)."""
     bus, _ = make_bus()
-    for last_id in ("not-an-id", "ffffffff00000001", event_id(Timestamp(T0 - 86_400, 1))):
+    for last_id in ("not-an-id", "ffffffff00000001", event_id(Position(T0 - 86_400, 1))):
         assert asyncio.run(bus.open_replay(last_id, everything, 1)) is None
 
 
 def test_a_covered_id_is_replayed_from_memory_in_one_page() -> None:
     """Within memory, replay needs no store: one page, done."""
     bus, _ = make_bus()
-    for inc in (1, 2):
-        bus.handle(change(inc))
+    handle(bus, change(1), change(2))
     page = asyncio.run(first_page(bus, eid(1)))
     assert ids(page.events) == [eid(2)] and page.done
-
-
-class FakeChangeStream:
-    """A change stream over a list; `on_read` runs as each change is returned (the await point)."""
-
-    def __init__(self, changes: list[dict[str, Any]], on_read: Any = None, fail_at: int | None = None) -> None:
-        self.changes = list(changes)
-        self.on_read = on_read
-        self.fail_at = fail_at
-        self.returned = 0
-        self.closed = False
-        self.resume_token: Mapping[str, Any] | None = {"_data": "start"}
-
-    async def try_next(self) -> dict[str, Any] | None:
-        if self.fail_at is not None and self.returned == self.fail_at:
-            raise AutoReconnect("connection reset")
-        if not self.changes:
-            await asyncio.sleep(0.01)  # as a server waits before an empty batch
-            return None
-        change = self.changes.pop(0)
-        self.returned += 1
-        if self.on_read is not None:
-            self.on_read(change)
-        return change
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def __aenter__(self) -> FakeChangeStream:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()
-
-
-class FakeStore:
-    """The part of `MongoStore` the bus uses: saved positions and change streams."""
-
-    def __init__(self, oplog: list[dict[str, Any]]) -> None:
-        self.oplog = oplog
-        self.positions: dict[str, Mapping[str, Any]] = {}
-        self.opened: list[Mapping[str, Any] | None] = []
-        self.streams: list[FakeChangeStream] = []
-        self.on_read: Any = None
-        self.pruned_below: int | None = None
-
-    async def save_position(self, id: str, token: Mapping[str, Any]) -> None:
-        self.positions[id] = token
-
-    async def position_at_or_before(self, id: str) -> Mapping[str, Any] | None:
-        older = [key for key in self.positions if key <= id]
-        return self.positions[max(older)] if older else None
-
-    async def watch_events(self, *, resume_after: Mapping[str, Any] | None = None, **_: object) -> FakeChangeStream:
-        self.opened.append(resume_after)
-        after = int(resume_after["_data"]) if resume_after and resume_after["_data"].isdigit() else 0
-        if self.pruned_below is not None and after < self.pruned_below:
-            raise OperationFailure("resume point may no longer be in the oplog", code=286)
-        stream = FakeChangeStream([c for c in self.oplog if c["clusterTime"].inc > after], self.on_read)
-        self.streams.append(stream)
-        return stream
 
 
 def everything(_: object) -> bool:
@@ -198,15 +146,15 @@ async def replay_all(bus: Bus, last_id: str) -> list[str]:
     raise AssertionError("replay never finished")
 
 
-def store_bus(events: int, history_size: int, *, page_size: int = 1000) -> tuple[Bus, FakeStore]:
-    """A bus whose memory holds the last `history_size` of `events` events, over a fake store
-    holding them all with a saved position at event 1."""
+def store_bus(events: int, history_size: int, *, page_size: int = 1000) -> tuple[Bus, MemoryChangeFeed]:
+    """A bus whose memory holds the last `history_size` of `events` events, over a change feed
+    holding them all with a saved position at event 1 (call it in an event loop)."""
     oplog = [change(inc) for inc in range(1, events + 1)]
-    store = FakeStore(oplog)
-    store.positions[eid(1)] = oplog[0]["_id"]
+    store = MemoryChangeFeed(oplog)
+    store.positions[eid(1)] = oplog[0].token
     metrics = Metrics()
     hub = Hub(metrics, max_pending_bytes=1024, max_per_user=5)
-    bus = Bus(store, hub, metrics, history_size=history_size)  # type: ignore[arg-type]
+    bus = Bus(store, hub, metrics, history_size=history_size)
     bus.covered_from = eid(0)
     for c in oplog:
         bus.handle(c)
@@ -234,8 +182,8 @@ def test_memory_moving_its_boundary_during_a_store_read_loses_no_event() -> None
         bus, store = store_bus(8, history_size=3, page_size=3)
         live = iter(range(9, 30))
 
-        def push_live(read: dict[str, Any]) -> None:
-            if read["clusterTime"].inc == 5:  # while page 1 is read, three live events evict 6, 7, 8
+        def push_live(read: Change) -> None:
+            if read.position.inc == 5:  # while page 1 is read, three live events evict 6, 7, 8
                 for _ in range(3):
                     inc = next(live)
                     store.oplog.append(change(inc))
@@ -275,10 +223,10 @@ def test_a_pruned_position_is_resync() -> None:
 def test_positions_are_saved_as_events_pass() -> None:
     """Some events' positions (the same ones on every process, plus one per 4 × POSITION_EVERY) are saved."""
 
-    async def run() -> FakeStore:
+    async def run() -> MemoryChangeFeed:
         bus, store = store_bus(600, history_size=10)
         store.positions.clear()
-        bus2 = Bus(store, bus._hub, Metrics(), history_size=10)  # type: ignore[arg-type]
+        bus2 = Bus(store, bus._hub, Metrics(), history_size=10)
         for c in store.oplog:
             bus2.handle(c)
         for _ in range(10):
@@ -293,12 +241,12 @@ def test_positions_are_saved_as_events_pass() -> None:
 def test_an_idle_bus_resumes_from_where_it_opened_not_from_now() -> None:
     """Before its first change the bus holds the open's own token, and reopens there after a failure."""
 
-    async def run() -> list[Mapping[str, Any] | None]:
-        store = FakeStore([])
+    async def run() -> list[ResumeToken | None]:
+        store = MemoryChangeFeed()
         metrics = Metrics()
-        bus = Bus(store, Hub(metrics, max_pending_bytes=1024, max_per_user=5), metrics, history_size=3)  # type: ignore[arg-type]
+        bus = Bus(store, Hub(metrics, max_pending_bytes=1024, max_per_user=5), metrics, history_size=3)
         bus.covered_from = eid(0)
-        stream = FakeChangeStream([], fail_at=0)
+        stream = MemoryChangeStream([], fail_at=0)
         store.streams.append(stream)
         bus._resume_token = stream.resume_token
         task = asyncio.create_task(bus._run(stream))

@@ -7,13 +7,12 @@ import struct
 from typing import Any
 
 import pytest
-from bson import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.clients import parse_sse_block
 from service.core.errors import BadMessage
-from service.core.events import Event, event_id
+from service.core.events import Event, Position, event_id
 from service.protocol.frames import ws_frame
 from service.protocol.wire import (
     encode_event,
@@ -35,7 +34,7 @@ json_values = st.recursive(
 
 def make_event(**fields: Any) -> Event:
     return Event(
-        id=event_id(Timestamp(1_700_000_000, 7)),
+        id=event_id(Position(1_700_000_000, 7)),
         type="task_created",
         ts="2026-11-25T19:00:00.123Z",
         fields=fields,
