@@ -380,14 +380,18 @@ async def write_latencies(data_dir: Path, writes: int) -> dict[str, list[float]]
 
     async def new_write(n: int, key: bool) -> None:
         from service.app.idempotency import Answer, commit_once
+        from service.core.ports import Transaction
         from service.storage.mongo.store import utcnow
+        from service.storage.mongo.unit_of_work import MongoUnitOfWork
 
-        async def change(session: Any) -> Answer:
-            task = await store.create_task({"title": f"t{n}", "taskType": "daily"}, 1, "bench", utcnow(), session)
-            await store.publish({"type": "task_created", "taskId": task["id"], "createdAt": utcnow()}, session)
+        async def change(unit: Transaction) -> Answer:
+            task = await unit.create_task({"title": f"t{n}", "taskType": "daily"}, 1, "bench", utcnow())
+            await unit.publish({"type": "task_created", "taskId": task["id"], "createdAt": utcnow()})
             return Answer.json(201, task)
 
-        await commit_once(store, change, key=uuid.uuid4().hex if key else None, user_id=1, fingerprint=str(n))
+        await commit_once(
+            MongoUnitOfWork(store), change, key=uuid.uuid4().hex if key else None, user_id=1, fingerprint=str(n)
+        )
 
     try:
         for n in range(writes):

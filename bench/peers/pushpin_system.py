@@ -25,7 +25,7 @@ from bench.systems import (
     stop_process,
     wait_for,
 )
-from service.embedded_mongo import free_port
+from service.storage.mongo.embedded import free_port
 
 INTERNAL_CONF = Path("/usr/lib/pushpin/internal.conf")
 

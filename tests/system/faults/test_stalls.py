@@ -27,8 +27,10 @@ from harness.processes import SECRET, ServiceProcess, as_service, wait_until
 from service.app.idempotency import Answer, commit_once, key_id
 from service.core.config import Settings
 from service.core.errors import StoreUnavailable
+from service.core.ports import Transaction
 from service.storage.mongo.embedded import EmbeddedMongo
-from service.storage.mongo.store import MongoStore, Session, utcnow
+from service.storage.mongo.store import MongoStore, utcnow
+from service.storage.mongo.unit_of_work import MongoUnitOfWork
 
 NEW_TASK = {"title": "stall", "taskType": "daily"}
 STALL_SECONDS = 5.0  # each stall of the repeated-stalls test
@@ -183,15 +185,15 @@ def test_keyed_write_stalled_after_its_claim_answers_within_the_timeout(mongo: E
         store = MongoStore(Settings(mongodb_db="stall", mongodb_timeout_ms=int(timeout * 1000)), mongo.uri)
         await store.start()
 
-        async def change(session: Session) -> Answer:
+        async def change(unit: Transaction) -> Answer:
             pause(mongo)  # the key is claimed: MongoDB stops mid-transaction
-            await store.create_task(NEW_TASK, 1, "x", utcnow(), session)
+            await unit.create_task(NEW_TASK, 1, "x", utcnow())
             return Answer(201)
 
         started = time.monotonic()
         try:
             with pytest.raises(StoreUnavailable):
-                await commit_once(store, change, key="k1", user_id=1, fingerprint="f")
+                await commit_once(MongoUnitOfWork(store), change, key="k1", user_id=1, fingerprint="f")
             return time.monotonic() - started
         finally:
             resume(mongo)
@@ -208,14 +210,14 @@ def test_key_of_a_write_that_failed_in_a_stall_is_released_after_it(mongo: Embed
         store = MongoStore(Settings(mongodb_db="stall", mongodb_timeout_ms=1000), mongo.uri)
         await store.start()
 
-        async def change(session: Session) -> Answer:
+        async def change(unit: Transaction) -> Answer:
             pause(mongo)
-            await store.create_task(NEW_TASK, 1, "x", utcnow(), session)
+            await unit.create_task(NEW_TASK, 1, "x", utcnow())
             return Answer(201)
 
         try:
             with pytest.raises(StoreUnavailable):
-                await commit_once(store, change, key="k2", user_id=1, fingerprint="f")
+                await commit_once(MongoUnitOfWork(store), change, key="k2", user_id=1, fingerprint="f")
         finally:
             resume(mongo)
             await store.close()  # waits for the release
