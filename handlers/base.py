@@ -18,13 +18,13 @@ from service.app.idempotency import HEADER, Answer, Change, KeyInUse, KeyReused,
 from service.core.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreFull, StoreUnavailable
 from service.core.events import event_document
 from service.core.identity import Credentials, Principal
+from service.core.schema import MAX_BODY_BYTES
 from service.protocol.wire import loads
 from service.storage.mongo.embedded import disk_full
 from service.storage.mongo.store import Session
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 # On every response (API, dashboard, errors, SSE heads): no MIME sniffing, no framing, no
 # Referer carrying a URL out; pages that need more (the dashboard) set their own CSP.

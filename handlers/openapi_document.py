@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from service.app.idempotency import HEADER, MAX_KEY_LENGTH
-from service.core.schema import MAX_ID, MAX_LIST_LIMIT, MESSAGES, published_components
+from service.core.schema import MAX_BODY_BYTES, MAX_ID, MAX_LIST_LIMIT, MESSAGES, TICKET_SECONDS, published_components
 
 JSON = "application/json"
 
@@ -30,7 +30,7 @@ ERRORS = {
     "400": _answer("invalid input (a body that is not UTF-8 JSON, or a lone surrogate, included)", _ref("Error")),
     "401": _answer("missing, invalid or expired token", _ref("Error")),
     "403": _answer("missing role", _ref("Error")),
-    "413": _answer("body over 1 MiB", _ref("Error")),
+    "413": _answer(f"body over {MAX_BODY_BYTES // 2**20} MiB", _ref("Error")),
     "503": _answer("MongoDB unavailable", _ref("Error")),
 }
 IDEMPOTENCY_PARAM = {
@@ -258,7 +258,7 @@ def openapi_document() -> dict[str, Any]:
         "/api/realtime/ticket": {
             "post": _op(
                 "createTicket",
-                "A one-time connection ticket (60 s)",
+                f"A one-time connection ticket ({TICKET_SECONDS} s)",
                 {"200": _answer("ticket", _ref("Ticket"))},
             ),
         },

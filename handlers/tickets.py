@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler
-from service.app.auth import TICKET_SECONDS
+from service.core.schema import TICKET_SECONDS
 
 
 class TicketHandler(ApiHandler):

@@ -13,6 +13,7 @@ from service.app.context import AppContext
 from service.core.errors import AuthError, BadMessage, CloseCode
 from service.core.events import Payload, iso, now_iso
 from service.core.identity import Principal
+from service.core.schema import MAX_BAD_MESSAGES
 from service.fanout.batch import Selection
 from service.fanout.connection import Connection
 from service.protocol.frames import OP_TEXT, Deflate, ws_frame
@@ -20,7 +21,6 @@ from service.protocol.websocket import State, WebSocketProtocol
 from service.protocol.wire import ClientMessage, Encoded, dumps, parse_client_message
 from service.transports.session import StreamSession
 
-MAX_BAD_MESSAGES = 10
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a closing connection waits for the client's close frame
 
 

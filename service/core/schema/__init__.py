@@ -62,6 +62,8 @@ REQUEST_BURST = 50
 REQUESTS_PER_SECOND = 20.0
 EXPIRY_WARNING_SECONDS = 30
 LEEWAY_SECONDS = 30  # JWT verification leeway, and so when a token stops authenticating (service.app.auth)
+TICKET_SECONDS = 60  # a one-time connection ticket's life (service.app.auth)
+MAX_BODY_BYTES = 1024 * 1024  # a REST request body, else 413 (handlers.base)
 
 
 def ref(name: str) -> Schema:
