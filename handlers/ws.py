@@ -12,6 +12,7 @@ from tornado.web import HTTPError
 from handlers.base import BaseHandler, credentials_of
 from service.app.context import AppContext
 from service.core.errors import AuthError, BadMessage, CloseCode, StoreUnavailable
+from service.core.schema import TransportName
 from service.fanout.connection import Connection
 from service.protocol.frames import handshake_response, negotiate_deflate, valid_key
 from service.protocol.wire import parse_event_list
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 class WebSocketEndpoint(BaseHandler):
     """`GET /ws`: validates the upgrade, answers 101, and hands the socket to a session."""
 
-    transport_label = "websocket"
+    transport_label = TransportName.WEBSOCKET
 
     def initialize(self, ctx: AppContext, echo: bool = False) -> None:
         """`echo` (tests/system/test_autobahn.py only; `handlers.routes` never sets it): every session

@@ -13,7 +13,7 @@ from service.app.context import AppContext
 from service.core.errors import AuthError, BadMessage, CloseCode
 from service.core.events import Payload, iso, now_iso
 from service.core.identity import Principal
-from service.core.schema import MAX_BAD_MESSAGES
+from service.core.schema import MAX_BAD_MESSAGES, TransportName
 from service.fanout.batch import Selection
 from service.fanout.connection import Connection
 from service.protocol.frames import OP_TEXT, Deflate, ws_frame
@@ -36,7 +36,7 @@ class WebSocketSession(StreamSession):
             the conformance test only: the app's route table never sets it.
     """
 
-    kind = "websocket"
+    kind = TransportName.WEBSOCKET
     __slots__ = ("_bad_messages", "_closing_timer", "_deflate", "_echo", "protocol")
 
     def __init__(self, ctx: AppContext, deflate: Deflate | None, *, echo: bool = False) -> None:
@@ -79,9 +79,11 @@ class WebSocketSession(StreamSession):
         """The events' frames in one write; compressed, each is still its own message."""
         deflate = self._deflate
         if deflate is None:
-            self.protocol.send(selection.joined("websocket", _plain_frame))
+            self.protocol.send(selection.joined(TransportName.WEBSOCKET, _plain_frame))
         else:
-            data = selection.joined(("websocket", deflate.window_bits), lambda e: _compressed_frames.get(e, deflate))
+            data = selection.joined(
+                (TransportName.WEBSOCKET, deflate.window_bits), lambda e: _compressed_frames.get(e, deflate)
+            )
             self.protocol.send(data)
 
     def send_message(self, payload: Payload) -> None:

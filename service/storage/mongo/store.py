@@ -29,6 +29,7 @@ from pymongo.uri_parser import parse_uri
 from service.core.config import Settings
 from service.core.errors import BadMessage, ConfigError, NotFound, StoreFull, StoreUnavailable
 from service.core.events import event_document, iso
+from service.core.schema import TransportName
 
 log = logging.getLogger(__name__)
 
@@ -778,7 +779,7 @@ class MongoStore:
                 "userId": user["_id"],
                 "userName": user.get("userName", ""),
                 "since": iso(user["since"]) if isinstance(user.get("since"), datetime) else None,
-                "connections": {"websocket": 0, "sse": 0, **counts.get(user["_id"], {})},
+                "connections": {TransportName.WEBSOCKET: 0, TransportName.SSE: 0, **counts.get(user["_id"], {})},
             }
             for user in users
         ]
