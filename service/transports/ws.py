@@ -32,23 +32,19 @@ class WebSocketSession(StreamSession):
 
     Args:
         deflate: the negotiated permessage-deflate, or None.
-        echo: answer every message with itself, unauthenticated and with no rate limit. For
-            the conformance test only: the app's route table never sets it.
     """
 
     kind = TransportName.WEBSOCKET
-    __slots__ = ("_bad_messages", "_closing_timer", "_deflate", "_echo", "protocol")
+    __slots__ = ("_bad_messages", "_closing_timer", "_deflate", "protocol")
 
-    def __init__(self, ctx: AppContext, deflate: Deflate | None, *, echo: bool = False) -> None:
+    def __init__(self, ctx: AppContext, deflate: Deflate | None) -> None:
         super().__init__(ctx)
         self._deflate = deflate
-        self._echo = echo
         self.protocol = WebSocketProtocol(
             self.write,
             self.write_final,
             max_message_bytes=ctx.settings.max_message_bytes,
             deflate=deflate is not None,
-            limit_requests=not echo,
         )
         self._bad_messages = 0
         self._closing_timer: asyncio.TimerHandle | None = None
@@ -87,9 +83,10 @@ class WebSocketSession(StreamSession):
             self.protocol.send(data)
 
     def send_message(self, payload: Payload) -> None:
-        self._send_data(dumps(payload), OP_TEXT)
+        self.send_data(dumps(payload), OP_TEXT)
 
-    def _send_data(self, data: bytes, opcode: int) -> None:
+    def send_data(self, data: bytes, opcode: int) -> None:
+        """One data message (`OP_TEXT` or `OP_BINARY`), compressed when deflate was negotiated."""
         if self._deflate is None:
             self.protocol.send(ws_frame(data, opcode))
         else:
@@ -132,13 +129,12 @@ class WebSocketSession(StreamSession):
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
         for opcode, payload in protocol.receive(data):
-            if self._echo:
-                self._send_data(payload, opcode)
-            elif opcode == OP_TEXT:
-                self._on_message(payload.decode("utf-8"))
-            else:
-                self._on_message(payload)
+            self.on_data(opcode, payload)
         self._after_protocol()
+
+    def on_data(self, opcode: int, payload: bytes) -> None:
+        """One complete client message, UTF-8 already checked for text: the application's."""
+        self._on_message(payload.decode("utf-8") if opcode == OP_TEXT else payload)
 
     def _on_message(self, message: str | bytes) -> None:
         connection = self.connection
