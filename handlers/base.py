@@ -16,11 +16,11 @@ from service.app.context import AppContext
 from service.app.idempotency import HEADER, Answer, Change, KeyInUse, KeyReused, commit_once, fingerprint, parse_key
 from service.core.errors import AuthError, BadMessage, Forbidden, NotFound, ServiceError, StoreFull, StoreUnavailable
 from service.core.identity import Credentials, Principal
+from service.core.schema import MAX_BODY_BYTES
 from service.protocol.wire import loads
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 # On every response (API, dashboard, errors, SSE heads): no MIME sniffing, no framing, no
 # Referer carrying a URL out; pages that need more (the dashboard) set their own CSP.

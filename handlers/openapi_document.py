@@ -1,12 +1,14 @@
-"""The OpenAPI 3.1 document of `/api/openapi.json`: the paths here, every schema from `service.core.schema`."""
+"""The OpenAPI 3.1 document of `/api/openapi.json`: its operations here, its paths from the route table
+(`handlers.route_table`), every schema from `service.core.schema`."""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
 
+from handlers.route_table import ROUTES
 from service.app.idempotency import HEADER, MAX_KEY_LENGTH
-from service.core.schema import MAX_ID, MAX_LIST_LIMIT, MESSAGES, published_components
+from service.core.schema import MAX_BODY_BYTES, MAX_ID, MAX_LIST_LIMIT, MESSAGES, TICKET_SECONDS, published_components
 
 JSON = "application/json"
 
@@ -30,7 +32,7 @@ ERRORS = {
     "400": _answer("invalid input (a body that is not UTF-8 JSON, or a lone surrogate, included)", _ref("Error")),
     "401": _answer("missing, invalid or expired token", _ref("Error")),
     "403": _answer("missing role", _ref("Error")),
-    "413": _answer("body over 1 MiB", _ref("Error")),
+    "413": _answer(f"body over {MAX_BODY_BYTES // 2**20} MiB", _ref("Error")),
     "503": _answer("MongoDB unavailable", _ref("Error")),
 }
 IDEMPOTENCY_PARAM = {
@@ -131,9 +133,8 @@ def _referenced(schemas: dict[str, Any], roots: Any) -> dict[str, Any]:
     return {name: schema for name, schema in schemas.items() if name in seen}
 
 
-@cache
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document (built once)."""
+def _operation_list() -> list[dict[str, Any]]:
+    """Every operation (the route table says which path and method has which, by operationId)."""
     stream_params = [
         {
             "name": "events",
@@ -145,233 +146,212 @@ def openapi_document() -> dict[str, Any]:
         {"name": "ticket", "in": "query", "schema": {"type": "string"}},
         {"name": "token", "in": "query", "schema": {"type": "string"}},
     ]
-    paths: dict[str, Any] = {
-        "/api/tasks": {
-            "get": _op(
-                "listTasks",
-                "List tasks, newest first",
-                {"200": _answer("a page of tasks", _ref("TaskPage"))},
-                params=[
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "schema": _ref("TaskStatus"),
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
-                    },
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
-                ],
-            ),
-            "post": _op(
-                "createTask",
-                "Create a task (emits task_created)",
-                {"201": _answer("created", _ref("Task"))},
-                body=_ref("NewTask"),
-                change=True,
-            ),
-        },
-        "/api/tasks/{id}": {
-            "get": _op(
-                "getTask", "Read a task", {"200": _answer("the task", _ref("Task"))}, params=[ID_PARAM], not_found=True
-            ),
-            "patch": _op(
-                "updateTask",
-                "Change a task (emits task_updated)",
-                {"200": _answer("changed", _ref("Task"))},
-                body=_ref("TaskChange"),
-                params=[ID_PARAM],
-                not_found=True,
-                change=True,
-            ),
-            "delete": _op(
-                "deleteTask",
-                "Remove a task (emits task_deleted)",
-                {"204": _answer("removed")},
-                params=[ID_PARAM],
-                not_found=True,
-                change=True,
-            ),
-        },
-        "/api/tasks/{id}/execute": {
-            "post": _op(
-                "executeTask",
-                "Record an execution (emits task_executed)",
-                {"200": _answer("the task", _ref("Task"))},
-                body=_ref("Execution"),
-                params=[ID_PARAM],
-                not_found=True,
-                change=True,
-            ),
-        },
-        "/api/schedules": {
-            "get": _op(
-                "listSchedules",
-                "List schedules",
-                {"200": _answer("schedules", _ref("ScheduleList"))},
-            ),
-            "post": _op(
-                "createSchedule",
-                "Create a schedule (emits schedule_updated)",
-                {"201": _answer("created", _ref("Schedule"))},
-                body=_ref("NewSchedule"),
-                change=True,
-            ),
-        },
-        "/api/schedules/{id}": {
-            "get": _op(
-                "getSchedule",
-                "Read a schedule",
-                {"200": _answer("the schedule", _ref("Schedule"))},
-                params=[ID_PARAM],
-                not_found=True,
-            ),
-            "patch": _op(
-                "updateSchedule",
-                "Change a schedule (emits schedule_updated)",
-                {"200": _answer("changed", _ref("Schedule"))},
-                body=_ref("ScheduleChange"),
-                params=[ID_PARAM],
-                not_found=True,
-                change=True,
-            ),
-            "delete": _op(
-                "deleteSchedule",
-                "Remove a schedule (emits schedule_updated)",
-                {"204": _answer("removed")},
-                params=[ID_PARAM],
-                not_found=True,
-                change=True,
-            ),
-        },
-        "/api/events": {
-            "post": _op(
-                "publishEvent",
-                "Publish an event (publisher role)",
-                {"202": _answer("accepted", _ref("Accepted"))},
-                body=_ref("PublishEvent"),
-                change=True,
-            ),
-        },
-        "/api/realtime/ticket": {
-            "post": _op(
-                "createTicket",
-                "A one-time connection ticket (60 s)",
-                {"200": _answer("ticket", _ref("Ticket"))},
-            ),
-        },
-        "/api/presence": {
-            "get": _op(
-                "listPresence",
-                "Users online on any replica, with connection counts per transport (the same on every replica)",
-                {"200": _answer("online users, oldest first", _ref("PresenceList"))},
-            ),
-        },
-        "/api/openapi.json": {
-            "get": {
-                "operationId": "getOpenApi",
-                "summary": "This OpenAPI document",
-                "security": [],
-                "responses": {
-                    "200": _answer("OpenAPI 3.1 document", {"type": "object"}),
-                    "400": _answer("not a valid HTTP request (answered by the HTTP server itself)"),
+    return [
+        _op(
+            "listTasks",
+            "List tasks, newest first",
+            {"200": _answer("a page of tasks", _ref("TaskPage"))},
+            params=[
+                {
+                    "name": "status",
+                    "in": "query",
+                    "schema": _ref("TaskStatus"),
                 },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+                },
+                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
+            ],
+        ),
+        _op(
+            "createTask",
+            "Create a task (emits task_created)",
+            {"201": _answer("created", _ref("Task"))},
+            body=_ref("NewTask"),
+            change=True,
+        ),
+        _op("getTask", "Read a task", {"200": _answer("the task", _ref("Task"))}, params=[ID_PARAM], not_found=True),
+        _op(
+            "updateTask",
+            "Change a task (emits task_updated)",
+            {"200": _answer("changed", _ref("Task"))},
+            body=_ref("TaskChange"),
+            params=[ID_PARAM],
+            not_found=True,
+            change=True,
+        ),
+        _op(
+            "deleteTask",
+            "Remove a task (emits task_deleted)",
+            {"204": _answer("removed")},
+            params=[ID_PARAM],
+            not_found=True,
+            change=True,
+        ),
+        _op(
+            "executeTask",
+            "Record an execution (emits task_executed)",
+            {"200": _answer("the task", _ref("Task"))},
+            body=_ref("Execution"),
+            params=[ID_PARAM],
+            not_found=True,
+            change=True,
+        ),
+        _op(
+            "listSchedules",
+            "List schedules",
+            {"200": _answer("schedules", _ref("ScheduleList"))},
+        ),
+        _op(
+            "createSchedule",
+            "Create a schedule (emits schedule_updated)",
+            {"201": _answer("created", _ref("Schedule"))},
+            body=_ref("NewSchedule"),
+            change=True,
+        ),
+        _op(
+            "getSchedule",
+            "Read a schedule",
+            {"200": _answer("the schedule", _ref("Schedule"))},
+            params=[ID_PARAM],
+            not_found=True,
+        ),
+        _op(
+            "updateSchedule",
+            "Change a schedule (emits schedule_updated)",
+            {"200": _answer("changed", _ref("Schedule"))},
+            body=_ref("ScheduleChange"),
+            params=[ID_PARAM],
+            not_found=True,
+            change=True,
+        ),
+        _op(
+            "deleteSchedule",
+            "Remove a schedule (emits schedule_updated)",
+            {"204": _answer("removed")},
+            params=[ID_PARAM],
+            not_found=True,
+            change=True,
+        ),
+        _op(
+            "publishEvent",
+            "Publish an event (publisher role)",
+            {"202": _answer("accepted", _ref("Accepted"))},
+            body=_ref("PublishEvent"),
+            change=True,
+        ),
+        _op(
+            "createTicket",
+            f"A one-time connection ticket ({TICKET_SECONDS} s)",
+            {"200": _answer("ticket", _ref("Ticket"))},
+        ),
+        _op(
+            "listPresence",
+            "Users online on any replica, with connection counts per transport (the same on every replica)",
+            {"200": _answer("online users, oldest first", _ref("PresenceList"))},
+        ),
+        {
+            "operationId": "getOpenApi",
+            "summary": "This OpenAPI document",
+            "security": [],
+            "responses": {
+                "200": _answer("OpenAPI 3.1 document", {"type": "object"}),
+                "400": _answer("not a valid HTTP request (answered by the HTTP server itself)"),
             },
         },
-        "/api/connections": {
-            "get": _op(
-                "listConnections",
-                "This instance's open connections (admin role)",
-                {"200": _answer("connections", _ref("ConnectionList"))},
-            ),
-        },
-        "/api/connections/{id}": {
-            "delete": _op(
-                "closeConnection",
-                "Close one connection on this instance with 4000 (admin role)",
-                {"200": _answer("closed", _ref("Closed"))},
-                params=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                not_found=True,
-            ),
-        },
-        "/api/users/{userId}/connections": {
-            "delete": _op(
-                "closeUserConnections",
-                "Close every connection of a user on this instance with 4000 (admin role)",
-                {"200": _answer("closed", _ref("Closed"))},
-                params=[{"name": "userId", "in": "path", "required": True, "schema": _ref("UserId")}],
-            ),
-        },
-        "/events": {
-            "get": {
-                "operationId": "streamEvents",
-                "summary": "Server-Sent Events stream",
-                "description": "Opens with a bare `retry:` block; each message is one block whose `data` is JSON.",
-                "parameters": [
-                    *stream_params,
-                    {
-                        "name": "Last-Event-ID",
-                        "in": "header",
-                        "schema": {"type": "string"},
-                        "description": "resume after this id (wins over `last_event_id=`)",
-                    },
-                ],
-                "security": STREAM_SECURITY,
-                "responses": {
-                    "200": {
-                        "description": "text/event-stream: `data:` lines carry one message each",
-                        "content": {"text/event-stream": {"schema": _stream_text()}},
-                    },
-                    "401": ERRORS["401"],
-                    "429": _answer("too many connections", _ref("Error")),
-                    "503": _answer("draining, or a resume not admitted now: retry after Retry-After", _ref("Error")),
+        _op(
+            "listConnections",
+            "This instance's open connections (admin role)",
+            {"200": _answer("connections", _ref("ConnectionList"))},
+        ),
+        _op(
+            "closeConnection",
+            "Close one connection on this instance with 4000 (admin role)",
+            {"200": _answer("closed", _ref("Closed"))},
+            params=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            not_found=True,
+        ),
+        _op(
+            "closeUserConnections",
+            "Close every connection of a user on this instance with 4000 (admin role)",
+            {"200": _answer("closed", _ref("Closed"))},
+            params=[{"name": "userId", "in": "path", "required": True, "schema": _ref("UserId")}],
+        ),
+        {
+            "operationId": "streamEvents",
+            "summary": "Server-Sent Events stream",
+            "description": "Opens with a bare `retry:` block; each message is one block whose `data` is JSON.",
+            "parameters": [
+                *stream_params,
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "schema": {"type": "string"},
+                    "description": "resume after this id (wins over `last_event_id=`)",
                 },
+            ],
+            "security": STREAM_SECURITY,
+            "responses": {
+                "200": {
+                    "description": "text/event-stream: `data:` lines carry one message each",
+                    "content": {"text/event-stream": {"schema": _stream_text()}},
+                },
+                "401": ERRORS["401"],
+                "429": _answer("too many connections", _ref("Error")),
+                "503": _answer("draining, or a resume not admitted now: retry after Retry-After", _ref("Error")),
             },
         },
-        "/poll": {
-            "get": {
-                "operationId": "poll",
-                "summary": "Long-polling: the events after a position, or an empty list after POLL_TIMEOUT_SECONDS",
-                "parameters": [
-                    *[p for p in stream_params if p["name"] != "token"],
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "schema": {"type": "string"},
-                        "description": "the previous answer's cursor; without it the poll connects (`connected` first)",
-                    },
-                ],
-                "security": [{"bearer": []}, {"cookie": []}, {"ticket": []}],
-                "responses": {
-                    "200": _answer(
-                        "messages (events, `connected`, `resync`, `close`) and the position to poll from next",
-                        _ref("PollAnswer"),
-                    ),
-                    "400": ERRORS["400"],
-                    "401": ERRORS["401"],
-                    "429": _answer("too many connections, or polls past the burst (Retry-After)", _ref("Error")),
-                    "503": _answer("draining, or a resume not admitted now: retry after Retry-After", _ref("Error")),
+        {
+            "operationId": "poll",
+            "summary": "Long-polling: the events after a position, or an empty list after POLL_TIMEOUT_SECONDS",
+            "parameters": [
+                *[p for p in stream_params if p["name"] != "token"],
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "the previous answer's cursor; without it the poll connects (`connected` first)",
                 },
+            ],
+            "security": [{"bearer": []}, {"cookie": []}, {"ticket": []}],
+            "responses": {
+                "200": _answer(
+                    "messages (events, `connected`, `resync`, `close`) and the position to poll from next",
+                    _ref("PollAnswer"),
+                ),
+                "400": ERRORS["400"],
+                "401": ERRORS["401"],
+                "429": _answer("too many connections, or polls past the burst (Retry-After)", _ref("Error")),
+                "503": _answer("draining, or a resume not admitted now: retry after Retry-After", _ref("Error")),
             },
         },
-        "/ws": {
-            "get": {
-                "operationId": "websocket",
-                "summary": "WebSocket stream (upgrade; auth failures close with 4401)",
-                "parameters": stream_params,
-                "security": STREAM_SECURITY,
-                "responses": {
-                    "101": {
-                        "description": "switching protocols; then text frames, each one JSON message",
-                        "content": {"application/json": {"schema": _ref("WebSocketFrame")}},
-                    },
-                    "400": _answer("not a WebSocket upgrade request"),
-                    "503": _answer("draining: connect again (another instance)", _ref("Error")),
+        {
+            "operationId": "websocket",
+            "summary": "WebSocket stream (upgrade; auth failures close with 4401)",
+            "parameters": stream_params,
+            "security": STREAM_SECURITY,
+            "responses": {
+                "101": {
+                    "description": "switching protocols; then text frames, each one JSON message",
+                    "content": {"application/json": {"schema": _ref("WebSocketFrame")}},
                 },
+                "400": _answer("not a WebSocket upgrade request"),
+                "503": _answer("draining: connect again (another instance)", _ref("Error")),
             },
         },
+    ]
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document (built once): a path for each route that documents operations."""
+    operations = {op["operationId"]: op for op in _operation_list()}
+    paths = {
+        route.path: {method: operations[op_id] for method, op_id in route.operations.items()}
+        for route in ROUTES
+        if route.operations
     }
     return {
         "openapi": "3.1.0",

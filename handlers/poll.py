@@ -19,6 +19,7 @@ from handlers.base import BaseHandler, credentials_of
 from service.app.context import AppContext
 from service.core.errors import AuthError, ReplayBusy
 from service.core.identity import Principal
+from service.core.schema import TransportName
 from service.fanout.connection import Connection
 from service.fanout.pace import Paced, Pacer
 from service.protocol.wire import parse_event_list
@@ -28,7 +29,7 @@ from service.transports.poll import PollTransport, VerifiedTokens, poll
 class PollHandler(BaseHandler):
     """`GET /poll`: authenticated like REST, limited like a stream, answered as JSON."""
 
-    transport_label = "poll"
+    transport_label = TransportName.POLL
     _transport: PollTransport | None = None
 
     def initialize(self, ctx: AppContext, tokens: VerifiedTokens | None = None, pacer: Pacer | None = None) -> None:

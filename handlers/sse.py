@@ -8,6 +8,7 @@ at once by an `EventStreamSession` (service.transports), which writes the respon
 from __future__ import annotations
 
 from handlers.base import DEFAULT_CSP, SECURITY_HEADERS, BaseHandler
+from service.core.schema import TransportName
 from service.fanout.connection import Connection
 from service.protocol.wire import parse_event_list
 from service.transports.sse import SSE_HEADERS, EventStreamSession, response_head
@@ -17,7 +18,7 @@ from service.transports.takeover import take_over
 class EventStreamEndpoint(BaseHandler):
     """`GET /events`: authenticates, then hands the socket to a session that answers."""
 
-    transport_label = "sse"
+    transport_label = TransportName.SSE
 
     def set_default_headers(self) -> None:
         super().set_default_headers()

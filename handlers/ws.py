@@ -10,8 +10,8 @@ import logging
 from tornado.web import HTTPError
 
 from handlers.base import BaseHandler, credentials_of
-from service.app.context import AppContext
 from service.core.errors import AuthError, BadMessage, CloseCode, StoreUnavailable
+from service.core.schema import TransportName
 from service.fanout.connection import Connection
 from service.protocol.frames import handshake_response, negotiate_deflate, valid_key
 from service.protocol.wire import parse_event_list
@@ -24,13 +24,7 @@ log = logging.getLogger(__name__)
 class WebSocketEndpoint(BaseHandler):
     """`GET /ws`: validates the upgrade, answers 101, and hands the socket to a session."""
 
-    transport_label = "websocket"
-
-    def initialize(self, ctx: AppContext, echo: bool = False) -> None:
-        """`echo` (tests/system/test_autobahn.py only; `handlers.routes` never sets it): every session
-        echoes what it receives, with no auth, for the Autobahn conformance cases."""
-        super().initialize(ctx)
-        self.echo = echo
+    transport_label = TransportName.WEBSOCKET
 
     async def get(self) -> None:
         ctx = self.ctx
@@ -59,13 +53,9 @@ class WebSocketEndpoint(BaseHandler):
         self.set_status(101)
         self.application.log_request(self)
         sock, leftover = take_over(self)
-        session = WebSocketSession(ctx, deflate, echo=self.echo)
+        session = WebSocketSession(ctx, deflate)
         await session.attach(sock)
         handshake = handshake_response(key, deflate.response() if deflate else None)
-        if self.echo:
-            session.write(handshake)
-            session.begin_reading(leftover)
-            return
         # The 101 goes out with the first frame after it: `connected`, or a refusal's close.
         session.hold(handshake)
         # From here on every answer is a close code: Tornado no longer owns the connection.

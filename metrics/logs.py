@@ -24,7 +24,6 @@ SECRET_NAMES = frozenset({"token", "ticket", "access_token"})
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 access_log = logging.getLogger("service.access")
 log = logging.getLogger(__name__)
-STREAM_HANDLERS = frozenset({"WebSocketEndpoint", "EventStreamEndpoint", "PollHandler"})
 # The `method` label: anything else a client sends is `other` (SPEC §8: closed label sets).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER = "other"
@@ -131,31 +130,40 @@ def configure(level: str, fmt: str) -> None:
     logging.getLogger("pymongo").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def request_logger(metrics: Metrics, handlers: Iterable[str]) -> Any:
+def request_logger(
+    metrics: Metrics,
+    handlers: Iterable[type[RequestHandler]],
+    *,
+    streams: Iterable[type[RequestHandler]] = (),
+    quiet: Iterable[type[RequestHandler]] = (),
+) -> Any:
     """The Tornado `log_function`: access log line and the HTTP duration metric.
 
     Args:
         metrics: holds the duration histogram.
-        handlers: the handler class names of the route table: the `handler` label's values
-            (anything else, such as Tornado's own error handler, is `other`).
+        handlers: the handler classes of the route table: their names are the `handler` label's
+            values (anything else, such as Tornado's own error handler, is `other`).
+        streams: handlers whose accepted requests become streams: their "request time" is their
+            whole life, which the connection metrics cover; only their rejections are observed.
+        quiet: probes and scrapes, every few seconds: their successes log at DEBUG.
     """
     known_handlers = frozenset(handlers)
+    stream_handlers = frozenset(streams)
+    quiet_handlers = frozenset(quiet)
 
     def log_request(handler: RequestHandler) -> None:
         status = handler.get_status()
         request = handler.request
         seconds = request.request_time()
-        name = type(handler).__name__
-        if status >= 400 or name not in STREAM_HANDLERS:
-            # An accepted stream's "request time" is its whole life: the connection metrics
-            # cover it; only its rejections are HTTP latencies.
+        kind = type(handler)
+        if status >= 400 or kind not in stream_handlers:
             metrics.http_duration.labels(
-                name if name in known_handlers else OTHER,
+                kind.__name__ if kind in known_handlers else OTHER,
                 request.method if request.method in HTTP_METHODS else OTHER,
                 str(status) if status in responses else OTHER,
             ).observe(seconds)
         level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-        if status < 400 and name in ("LivenessHandler", "ReadinessHandler", "MetricsHandler"):
+        if status < 400 and kind in quiet_handlers:
             level = logging.DEBUG  # probes and scrapes every few seconds would drown the log
         if not access_log.isEnabledFor(level):
             return  # every connect comes through here: build no line nobody will read

@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+from service.core.schema import TransportName
+
 # 5 ms steps from 10 to 50 ms, so `histogram_quantile` near the 50 ms objective is off by at
 # most a step, and 0.05 is an edge, so the SLO counts good events exactly (`le="0.05"`).
 # 19 bounds + `+Inf`, `_sum`, `_count`: 22 series per transport for broadcast latency (44),
@@ -32,7 +34,6 @@ LATENCY_BUCKETS = (
 FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # events per fan-out; 1 is an idle service
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-TRANSPORTS = ("websocket", "sse", "poll")
 ACCEPT_ERROR_REASONS = ("emfile", "enfile", "enobufs", "enomem", "other")  # handlers/accept.py
 REFUSED_REASONS = ("per_address", "no_descriptor")  # handlers/edge.py, handlers/accept.py
 SAMPLE_SUFFIXES = ("", "_total", "_bucket", "_sum", "_count")  # series of a family, `_created` disabled
@@ -133,7 +134,7 @@ class Metrics:
         )
         if multiproc_dir is None:
             ProcessCollector(registry=r)
-        for transport in TRANSPORTS:  # export zeros before the first connection
+        for transport in TransportName:  # export zeros before the first connection
             self.connections.labels(transport)
             self.connections_opened.labels(transport)
             self.messages_sent.labels(transport)

@@ -12,6 +12,7 @@ from service.core.errors import CloseCode, HistoryLost, StoreUnavailable
 from service.core.events import Audience, Change, Event, Payload, Position, ResumeToken
 from service.core.identity import Principal
 from service.core.ports import ChangeFeed, ChangeStream, StoreHealth
+from service.core.schema import TransportName
 from service.fanout.batch import Selection
 from service.protocol.wire import Encoded, encode_event
 
@@ -19,7 +20,7 @@ from service.protocol.wire import Encoded, encode_event
 class FakeTransport:
     """A `service.fanout.connection.Transport` that records instead of writing."""
 
-    kind: ClassVar[str] = "websocket"
+    kind: ClassVar[TransportName] = TransportName.WEBSOCKET
 
     def __init__(self) -> None:
         self.events: list[str] = []  # ids of the events sent
@@ -58,7 +59,7 @@ def ws_frame_of(encoded: Encoded) -> bytes:
 
 
 class FakeSSETransport(FakeTransport):
-    kind: ClassVar[str] = "sse"
+    kind: ClassVar[TransportName] = TransportName.SSE
 
 
 class FakeTimer:

@@ -16,8 +16,7 @@ from service.core.errors import AuthError, ConfigError
 from service.core.events import user_id_of
 from service.core.identity import LEEWAY_SECONDS, Credentials, Principal
 from service.core.ports import TicketStore
-
-TICKET_SECONDS = 60
+from service.core.schema import TICKET_SECONDS
 
 
 def _prepared_key(settings: Settings) -> Any:

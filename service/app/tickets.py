@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.app.auth import TICKET_SECONDS, Authenticator
+from service.app.auth import Authenticator
 from service.core.identity import Principal
+from service.core.schema import TICKET_SECONDS
 
 
 async def issue(auth: Authenticator, user: Principal) -> dict[str, Any]:

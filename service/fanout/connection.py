@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 from service.core.errors import CloseCode
 from service.core.events import Event, Payload
 from service.core.identity import Principal
+from service.core.schema import TransportName
 from service.protocol.wire import Encoded
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ MAX_REPLAY_BUFFER = 50_000
 class Transport(Protocol):
     """What a connection writes to; the WebSocket and SSE sessions (`service.transports`) implement it."""
 
-    kind: ClassVar[str]  # "websocket" or "sse": the metrics label
+    kind: ClassVar[TransportName]  # the metrics and log label
 
     def send_event(self, encoded: Encoded) -> None:
         """Queue an event's bytes for this transport; never blocks, never awaits."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from metrics.registry import Metrics
 from service.core.errors import CloseCode
+from service.core.schema import TransportName
 from service.fanout.batch import Batch, Selection
 from service.fanout.connection import Connection
 from service.protocol.wire import Encoded
@@ -72,7 +73,7 @@ class Hub:
         self._flush_timer: Any = None
         self.max_pending_bytes = max_pending_bytes  # what a transport may hold unsent, checked at each write
         self._max_per_user = max_per_user
-        self._by_transport: dict[str, dict[str, Connection]] = {"websocket": {}, "sse": {}}
+        self._by_transport: dict[str, dict[str, Connection]] = {TransportName.WEBSOCKET: {}, TransportName.SSE: {}}
         self._by_user: dict[int | str, dict[str, Connection]] = {}
         self._slots: dict[int | str, int] = {}  # slots taken per user: opening, open and closing streams
         # Every open stream socket, authenticated or not yet: what a stopping server must close.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 from service.core.errors import CloseCode
 from service.core.rate import RateLimit
+from service.core.schema import REQUEST_BURST, REQUESTS_PER_SECOND
 from service.protocol.frames import (
     NO_STATUS,
     OP_BINARY,
@@ -30,10 +31,9 @@ from service.protocol.frames import (
 )
 
 MAX_MISSED_PONGS = 2
-# Client frames that ask for work or an answer (pings, messages): a burst, then a rate.
-# Beyond it the connection is closed with 4400, whether or not the client reads the answers.
-REQUEST_BURST = 50
-REQUESTS_PER_SECOND = 20.0
+# Client frames that ask for work or an answer (pings, messages): a burst (`REQUEST_BURST`), then
+# a rate (`REQUESTS_PER_SECOND`), both defined in the schema, which documents them. Beyond it the
+# connection is closed with 4400, whether or not the client reads the answers.
 ANSWERED_OPCODES = frozenset((OP_PING, OP_TEXT, OP_BINARY))
 PING_FRAME = ws_frame(b"", OP_PING)  # the same bytes for every client
 EMPTY_CLOSE_FRAME = ws_frame(b"", OP_CLOSE)

@@ -15,10 +15,8 @@ from typing import Any
 
 from service.core.errors import BadMessage
 from service.core.events import TYPE_PATTERN, Event, Payload
+from service.core.schema import MAX_NONCE_LENGTH, MAX_SUBSCRIPTIONS
 from service.protocol.frames import ws_frame
-
-MAX_NONCE_LENGTH = 128
-MAX_SUBSCRIPTIONS = 64
 
 
 def dumps(payload: Payload) -> bytes:

@@ -22,6 +22,7 @@ from service.app.context import AppContext, Lifecycle
 from service.app.readiness import Readiness
 from service.core.config import Settings
 from service.core.errors import CloseCode, ServiceError
+from service.core.schema import TransportName
 from service.fanout.bus import Bus
 from service.fanout.hub import Hub
 from service.fanout.presence import Presence
@@ -172,7 +173,7 @@ class Server:
             return
         ctx.lifecycle.draining = True
         for connection in list(ctx.hub):
-            if connection.kind == "poll":  # a waiting poll answers at once; its next one goes elsewhere
+            if connection.kind == TransportName.POLL:  # a waiting poll answers at once; its next one goes elsewhere
                 connection.close(CloseCode.SERVICE_RESTART, "service restart")
         connections = [c for c in ctx.hub if not c.closed]
         window = ctx.settings.drain_seconds if window is None else window

@@ -1,6 +1,6 @@
 """Token expiry on a live connection: a warning 30 s before `exp`, a 4401 close when the token
 stops authenticating (`exp` plus the leeway, the moment a REST request or a connect with it
-would be refused too: `service.app.auth.LEEWAY_SECONDS`).
+would be refused too: `LEEWAY_SECONDS`). Both are the schema's, which documents them.
 
 The clock is injected (`Clock`): the service uses the wall clock and the running loop's
 timers; unit tests use a fake one they advance by hand, so no test waits for a token.
@@ -16,10 +16,8 @@ from typing import Protocol
 
 from service.core.errors import CloseCode
 from service.core.events import iso
-from service.core.identity import LEEWAY_SECONDS
+from service.core.schema import EXPIRY_WARNING_SECONDS, LEEWAY_SECONDS
 from service.fanout.connection import Connection
-
-EXPIRY_WARNING_SECONDS = 30.0
 
 
 class Timer(Protocol):

@@ -20,6 +20,7 @@ from service.app.context import AppContext
 from service.core.errors import CloseCode
 from service.core.events import Payload
 from service.core.identity import Principal
+from service.core.schema import TransportName
 from service.fanout.batch import Selection
 from service.fanout.connection import Connection
 from service.fanout.pace import Pacer
@@ -49,7 +50,7 @@ MAX_BATCH = 1000
 class PollTransport:
     """What a waiting poll's connection writes to; implements `service.fanout.connection.Transport`."""
 
-    kind: ClassVar[str] = "poll"
+    kind: ClassVar[TransportName] = TransportName.POLL
     __slots__ = ("_bytes", "_wake", "close_code", "close_reason", "complete", "cursor", "parts")
 
     def __init__(self, cursor: str | None) -> None:

@@ -15,6 +15,7 @@ from email.utils import formatdate
 from service.app.context import AppContext
 from service.core.errors import CloseCode
 from service.core.events import Payload
+from service.core.schema import TransportName
 from service.fanout.batch import Selection
 from service.fanout.hub import Slot
 from service.protocol.wire import Encoded, dumps, http_chunk, sse_block, sse_comment, sse_retry
@@ -61,7 +62,7 @@ class EventStreamSession(StreamSession):
         chunked: frame the body as HTTP/1.1 chunks (else the client speaks HTTP/1.0).
     """
 
-    kind = "sse"
+    kind = TransportName.SSE
     __slots__ = ("_chunked", "_ended")
 
     def __init__(self, ctx: AppContext, slot: Slot | None = None, *, chunked: bool) -> None:
@@ -87,7 +88,7 @@ class EventStreamSession(StreamSession):
             if self._chunked:
                 self.write(selection.joined("sse_chunk", _chunk))
             else:
-                self.write(selection.joined("sse", _block))
+                self.write(selection.joined(TransportName.SSE, _block))
 
     def send_message(self, payload: Payload) -> None:
         if self._ended is None:

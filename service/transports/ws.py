@@ -13,6 +13,7 @@ from service.app.context import AppContext
 from service.core.errors import AuthError, BadMessage, CloseCode
 from service.core.events import Payload, iso, now_iso
 from service.core.identity import Principal
+from service.core.schema import MAX_BAD_MESSAGES, TransportName
 from service.fanout.batch import Selection
 from service.fanout.connection import Connection
 from service.protocol.frames import OP_TEXT, Deflate, ws_frame
@@ -20,7 +21,6 @@ from service.protocol.websocket import State, WebSocketProtocol
 from service.protocol.wire import ClientMessage, Encoded, dumps, parse_client_message
 from service.transports.session import StreamSession
 
-MAX_BAD_MESSAGES = 10
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a closing connection waits for the client's close frame
 
 
@@ -32,23 +32,19 @@ class WebSocketSession(StreamSession):
 
     Args:
         deflate: the negotiated permessage-deflate, or None.
-        echo: answer every message with itself, unauthenticated and with no rate limit. For
-            the conformance test only: the app's route table never sets it.
     """
 
-    kind = "websocket"
-    __slots__ = ("_bad_messages", "_closing_timer", "_deflate", "_echo", "protocol")
+    kind = TransportName.WEBSOCKET
+    __slots__ = ("_bad_messages", "_closing_timer", "_deflate", "protocol")
 
-    def __init__(self, ctx: AppContext, deflate: Deflate | None, *, echo: bool = False) -> None:
+    def __init__(self, ctx: AppContext, deflate: Deflate | None) -> None:
         super().__init__(ctx)
         self._deflate = deflate
-        self._echo = echo
         self.protocol = WebSocketProtocol(
             self.write,
             self.write_final,
             max_message_bytes=ctx.settings.max_message_bytes,
             deflate=deflate is not None,
-            limit_requests=not echo,
         )
         self._bad_messages = 0
         self._closing_timer: asyncio.TimerHandle | None = None
@@ -79,15 +75,18 @@ class WebSocketSession(StreamSession):
         """The events' frames in one write; compressed, each is still its own message."""
         deflate = self._deflate
         if deflate is None:
-            self.protocol.send(selection.joined("websocket", _plain_frame))
+            self.protocol.send(selection.joined(TransportName.WEBSOCKET, _plain_frame))
         else:
-            data = selection.joined(("websocket", deflate.window_bits), lambda e: _compressed_frames.get(e, deflate))
+            data = selection.joined(
+                (TransportName.WEBSOCKET, deflate.window_bits), lambda e: _compressed_frames.get(e, deflate)
+            )
             self.protocol.send(data)
 
     def send_message(self, payload: Payload) -> None:
-        self._send_data(dumps(payload), OP_TEXT)
+        self.send_data(dumps(payload), OP_TEXT)
 
-    def _send_data(self, data: bytes, opcode: int) -> None:
+    def send_data(self, data: bytes, opcode: int) -> None:
+        """One data message (`OP_TEXT` or `OP_BINARY`), compressed when deflate was negotiated."""
         if self._deflate is None:
             self.protocol.send(ws_frame(data, opcode))
         else:
@@ -130,13 +129,12 @@ class WebSocketSession(StreamSession):
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
         for opcode, payload in protocol.receive(data):
-            if self._echo:
-                self._send_data(payload, opcode)
-            elif opcode == OP_TEXT:
-                self._on_message(payload.decode("utf-8"))
-            else:
-                self._on_message(payload)
+            self.on_data(opcode, payload)
         self._after_protocol()
+
+    def on_data(self, opcode: int, payload: bytes) -> None:
+        """One complete client message, UTF-8 already checked for text: the application's."""
+        self._on_message(payload.decode("utf-8") if opcode == OP_TEXT else payload)
 
     def _on_message(self, message: str | bytes) -> None:
         connection = self.connection

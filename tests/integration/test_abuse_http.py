@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from handlers.routes import API_ROUTES
+from handlers.route_table import ROUTES
 from harness.attacks import get, tricky_requests, upgrade
 from harness.clients import Service, wait_bound
 from harness.processes import SECRET, as_service, running, shared_env
@@ -66,7 +66,7 @@ def duration_series(exposition: str) -> set[tuple[str, str, str]]:
 async def test_random_methods_and_paths_do_not_add_metric_series(service: Service) -> None:
     """300 requests with random methods and paths leave the duration labels in closed sets."""
     rng = random.Random(12)
-    handlers = {handler.__name__ for _, handler in API_ROUTES} | {"MetricsHandler", "NotFoundHandler"}
+    handlers = {route.handler.__name__ for route in ROUTES} | {"NotFoundHandler"}
     handlers |= {"NoDashboardHandler", "DashboardHandler", "DashboardIndexHandler", "other"}
     for _ in range(300):
         method = "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 40)))

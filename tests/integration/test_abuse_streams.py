@@ -17,9 +17,9 @@ import pytest
 from harness.clients import RawWebSocket, Service, eventually, wait_bound
 from service.core.identity import Principal
 from service.core.rate import RateLimit
+from service.core.schema import REQUEST_BURST
 from service.fanout.connection import Connection
 from service.protocol.frames import OP_CLOSE, OP_PING, parse_close
-from service.protocol.websocket import REQUEST_BURST
 from service.transports.ws import WebSocketSession
 from tests.conftest import StartService
 

@@ -14,7 +14,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from handlers.routes import API_ROUTES
+from handlers.route_table import ROUTES
 from harness.clients import Service, wait_bound
 
 MIB = 1024 * 1024
@@ -669,7 +669,7 @@ async def test_openapi_describes_every_api_route(service: Service) -> None:
     document = body_of(response)
     assert document["openapi"].startswith("3.1.")
     documented = [re.sub(r"\{[^}]+\}", "([^/]+)", path) for path in document["paths"]]
-    served = [pattern for pattern, _ in API_ROUTES if pattern.startswith("/api/")]
+    served = [route.pattern for route in ROUTES if route.path.startswith("/api/")]
     assert sorted(served) == sorted(p for p in documented if p.startswith("/api/"))
     for path, operations in document["paths"].items():
         assert operations, path

@@ -1,9 +1,9 @@
 """Autobahn|Testsuite conformance of the service's own WebSocket session, driven by `kosoku`.
 
-The session runs in its echo mode (`WebSocketEndpoint` with `echo=True`, a route this test
-builds; `handlers.routes` never does): the same `WebSocketSession`, `WebSocketProtocol` and
-frames as production, answering each message with itself, unauthenticated and without the
-request rate limit (the cases send thousands of messages at once).
+The server is `EchoSession` behind `EchoEndpoint`, both defined here (the service has no echo
+mode): the same `WebSocketSession`, `WebSocketProtocol`, frames, deflate and socket take-over
+as production, through the session's public API, answering each message with itself,
+unauthenticated and without the request rate limit (the cases send thousands of messages at once).
 
 `make test` runs `QUICK_CASES` (every section of 1-10 but the large-message and throughput
 cases of 9, a few seconds here) and, with compression on, `QUICK_COMPRESSION_CASES` (the
@@ -26,13 +26,16 @@ from pathlib import Path
 import pytest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application
+from tornado.web import Application, HTTPError, RequestHandler
 
-from handlers.routes import make_app
-from handlers.ws import WebSocketEndpoint
 from metrics.registry import Metrics
+from service.app.context import AppContext
 from service.core.config import Settings
+from service.protocol.frames import Deflate, handshake_response, negotiate_deflate, valid_key
+from service.protocol.websocket import WebSocketProtocol
 from service.runtime.server import build_context
+from service.transports.takeover import take_over
+from service.transports.ws import WebSocketSession
 
 ROOT = Path(__file__).resolve().parents[2]
 KOSOKU = Path(sys.executable).parent / "kosoku"
@@ -53,6 +56,44 @@ QUICK_COMPRESSION_CASES = (
 )
 
 
+class EchoSession(WebSocketSession):
+    """The service's WebSocket session answering each client message with itself, with no
+    request rate limit; close handshake, pings, UTF-8 and frame rules stay the protocol's."""
+
+    def __init__(self, ctx: AppContext, deflate: Deflate | None) -> None:
+        super().__init__(ctx, deflate)
+        self.protocol = WebSocketProtocol(
+            self.write,
+            self.write_final,
+            max_message_bytes=ctx.settings.max_message_bytes,
+            deflate=deflate is not None,
+            limit_requests=False,
+        )
+
+    def on_data(self, opcode: int, payload: bytes) -> None:
+        self.send_data(payload, opcode)
+
+
+class EchoEndpoint(RequestHandler):
+    """The upgrade as `handlers.ws.WebSocketEndpoint` answers it, without authentication."""
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    async def get(self) -> None:
+        key = self.request.headers.get("Sec-WebSocket-Key", "")
+        if not valid_key(key):
+            raise HTTPError(400)
+        extensions = self.request.headers.get("Sec-WebSocket-Extensions")
+        deflate = negotiate_deflate(extensions) if self.ctx.settings.ws_compression else None
+        self.set_status(101)
+        sock, leftover = take_over(self)
+        session = EchoSession(self.ctx, deflate)
+        await session.attach(sock)
+        session.write(handshake_response(key, deflate.response() if deflate else None))
+        session.begin_reading(leftover)
+
+
 def echo_settings(*, compression: bool) -> Settings:
     """Limits that let the cases' largest messages (16 MiB) through and back."""
     return replace(
@@ -70,7 +111,7 @@ async def run_kosoku(selection: list[str], name: str, *, compression: bool) -> d
     """Serve the echo session on a free port, run the selected cases, and read their verdicts."""
     ctx = build_context(echo_settings(compression=compression), "mongodb://127.0.0.1:9/", Metrics())
     sockets = bind_sockets(0, "127.0.0.1")
-    server = HTTPServer(Application([(r"/", WebSocketEndpoint, {"ctx": ctx, "echo": True})]))
+    server = HTTPServer(Application([(r"/", EchoEndpoint, {"ctx": ctx})]))
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     outdir = ROOT / "test-artifacts" / name
@@ -119,11 +160,3 @@ async def test_autobahn_compression_cases_pass_with_ws_compression() -> None:
     """With WS_COMPRESSION=1, the permessage-deflate cases 12-13 pass too."""
     verdicts = await run_kosoku(*(CASES_12_13 if FULL else QUICK_COMPRESSION_CASES), compression=True)
     assert failures(verdicts) == {}
-
-
-def test_the_service_route_table_never_enables_echo() -> None:
-    """Production's `/ws` gets only `ctx`: the echo mode is reachable from this file alone."""
-    ctx = build_context(echo_settings(compression=False), "mongodb://127.0.0.1:9/", Metrics())
-    app = make_app(ctx)
-    targets = [rule.target_kwargs for rule in app.wildcard_router.rules if rule.target is WebSocketEndpoint]
-    assert targets == [{"ctx": ctx}]

@@ -16,8 +16,8 @@ Schema, with no dependency and no mapping layer between what we validate and wha
 Extension keywords (`x-...`) carry what JSON Schema cannot say (error texts, TypeScript names);
 the OpenAPI output drops them.
 
-Adding an event type is one `Message(...)` in `MESSAGES`; adding a transport is one entry in
-`TRANSPORTS`; then `python -m service.codegen`.
+Adding an event type is one `Message(...)` in `MESSAGES`; adding a transport is one `TransportName`
+member and its entry in `TRANSPORTS`; then `python -m service.codegen`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from service.core.errors import CloseCode
@@ -38,12 +39,22 @@ Schema = dict[str, Any]
 TASK_TYPES = ("daily", "weekly", "monthly", "ad-hoc")
 RESULT_STATUSES = ("completed", "failed", "skipped")
 TASK_STATUSES = ("pending", *RESULT_STATUSES)
-# Every transport: its name (as `connected.transport` and `/api/connections` give it) and how a
-# client opens it (docs/protocol.md lists them).
-TRANSPORTS: dict[str, str] = {
-    "websocket": "`GET /ws` (WebSocket upgrade); both directions, messages are text frames",
-    "sse": "`GET /events` with `Accept: text/event-stream` (Server-Sent Events); server to client only",
-    "poll": "`GET /poll` (long-polling, for proxies that buffer streams): each answer is one JSON body "
+
+
+class TransportName(StrEnum):
+    """A transport's name: `connected.transport`, `/api/connections`, presence counts and the
+    `transport` label of every metric and log line."""
+
+    WEBSOCKET = "websocket"
+    SSE = "sse"
+    POLL = "poll"
+
+
+# Every transport and how a client opens it (docs/protocol.md lists them).
+TRANSPORTS: dict[TransportName, str] = {
+    TransportName.WEBSOCKET: "`GET /ws` (WebSocket upgrade); both directions, messages are text frames",
+    TransportName.SSE: "`GET /events` with `Accept: text/event-stream` (Server-Sent Events); server to client only",
+    TransportName.POLL: "`GET /poll` (long-polling, for proxies that buffer streams): each answer is one JSON body "
     "`{messages, cursor}`; poll again with `cursor=` (no `token=`: a header, the cookie or a ticket)",
 }
 SCHEDULE_ACTIONS = ("created", "updated", "deleted")
@@ -62,6 +73,8 @@ REQUEST_BURST = 50
 REQUESTS_PER_SECOND = 20.0
 EXPIRY_WARNING_SECONDS = 30
 LEEWAY_SECONDS = 30  # JWT verification leeway, and so when a token stops authenticating (service.app.auth)
+TICKET_SECONDS = 60  # a one-time connection ticket's life (service.app.auth)
+MAX_BODY_BYTES = 1024 * 1024  # a REST request body, else 413 (handlers.base)
 
 
 def ref(name: str) -> Schema:

@@ -19,6 +19,7 @@ from pymongo.errors import DuplicateKeyError
 
 from service.core.config import Settings
 from service.core.events import event_document, iso
+from service.core.schema import TransportName
 from service.storage.mongo.client import Document, available, refused
 from service.storage.mongo.events import MongoEvents
 
@@ -199,7 +200,7 @@ class MongoPresence(MongoEvents):
                 "userId": user["_id"],
                 "userName": user.get("userName", ""),
                 "since": iso(user["since"]) if isinstance(user.get("since"), datetime) else None,
-                "connections": {"websocket": 0, "sse": 0, **counts.get(user["_id"], {})},
+                "connections": {TransportName.WEBSOCKET: 0, TransportName.SSE: 0, **counts.get(user["_id"], {})},
             }
             for user in users
         ]

@@ -199,3 +199,21 @@ def test_dockerignore_excludes_local_state() -> None:
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     assert allowed == {"requirements.txt", "service", "handlers", "metrics", "realtime_client", "web"}
     assert {"web/node_modules/", "web/dist/", "**/__pycache__/"} <= set(rules)
+    assert "service/codegen/" in rules  # development tools stay out of the image
+
+
+# Imports every first-party module with `service.codegen` made unimportable, as in the image.
+WITHOUT_CODEGEN = """
+import importlib, pathlib, sys
+sys.modules["service.codegen"] = None  # what the image lacks: importing it raises ImportError
+for package in ("service", "handlers", "metrics", "realtime_client"):
+    for path in sorted(pathlib.Path(package).rglob("*.py")):
+        name = ".".join(path.with_suffix("").parts).removesuffix(".__init__")
+        if not name.startswith("service.codegen") and not name.endswith("__main__"):
+            importlib.import_module(name)
+"""
+
+
+def test_nothing_the_image_runs_imports_the_code_generators() -> None:
+    """Every module of the image loads without service/codegen/, which .dockerignore leaves out."""
+    subprocess.run([sys.executable, "-c", WITHOUT_CODEGEN], cwd=ROOT, check=True, timeout=120)

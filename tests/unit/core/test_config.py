@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from harness.clients import wait_bound
-from service.core.config import DEV_SECRET_FILE, ENV_VARS, Settings, load_settings, usable_cpus
+from service.codegen.__main__ import GENERATED, SECTIONS, section, stale
+from service.codegen.settings import settings_table
+from service.core.config import DEV_SECRET_FILE, ENV_VARS, Settings, load_settings, usable_cpus, variables
 from service.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET = "config-test-secret-that-is-long-enough-0123456789"
+CODEGEN_OUTPUTS = (*GENERATED, *SECTIONS)
 
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -295,3 +299,28 @@ def test_module_with_bad_port_exits_2_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "PORT" in lines[0] and "'abc'" in lines[0]
     assert result.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_variable_is_declared_once_with_its_field() -> None:
+    """One `setting(...)` per field: ENV_VARS is the declarations' names, none twice, and an unset
+    environment gives each field its declared default."""
+    declared = variables()
+    assert ENV_VARS == tuple(v.name for v in declared)
+    assert len(set(ENV_VARS)) == len(ENV_VARS) == len(fields(Settings))
+    defaults = Settings()
+    for f, variable in zip(fields(Settings), declared, strict=True):
+        assert getattr(defaults, f.name) == variable.default, variable.name
+
+
+def test_readme_configuration_table_is_generated_and_checked(tmp_path: Path) -> None:
+    """README's table between the settings markers is `settings_table()`; an edit by hand is stale."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert section(readme, "settings", settings_table()) == readme
+    for name in CODEGEN_OUTPUTS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((ROOT / name).read_text(encoding="utf-8"), encoding="utf-8")
+    assert stale(tmp_path) == []
+    edited = readme.replace("| `PORT` | `5001` |", "| `PORT` | `8080` |")
+    assert edited != readme
+    (tmp_path / "README.md").write_text(edited, encoding="utf-8")
+    assert stale(tmp_path) == ["README.md"]

@@ -8,8 +8,9 @@ import struct
 import pytest
 
 from harness.clients import RawWebSocket
+from service.core.schema import REQUEST_BURST
 from service.protocol.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_frame, ws_frame
-from service.protocol.websocket import PING_FRAME, REQUEST_BURST, State, WebSocketProtocol
+from service.protocol.websocket import PING_FRAME, State, WebSocketProtocol
 
 frame = RawWebSocket.frame
 
