@@ -193,10 +193,10 @@ class ApiHandler(BaseHandler):
             return
         self._body.extend(chunk)
 
-    async def commit(self, user: Principal, change: Change) -> None:
+    async def commit(self, user: Principal, change: Change, *, single_write: bool = False) -> None:
         """Run a use case's change (which writes its one event) in one unit of work, once per
         `Idempotency-Key`, and send its answer (the first one again for a retried request),
-        within MONGODB_TIMEOUT_MS."""
+        within MONGODB_TIMEOUT_MS. `single_write`: see `commit_once`."""
         deadline = time.monotonic() + self.ctx.unit_of_work.timeout_seconds
         key = parse_key(self.request.headers.get(HEADER))
         same = fingerprint(self.request.method or "", self.request.path, bytes(self._body))
@@ -208,7 +208,13 @@ class ApiHandler(BaseHandler):
         try:
             with lifecycle.write():
                 answer = await commit_once(
-                    self.ctx.unit_of_work, change, key=key, user_id=user.user_id, fingerprint=same, deadline=deadline
+                    self.ctx.unit_of_work,
+                    change,
+                    key=key,
+                    user_id=user.user_id,
+                    fingerprint=same,
+                    deadline=deadline,
+                    single_write=single_write,
                 )
         except KeyInUse as exc:
             self.reject(409, str(exc), {"Retry-After": "1"})

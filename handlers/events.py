@@ -19,4 +19,4 @@ class PublishHandler(ApiHandler):
         async def change(transaction: Transaction) -> Answer:
             return Answer.json(202, await publish.publish(transaction, event))
 
-        await self.commit(user, change)
+        await self.commit(user, change, single_write=True)  # one insert: no transaction without a key

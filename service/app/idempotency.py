@@ -96,6 +96,7 @@ async def commit_once(
     user_id: int | str,
     fingerprint: str,
     deadline: float | None = None,
+    single_write: bool = False,
 ) -> Answer:
     """Run `change` in one unit of work, once per key: the first answer for a repeated request.
 
@@ -106,6 +107,8 @@ async def commit_once(
 
     Args:
         deadline: `time.monotonic()` by which to answer; MONGODB_TIMEOUT_MS from now if None.
+        single_write: `change` is one write, atomic by itself: without a key it runs outside a
+            transaction (`UnitOfWork.run_alone`); with one it still commits with the key's record.
 
     Raises:
         KeyInUse: the key's first request is still running.
@@ -118,7 +121,9 @@ async def commit_once(
         raise StoreUnavailable("the request's deadline passed before MongoDB was asked")
     try:
         async with storage.deadline(left):
-            answer = await _commit_once(storage, change, key=key, user_id=user_id, fingerprint=fingerprint)
+            answer = await _commit_once(
+                storage, change, key=key, user_id=user_id, fingerprint=fingerprint, single_write=single_write
+            )
     except StoreUnavailable:
         storage.record_write(ok=False)
         raise
@@ -128,10 +133,10 @@ async def commit_once(
 
 
 async def _commit_once(
-    storage: UnitOfWork, change: Change, *, key: str | None, user_id: int | str, fingerprint: str
+    storage: UnitOfWork, change: Change, *, key: str | None, user_id: int | str, fingerprint: str, single_write: bool
 ) -> Answer:
     if key is None:
-        return await storage.run(change)
+        return await (storage.run_alone(change) if single_write else storage.run(change))
     record_id = key_id(user_id, key)
     owner = uuid.uuid4().hex
     lease = 2 * storage.timeout_seconds + 1

@@ -80,6 +80,12 @@ class UnitOfWork(Protocol):
         """
         ...
 
+    async def run_alone(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run `work`, a single write that is atomic by itself, without a transaction where the
+        store allows it: its event reaches the change stream one commit sooner (a transaction's
+        insert waits for `commitTransaction`). `POST /api/events` without a key is one insert."""
+        ...
+
     def deadline(self, seconds: float) -> AbstractAsyncContextManager[None]:
         """One deadline for every call inside; past it they raise `StoreUnavailable`."""
         ...

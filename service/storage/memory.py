@@ -200,6 +200,9 @@ class MemoryUnitOfWork:
             transaction.commit()
             return result
 
+    async def run_alone(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        return await self.run(work)  # memory commits a unit at once either way
+
     @contextlib.asynccontextmanager
     async def deadline(self, seconds: float) -> AsyncIterator[None]:
         try:

@@ -18,7 +18,7 @@ T = TypeVar("T")
 class MongoTransaction:
     """`service.core.ports.Transaction`: the store's writes, each in the unit's session."""
 
-    def __init__(self, store: MongoStore, session: Session) -> None:
+    def __init__(self, store: MongoStore, session: Session | None) -> None:
         self._store = store
         self._session = session
 
@@ -48,6 +48,8 @@ class MongoTransaction:
         await self._store.publish(dict(event), self._session)
 
     async def complete_key(self, key_id: str, owner: str, answer: Mapping[str, Any]) -> bool:
+        if self._session is None:  # a key's record commits with its change: only in `run`
+            raise TypeError("complete_key needs a transaction (UnitOfWork.run)")
         return await self._store.complete_key(key_id, owner, answer, self._session)
 
 
@@ -68,6 +70,9 @@ class MongoUnitOfWork:
             return work(MongoTransaction(store, session))
 
         return await store.transaction(in_session)
+
+    async def run_alone(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        return await work(MongoTransaction(self._store, None))  # each write commits by itself
 
     def deadline(self, seconds: float) -> AbstractAsyncContextManager[None]:
         return self._store.deadline(seconds)
