@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load, report
-from bench.__main__ import _plans, _recv, stop_load_processes
+from bench.__main__ import _plans, _recv, batch_histogram, fanout_batches, stop_load_processes
 from bench.peers.pushpin_system import PushpinSystem
 from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery, Histogram
@@ -176,6 +176,7 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     count = max(1, int(rate * duration))
     pids = system.server_pids()
     cpu_before = cpu_seconds(pids)
+    batches_before = batch_histogram(system)
     started = time.monotonic()
     try:
         for i in range(count):
@@ -187,6 +188,7 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
         publisher.close()
     last = first_seq + count - 1
     parts = clients.ask("finish", (last, 120.0))
+    clients_done = time.monotonic()
     cpu = cpu_seconds(pids) - cpu_before
     merged = {kind: Delivery() for kind in ("websocket", "sse")}
     for part in parts:
@@ -211,6 +213,12 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     result["duplicated"] = sum(result[k]["duplicated"] for k in merged)
     result["out_of_order"] = sum(result[k]["out_of_order"] for k in merged)
     result["disconnected"] = sum(result[k]["disconnected"] for k in merged)
+    result["deliveries_per_second"] = round(
+        sum(result[k]["received"] for k in merged) / max(1e-3, clients_done - started), 1
+    )
+    batches = fanout_batches(batches_before, batch_histogram(system))
+    if batches is not None:
+        result["fanout_batches"] = batches
     return result
 
 
@@ -359,8 +367,8 @@ def table(document: dict[str, Any]) -> str:
     rows = [
         "| connections | system | workers | rate /s × s | WS p50 / p99 ms | SSE p50 / p99 ms "
         "| lost / dup / out-of-order "
-        "| RSS per conn KB | idle CPU % of a core | connects /s (WS alone) |",
-        "|" + "---|" * 10,
+        "| RSS per conn KB | idle CPU % of a core | connects /s (WS alone) | deliveries /s | events per fan-out |",
+        "|" + "---|" * 12,
     ]
     for point in document["points"]:
         for rate, phase in point["rates"].items():
@@ -372,7 +380,9 @@ def table(document: dict[str, Any]) -> str:
                 f"| {ws['p50_ms']:.1f} / {ws['p99_ms']:.1f} | {sse['p50_ms']:.1f} / {sse['p99_ms']:.1f} "
                 f"| {phase['lost']} / {phase['duplicated']} / {phase['out_of_order']} "
                 f"| {point['rss_per_connection_kb']:.1f} | {point['idle_cpu_percent_of_core']:.1f} "
-                f"| {connect['per_second']:.0f} ({connect.get('websocket_per_second', 0):.0f}) |"
+                f"| {connect['per_second']:.0f} ({connect.get('websocket_per_second', 0):.0f}) "
+                f"| {phase.get('deliveries_per_second', 0):,.0f} "
+                f"| {phase['fanout_batches']['mean'] if phase.get('fanout_batches') else '–'} |"
             )
     out = "\n".join(rows)
     if document["points"]:
