@@ -301,5 +301,9 @@ class MongoBase:
             doc = await self.counters.find_one_and_update(
                 {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
             )
-        assert doc is not None  # upsert with AFTER always returns the document
+        if doc is None:
+            # An upsert with AFTER always returns the document, yet SecantusDB answered
+            # `value: null` to a write stalled and retried (tests/system/faults/test_stalls.py).
+            # The sequence may have moved (a gap, never a duplicate); the caller gets a 503.
+            raise StoreUnavailable(f"MongoDB returned no {name} id; retry")
         return int(doc["seq"])
