@@ -16,13 +16,13 @@ from handlers.base import BaseHandler
 from handlers.events import PublishHandler
 from handlers.health import LivenessHandler, ReadinessHandler
 from handlers.openapi import OpenApiHandler
-from handlers.poll import PollHandler
+from handlers.poll_endpoint import PollHandler
 from handlers.presence import PresenceHandler
 from handlers.schedules import ScheduleHandler, SchedulesHandler
-from handlers.sse import EventStreamEndpoint
+from handlers.sse_endpoint import EventStreamEndpoint
 from handlers.tasks import TaskExecutionHandler, TaskHandler, TasksHandler
 from handlers.tickets import TicketHandler
-from handlers.ws import WebSocketEndpoint
+from handlers.ws_endpoint import WebSocketEndpoint
 from metrics.handler import MetricsHandler
 from service.core.schema import TransportName
 

@@ -12,7 +12,7 @@ from handlers.base import BaseHandler, SecurityHeaders
 from handlers.dashboard import DashboardHandler, DashboardIndexHandler, NoDashboardHandler
 from handlers.openapi import OpenApiHandler
 from handlers.openapi_document import openapi_document
-from handlers.poll import PollHandler
+from handlers.poll_endpoint import PollHandler
 from handlers.route_table import ROUTES
 from metrics.handler import MetricsHandler
 from metrics.logs import request_logger

@@ -1,7 +1,7 @@
 """The WebSocket protocol (RFC 6455) and permessage-deflate (RFC 7692), without sockets.
 
 The service speaks WebSocket itself once Tornado has answered the HTTP request (see
-`handlers.ws`): a connection then costs a socket, an asyncio transport and a few small
+`handlers.ws_endpoint`): a connection then costs a socket, an asyncio transport and a few small
 objects instead of Tornado's handler, request, stream and frame-reading coroutines.
 This module is the pure part: the handshake answer, a parser for client frames that
 enforces the protocol's rules, and the frames the server sends.

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.sse import EventStreamEndpoint
-from handlers.ws import WebSocketEndpoint
+from handlers.sse_endpoint import EventStreamEndpoint
+from handlers.ws_endpoint import WebSocketEndpoint
 from harness.clients import RawWebSocket, Service, eventually
 from service.core.events import Event
 from service.protocol.frames import (

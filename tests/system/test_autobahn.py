@@ -75,7 +75,7 @@ class EchoSession(WebSocketSession):
 
 
 class EchoEndpoint(RequestHandler):
-    """The upgrade as `handlers.ws.WebSocketEndpoint` answers it, without authentication."""
+    """The upgrade as `handlers.ws_endpoint.WebSocketEndpoint` answers it, without authentication."""
 
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx

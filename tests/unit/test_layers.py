@@ -1,11 +1,12 @@
 """The dependency rule, read from the source with `ast`: each layer imports only the layers
 below it, no module imports itself back through others, and the inner layers load no
-framework or driver. README's module map draws the same table.
+framework or driver. README's "Layers" table states the same rule, and is read back here.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,6 +180,91 @@ def test_the_rule_sees_a_violation() -> None:
     assert RUNTIME not in MAY_IMPORT[CORE]
     assert layer_of("service.core.schema.cron") == CORE
     assert any(i.target == "service.core.errors" for i in imports_of("service.core.config"))
+
+
+def _architecture() -> str:
+    """README's "## Architecture" section, up to the next `## ` heading."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Architecture\n")
+    end = readme.find("\n## ", start + 1)
+    return readme[start : end if end != -1 else len(readme)]
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def _layer_of_folder(cell: str) -> str:
+    """`service/core/` → `service.core`; `service/__init__.py`, `service/__main__.py` → `service`."""
+    paths = re.findall(r"`([^`]+)`", cell)
+    assert paths, f"no folder in {cell!r}"
+    layers = set()
+    for path in paths:
+        module = path.rstrip("/").removesuffix(".py").replace("/", ".")
+        layers.add(layer_of(module.removesuffix(".__init__")))
+        assert module.removesuffix(".__init__") in MODULES, f"{path} is no module or package"
+    assert len(layers) == 1, f"{cell!r} spans layers {sorted(layers)}"
+    return layers.pop()
+
+
+def readme_rule() -> dict[str, frozenset[str]]:
+    """README's `| layer | folder | may import |` table, as `MAY_IMPORT` spells it."""
+    lines = _architecture().splitlines()
+    header = lines.index("| layer | folder | may import |")
+    rows = []
+    for line in lines[header + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(_cells(line))
+    folders = {name: _layer_of_folder(folder) for name, folder, _ in rows}
+    assert len(folders) == len(rows) == len(set(folders.values())), "one row per layer"
+    rule: dict[str, frozenset[str]] = {}
+    for name, _, may_import in rows:
+        names = [] if may_import == "nothing" else [n.strip() for n in may_import.split(",")]
+        unknown = [n for n in names if n not in folders]
+        assert unknown == [], f"{name} may import unknown layers {unknown}"
+        rule[folders[name]] = frozenset(folders[n] for n in names)
+    return rule
+
+
+def test_readme_states_the_same_rule() -> None:
+    """README's layer table is `MAY_IMPORT`: each layer's folder and what it may import."""
+    assert readme_rule() == MAY_IMPORT
+
+
+# A path in the section: a backticked span, or inside a ```text picture a word such as
+# `service/fanout/bus.py`, `handlers/` or `sse_endpoint.py`.
+_PICTURE_PATH = re.compile(r"(?<![\w/.-])(?:[a-z_][\w.-]*/[\w./-]*|[\w-]+\.py\b)")
+
+
+def architecture_paths() -> list[str]:
+    """Every repo path README's Architecture section names. A bare `name.py` is in the folder of
+    the last path before it on its line (`service/transports/ws.py`, `sse.py`)."""
+    paths = []
+    in_picture = False
+    for line in _architecture().splitlines():
+        if line.startswith("```"):
+            in_picture = not in_picture
+            continue
+        words = _PICTURE_PATH.findall(line) if in_picture else re.findall(r"`([^`\n]+)`", line)
+        folder = None
+        for word in words:
+            if " " in word or word.startswith("/") or not ("/" in word or word.endswith(".py")):
+                continue  # a URL path, a command, a name
+            if "/" in word:
+                folder = word.rstrip("/") if word.endswith("/") else word.rpartition("/")[0]
+                paths.append(word)
+            else:
+                assert folder is not None, f"{word} names no folder: {line.strip()}"
+                paths.append(f"{folder}/{word}")
+    return paths
+
+
+def test_readme_architecture_names_only_existing_paths() -> None:
+    """Every path in README's Architecture section (pictures, module map, prose) exists."""
+    paths = architecture_paths()
+    assert "service/protocol/websocket.py" in paths and "handlers/sse_endpoint.py" in paths
+    assert [path for path in paths if not (ROOT / path).exists()] == []
 
 
 def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
