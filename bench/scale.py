@@ -216,10 +216,22 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     result["deliveries_per_second"] = round(
         sum(result[k]["received"] for k in merged) / max(1e-3, clients_done - started), 1
     )
+    result["slowest_by_third_ms"] = slowest_by_third(merged.values(), first_seq, count)
     batches = fanout_batches(batches_before, batch_histogram(system))
     if batches is not None:
         result["fanout_batches"] = batches
     return result
+
+
+def slowest_by_third(deliveries: Any, first_seq: int, count: int) -> list[float]:
+    """The longest any client waited for an event of each third of a phase (ms), in publish
+    order: flat when the backlog is bounded, rising when every event waits behind the last."""
+    worst: dict[int, int] = {}
+    for d in deliveries:
+        for seq, us in d.worst_by_event.items():
+            worst[seq] = max(us, worst.get(seq, 0))
+    thirds = [[worst.get(first_seq + i, 0) for i in range(n * count // 3, (n + 1) * count // 3)] for n in range(3)]
+    return [round(max(third, default=0) / 1000, 1) for third in thirds]
 
 
 def room_for(connections: int, longest: float = 150.0) -> None:
@@ -367,8 +379,9 @@ def table(document: dict[str, Any]) -> str:
     rows = [
         "| connections | system | workers | rate /s × s | WS p50 / p99 ms | SSE p50 / p99 ms "
         "| lost / dup / out-of-order "
-        "| RSS per conn KB | idle CPU % of a core | connects /s (WS alone) | deliveries /s | events per fan-out |",
-        "|" + "---|" * 12,
+        "| RSS per conn KB | idle CPU % of a core | connects /s (WS alone) | deliveries /s | events per fan-out "
+        "| slowest event by third ms |",
+        "|" + "---|" * 13,
     ]
     for point in document["points"]:
         for rate, phase in point["rates"].items():
@@ -382,7 +395,8 @@ def table(document: dict[str, Any]) -> str:
                 f"| {point['rss_per_connection_kb']:.1f} | {point['idle_cpu_percent_of_core']:.1f} "
                 f"| {connect['per_second']:.0f} ({connect.get('websocket_per_second', 0):.0f}) "
                 f"| {phase.get('deliveries_per_second', 0):,.0f} "
-                f"| {phase['fanout_batches']['mean'] if phase.get('fanout_batches') else '–'} |"
+                f"| {phase['fanout_batches']['mean'] if phase.get('fanout_batches') else '–'} "
+                f"| {' / '.join(f'{ms:.0f}' for ms in phase.get('slowest_by_third_ms', [])) or '–'} |"
             )
     out = "\n".join(rows)
     if document["points"]:
