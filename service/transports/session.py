@@ -1,6 +1,6 @@
 """What the WebSocket and SSE sessions share once Tornado has handed over the socket:
 writes without awaiting, bounded at each write; a place in the hub; the connect sequence
-(`open_session`: replay, then `connected`); and the bookkeeping when the socket closes.
+(`open_session`: `connected`, then the replay); and the bookkeeping when the socket closes.
 
 A live connection costs a socket, an asyncio transport and a few slotted objects (about
 3.4 KB of Python heap) instead of Tornado's handler, request, headers, IOStream and
@@ -190,7 +190,7 @@ class StreamSession(asyncio.Protocol):
 
 
 async def open_session(ctx: AppContext, connection: Connection) -> None:
-    """Attach a new connection, replay what it missed, and greet it with `connected`.
+    """Attach a new connection, greet it with `connected`, and replay what it missed.
 
     Live events that arrive during the replay are held and sent after it, so the client
     sees history and live events in order, each once. A replay that cannot be admitted now,
