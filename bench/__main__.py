@@ -55,6 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep server logs and configs here")
     parser.add_argument("--out", default="latest", help="results/<OUT>.json; only `latest` also updates README.md")
+    parser.add_argument(
+        "--all-events",
+        dest="events",
+        action="store_const",
+        const="",
+        default="bench",
+        help="the service's clients take every event, presence included (default: events=bench, as the peers)",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only: leave results/ and README.md alone")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -278,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.systems:
                 system: System
                 if name.startswith("service"):
-                    system = ServiceSystem(workdir, secret, workers=int(name[-1]), mongo_uri=mongo_uri)
+                    system = ServiceSystem(
+                        workdir, secret, workers=int(name[-1]), mongo_uri=mongo_uri, events=args.events
+                    )
                 elif name == "naive":
                     system = NaiveSystem(workdir, secret)
                 elif name.startswith("socketio"):
@@ -292,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                         if count:
                             alone = argparse.Namespace(**{**vars(args), "ws": 0, "sse": 0, "poll": 0})
                             setattr(alone, "ws" if kind == "websocket" else kind, count)
-                            system = ServiceSystem(workdir, secret, workers=int(name[-1]), mongo_uri=mongo_uri)
+                            system = ServiceSystem(
+                                workdir, secret, workers=int(name[-1]), mongo_uri=mongo_uri, events=args.events
+                            )
                             results[f"{name} {kind}"] = run_system(system, alone, secret)
                     continue
                 results[name] = run_system(system, args, secret)

@@ -349,8 +349,9 @@ def _ws_request(plan: Plan, token: str) -> bytes:
 
 
 def _sse_request(plan: Plan, token: str) -> bytes:
+    separator = "&" if "?" in plan.sse_path else "?"
     return (
-        f"GET {plan.sse_path}?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{plan.port}\r\n"
+        f"GET {plan.sse_path}{separator}token={token} HTTP/1.1\r\nHost: 127.0.0.1:{plan.port}\r\n"
         "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
     ).encode()
 

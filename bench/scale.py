@@ -73,6 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--heartbeat-rate", type=float, default=2.7, help="events/s of the heartbeat run (not a multiple of its ticks)"
     )
     parser.add_argument("--heartbeat-size", type=int, default=0, help="its size (default: the largest service point)")
+    parser.add_argument(
+        "--all-events",
+        dest="events",
+        action="store_const",
+        const="",
+        default="bench",
+        help="the service's clients take every event, presence included (default: events=bench, as the peers)",
+    )
     parser.add_argument("--no-connect", action="store_true", help="skip the connect-rate runs")
     parser.add_argument("--no-heartbeat", action="store_true", help="skip the heartbeat run")
     parser.add_argument("--deadline", type=float, default=0, help="start no new point after this many seconds")
@@ -317,7 +325,7 @@ def heartbeat_run(size: int, args: argparse.Namespace, workdir: Path, secret: st
     when it was published while heartbeats were arriving at the clients (or up to 25 ms before), else 'between'."""
     workers = processes_for(size)
     env = {"HEARTBEAT_SECONDS": str(args.heartbeat_seconds)}
-    system = ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri, env=env)
+    system = ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri, env=env, events=args.events)
     room_for(size)
     system.start()
     clients: Clients | None = None
@@ -586,7 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     workers = processes_for(size)
                     if name == "service":
-                        system = ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri)
+                        system = ServiceSystem(
+                            workdir, secret, workers=workers, mongo_uri=mongo_uri, events=args.events
+                        )
                     elif name == "socketio":
                         system = SocketIoSystem(workdir, secret, workers=workers)
                     elif name == "pushpin":  # one instance: condure holds every socket in one process

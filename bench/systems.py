@@ -291,11 +291,18 @@ class ServiceSystem(System):
         env: dict[str, str] | None = None,
         root: Path = ROOT,
         public_key: str | None = None,
+        events: str = "bench",
     ) -> None:
         """`env`: more settings (HEARTBEAT_SECONDS, ...); `root`: another checkout's code (with
         its own `.venv` link); `public_key`: verify tokens with this PEM (JWT_PUBLIC_KEY) instead
-        of the HMAC secret."""
+        of the HMAC secret; `events`: the clients' `events=` filter. By default they take the
+        bench's own events, as every peer's clients do: a peer has no presence, and without the
+        filter each of N clients also gets the `presence_joined` of every other one, N² deliveries
+        while they connect (`--all-events` measures that)."""
         super().__init__(workdir, secret)
+        if events:
+            self.ws_path = f"/ws?events={events}"
+            self.sse_path = f"/events?events={events}"
         self.name = f"service{workers}"
         self.workers = workers
         self.mongo_uri = mongo_uri
