@@ -500,7 +500,13 @@ def plot(document: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (lat, mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = {"service": "tab:blue", "nchan": "tab:orange", "socketio": "tab:green", "pushpin": "tab:red"}
+    colours = {
+        "service": "tab:blue",
+        "service, PRESENCE=0": "tab:purple",
+        "nchan": "tab:orange",
+        "socketio": "tab:green",
+        "pushpin": "tab:red",
+    }
     for system in _systems(document):
         colour = colours.get(system, "tab:grey")
         points = sorted((p for p in document["points"] if p["system"] == system), key=lambda p: p["size"])
