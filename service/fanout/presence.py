@@ -238,10 +238,13 @@ class Presence:
                 await store.presence_arrive(user_id, name, now)
                 self._arrivals.pop(user_id, None)
 
-            joins = [join(u, n) for u, n in self._arrivals.items()]
+            # Each chunk's coroutines are made when it runs: a step's timeout between chunks
+            # leaves the rest in `_arrivals` for the next tick, not as coroutines never awaited.
+            arrivals = list(self._arrivals.items())
             failures: list[BaseException] = []
-            for start in range(0, len(joins), STEP_CONCURRENCY):
-                results = await asyncio.gather(*joins[start : start + STEP_CONCURRENCY], return_exceptions=True)
+            for start in range(0, len(arrivals), STEP_CONCURRENCY):
+                chunk = arrivals[start : start + STEP_CONCURRENCY]
+                results = await asyncio.gather(*(join(u, n) for u, n in chunk), return_exceptions=True)
                 failures += [r for r in results if isinstance(r, BaseException)]
             if failures:
                 raise failures[0]  # the others are retried with it on the next tick

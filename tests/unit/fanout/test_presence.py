@@ -10,7 +10,9 @@ with a clock the test sets. The MongoDB side is in tests/integration (test_prese
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import warnings
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +22,7 @@ import pytest
 from metrics.registry import Metrics
 from service.core.errors import StoreError, StoreUnavailable
 from service.core.ports import PresenceStore, Record, UserId
-from service.fanout.presence import FLUSH_SECONDS, STALE_HEARTBEATS, Presence
+from service.fanout.presence import FLUSH_SECONDS, STALE_HEARTBEATS, STEP_CONCURRENCY, Presence
 
 T0 = datetime(2030, 3, 17, 12, 0, tzinfo=UTC)
 
@@ -320,6 +322,52 @@ def test_a_failed_join_is_kept_and_retried_even_with_nothing_new() -> None:
     store.failing.clear()
     run(presence.flush())
     assert store.joined == [1] and len(store.docs) == 1
+
+
+class StalledJoins(MemoryPresenceStore):
+    """`presence_arrive` waits until `go` is set: a store too busy to answer (a join storm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.waiting = 0
+        self.chunk_waiting = asyncio.Event()
+
+    async def presence_arrive(self, user_id: UserId, user_name: str, now: datetime) -> None:
+        self.waiting += 1
+        if self.waiting == STEP_CONCURRENCY:
+            self.chunk_waiting.set()
+        await self.go.wait()
+        await super().presence_arrive(user_id, user_name, now)
+
+
+def test_a_join_storm_cut_off_mid_way_leaves_no_coroutine_behind_and_loses_no_join() -> None:
+    """More new users than one chunk of joins, and the step cancelled (its timeout) while the
+    first chunk waits on the store: the rest were never started, so no coroutine is left
+    un-awaited (a RuntimeWarning per user in the log of a 50,000-user connect storm), and
+    every join is still pending; the next flush writes them all."""
+    users = STEP_CONCURRENCY + 8
+    store = StalledJoins()
+    presence, _, _, _ = make(store)
+    for user_id in range(users):
+        presence.connected(user_id, f"user {user_id}", "websocket")
+
+    async def cut_off() -> None:
+        step = asyncio.ensure_future(presence.flush())
+        await store.chunk_waiting.wait()
+        step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(cut_off())
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+    assert store.waiting == STEP_CONCURRENCY and store.joined == []
+    store.go.set()
+    run(presence.flush())
+    assert sorted(store.joined) == list(range(users)) and len(store.docs) == users
 
 
 def test_a_failed_departure_is_retried_by_the_next_flush() -> None:
