@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -211,10 +212,14 @@ class Server:
                 await asyncio.wait_for(self.http.close_all_connections(), timeout=STOP_TIMEOUT_SECONDS)
             except TimeoutError:
                 log.warning("some HTTP connections did not close within 5s")
-        if ctx.hub.presence is not None:
-            await ctx.hub.presence.stop()  # a clean drain removes this process's users at once
-        await ctx.bus.stop()
-        await ctx.store.close()
+        # Each last step is bounded and named: a process that waits on one for ever is never
+        # "stopped", and the orchestrator kills it with nothing in the log to say why.
+        if ctx.hub.presence is not None:  # a clean drain removes this process's users at once
+            await _within(
+                "presence's last write", ctx.hub.presence.stop(), ctx.store.timeout_seconds + STOP_TIMEOUT_SECONDS
+            )
+        await _within("the change stream's close", ctx.bus.stop(), STOP_TIMEOUT_SECONDS)
+        await _within("the MongoDB client's close", ctx.store.close(), STOP_TIMEOUT_SECONDS)
         self.stopped.set()
 
     async def _streams_closed_or_dropped(self) -> None:
@@ -248,3 +253,13 @@ class Server:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def _within(what: str, step: Awaitable[None], seconds: float) -> None:
+    """Await one step of the stop for at most `seconds`; past that, say which and go on
+    (presence's users then leave by the other processes' sweep or the TTL index)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.warning("stopping: %s did not finish within %.0fs; going on without it", what, seconds)

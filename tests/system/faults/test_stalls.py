@@ -265,6 +265,39 @@ def test_readyz_during_a_stall_answers_not_ready_within_its_bound(tmp_path: Path
     assert max(seconds for _, _, seconds in answers) <= 2.0 + MARGIN_SECONDS, answers
 
 
+def test_sigterm_while_mongodb_is_stopped_exits_within_its_bounds(tmp_path: Path, mongo: EmbeddedMongo) -> None:
+    """A drain while MongoDB does not answer: every stream is closed, and the process exits 0
+    within DRAIN_SECONDS + its stop bounds instead of waiting on MongoDB for ever (presence's
+    last write, the change stream's close, the client's close each wait at most a bounded time)."""
+    env = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "MONGODB_URI": mongo.uri, "MONGODB_TIMEOUT_MS": "1000"}
+    env["DRAIN_SECONDS"] = "1"
+    replica = ServiceProcess(tmp_path, env)
+    service = as_service(replica)
+
+    async def connect_then_drain() -> tuple[int | None, str]:
+        ws = await service.websocket({"token": service.token(sub=5)})
+        await ws.recv_type("connected")
+        pause(mongo)
+        replica.signal(signal.SIGTERM)
+        return await ws.closed(seconds=15)
+
+    try:
+        replica.start()
+        try:
+            closed = asyncio.run(connect_then_drain())
+            began = time.monotonic()
+            code = replica.wait(60)
+            seconds = time.monotonic() - began
+        finally:
+            resume(mongo)
+    finally:
+        replica.stop()
+    assert closed == (1012, "service restart")
+    assert code == 0
+    # presence (MONGODB_TIMEOUT_MS + 5 s), the bus and the client (5 s each), with margin
+    assert seconds <= 1 + 6 + 5 + 5 + 5 + MARGIN_SECONDS, seconds
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_drain_answers_a_keyed_write_in_flight_and_releases_its_key(start_service: Any, mongo_uri: str) -> None:
     """A keyed write still retrying its transaction when the drain starts gets its answer before the
