@@ -18,40 +18,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from service.core.errors import NotFound, StoreUnavailable
-from service.core.events import iso
 from service.core.ports import Record, Transaction
+from service.storage.views import schedule_view, task_view
 
 T = TypeVar("T")
 Document = dict[str, Any]
 HISTORY = 50  # runs kept per task, as on MongoDB
-
-
-def _task_view(doc: Mapping[str, Any]) -> Record:
-    return {
-        "id": doc["_id"],
-        "title": doc["title"],
-        "taskType": doc["taskType"],
-        "status": doc.get("status", "pending"),
-        "scheduleId": doc.get("scheduleId"),
-        "userId": doc["userId"],
-        "userName": doc["userName"],
-        "createdAt": iso(doc["createdAt"]),
-        "updatedAt": iso(doc["updatedAt"]),
-        "executions": doc.get("executions", 0),
-        "lastResultStatus": doc.get("lastResultStatus"),
-    }
-
-
-def _schedule_view(doc: Mapping[str, Any]) -> Record:
-    return {
-        "id": doc["_id"],
-        "name": doc["name"],
-        "cron": doc["cron"],
-        "taskType": doc["taskType"],
-        "enabled": doc.get("enabled", True),
-        "createdAt": iso(doc["createdAt"]),
-        "updatedAt": iso(doc["updatedAt"]),
-    }
 
 
 def _millis(moment: datetime) -> datetime:
@@ -99,13 +71,13 @@ class MemoryTransaction:
             "lastResultStatus": None,
         }
         self._tasks[doc["_id"]] = doc
-        return _task_view(doc)
+        return task_view(doc)
 
     async def update_task(self, task_id: int, changes: Mapping[str, Any], now: datetime) -> Record:
         doc = self._task(task_id)
         doc.update(copy.deepcopy(dict(changes)), updatedAt=_millis(now))
         self._tasks[task_id] = doc
-        return _task_view(doc)
+        return task_view(doc)
 
     async def record_execution(self, task_id: int, result_status: str, note: str | None, now: datetime) -> Record:
         doc = self._task(task_id)
@@ -115,12 +87,12 @@ class MemoryTransaction:
         run = {"at": now, "resultStatus": result_status, "note": note}
         doc["history"] = [*doc.get("history", []), run][-HISTORY:]
         self._tasks[task_id] = doc
-        return _task_view(doc)
+        return task_view(doc)
 
     async def delete_task(self, task_id: int) -> Record:
         doc = self._task(task_id)
         self._tasks[task_id] = None
-        return _task_view(doc)
+        return task_view(doc)
 
     async def create_schedule(self, fields: Mapping[str, Any], now: datetime) -> Record:
         now = _millis(now)
@@ -132,18 +104,18 @@ class MemoryTransaction:
             "updatedAt": now,
         }
         self._schedules[doc["_id"]] = doc
-        return _schedule_view(doc)
+        return schedule_view(doc)
 
     async def update_schedule(self, schedule_id: int, changes: Mapping[str, Any], now: datetime) -> Record:
         doc = self._schedule(schedule_id)
         doc.update(copy.deepcopy(dict(changes)), updatedAt=_millis(now))
         self._schedules[schedule_id] = doc
-        return _schedule_view(doc)
+        return schedule_view(doc)
 
     async def delete_schedule(self, schedule_id: int) -> Record:
         doc = self._schedule(schedule_id)
         self._schedules[schedule_id] = None
-        return _schedule_view(doc)
+        return schedule_view(doc)
 
     async def publish(self, event: Mapping[str, Any]) -> None:
         self._events.append(copy.deepcopy(dict(event)))
@@ -235,17 +207,17 @@ class MemoryUnitOfWork:
     async def list_tasks(self, *, status: str | None, limit: int, after: int | None) -> list[Record]:
         ids = sorted(self.tasks, reverse=True)
         docs = [self.tasks[i] for i in ids if after is None or i < after]
-        return [_task_view(doc) for doc in docs if not status or doc.get("status") == status][:limit]
+        return [task_view(doc) for doc in docs if not status or doc.get("status") == status][:limit]
 
     async def get_task(self, task_id: int) -> Record:
         if task_id not in self.tasks:
             raise NotFound(f"task {task_id}")
-        return _task_view(self.tasks[task_id])
+        return task_view(self.tasks[task_id])
 
     async def list_schedules(self) -> list[Record]:
-        return [_schedule_view(self.schedules[i]) for i in sorted(self.schedules)][:1000]
+        return [schedule_view(self.schedules[i]) for i in sorted(self.schedules)][:1000]
 
     async def get_schedule(self, schedule_id: int) -> Record:
         if schedule_id not in self.schedules:
             raise NotFound(f"schedule {schedule_id}")
-        return _schedule_view(self.schedules[schedule_id])
+        return schedule_view(self.schedules[schedule_id])

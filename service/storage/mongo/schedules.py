@@ -10,21 +10,8 @@ from pymongo import ASCENDING, ReturnDocument
 
 from service.core.config import Settings
 from service.core.errors import NotFound
-from service.core.events import iso
 from service.storage.mongo.client import Document, MongoBase, Session, available
-
-
-def schedule_view(doc: Mapping[str, Any]) -> Document:
-    """A schedule as the API returns it."""
-    return {
-        "id": doc["_id"],
-        "name": doc["name"],
-        "cron": doc["cron"],
-        "taskType": doc["taskType"],
-        "enabled": doc.get("enabled", True),
-        "createdAt": iso(doc["createdAt"]),
-        "updatedAt": iso(doc["updatedAt"]),
-    }
+from service.storage.views import schedule_view
 
 
 class MongoSchedules(MongoBase):

@@ -11,9 +11,10 @@ from __future__ import annotations
 from service.storage.mongo.client import Document, MongoBase, Session, pool_options, utcnow, write_concern_options
 from service.storage.mongo.idempotency import KEY_TTL_SECONDS, MongoKeys
 from service.storage.mongo.presence import MongoPresence
-from service.storage.mongo.schedules import MongoSchedules, schedule_view
-from service.storage.mongo.tasks import MongoTasks, task_view
+from service.storage.mongo.schedules import MongoSchedules
+from service.storage.mongo.tasks import MongoTasks
 from service.storage.mongo.tickets import MongoTickets
+from service.storage.views import schedule_view, task_view
 
 
 class MongoStore(MongoTasks, MongoSchedules, MongoTickets, MongoKeys, MongoPresence, MongoBase):

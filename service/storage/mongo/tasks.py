@@ -14,25 +14,8 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
 from service.core.config import Settings
 from service.core.errors import NotFound
-from service.core.events import iso
 from service.storage.mongo.client import Document, MongoBase, Session, available
-
-
-def task_view(doc: Mapping[str, Any]) -> Document:
-    """A task as the API returns it."""
-    return {
-        "id": doc["_id"],
-        "title": doc["title"],
-        "taskType": doc["taskType"],
-        "status": doc.get("status", "pending"),
-        "scheduleId": doc.get("scheduleId"),
-        "userId": doc["userId"],
-        "userName": doc["userName"],
-        "createdAt": iso(doc["createdAt"]),
-        "updatedAt": iso(doc["updatedAt"]),
-        "executions": doc.get("executions", 0),
-        "lastResultStatus": doc.get("lastResultStatus"),
-    }
+from service.storage.views import task_view
 
 
 class MongoTasks(MongoBase):
