@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from service.core.errors import NotFound, StoreUnavailable
 from service.core.ports import Record, Transaction
-from service.storage.views import schedule_view, task_view
+from service.storage.views import new_task, schedule_view, task_view
 
 T = TypeVar("T")
 Document = dict[str, Any]
@@ -59,17 +59,7 @@ class MemoryTransaction:
 
     async def create_task(self, fields: Mapping[str, Any], user_id: int | str, user_name: str, now: datetime) -> Record:
         now = _millis(now)
-        doc = {
-            "_id": self._storage.next_id("tasks"),
-            **copy.deepcopy(dict(fields)),
-            "status": "pending",
-            "userId": user_id,
-            "userName": user_name,
-            "createdAt": now,
-            "updatedAt": now,
-            "executions": 0,
-            "lastResultStatus": None,
-        }
+        doc = new_task(self._storage.next_id("tasks"), copy.deepcopy(dict(fields)), user_id, user_name, now)
         self._tasks[doc["_id"]] = doc
         return task_view(doc)
 

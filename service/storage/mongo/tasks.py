@@ -15,7 +15,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from service.core.config import Settings
 from service.core.errors import NotFound
 from service.storage.mongo.client import Document, MongoBase, Session, available
-from service.storage.views import task_view
+from service.storage.views import new_task, task_view
 
 
 class MongoTasks(MongoBase):
@@ -37,17 +37,7 @@ class MongoTasks(MongoBase):
         now: datetime,
         session: Session | None = None,
     ) -> Document:
-        doc = {
-            "_id": await self.next_id("tasks"),
-            **fields,
-            "status": "pending",
-            "userId": user_id,
-            "userName": user_name,
-            "createdAt": now,
-            "updatedAt": now,
-            "executions": 0,
-            "lastResultStatus": None,
-        }
+        doc = new_task(await self.next_id("tasks"), fields, user_id, user_name, now)
         async with available(self.timeout_seconds):
             await self.tasks.insert_one(doc, session=session)
         return task_view(doc)
