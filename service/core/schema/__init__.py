@@ -67,7 +67,7 @@ MAX_ID = 10**15 - 1  # the largest id a URL may name (handlers.base.path_id)
 TYPE_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
 MAX_NONCE_LENGTH = 128
 MAX_SUBSCRIPTIONS = 64
-# WebSocket client messages and ping frames: a burst, then a rate (handlers/ws_endpoint.py enforces them).
+# WebSocket client messages and ping frames: a burst, then a rate (service/protocol/websocket.py enforces them).
 MAX_BAD_MESSAGES = 10
 REQUEST_BURST = 50
 REQUESTS_PER_SECOND = 20.0
