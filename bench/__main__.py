@@ -25,7 +25,7 @@ from bench import load, report
 from bench.peers.pushpin_system import PushpinSystem
 from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery, Histogram
-from bench.systems import NaiveSystem, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
+from bench.systems import NaiveSystem, NchanSystem, ServiceSystem, System, add_events_option, cpu_seconds, rss_bytes
 from service.storage.mongo.embedded import EmbeddedMongo
 
 SYSTEMS = ("service1", "service2", "naive", "nchan1", "nchan2", "socketio1", "socketio2", "pushpin1")
@@ -55,14 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep server logs and configs here")
     parser.add_argument("--out", default="latest", help="results/<OUT>.json; only `latest` also updates README.md")
-    parser.add_argument(
-        "--all-events",
-        dest="events",
-        action="store_const",
-        const="",
-        default="bench",
-        help="the service's clients take every event, presence included (default: events=bench, as the peers)",
-    )
+    add_events_option(parser)
     parser.add_argument("--no-save", action="store_true", help="print only: leave results/ and README.md alone")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.systems.split(",") if s.strip()]

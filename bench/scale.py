@@ -34,7 +34,7 @@ from bench.__main__ import _plans, _recv, batch_histogram, fanout_batches, stop_
 from bench.peers.pushpin_system import PushpinSystem
 from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery, Histogram
-from bench.systems import ROOT, NchanSystem, ServiceSystem, System, cpu_seconds, rss_bytes
+from bench.systems import ROOT, NchanSystem, ServiceSystem, System, add_events_option, cpu_seconds, rss_bytes
 from service.storage.mongo.embedded import EmbeddedMongo
 
 HERE = Path(__file__).resolve().parent
@@ -73,14 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--heartbeat-rate", type=float, default=2.7, help="events/s of the heartbeat run (not a multiple of its ticks)"
     )
     parser.add_argument("--heartbeat-size", type=int, default=0, help="its size (default: the largest service point)")
-    parser.add_argument(
-        "--all-events",
-        dest="events",
-        action="store_const",
-        const="",
-        default="bench",
-        help="the service's clients take every event, presence included (default: events=bench, as the peers)",
-    )
+    add_events_option(parser)
     parser.add_argument("--no-connect", action="store_true", help="skip the connect-rate runs")
     parser.add_argument("--no-heartbeat", action="store_true", help="skip the heartbeat run")
     parser.add_argument("--deadline", type=float, default=0, help="start no new point after this many seconds")

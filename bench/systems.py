@@ -4,6 +4,7 @@ which processes hold its connections (for RSS and CPU), and how to stop it (by p
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -213,9 +214,12 @@ class MongoPublisher(Publisher):
         self.client.close()
 
 
+BENCH_EVENTS = "bench"  # the type every system publishes (bench_fields) and the service's clients subscribe to
+
+
 def bench_fields(seq: int) -> dict[str, object]:
     """The event fields every system publishes; `b` carries the sequence and send time (µs)."""
-    return {"type": "bench", "userId": 1, "userName": USER_NAME, "b": f"{seq}:{time.time_ns() // 1000}"}
+    return {"type": BENCH_EVENTS, "userId": 1, "userName": USER_NAME, "b": f"{seq}:{time.time_ns() // 1000}"}
 
 
 class System:
@@ -278,6 +282,18 @@ class System:
             return False
 
 
+def add_events_option(parser: argparse.ArgumentParser) -> None:
+    """`--all-events` (args.events == ""): the service's clients drop their `events=` filter."""
+    parser.add_argument(
+        "--all-events",
+        dest="events",
+        action="store_const",
+        const="",
+        default=BENCH_EVENTS,
+        help="the service's clients take every event, presence included (default: events=bench, as the peers)",
+    )
+
+
 class ServiceSystem(System):
     """`python -m service` with WORKERS=n against a shared SecantusDB; publishes via POST /api/events."""
 
@@ -291,7 +307,7 @@ class ServiceSystem(System):
         env: dict[str, str] | None = None,
         root: Path = ROOT,
         public_key: str | None = None,
-        events: str = "bench",
+        events: str = BENCH_EVENTS,
     ) -> None:
         """`env`: more settings (HEARTBEAT_SECONDS, ...); `root`: another checkout's code (with
         its own `.venv` link); `public_key`: verify tokens with this PEM (JWT_PUBLIC_KEY) instead
