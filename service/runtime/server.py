@@ -207,13 +207,10 @@ class Server:
         for stream in list(ctx.hub.streams):  # not yet authenticated
             stream.close(CloseCode.GOING_AWAY, "server stopping")
         await self._streams_closed_or_dropped()
-        if self.http is not None:
-            try:
-                await asyncio.wait_for(self.http.close_all_connections(), timeout=STOP_TIMEOUT_SECONDS)
-            except TimeoutError:
-                log.warning("some HTTP connections did not close within 5s")
         # Each last step is bounded and named: a process that waits on one for ever is never
         # "stopped", and the orchestrator kills it with nothing in the log to say why.
+        if self.http is not None:
+            await _within("closing the HTTP connections", self.http.close_all_connections(), STOP_TIMEOUT_SECONDS)
         if ctx.hub.presence is not None:  # a clean drain removes this process's users at once
             await _within(
                 "presence's last write", ctx.hub.presence.stop(), ctx.store.timeout_seconds + STOP_TIMEOUT_SECONDS
