@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -224,7 +225,7 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     return result
 
 
-def slowest_by_third(deliveries: Any, first_seq: int, count: int) -> list[float]:
+def slowest_by_third(deliveries: Iterable[Delivery], first_seq: int, count: int) -> list[float]:
     """The longest any client waited for an event of each third of a phase (ms), in publish
     order: flat when the backlog is bounded, rising when every event waits behind the last."""
     worst: dict[int, int] = {}
