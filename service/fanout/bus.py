@@ -133,10 +133,15 @@ class Bus:
                     self._history_lost()
                 elif self.running:
                     log.warning("change stream interrupted: %s", exc)
-                self.running = False
-                stream = None
-                await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
-                failures += 1
+            except Exception:
+                # A bug, not an outage: said with its traceback every time, and the stream
+                # reopened at its position. Never a bus that died quietly, which leaves this
+                # process delivering nothing while /readyz still says ready.
+                log.exception("change stream failed; reopening it where it stood")
+            self.running = False
+            stream = None
+            await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+            failures += 1
 
     async def _follow(self, stream: ChangeStream) -> None:
         """Read the stream for ever, fanning out what each round trip brought as one batch."""
@@ -170,6 +175,8 @@ class Bus:
             if event is None:
                 log.warning("ignored a document in events that is not a valid event")
                 continue
+            if self._history_ids and event.id <= self._history_ids[-1]:
+                continue  # handled before a failure reopened the stream at this batch's start
             m.bus_lag.observe(max(0.0, time.time() - event.inserted_at))
             m.events_published.labels(metric_type(event.type)).inc()
             encoded = encode_event(event)

@@ -203,7 +203,11 @@ class Hub:
             sent = 0
             used: dict[int, Selection] = {}
             for connection in list(group.values()):
-                selection = connection.offer_batch(batch)
+                try:
+                    selection = connection.offer_batch(batch)
+                except Exception:
+                    self._failed(connection)
+                    continue
                 if selection is not None:
                     sent += len(selection.events)
                     used[id(selection)] = selection
@@ -227,12 +231,33 @@ class Hub:
         for kind, group in self._by_transport.items():
             sent = 0
             for connection in list(group.values()):
-                if connection.offer(encoded):
-                    sent += 1
+                try:
+                    if connection.offer(encoded):
+                        sent += 1
+                except Exception:
+                    self._failed(connection)
             if sent:
                 m.messages_sent.labels(kind).inc(sent)
                 m.broadcast_latency.labels(kind).observe(max(0.0, time.time() - inserted_at))
         m.fanout_duration.observe(time.perf_counter() - started)
+
+    def _failed(self, connection: Connection) -> None:
+        """A connection raised while offered an event (a bug): said with its traceback, closed
+        with 1011 and forgotten, so it costs its own client a reconnect and nobody else anything:
+        the fan-out goes on to the next connection, and the bus to the next event."""
+        log.exception(
+            "fan-out to a connection failed; closing it",
+            extra={
+                "connection_id": connection.id,
+                "user_id": connection.principal.user_id,
+                "transport": connection.kind,
+            },
+        )
+        try:
+            connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        except Exception:
+            log.exception("closing a failed connection failed", extra={"connection_id": connection.id})
+        self.detach(connection)
 
     def heartbeat(self, ticks_per_round: int = 1) -> None:
         """Ping one slice of the connections, so that each is pinged once every

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 INSERTS_ONLY = [{"$match": {"operationType": "insert"}}]
 POSITION_TTL_MARGIN = 3600  # saved stream positions are kept this much longer than events
 HISTORY_LOST = 286  # ChangeStreamHistoryLost: the position was pruned from the oplog
+# A quiet change stream's round trip: MongoDB answers an empty batch after this long. Each round
+# trip is bounded by this plus MONGODB_TIMEOUT_MS, so a getMore that MongoDB never answers (a
+# stall, a lost connection nobody reset) ends as `StoreUnavailable` and the bus reopens the
+# stream from its position, instead of one process waiting for ever while every other delivers.
+AWAIT_SECONDS = 1.0
 
 
 @contextlib.asynccontextmanager
@@ -76,15 +81,20 @@ def to_change(raw: Mapping[str, Any]) -> Change | None:
 class MongoChangeStream:
     """A PyMongo change stream as a `service.core.ports.ChangeStream`."""
 
-    def __init__(self, stream: AsyncChangeStream[Document]) -> None:
+    def __init__(self, stream: AsyncChangeStream[Document], bound: float) -> None:
+        """
+        Args:
+            bound: seconds each round trip (and the close) may take, MongoDB's wait included.
+        """
         self._stream = stream
+        self.bound = bound
 
     @property
     def resume_token(self) -> ResumeToken | None:
         return self._stream.resume_token
 
     async def try_next(self) -> Change | None:
-        async with _feed_errors():
+        async with _feed_errors(self.bound):
             while True:
                 raw = await self._stream.try_next()
                 if raw is None:
@@ -98,7 +108,7 @@ class MongoChangeStream:
         return change_buffered(self._stream)
 
     async def close(self) -> None:
-        async with _feed_errors():
+        async with _feed_errors(self.bound):
             await self._stream.close()
 
     async def __aenter__(self) -> MongoChangeStream:
@@ -144,8 +154,13 @@ class MongoEvents(MongoBase):
             StoreUnavailable: MongoDB did not answer.
         """
         async with _feed_errors():  # unbounded: the stream it opens lives on
-            stream = await self.events.watch(INSERTS_ONLY, resume_after=resume_after, batch_size=batch_size)
-        return MongoChangeStream(stream)
+            stream = await self.events.watch(
+                INSERTS_ONLY,
+                resume_after=resume_after,
+                batch_size=batch_size,
+                max_await_time_ms=round(AWAIT_SECONDS * 1000),
+            )
+        return MongoChangeStream(stream, bound=AWAIT_SECONDS + self.timeout_seconds)
 
     async def cluster_time(self) -> Position:
         """MongoDB's operation time (a ping's): a stream opened before this sees every later change.

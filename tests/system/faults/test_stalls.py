@@ -333,3 +333,55 @@ async def test_drain_answers_a_keyed_write_in_flight_and_releases_its_key(start_
     with client:
         held = client[service.settings.mongodb_db]["idempotency_keys"].find_one({"_id": key_id(9, key)})
     assert held is None
+
+
+@pytest.mark.timeout(90)
+def test_a_change_stream_round_trip_mongodb_does_not_answer_is_given_up_then_resumed(
+    tmp_path: Path, mongo: EmbeddedMongo
+) -> None:
+    """MongoDB stopped while the change stream waits in a getMore: within AWAIT_SECONDS +
+    MONGODB_TIMEOUT_MS the bus gives that round trip up (the log says the stream was interrupted,
+    /readyz shows `changeStream: false`), and after SIGCONT it reopens where it stood: a client
+    connected throughout gets the events published before and after, in order, with no resync.
+
+    Before, the round trip had no bound (PyMongo sets no socket timeout by default): a getMore
+    that was never answered held that process's stream for ever while /readyz said ready."""
+    env = {"JWT_SECRET": SECRET, "DEV_MODE": "0", "MONGODB_URI": mongo.uri, "MONGODB_TIMEOUT_MS": "1000"}
+    replica = ServiceProcess(tmp_path, env)
+    service = as_service(replica)
+
+    async def stream_state() -> bool:
+        response = await AsyncHTTPClient().fetch(replica.url + "/readyz", raise_error=False, request_timeout=10)
+        return bool(json.loads(response.body)["changeStream"])
+
+    async def scenario() -> tuple[float, list[str]]:
+        publisher = service.token(sub=2, roles=("publisher",))
+        ws = await service.websocket({"token": service.token(sub=5)})
+        await ws.recv_type("connected")
+        await service.publish(publisher, {"type": "before"})
+        pause(mongo)
+        try:
+            stopped = time.monotonic()
+            deadline = stopped + wait_bound(15)
+            while await stream_state():
+                assert time.monotonic() < deadline, "the change stream never gave up its round trip"
+            gave_up = time.monotonic() - stopped
+        finally:
+            resume(mongo)
+        await asyncio.to_thread(replica.wait_ready, 30)
+        await service.publish(publisher, {"type": "after"})
+        seen: list[str] = []
+        while not seen or seen[-1] != "after":
+            seen.append((await ws.recv(20))["type"])
+        await ws.close()
+        return gave_up, seen
+
+    try:
+        replica.start()
+        gave_up, seen = asyncio.run(scenario())
+    finally:
+        replica.stop()
+    # one round trip's wait (1 s) + MONGODB_TIMEOUT_MS (1 s) + the probe's own MongoDB check (1 s)
+    assert gave_up <= 1 + 1 + 1 + 2 * MARGIN_SECONDS, gave_up
+    assert "change stream interrupted" in replica.output()
+    assert [t for t in seen if t in ("before", "after", "resync")] == ["before", "after"], seen

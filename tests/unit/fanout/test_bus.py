@@ -5,6 +5,8 @@ is tested in test_delivery.py and test_resume_limits.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -258,6 +260,54 @@ def test_an_idle_bus_resumes_from_where_it_opened_not_from_now() -> None:
         return store.opened
 
     assert asyncio.run(run())[:1] == [{"_data": "start"}]
+
+
+def test_a_fan_out_that_raises_reopens_the_stream_where_it_stood_and_loses_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug that raises out of a fan-out (here the hub's, once, after it sent the batch) is logged
+    with its traceback and the stream reopened at the last position it had fully handled; what it
+    reads again is not handled again: the client gets every event once and in order, and history
+    holds each once. Before, the bus task ended with the
+    exception unseen: the process went on answering /readyz as ready and delivered nothing."""
+
+    async def run() -> tuple[list[str], list[str], list[ResumeToken | None]]:
+        store = MemoryChangeFeed([change(1), change(2), change(3)])
+        metrics = Metrics()
+        hub = Hub(metrics, max_pending_bytes=1024, max_per_user=5)
+        transport = FakeTransport()
+        hub.attach(Connection(transport, principal()))
+        bus = Bus(store, hub, metrics, history_size=10)
+        bus.covered_from = eid(0)
+        deliver_many = hub.deliver_many
+        calls = 0
+
+        def flaky(events: Any) -> None:
+            nonlocal calls
+            calls += 1
+            deliver_many(events)  # the first event went out, then the failure
+            if calls == 1:
+                raise RuntimeError("boom")
+
+        hub.deliver_many = flaky  # type: ignore[method-assign]
+        stream = await store.watch_events()
+        bus._resume_token = stream.resume_token
+        task = asyncio.create_task(bus._run(stream))
+        for _ in range(500):  # until the reopened stream has read all three again (and, in the
+            if len(store.streams) == 2 and not store.streams[1].changes:  # same step, handled them)
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return transport.events, [e.event.id for e in bus.history], store.opened
+
+    with caplog.at_level(logging.ERROR, logger="service.fanout.bus"):
+        events, history, opened = asyncio.run(run())
+    assert events == history == [eid(1), eid(2), eid(3)]
+    assert opened == [None, {"_data": "start"}]  # reopened before the change that raised
+    failed = [r for r in caplog.records if r.getMessage().startswith("change stream failed")]
+    assert len(failed) == 1 and failed[0].exc_info is not None
 
 
 def test_the_gate_bounds_replays_per_user_and_in_all() -> None:

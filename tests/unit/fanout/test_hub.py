@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from metrics.registry import Metrics
 from service.core.events import Audience
 from service.fanout.connection import Connection
@@ -84,6 +88,29 @@ def test_a_connection_closed_during_fanout_does_not_stop_the_others() -> None:
     _, other = attach(hub, 2)
     hub.deliver(encoded(1))
     assert other.events == [encoded(1).event.id] and hub.get(closing.id) is None
+
+
+def test_a_connection_that_raises_is_closed_1011_and_the_fan_out_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in one connection's write (single event or batch) costs that client a 1011 close,
+    logged with its traceback; every other connection gets the event, and later events too."""
+    hub = make_hub()
+    broken, broken_transport = attach(hub, 1)
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    broken_transport.send_event = fail  # type: ignore[method-assign,assignment]
+    broken_transport.send_batch = fail  # type: ignore[method-assign,assignment]
+    _, before = attach(hub, 2)
+    with caplog.at_level(logging.ERROR, logger="service.fanout.hub"):
+        hub.deliver(encoded(1))
+    _, after = attach(hub, 3)
+    hub.deliver_many([encoded(2), encoded(3)])
+    assert broken_transport.closes == [(1011, "internal error")] and hub.get(broken.id) is None
+    assert before.events == [encoded(n).event.id for n in (1, 2, 3)]
+    assert after.events == [encoded(n).event.id for n in (2, 3)]
+    failed = [r for r in caplog.records if r.getMessage() == "fan-out to a connection failed; closing it"]
+    assert len(failed) == 1 and failed[0].exc_info is not None
 
 
 def test_a_heartbeat_round_pings_each_connection_once_over_its_ticks() -> None:
