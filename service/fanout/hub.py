@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Connections written before the fan-out turns to the other transport's next slice.
+FAN_OUT_SLICE = 256
+
 
 class Slot:
     """One of a user's connection slots on this process; `release` gives it back once."""
@@ -189,36 +192,54 @@ class Hub:
         else:
             self.deliver_batch(Batch(events))
 
+    def _slices(self) -> list[tuple[str, list[Connection]]]:
+        """Every connection, as slices that alternate between the transports, each transport's
+        slices in proportion to its size: both progress through a fan-out together, so neither
+        transport's clients wait behind all of the other's. (Written a transport at a time, the
+        SSE half of 25,000 clients waited for the WebSocket half: p99 1.14 s against 0.94 s.)"""
+        groups = [(kind, list(group.values())) for kind, group in self._by_transport.items() if group]
+        rounds = max((len(connections) for _, connections in groups), default=0) // FAN_OUT_SLICE + 1
+        return [
+            (kind, connections[len(connections) * i // rounds : len(connections) * (i + 1) // rounds])
+            for i in range(rounds)
+            for kind, connections in groups
+        ]
+
     def deliver_batch(self, batch: Batch) -> None:
         """Hand a batch to every local connection: each gets the events it wants in one write.
 
         Metrics stay per event: each event sent to a transport is one broadcast latency
-        observation for it (inserted → the batch written to that transport's last socket),
+        observation for it (inserted → the batch written to the fan-out's last socket),
         and each event of the batch is one fan-out duration observation of the whole batch's
         fan-out (the time over which its bytes went out).
         """
         started = time.perf_counter()
         m = self._metrics
-        for kind, group in self._by_transport.items():
-            sent = 0
-            used: dict[int, Selection] = {}
-            for connection in list(group.values()):
+        sent: dict[str, int] = {}
+        used: dict[str, dict[int, Selection]] = {}
+        for kind, connections in self._slices():
+            count = 0
+            mine = used.setdefault(kind, {})
+            for connection in connections:
                 try:
                     selection = connection.offer_batch(batch)
                 except Exception:
                     self._failed(connection)
                     continue
                 if selection is not None:
-                    sent += len(selection.events)
-                    used[id(selection)] = selection
-            if sent:
-                m.messages_sent.labels(kind).inc(sent)
-                now = time.time()
-                latency = m.broadcast_latency.labels(kind)
-                reached = {id(encoded) for selection in used.values() for encoded in selection.events}
-                for encoded in batch.events:
-                    if id(encoded) in reached:
-                        latency.observe(max(0.0, now - encoded.event.inserted_at))
+                    count += len(selection.events)
+                    mine[id(selection)] = selection
+            sent[kind] = sent.get(kind, 0) + count
+        now = time.time()
+        for kind, count in sent.items():
+            if not count:
+                continue
+            m.messages_sent.labels(kind).inc(count)
+            latency = m.broadcast_latency.labels(kind)
+            reached = {id(encoded) for selection in used[kind].values() for encoded in selection.events}
+            for encoded in batch.events:
+                if id(encoded) in reached:
+                    latency.observe(max(0.0, now - encoded.event.inserted_at))
         duration = time.perf_counter() - started
         for _ in batch.events:
             m.fanout_duration.observe(duration)
@@ -227,18 +248,21 @@ class Hub:
         """Hand one event to every local connection that should get it."""
         started = time.perf_counter()
         m = self._metrics
-        inserted_at = encoded.event.inserted_at
-        for kind, group in self._by_transport.items():
-            sent = 0
-            for connection in list(group.values()):
+        sent: dict[str, int] = {}
+        for kind, connections in self._slices():
+            count = 0
+            for connection in connections:
                 try:
                     if connection.offer(encoded):
-                        sent += 1
+                        count += 1
                 except Exception:
                     self._failed(connection)
-            if sent:
-                m.messages_sent.labels(kind).inc(sent)
-                m.broadcast_latency.labels(kind).observe(max(0.0, time.time() - inserted_at))
+            sent[kind] = sent.get(kind, 0) + count
+        now = time.time()
+        for kind, count in sent.items():
+            if count:
+                m.messages_sent.labels(kind).inc(count)
+                m.broadcast_latency.labels(kind).observe(max(0.0, now - encoded.event.inserted_at))
         m.fanout_duration.observe(time.perf_counter() - started)
 
     def _failed(self, connection: Connection) -> None:

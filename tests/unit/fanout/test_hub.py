@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import pytest
 
 from metrics.registry import Metrics
 from service.core.events import Audience
+from service.core.schema import TransportName
+from service.fanout.batch import Selection
 from service.fanout.connection import Connection
 from service.fanout.hub import Hub
+from service.protocol.wire import Encoded
 from tests.fakes import FakeClock, FakeSSETransport, FakeTransport, encoded, principal
 
 
@@ -111,6 +115,43 @@ def test_a_connection_that_raises_is_closed_1011_and_the_fan_out_goes_on(caplog:
     assert after.events == [encoded(n).event.id for n in (2, 3)]
     failed = [r for r in caplog.records if r.getMessage() == "fan-out to a connection failed; closing it"]
     assert len(failed) == 1 and failed[0].exc_info is not None
+
+
+def test_a_fan_out_alternates_transports_in_proportion_so_neither_waits_for_the_other() -> None:
+    """1,000 WebSocket clients attached before 500 SSE ones: by the time half the writes of an
+    event (or a batch) are done, about half of each transport's clients have theirs, rather
+    than every WebSocket client first."""
+    hub = make_hub(max_per_user=2000)
+    order: list[str] = []
+
+    class Recording(FakeTransport):
+        def send_event(self, encoded: Encoded) -> None:
+            order.append(self.kind)
+
+        def send_batch(self, selection: Selection) -> None:
+            order.append(self.kind)
+
+    class RecordingSSE(Recording):
+        kind: ClassVar[TransportName] = TransportName.SSE
+
+    for n in range(1000):
+        attach(hub, n, Recording())
+    for n in range(1000, 1500):
+        attach(hub, n, RecordingSSE())
+
+    def one() -> None:
+        hub.deliver(encoded(1))
+
+    def batch() -> None:
+        hub.deliver_many([encoded(2), encoded(3)])
+
+    for deliver in (one, batch):
+        order.clear()
+        deliver()
+        assert len(order) == 1500
+        first_half = order[:750]
+        assert 0.4 <= first_half.count("sse") / 500 <= 0.6, first_half.count("sse")
+        assert 0.4 <= first_half.count("websocket") / 1000 <= 0.6, first_half.count("websocket")
 
 
 def test_a_heartbeat_round_pings_each_connection_once_over_its_ticks() -> None:
