@@ -7,7 +7,7 @@ a driver's: fan-out catches `StoreError`, not `PyMongoError`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -192,17 +192,29 @@ class PresenceStore(Protocol):
         upserts: Mapping[UserId, tuple[str, Mapping[str, int]]],
         removals: list[UserId],
         now: datetime,
-    ) -> None: ...
+        *,
+        new: Collection[UserId] = (),
+    ) -> None:
+        """A process's changed users: counts set (`new`: none written by it yet), departed removed."""
 
-    async def presence_refresh(self, process: str, now: datetime) -> int: ...
+    async def presence_refresh(self, process: str, now: datetime) -> bool:
+        """The process's heartbeat; False when its registration was gone (swept) and is rewritten."""
+
+    async def presence_stale_processes(self, before: datetime) -> list[Record]: ...
+
+    async def presence_sweep_process(self, process: str, seen_at: datetime) -> list[UserId] | None:
+        """Claim a dead process and delete its documents; its users, or None when not claimed."""
 
     async def presence_remove_process(self, process: str) -> None: ...
 
-    async def presence_arrive(self, user_id: UserId, user_name: str, now: datetime) -> None: ...
+    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> None:
+        """Users a process has the first connection of: online again when they have a document,
+        otherwise inserted online, each with exactly one `presence_joined`."""
+
+    async def presence_finish_joins(self, now: datetime) -> None:
+        """Write the `presence_joined` of joins a process began and did not finish."""
 
     async def presence_depart(self, user_id: UserId, since: datetime) -> None: ...
-
-    async def presence_back(self, user_ids: list[UserId]) -> list[UserId]: ...
 
     async def presence_depart_many(self, user_ids: list[UserId], since: datetime) -> None: ...
 

@@ -1,15 +1,18 @@
 """Presence: which users are online anywhere in the fleet, kept in MongoDB, damped and crash-honest.
 
 A user is online while they hold at least one authenticated connection on any process. The
-state lives in two MongoDB collections, so every replica answers `GET /api/presence` the same:
+state lives in three MongoDB collections, so every replica answers `GET /api/presence` the same:
 
 - `presence`: one document per (process, user) with that process's connection counts per
-  transport and `seenAt`. A process writes only user-level transitions (a user's first
-  connection here, their last one gone, a changed count), collected by the hub's synchronous
-  hooks and flushed as one `bulk_write` per tick (`FLUSH_SECONDS`); every heartbeat it
-  refreshes all its documents' `seenAt` with ONE `update_many`. So 10,000 connections cost one
-  write per heartbeat per process, not one per connection. A TTL index on `seenAt` is the
-  backstop when no process is left to clean up.
+  transport. A process writes only user-level transitions (a user's first connection here,
+  their last one gone, a changed count), collected by the hub's synchronous hooks and
+  flushed as one `bulk_write` per tick (`FLUSH_SECONDS`).
+- `presence_processes`: one heartbeat document per process (`seenAt`), written once per
+  heartbeat: a process's user documents live as long as it beats, so 10,000 connections
+  cost one write per heartbeat per process, however many users. (Refreshing every user
+  document instead, as an earlier release did, cost SecantusDB 3 s per 5,000 users per
+  heartbeat: at 50,000 connections the one embedded store never caught up.) A fleet that
+  died entirely leaves stale heartbeats; the first process to start sweeps them.
 - `presence_users`: one document per online user, `state` `online` or `leaving` (+
   `leavingSince`). It is the damped, fleet-wide view that the events describe.
 
@@ -18,16 +21,22 @@ like every event: ordered, with ids, resumable, filterable with `events=`):
 
 - arrive (a process gets a user's first connection): `presence_users` documents that exist
   (online, or leaving within grace) are set back to `online` with no event, all of a flush's
-  arrivals in one `update_many`, before the bulk write; a user with no document is inserted
-  together with `presence_joined` in one transaction. Two processes racing to insert meet
-  the unique `_id`: the loser sees the winner's document and emits nothing.
+  arrivals in one `update_many`, before the bulk write; users with no document are joined
+  in bulk (`presence_arrive_many`: inserted marked `joining`, then their `presence_joined`
+  events, each its own insert, then the mark removed), up to 1,000 users in a few
+  operations. Two processes racing to insert meet the unique `_id`: the loser sets the
+  user online and emits nothing. An event's `_id` is made of the user and the document's
+  `since`, so a join written twice (a retry, or a sweep finishing the join of a process that
+  died between the two inserts) is one event; a grace does not end while a join is unwritten.
 - depart (a process's last connection of a user closes, or a drain ends): the process's
   document is deleted and the user marked `leaving` (conditional on `online`; all of a
   flush's departures in one `update_many`). No event yet.
-- sweep (every process, every half heartbeat or half grace, whichever is shorter; three
-  indexed reads when nothing changed): documents of a process silent for
-  `STALE_HEARTBEATS` heartbeats (killed with `kill -9`) are deleted one by one with a
-  conditional delete, and their users marked leaving as of the last `seenAt`. A user leaving
+- sweep (every process, every half heartbeat or half grace, whichever is shorter; a few
+  indexed reads when nothing changed): a process silent for `STALE_HEARTBEATS` heartbeats
+  (killed with `kill -9`) is claimed by a conditional delete of its heartbeat document (one
+  sweeper wins), its user documents are deleted, and its users marked leaving as of its last
+  heartbeat. (User documents of an earlier release still carry their own `seenAt` and are
+  swept one by one, as that release does, so a rolling deploy mixes both.) A user leaving
   for longer than the grace period either has a document again (reconnected elsewhere: set
   back to `online`, no event) or is removed by `find_one_and_delete` conditional on the very
   `leavingSince` seen, in the same transaction as the `presence_left` insert. Only one
@@ -54,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -71,7 +81,7 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.25  # transitions are batched this long: one bulk write per tick at most
 STALE_HEARTBEATS = 1.5  # a process silent this many heartbeats is considered dead
 ORPHAN_SWEEPS = 20  # every this many sweeps, look for users online with no process at all
-STEP_CONCURRENCY = 32  # per-user steps in flight at once
+JOIN_CHUNK = 1000  # new users per `presence_arrive_many`: a 50,000-user connect storm is 50 calls
 STEP_TIMEOUT_SECONDS = 5.0  # at least; half a heartbeat when longer (cancelled work is redone)
 
 
@@ -101,6 +111,10 @@ class Presence:
         self._arrivals: dict[int | str, str] = {}
         self._departures: set[int | str] = set()
         self._started = time.monotonic()
+        self._last_refresh = self._started  # monotonic time of the last refresh that succeeded
+        self._refreshes = 0
+        self._swept = False  # the last heartbeat found this process swept: rewrite everything
+        self._look_for_lost = False  # a heartbeat came late: look for users whose document went
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sweeps = 0
@@ -135,8 +149,9 @@ class Presence:
 
     async def start(self) -> None:
         """Sweep once (users left behind by a fleet that stopped), then run the loop."""
-        self._started = time.monotonic()
+        self._started = self._last_refresh = time.monotonic()
         try:
+            await self._store.presence_refresh(self.process_id, self._clock())  # registered: sweepable
             await self._sweep(orphans=True)
         except StoreUnavailable:
             raise
@@ -158,16 +173,31 @@ class Presence:
             await self._store.presence_remove_process(self.process_id)
 
     async def _run(self) -> None:
-        last_refresh = last_sweep = time.monotonic()
+        beat = asyncio.create_task(self._beat(), name="presence-heartbeat")
+        try:
+            await self._steps_loop()
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _beat(self) -> None:
+        """The heartbeat on its own task: a flush or a sweep slowed by a join storm (each may
+        take up to its step timeout) must not make the other processes sweep this one."""
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            await self._attempt(self._heartbeat)
+
+    async def _steps_loop(self) -> None:
+        last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            # Three independent steps: a flush that keeps failing (a conflict, an outage) must
-            # not hold back the heartbeat, or the other processes would sweep live users.
+            # Independent steps: a flush that keeps failing (a conflict, an outage) must not
+            # hold back the sweep or what a heartbeat found to do.
             await self._attempt(self.flush)
+            if self._swept or self._look_for_lost:
+                await self._attempt(self._reconcile)
             now = time.monotonic()
-            if now - last_refresh >= self.heartbeat_seconds:
-                last_refresh = now
-                await self._attempt(self._refresh)
             if now - last_sweep >= self.sweep_seconds:
                 last_sweep = now
                 self._sweeps += 1
@@ -209,7 +239,8 @@ class Presence:
             # Arrivals first: one small update takes a user back from `leaving`, before the bulk
             # write (slow under a restart's load) could let their grace run out.
             await self._steps(now)
-            await self._store.presence_write(self.process_id, upserts, removals, now)
+            new = [user_id for user_id in upserts if user_id not in self._written]
+            await self._store.presence_write(self.process_id, upserts, removals, now, new=new)
         except BaseException:  # an error, or the step's timeout: nothing is lost
             self._dirty |= dirty
             raise
@@ -223,62 +254,77 @@ class Presence:
     async def _steps(self, now: datetime) -> None:
         """The per-user steps around the bulk write: back online or joined, and leaving.
 
-        Returning users (the common case: a restart moves thousands, all within their grace)
-        and departing users each take ONE `update_many`; only users with no document at all
-        go one by one (insert with its `presence_joined`), in concurrent chunks. Each step is
-        kept until it succeeded.
+        Arriving users (returning within their grace, the common case of a restart, or new)
+        take a few bulk operations per JOIN_CHUNK of them (`presence_arrive_many`), departing
+        users one `update_many` per chunk of ids. (One transaction per new user, as before,
+        kept the one embedded store busy for minutes while 50,000 new users connected.) Each
+        step is kept until it succeeded.
         """
         store = self._store
-        if self._arrivals:
-            missing = set(await store.presence_back(list(self._arrivals)))
-            for user_id in [u for u in self._arrivals if u not in missing]:
-                del self._arrivals[user_id]
-
-            async def join(user_id: int | str, name: str) -> None:
-                await store.presence_arrive(user_id, name, now)
+        # JOIN_CHUNK users per call; a step's timeout between calls leaves the rest for the next tick.
+        while self._arrivals:
+            chunk = dict(itertools.islice(self._arrivals.items(), JOIN_CHUNK))
+            await store.presence_arrive_many(chunk, now)
+            for user_id in chunk:
                 self._arrivals.pop(user_id, None)
-
-            # Each chunk's coroutines are made when it runs: a step's timeout between chunks
-            # leaves the rest in `_arrivals` for the next tick, not as coroutines never awaited.
-            arrivals = list(self._arrivals.items())
-            failures: list[BaseException] = []
-            for start in range(0, len(arrivals), STEP_CONCURRENCY):
-                chunk = arrivals[start : start + STEP_CONCURRENCY]
-                results = await asyncio.gather(*(join(u, n) for u, n in chunk), return_exceptions=True)
-                failures += [r for r in results if isinstance(r, BaseException)]
-            if failures:
-                raise failures[0]  # the others are retried with it on the next tick
         if self._departures:
             departing = list(self._departures)
             await store.presence_depart_many(departing, now)
             self._departures.difference_update(departing)
 
     async def _refresh(self) -> None:
-        """The heartbeat: one `update_many` keeps every document of this process fresh."""
-        if not self._written:
+        """The heartbeat, then what it found to do (the loop runs the two apart)."""
+        await self._heartbeat()
+        await self._reconcile()
+
+    async def _heartbeat(self) -> None:
+        """One write, however many users (`presence_processes`); notes whether this process
+        was swept meanwhile, or may have been."""
+        kept = await self._store.presence_refresh(self.process_id, self._clock())
+        now = time.monotonic()
+        late, self._last_refresh = now - self._last_refresh, now
+        self._refreshes += 1
+        if not kept:
+            self._swept = True
+        # Asked only when a sweep may have taken this process's users: this heartbeat came later
+        # than the stale bound allows, and every ORPHAN_SWEEPS heartbeats against clock skew.
+        elif late > self.heartbeat_seconds * (STALE_HEARTBEATS - 0.25) or self._refreshes % ORPHAN_SWEEPS == 0:
+            self._look_for_lost = True
+
+    async def _reconcile(self) -> None:
+        """After a heartbeat: a swept process writes all its users again; users whose fleet-wide
+        document is gone (a sweep took it while this process stalled, and a later flush
+        re-created only the process document) arrive again. (`presence_missing` reads every
+        user of the process: asked at each heartbeat, 12,500 users per worker at 50,000
+        connections, it kept the embedded store busy.)"""
+        if self._swept:
+            self._swept = self._look_for_lost = False
+            if self._written or self._counts:
+                log.warning("presence: this process was swept; rewriting its %d users", len(self._written))
+                self._dirty |= self._written | set(self._counts)
+                self._written.clear()
             return
-        matched = await self._store.presence_refresh(self.process_id, self._clock())
-        # Users of this process whose fleet-wide document is gone (a sweep took it while this
-        # process stalled, and a later flush re-created only the process document): arrive again.
-        for user_id in await self._store.presence_missing(list(self._written)):
-            if user_id in self._names:
-                self._arrivals[user_id] = self._names[user_id]
-        if matched < len(self._written):
-            # Someone swept us (this process stalled longer than the stale bound): write all again.
-            log.warning(
-                "presence: %d of %d users were swept; rewriting", len(self._written) - matched, len(self._written)
-            )
-            self._dirty |= self._written | set(self._counts)
-            self._written.clear()
+        if self._look_for_lost:
+            if self._written:
+                for user_id in await self._store.presence_missing(list(self._written)):
+                    if user_id in self._names:
+                        self._arrivals[user_id] = self._names[user_id]
+            self._look_for_lost = False
 
     async def _sweep(self, *, orphans: bool = False) -> None:
         """Remove dead processes' users, end graces that ran out, update the gauge."""
         store = self._store
         now = self._clock()
         stale_before = now - timedelta(seconds=self.heartbeat_seconds * STALE_HEARTBEATS)
+        for doc in await store.presence_stale_processes(stale_before):
+            users = await store.presence_sweep_process(doc["_id"], doc["seenAt"])
+            if users:
+                await store.presence_depart_many(users, doc["seenAt"])
+        # Documents of replicas of an earlier release, refreshed one by one (a rolling deploy).
         for doc in await store.presence_stale(stale_before):
             if await store.presence_claim_stale(doc["_id"], doc["seenAt"]):
                 await store.presence_depart(doc["userId"], doc["seenAt"])
+        await store.presence_finish_joins(now)  # before any grace ends: a join precedes its leave
         if orphans:
             await store.presence_mark_orphans(now)
         # A process that just started gives clients one grace to come back to it first: after

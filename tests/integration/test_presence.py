@@ -276,3 +276,80 @@ async def test_two_sweepers_settling_one_leave_emit_it_once(mongo_uri: str) -> N
     finally:
         for store in stores:
             await store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_processes_joining_the_same_new_users_at_once_emit_one_join_each(mongo_uri: str) -> None:
+    """Two stores (two processes) bulk-join the same 300 new users concurrently, 5 times over
+    fresh users: every user is online, with exactly one `presence_joined`, each its own event
+    (its own insert, so its own id), and no document is left `joining`."""
+    settings = base_settings()
+    stores = [MongoStore(settings, mongo_uri) for _ in range(2)]
+    try:
+        await stores[0].start()
+        for round_ in range(5):
+            users: dict[int | str, str] = {f"r{round_}u{n}": f"مستخدم {n}" for n in range(300)}
+            now = datetime.now(UTC)
+            await asyncio.gather(*(store.presence_arrive_many(users, now) for store in stores))
+            joined = await stores[0].events.find({"type": "presence_joined", "userId": {"$in": list(users)}}).to_list()
+            assert sorted(doc["userId"] for doc in joined) == sorted(users)
+            assert {doc["userName"] for doc in joined} == set(users.values())
+            docs = await stores[0].presence_users.find({"_id": {"$in": list(users)}}).to_list()
+            assert len(docs) == 300 and {doc["state"] for doc in docs} == {"online"}
+            assert not any("joining" in doc for doc in docs)
+    finally:
+        for store in stores:
+            await store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_join_left_half_done_is_finished_by_a_sweep_once_and_before_its_leave(mongo_uri: str) -> None:
+    """A process died between inserting a user's document (`joining`) and the user's
+    `presence_joined`, and the user's grace then ran out: a grace does not end on a join not
+    yet written; the sweep's `presence_finish_joins` writes the join (once, though two
+    sweepers run it), and only then can the leave be settled, after it in the stream."""
+    settings = base_settings()
+    stores = [MongoStore(settings, mongo_uri) for _ in range(2)]
+    try:
+        await stores[0].start()
+        since = datetime.now(UTC) - timedelta(seconds=60)
+        await stores[0].presence_users.insert_one(
+            {
+                "_id": "half",
+                "state": "leaving",
+                "userName": "نصف",
+                "since": since,
+                "leavingSince": since,
+                "joining": True,
+            }
+        )
+        now = datetime.now(UTC)
+        assert await stores[0].presence_settle("half", since, now) is False  # its join is not written yet
+        await asyncio.gather(*(store.presence_finish_joins(now) for store in stores))
+        assert await stores[1].presence_settle("half", since, now) is True
+        events = await stores[0].events.find({"userId": "half"}).sort("$natural", 1).to_list()
+        assert [doc["type"] for doc in events] == ["presence_joined", "presence_left"]
+        assert await stores[0].presence_users.count_documents({"_id": "half"}) == 0
+    finally:
+        for store in stores:
+            await store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_new_users_are_inserted_and_a_retried_insert_updates(mongo_uri: str) -> None:
+    """`presence_write(new=...)` inserts the users' documents; written again as new (a retry
+    after a write that failed once it had landed), they are updated, not refused; a heartbeat
+    touches no user document."""
+    store = MongoStore(base_settings(), mongo_uri)
+    try:
+        await store.start()
+        now = datetime.now(UTC)
+        await store.presence_write("p", {1: ("أ", {"websocket": 1}), 2: ("ب", {"sse": 1})}, [], now, new=[1, 2])
+        await store.presence_write("p", {1: ("أ", {"websocket": 2}), 3: ("ج", {"sse": 1})}, [2], now, new=[1, 3])
+        docs = await store.presence.find({"process": "p"}).sort("userId", 1).to_list()
+        assert [(doc["userId"], doc["counts"]) for doc in docs] == [(1, {"websocket": 2}), (3, {"sse": 1})]
+        assert await store.presence_refresh("p", now) is False  # not registered yet: written now
+        assert await store.presence_refresh("p", datetime.now(UTC)) is True
+        assert [doc for doc in await store.presence.find({"process": "p"}).sort("userId", 1).to_list()] == docs
+    finally:
+        await store.close()

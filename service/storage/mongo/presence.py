@@ -1,5 +1,6 @@
-"""The `presence` and `presence_users` collections (`service.core.ports.PresenceStore`):
-`presence` holds one document per (process, user), `presence_users` one per online user;
+"""The `presence`, `presence_processes` and `presence_users` collections
+(`service.core.ports.PresenceStore`): `presence` holds one document per (process, user),
+`presence_processes` one heartbeat per process, `presence_users` one per online user;
 `service.fanout.presence` explains the transitions and why.
 
 Each call is bounded by MONGODB_TIMEOUT_MS like a request's: presence retries on its next tick,
@@ -9,13 +10,14 @@ leaves as `StoreError` (or `StoreUnavailable`), so fan-out needs no driver to re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import secrets
+from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DeleteOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from service.core.config import Settings
 from service.core.events import event_document, iso
@@ -23,27 +25,53 @@ from service.core.schema import TransportName
 from service.storage.mongo.client import Document, available, refused
 from service.storage.mongo.events import MongoEvents
 
+T = TypeVar("T")
+
+JOINING = "joining"  # on a `presence_users` document until its `presence_joined` is written
+DUPLICATE_KEY = 11000
+# Ids per `$in`: SecantusDB's cost of an `$in` grows with the square of its length (1,000 ids:
+# 1 s; 4,000: 16 s), and presence asked about every user of a process at each heartbeat
+# (12,500 per worker at 50,000 connections: minutes of the one store's time, every 15 s).
+IN_CHUNK = 50
+
+
+def chunked(ids: list[T]) -> Iterator[list[T]]:
+    for start in range(0, len(ids), IN_CHUNK):
+        yield ids[start : start + IN_CHUNK]
+
+
+def only_duplicates(exc: BulkWriteError) -> list[dict[str, Any]]:
+    """The write errors of an unordered insert, when every one is a duplicate key; the error
+    itself otherwise (a write concern error included)."""
+    errors: list[dict[str, Any]] = exc.details.get("writeErrors", [])
+    if exc.details.get("writeConcernErrors") or any(error.get("code") != DUPLICATE_KEY for error in errors):
+        raise exc
+    return errors
+
 
 class MongoPresence(MongoEvents):
-    """Presence writes, sweeps and reads; a join or leave inserts its event in the same
-    transaction (hence built on `MongoEvents`)."""
+    """Presence writes, sweeps and reads; joins and leaves insert their events (hence built
+    on `MongoEvents`)."""
 
     def __init__(self, settings: Settings, uri: str) -> None:
         super().__init__(settings, uri)
         self.presence = self.db["presence"]
         self.presence_users = self.db["presence_users"]
+        self.presence_processes = self.db["presence_processes"]
 
     async def create_indexes(self) -> None:
         await super().create_indexes()
-        # The TTL is only a backstop for a fleet that died without cleaning up; it must never
-        # expire the documents of a live replica between two of its heartbeats. Replicas may
-        # run different HEARTBEAT_SECONDS (a rolling deploy), so a starter only raises it:
-        # it stays 10 times the largest heartbeat that has run on this database.
+        # Only documents written by releases before the heartbeat documents carry `seenAt` (they
+        # were refreshed one by one), so the TTL applies to them alone: the backstop for such a
+        # fleet that died without cleaning up. It must never expire the documents of a live
+        # replica between two of its heartbeats; replicas may run different HEARTBEAT_SECONDS
+        # (a rolling deploy), so a starter only raises it: 10 times the largest heartbeat seen.
         backstop = max(60, round(self._settings.heartbeat_seconds * 10))
         await self.ttl_index(self.presence, "seenAt", backstop, "HEARTBEAT_SECONDS", grow_only=True)
         await self.presence.create_index([("process", ASCENDING)])
         await self.presence.create_index([("userId", ASCENDING)])
         await self.presence_users.create_index([("state", ASCENDING), ("leavingSince", ASCENDING)])
+        await self.presence_users.create_index([(JOINING, ASCENDING)], sparse=True)
 
     async def presence_write(
         self,
@@ -51,56 +79,141 @@ class MongoPresence(MongoEvents):
         upserts: Mapping[int | str, tuple[str, Mapping[str, int]]],
         removals: list[int | str],
         now: datetime,
+        *,
+        new: Collection[int | str] = (),
     ) -> None:
-        """One process's changed users in one bulk write: counts set, departed users deleted."""
+        """One process's changed users: counts set, departed users deleted; the users in `new`
+        (no document of this process yet) inserted in one `insert_many`, the rest in one bulk
+        write. (An upsert costs SecantusDB four times an insert: 0.84 against 0.2 ms a user,
+        which a connect storm of 5,000 new users turns into seconds of the store's time.)
+
+        The documents carry no `seenAt`: they live as long as their process's heartbeat
+        document (`presence_refresh`), so a heartbeat is one write however many users.
+        """
+
+        def fields(user_id: int | str) -> Document:
+            name, counts = upserts[user_id]
+            return {"process": process, "userId": user_id, "userName": name, "counts": counts}
+
+        def doc_id(user_id: int | str) -> str:
+            return f"{process}|{user_id!r}"
+
+        inserts = [{"_id": doc_id(user_id), **fields(user_id)} for user_id in upserts if user_id in new]
         ops: list[UpdateOne | DeleteOne] = [
-            UpdateOne(
-                {"_id": f"{process}|{user_id!r}"},
-                {"$set": {"process": process, "userId": user_id, "userName": name, "counts": counts, "seenAt": now}},
-                upsert=True,
-            )
-            for user_id, (name, counts) in upserts.items()
+            UpdateOne({"_id": doc_id(user_id)}, {"$set": fields(user_id)}, upsert=True)
+            for user_id in upserts
+            if user_id not in new
         ]
-        ops += [DeleteOne({"_id": f"{process}|{user_id!r}"}) for user_id in removals]
-        if ops:
-            async with refused(self.timeout_seconds):
+        ops += [DeleteOne({"_id": doc_id(user_id)}) for user_id in removals]
+        async with refused(self.timeout_seconds):
+            if inserts:
+                try:
+                    await self.presence.insert_many(inserts, ordered=False)
+                except BulkWriteError as exc:  # written before a failure the caller retries
+                    for error in only_duplicates(exc):
+                        doc = inserts[error["index"]]
+                        ops.append(UpdateOne({"_id": doc["_id"]}, {"$set": fields(doc["userId"])}, upsert=True))
+            if ops:
                 await self.presence.bulk_write(ops, ordered=False)
 
-    async def presence_refresh(self, process: str, now: datetime) -> int:
-        """The heartbeat: one `update_many` over the process's documents; how many matched."""
+    async def presence_refresh(self, process: str, now: datetime) -> bool:
+        """The heartbeat: one write to the process's document in `presence_processes`; False
+        when it was not there (a sweeper took this process for dead, or it just started), and
+        it is written again. (Before, every user document of the process was refreshed: 5,000
+        users took SecantusDB 3 s per heartbeat, per process.)"""
         async with refused(self.timeout_seconds):
-            result = await self.presence.update_many({"process": process}, {"$set": {"seenAt": now}})
-        return result.matched_count
+            result = await self.presence_processes.update_one({"_id": process}, {"$set": {"seenAt": now}})
+            if result.matched_count:
+                return True
+            await self.presence_processes.update_one({"_id": process}, {"$set": {"seenAt": now}}, upsert=True)
+        return False
 
     async def presence_remove_process(self, process: str) -> None:
         async with refused(self.timeout_seconds):
             await self.presence.delete_many({"process": process})
+            await self.presence_processes.delete_one({"_id": process})
 
-    async def presence_arrive(self, user_id: int | str, user_name: str, now: datetime) -> None:
-        """A process has the user's first connection: online again, or joined (with its event)."""
+    async def presence_stale_processes(self, before: datetime) -> list[Document]:
+        """Processes whose last heartbeat is older than `before`."""
         async with refused(self.timeout_seconds):
-            while True:
-                found = await self.presence_users.find_one_and_update(
-                    {"_id": user_id},
-                    {"$set": {"state": "online", "userName": user_name}, "$unset": {"leavingSince": ""}},
+            return await self.presence_processes.find({"seenAt": {"$lt": before}}).to_list(length=None)
+
+    async def presence_sweep_process(self, process: str, seen_at: datetime) -> list[int | str] | None:
+        """Take a dead process's heartbeat document (unless another sweeper did, or it beat
+        again since `seen_at`), then delete its users' documents; the users it had, or None
+        when the claim failed."""
+        async with refused(self.timeout_seconds):
+            claimed = await self.presence_processes.delete_one({"_id": process, "seenAt": seen_at})
+            if not claimed.deleted_count:
+                return None
+            users: list[int | str] = await self.presence.distinct("userId", {"process": process})
+            await self.presence.delete_many({"process": process})
+        return users
+
+    async def presence_arrive_many(self, users: Mapping[int | str, str], now: datetime) -> None:
+        """Users a process has the first connection of: online again (no event) when they have
+        a `presence_users` document, otherwise inserted online with exactly one `presence_joined`.
+
+        A few bulk operations for any number of users, no transaction. The documents are
+        inserted (one unordered `insert_many`) marked `joining` with this call's own mark; a
+        duplicate key is a user with a document (back within the grace, or inserted by another
+        process just now), set online. The users inserted get their events (one `insert_many`:
+        each event its own insert, so its own id), then lose the mark (one `update_many` on
+        the indexed mark). An event's `_id` is made of the user and the document's `since`, so
+        a second writer of the same join (the sweep finishing a join whose process died or
+        timed out between the inserts) meets a duplicate key instead of writing a second event.
+        """
+        if not users:
+            return
+        since = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as stored: milliseconds
+        mark = secrets.token_hex(8)
+        docs = [
+            {"_id": user_id, "state": "online", "userName": name, "since": since, JOINING: mark}
+            for user_id, name in users.items()
+        ]
+        async with refused(self.timeout_seconds):
+            try:
+                await self.presence_users.insert_many(docs, ordered=False)
+                existing: list[int | str] = []
+            except BulkWriteError as exc:
+                existing = [docs[error["index"]]["_id"] for error in only_duplicates(exc)]
+            for chunk in chunked(existing):
+                await self.presence_users.update_many(
+                    {"_id": {"$in": chunk}}, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
                 )
-                if found is not None:
-                    return  # online already, or back within the grace: no event
+            if len(existing) < len(docs):
+                known = set(existing)
+                await self._write_joins([doc for doc in docs if doc["_id"] not in known], now)
+                await self.presence_users.update_many({JOINING: mark}, {"$unset": {JOINING: ""}})
 
-                async def join(session: AsyncClientSession) -> None:
-                    await self.presence_users.insert_one(
-                        {"_id": user_id, "state": "online", "userName": user_name, "since": now}, session=session
-                    )
-                    await self.events.insert_one(
-                        event_document("presence_joined", {"userId": user_id, "userName": user_name}, now),
-                        session=session,
-                    )
+    async def presence_finish_joins(self, now: datetime) -> None:
+        """The sweep's part: write the `presence_joined` of every document still `joining`
+        (its process died, or timed out, between the inserts of `presence_arrive_many`)."""
+        async with refused(self.timeout_seconds):
+            pending = await self.presence_users.find(
+                {JOINING: {"$exists": True}}, {"userName": 1, "since": 1, JOINING: 1}
+            ).to_list(length=None)
+            if not pending:
+                return
+            await self._write_joins(pending, now)
+            for doc in pending:  # only the marks seen: a join begun since is its writer's
+                await self.presence_users.update_one(
+                    {"_id": doc["_id"], JOINING: doc[JOINING]}, {"$unset": {JOINING: ""}}
+                )
 
-                try:
-                    await self.transaction(join)
-                    return
-                except DuplicateKeyError:
-                    continue  # another process inserted it first: take the update path
+    async def _write_joins(self, docs: list[Document], now: datetime) -> None:
+        """The `presence_joined` of these `presence_users` documents, each once (see the `_id`)."""
+        events = [
+            {
+                **event_document("presence_joined", {"userId": doc["_id"], "userName": doc.get("userName", "")}, now),
+                "_id": f"presence_joined|{doc['_id']!r}|{doc['since'].isoformat()}",
+            }
+            for doc in docs
+        ]
+        try:
+            await self.events.insert_many(events, ordered=False)
+        except BulkWriteError as exc:
+            only_duplicates(exc)  # written before, by the join's first writer
 
     async def presence_depart(self, user_id: int | str, since: datetime) -> None:
         """A process no longer has the user: mark them leaving (the sweep decides after the grace)."""
@@ -109,23 +222,16 @@ class MongoPresence(MongoEvents):
                 {"_id": user_id, "state": "online"}, {"$set": {"state": "leaving", "leavingSince": since}}
             )
 
-    async def presence_back(self, user_ids: list[int | str]) -> list[int | str]:
-        """Set these users online again (one `update_many`); returns those with no document."""
-        async with refused(self.timeout_seconds):
-            await self.presence_users.update_many(
-                {"_id": {"$in": user_ids}}, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
-            )
-            found = set(await self.presence_users.distinct("_id", {"_id": {"$in": user_ids}}))
-        return [user_id for user_id in user_ids if user_id not in found]
-
     async def presence_depart_many(self, user_ids: list[int | str], since: datetime) -> None:
-        """`presence_depart` for many users in one `update_many`."""
+        """`presence_depart` for many users, one `update_many` per IN_CHUNK of them."""
         async with refused(self.timeout_seconds):
-            await self.presence_users.update_many(
-                {"_id": {"$in": user_ids}, "state": "online"}, {"$set": {"state": "leaving", "leavingSince": since}}
-            )
+            for chunk in chunked(user_ids):
+                await self.presence_users.update_many(
+                    {"_id": {"$in": chunk}, "state": "online"}, {"$set": {"state": "leaving", "leavingSince": since}}
+                )
 
     async def presence_stale(self, before: datetime) -> list[Document]:
+        """Documents written by an earlier release (one `seenAt` each) that are older than `before`."""
         async with refused(self.timeout_seconds):
             return await self.presence.find({"seenAt": {"$lt": before}}).to_list(length=None)
 
@@ -152,7 +258,8 @@ class MongoPresence(MongoEvents):
 
     async def presence_settle(self, user_id: int | str, leaving_since: datetime, now: datetime) -> bool:
         """End a grace that ran out: back online if connected anywhere, else left (once, with its event)."""
-        claim = {"_id": user_id, "state": "leaving", "leavingSince": leaving_since}
+        # A document still `joining` is left for after its `presence_joined` (the sweep writes it first).
+        claim = {"_id": user_id, "state": "leaving", "leavingSince": leaving_since, JOINING: {"$exists": False}}
         async with refused(self.timeout_seconds):
             if await self.presence.find_one({"userId": user_id}, {"_id": 1}) is not None:
                 await self.presence_users.update_one(
@@ -177,8 +284,10 @@ class MongoPresence(MongoEvents):
         """Which of these users have no `presence_users` document."""
         if not user_ids:
             return []
+        found: set[Any] = set()
         async with refused(self.timeout_seconds):
-            found = set(await self.presence_users.distinct("_id", {"_id": {"$in": user_ids}}))
+            for chunk in chunked(user_ids):
+                found.update(await self.presence_users.distinct("_id", {"_id": {"$in": chunk}}))
         return [user_id for user_id in user_ids if user_id not in found]
 
     async def presence_count(self) -> int:
@@ -189,7 +298,10 @@ class MongoPresence(MongoEvents):
         """Online users (the damped view the events describe) with live connection counts."""
         async with available(self.timeout_seconds):
             users = await self.presence_users.find({}).sort("since", ASCENDING).to_list(length=None)
-            docs = await self.presence.find({"seenAt": {"$gte": stale_before}}).to_list(length=None)
+            live = await self.presence_processes.distinct("_id", {"seenAt": {"$gte": stale_before}})
+            docs = await self.presence.find(
+                {"$or": [{"process": {"$in": live}}, {"seenAt": {"$gte": stale_before}}]}
+            ).to_list(length=None)
         counts: dict[Any, dict[str, int]] = {}
         for doc in docs:
             mine = counts.setdefault(doc["userId"], {})

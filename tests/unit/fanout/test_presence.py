@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 import warnings
-from collections.abc import Coroutine, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,17 +23,19 @@ import pytest
 from metrics.registry import Metrics
 from service.core.errors import StoreError, StoreUnavailable
 from service.core.ports import PresenceStore, Record, UserId
-from service.fanout.presence import FLUSH_SECONDS, STALE_HEARTBEATS, STEP_CONCURRENCY, Presence
+from service.fanout.presence import FLUSH_SECONDS, JOIN_CHUNK, ORPHAN_SWEEPS, STALE_HEARTBEATS, Presence
 
 T0 = datetime(2030, 3, 17, 12, 0, tzinfo=UTC)
 
 
 class MemoryPresenceStore:
-    """A `PresenceStore` over two dicts, like the two collections; records every call, and
+    """A `PresenceStore` over three dicts, like the three collections; records every call, and
     raises `StoreUnavailable` (or `error`) from the methods named in `failing`."""
 
     def __init__(self) -> None:
         self.docs: dict[str, Record] = {}  # `presence`: per (process, user)
+        self.processes: dict[str, datetime] = {}  # `presence_processes`: heartbeat per process
+        self.new: list[list[UserId]] = []  # `new` of each presence_write
         self.users: dict[UserId, Record] = {}  # `presence_users`: per user, online or leaving
         self.joined: list[UserId] = []  # `presence_joined` events
         self.left: list[UserId] = []  # `presence_left` events
@@ -54,8 +57,11 @@ class MemoryPresenceStore:
         upserts: Mapping[UserId, tuple[str, Mapping[str, int]]],
         removals: list[UserId],
         now: datetime,
+        *,
+        new: Collection[UserId] = (),
     ) -> None:
         self._call("presence_write", process, dict(upserts), list(removals), now)
+        self.new.append(sorted(new, key=repr))
         for user_id, (name, counts) in upserts.items():
             doc_id = f"{process}|{user_id!r}"
             self.docs[doc_id] = {
@@ -64,44 +70,52 @@ class MemoryPresenceStore:
                 "userId": user_id,
                 "userName": name,
                 "counts": dict(counts),
-                "seenAt": now,
             }
         for user_id in removals:
             self.docs.pop(f"{process}|{user_id!r}", None)
 
-    async def presence_refresh(self, process: str, now: datetime) -> int:
+    async def presence_refresh(self, process: str, now: datetime) -> bool:
         self._call("presence_refresh", process, now)
-        mine = [doc for doc in self.docs.values() if doc["process"] == process]
-        for doc in mine:
-            doc["seenAt"] = now
-        return len(mine)
+        kept = process in self.processes
+        self.processes[process] = now
+        return kept
 
     async def presence_remove_process(self, process: str) -> None:
         self._call("presence_remove_process", process)
         self.docs = {key: doc for key, doc in self.docs.items() if doc["process"] != process}
+        self.processes.pop(process, None)
 
-    async def presence_arrive(self, user_id: UserId, user_name: str, now: datetime) -> None:
-        self._call("presence_arrive", user_id, user_name, now)
-        if user_id in self.users:
-            self.users[user_id].update(state="online", userName=user_name)
-            self.users[user_id].pop("leavingSince", None)
-        else:
-            self.users[user_id] = {"_id": user_id, "state": "online", "userName": user_name}
-            self.joined.append(user_id)
+    async def presence_stale_processes(self, before: datetime) -> list[Record]:
+        self._call("presence_stale_processes", before)
+        return [{"_id": process, "seenAt": seen} for process, seen in self.processes.items() if seen < before]
+
+    async def presence_sweep_process(self, process: str, seen_at: datetime) -> list[UserId] | None:
+        self._call("presence_sweep_process", process, seen_at)
+        if self.processes.get(process) != seen_at:
+            return None
+        del self.processes[process]
+        users = [doc["userId"] for doc in self.docs.values() if doc["process"] == process]
+        self.docs = {key: doc for key, doc in self.docs.items() if doc["process"] != process}
+        return users
+
+    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> None:
+        self._call("presence_arrive_many", dict(users), now)
+        for user_id, user_name in users.items():
+            if user_id in self.users:
+                self.users[user_id].update(state="online", userName=user_name)
+                self.users[user_id].pop("leavingSince", None)
+            else:
+                self.users[user_id] = {"_id": user_id, "state": "online", "userName": user_name}
+                self.joined.append(user_id)
+
+    async def presence_finish_joins(self, now: datetime) -> None:
+        self._call("presence_finish_joins", now)
 
     async def presence_depart(self, user_id: UserId, since: datetime) -> None:
         self._call("presence_depart", user_id, since)
         user = self.users.get(user_id)
         if user is not None and user["state"] == "online":
             user.update(state="leaving", leavingSince=since)
-
-    async def presence_back(self, user_ids: list[UserId]) -> list[UserId]:
-        self._call("presence_back", list(user_ids))
-        for user_id in user_ids:
-            if user_id in self.users:
-                self.users[user_id]["state"] = "online"
-                self.users[user_id].pop("leavingSince", None)
-        return [user_id for user_id in user_ids if user_id not in self.users]
 
     async def presence_depart_many(self, user_ids: list[UserId], since: datetime) -> None:
         self._call("presence_depart_many", list(user_ids), since)
@@ -112,12 +126,12 @@ class MemoryPresenceStore:
 
     async def presence_stale(self, before: datetime) -> list[Record]:
         self._call("presence_stale", before)
-        return [dict(doc) for doc in self.docs.values() if doc["seenAt"] < before]
+        return [dict(doc) for doc in self.docs.values() if "seenAt" in doc and doc["seenAt"] < before]
 
     async def presence_claim_stale(self, doc_id: str, seen_at: datetime) -> bool:
         self._call("presence_claim_stale", doc_id, seen_at)
         doc = self.docs.get(doc_id)
-        if doc is None or doc["seenAt"] != seen_at:
+        if doc is None or doc.get("seenAt") != seen_at:
             return False
         del self.docs[doc_id]
         return True
@@ -182,7 +196,7 @@ def make(
     return presence, store, clock, metrics
 
 
-def run(step: Coroutine[Any, Any, None]) -> None:
+def run(step: Coroutine[Any, Any, object]) -> None:
     asyncio.run(step)
 
 
@@ -228,26 +242,27 @@ def test_a_disconnect_of_an_unknown_user_or_transport_changes_nothing() -> None:
 
 
 def test_a_first_connection_writes_the_counts_and_joins_a_new_user() -> None:
-    """Arrival: `presence_back` finds no document, so the user is inserted (with their
+    """Arrival: `presence_arrive_many` finds no document, so the user is inserted (with their
     `presence_joined`), then the process document carries the counts per transport."""
     presence, store, clock, _ = make()
     presence.connected(1, "Ahmed", "websocket")
     presence.connected(1, "Ahmed", "websocket")
     presence.connected(1, "Ahmed", "sse")
     run(presence.flush())
-    assert [name for name, _ in store.calls] == ["presence_back", "presence_arrive", "presence_write"]
+    assert [name for name, _ in store.calls] == ["presence_arrive_many", "presence_write"]
+    assert store.new == [[1]]  # no document of this process yet: inserted, not upserted
     assert store.called("presence_write") == [(presence.process_id, {1: ("Ahmed", {"websocket": 2, "sse": 1})}, [], T0)]
     assert store.joined == [1] and store.users[1]["state"] == "online"
-    assert store.called("presence_arrive") == [(1, "Ahmed", clock.now)]
+    assert store.called("presence_arrive_many") == [({1: "Ahmed"}, clock.now)]
 
 
 def test_a_user_back_within_the_grace_is_set_online_without_a_join() -> None:
-    """`presence_back` found the document (leaving, within grace): no insert, no event."""
+    """`presence_arrive_many` finds the document (leaving, within grace): no insert, no event."""
     presence, store, clock, _ = make()
     store.users[1] = {"_id": 1, "state": "leaving", "userName": "Ahmed", "leavingSince": clock.now}
     presence.connected(1, "Ahmed", "websocket")
     run(presence.flush())
-    assert store.called("presence_arrive") == [] and store.joined == []
+    assert store.called("presence_arrive_many") == [({1: "Ahmed"}, clock.now)] and store.joined == []
     assert store.users[1]["state"] == "online"
 
 
@@ -263,6 +278,7 @@ def test_only_changes_are_written_and_an_idle_flush_writes_nothing() -> None:
     run(presence.flush())
     assert [name for name, _ in store.calls] == ["presence_write"]
     assert store.called("presence_write")[0][1] == {1: ("Ahmed", {"websocket": 1, "sse": 1})}
+    assert store.new[-1] == []  # written before: its counts are updated
 
 
 def test_the_last_connection_gone_removes_the_document_and_marks_the_user_leaving() -> None:
@@ -288,7 +304,7 @@ def test_connect_and_disconnect_within_one_tick_writes_no_document() -> None:
     presence.disconnected(1, "websocket")
     run(presence.flush())
     assert store.called("presence_write") == [(presence.process_id, {}, [], T0)]
-    assert store.called("presence_arrive") == store.called("presence_depart_many") == []
+    assert store.called("presence_arrive_many") == store.called("presence_depart_many") == []
     assert store.users == {}
 
 
@@ -306,16 +322,18 @@ def test_a_failed_bulk_write_is_retried_whole_by_the_next_flush() -> None:
     store.calls.clear()
     run(presence.flush())
     assert store.called("presence_write") == [(presence.process_id, {1: ("Ahmed", {"websocket": 1})}, [], T0)]
-    assert store.called("presence_arrive") == []  # the join itself had succeeded: not redone
+    # the arrival is asked again (the bulk write never said the user is written here), but
+    # the join had succeeded: the user is found, no second `presence_joined`
+    assert len(store.called("presence_arrive_many")) == 1
     assert store.joined == [1] and len(store.docs) == 1
 
 
 def test_a_failed_join_is_kept_and_retried_even_with_nothing_new() -> None:
-    """`presence_arrive` raised: the flush raises; the next flush, with no new transition,
+    """`presence_arrive_many` raised: the flush raises; the next flush, with no new transition,
     still retries the join (and the bulk write it never reached)."""
     presence, store, _, _ = make()
     presence.connected(1, "Ahmed", "websocket")
-    store.failing.add("presence_arrive")
+    store.failing.add("presence_arrive_many")
     with pytest.raises(StoreUnavailable):
         run(presence.flush())
     assert store.joined == [] and store.called("presence_write") == []
@@ -325,28 +343,28 @@ def test_a_failed_join_is_kept_and_retried_even_with_nothing_new() -> None:
 
 
 class StalledJoins(MemoryPresenceStore):
-    """`presence_arrive` waits until `go` is set: a store too busy to answer (a join storm)."""
+    """`presence_arrive_many` waits until `go` is set: a store too busy to answer (a join storm)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.go = asyncio.Event()
-        self.waiting = 0
+        self.waiting: list[int] = []  # users per call that waited
         self.chunk_waiting = asyncio.Event()
 
-    async def presence_arrive(self, user_id: UserId, user_name: str, now: datetime) -> None:
-        self.waiting += 1
-        if self.waiting == STEP_CONCURRENCY:
-            self.chunk_waiting.set()
+    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> None:
+        self.waiting.append(len(users))
+        self.chunk_waiting.set()
         await self.go.wait()
-        await super().presence_arrive(user_id, user_name, now)
+        await super().presence_arrive_many(users, now)
 
 
-def test_a_join_storm_cut_off_mid_way_leaves_no_coroutine_behind_and_loses_no_join() -> None:
-    """More new users than one chunk of joins, and the step cancelled (its timeout) while the
-    first chunk waits on the store: the rest were never started, so no coroutine is left
-    un-awaited (a RuntimeWarning per user in the log of a 50,000-user connect storm), and
-    every join is still pending; the next flush writes them all."""
-    users = STEP_CONCURRENCY + 8
+def test_a_join_storm_is_joined_in_chunks_and_one_cut_off_mid_way_loses_no_join() -> None:
+    """More new users than one chunk: they are joined JOIN_CHUNK per call, not one call (or
+    transaction) each. The step cancelled (its timeout) while the first chunk waits on the
+    store leaves no coroutine un-awaited (a RuntimeWarning per user in the log of a
+    50,000-user connect storm) and every join pending; the next flush writes them all, each
+    once."""
+    users = JOIN_CHUNK + 8
     store = StalledJoins()
     presence, _, _, _ = make(store)
     for user_id in range(users):
@@ -364,9 +382,10 @@ def test_a_join_storm_cut_off_mid_way_leaves_no_coroutine_behind_and_loses_no_jo
         run(cut_off())
         gc.collect()
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
-    assert store.waiting == STEP_CONCURRENCY and store.joined == []
+    assert store.waiting == [JOIN_CHUNK] and store.joined == []
     store.go.set()
     run(presence.flush())
+    assert store.waiting == [JOIN_CHUNK, JOIN_CHUNK, 8]
     assert sorted(store.joined) == list(range(users)) and len(store.docs) == users
 
 
@@ -390,7 +409,7 @@ def test_a_step_that_fails_is_logged_and_not_raised(caplog: pytest.LogCaptureFix
     """The loop's `_attempt`: a StoreUnavailable from a step is a warning, and the loop goes on."""
     presence, store, _, _ = make()
     presence.connected(1, "Ahmed", "websocket")
-    store.failing.add("presence_back")
+    store.failing.add("presence_arrive_many")
     with caplog.at_level(logging.WARNING, logger="service.fanout.presence"):
         run(presence._attempt(presence.flush))
     assert "StoreUnavailable: connection refused; retrying" in caplog.text
@@ -448,16 +467,20 @@ def test_stop_writes_the_departures_and_removes_the_process() -> None:
 # -- heartbeat refresh -------------------------------------------------------------------------
 
 
-def test_the_heartbeat_refreshes_seen_at_in_one_call() -> None:
+def test_the_heartbeat_is_one_write_however_many_users() -> None:
+    """1,000 users: the heartbeat writes the process's one document, no user's."""
     presence, store, clock, _ = make()
-    for user in range(3):
+    run(store.presence_refresh(presence.process_id, T0))  # registered, as `start` does
+    for user in range(1000):
         presence.connected(user, f"user {user}", "websocket")
     run(presence.flush())
+    before = [dict(doc) for doc in store.docs.values()]
     clock.advance(10)
     store.calls.clear()
     run(presence._refresh())
-    assert store.called("presence_refresh") == [(presence.process_id, clock.now)]
-    assert {doc["seenAt"] for doc in store.docs.values()} == {clock.now}
+    assert [name for name, _ in store.calls] == ["presence_refresh"]
+    assert store.processes == {presence.process_id: clock.now}
+    assert [dict(doc) for doc in store.docs.values()] == before
 
 
 def test_a_swept_process_rewrites_its_documents_and_rejoins_users() -> None:
@@ -465,9 +488,11 @@ def test_a_swept_process_rewrites_its_documents_and_rejoins_users() -> None:
     while it stalled): the next flush writes all again, and users whose fleet-wide
     document is gone arrive again (a `presence_joined`)."""
     presence, store, _, _ = make()
+    run(store.presence_refresh(presence.process_id, T0))
     presence.connected(1, "Ahmed", "websocket")
     run(presence.flush())
-    store.docs.clear()  # a sweeper claimed our stale document...
+    store.processes.clear()  # a sweeper claimed our stale heartbeat...
+    store.docs.clear()  # ...deleted our users' documents...
     del store.users[1]  # ...and the grace ended with `presence_left`
     run(presence._refresh())
     store.calls.clear()
@@ -476,29 +501,74 @@ def test_a_swept_process_rewrites_its_documents_and_rejoins_users() -> None:
     assert store.joined == [1, 1] and store.users[1]["state"] == "online"
 
 
-def test_no_refresh_without_documents() -> None:
+def test_lost_fleet_documents_are_looked_for_only_when_a_sweep_may_have_taken_them() -> None:
+    """`presence_missing` reads every user of the process, so a refresh on time does not ask
+    it; one later than the stale bound allows (a sweep may have taken this process's users
+    meanwhile) does, and so does every ORPHAN_SWEEPS-th refresh, against clock skew. A user
+    found missing arrives again (a `presence_joined`)."""
+    presence, store, _, _ = make(heartbeat=10)
+    run(store.presence_refresh(presence.process_id, T0))
+    for user in range(3):
+        presence.connected(user, f"user {user}", "websocket")
+    run(presence.flush())
+    del store.users[1]  # swept while this process stalled; its process document came back since
+    presence._last_refresh = time.monotonic()
+    run(presence._refresh())
+    assert store.called("presence_missing") == []
+    presence._last_refresh = time.monotonic() - 10 * (STALE_HEARTBEATS - 0.25) - 1
+    run(presence._refresh())
+    assert [sorted(users) for (users,) in store.called("presence_missing")] == [[0, 1, 2]]
+    run(presence.flush())
+    assert store.joined == [0, 1, 2, 1]
+    store.calls.clear()
+    while presence._refreshes % ORPHAN_SWEEPS:
+        presence._last_refresh = time.monotonic()
+        run(presence._refresh())
+    assert len(store.called("presence_missing")) == 1
+
+
+def test_a_process_without_users_still_beats_and_has_nothing_to_rewrite() -> None:
     presence, store, _, _ = make()
     run(presence._refresh())
-    assert store.calls == []
+    assert [name for name, _ in store.calls] == ["presence_refresh"]
+    assert not presence._dirty
 
 
 # -- the sweep ---------------------------------------------------------------------------------
 
 
 def test_a_dead_process_users_leave_as_of_its_last_heartbeat() -> None:
-    """A document silent for STALE_HEARTBEATS heartbeats is claimed and its user marked
-    leaving at its `seenAt`; a fresh one is left alone; the gauge counts users."""
+    """A process silent for STALE_HEARTBEATS heartbeats is claimed, its documents deleted and
+    its users marked leaving at its last heartbeat; a live one is left alone; the gauge
+    counts users."""
     presence, store, _, metrics = make(heartbeat=10.0, grace=60.0)
     dead_seen = T0 - timedelta(seconds=10.0 * STALE_HEARTBEATS + 1)
-    store.docs["dead|7"] = {"_id": "dead|7", "process": "dead", "userId": 7, "seenAt": dead_seen}
-    store.docs["live|8"] = {"_id": "live|8", "process": "live", "userId": 8, "seenAt": T0}
-    store.users[7] = {"_id": 7, "state": "online", "userName": "x"}
-    store.users[8] = {"_id": 8, "state": "online", "userName": "y"}
+    store.processes.update(dead=dead_seen, live=T0)
+    store.docs["dead|7"] = {"_id": "dead|7", "process": "dead", "userId": 7}
+    store.docs["dead|9"] = {"_id": "dead|9", "process": "dead", "userId": 9}
+    store.docs["live|8"] = {"_id": "live|8", "process": "live", "userId": 8}
+    for user in (7, 8, 9):
+        store.users[user] = {"_id": user, "state": "online", "userName": f"u{user}"}
     run(presence._sweep())
-    assert store.called("presence_claim_stale") == [("dead|7", dead_seen)]
-    assert store.users[7] == {"_id": 7, "state": "leaving", "userName": "x", "leavingSince": dead_seen}
+    assert store.called("presence_sweep_process") == [("dead", dead_seen)]
+    assert store.called("presence_depart_many") == [([7, 9], dead_seen)]
+    assert store.users[7] == {"_id": 7, "state": "leaving", "userName": "u7", "leavingSince": dead_seen}
     assert store.users[8]["state"] == "online" and set(store.docs) == {"live|8"}
-    assert metrics.sample("realtime_presence_users") == 2
+    assert set(store.processes) == {"live"}
+    assert metrics.sample("realtime_presence_users") == 3
+
+
+def test_documents_of_an_earlier_release_are_swept_one_by_one_by_their_own_seen_at() -> None:
+    """A rolling deploy from the release that refreshed every user document: those documents
+    (their own `seenAt`, no heartbeat document) are still swept when their process dies."""
+    presence, store, _, _ = make(heartbeat=10.0, grace=60.0)
+    dead_seen = T0 - timedelta(seconds=10.0 * STALE_HEARTBEATS + 1)
+    store.docs["old|7"] = {"_id": "old|7", "process": "old", "userId": 7, "seenAt": dead_seen}
+    store.docs["old|8"] = {"_id": "old|8", "process": "old2", "userId": 8, "seenAt": T0}
+    store.users[7] = {"_id": 7, "state": "online", "userName": "x"}
+    run(presence._sweep())
+    assert store.called("presence_claim_stale") == [("old|7", dead_seen)]
+    assert store.users[7]["state"] == "leaving" and set(store.docs) == {"old|8"}
 
 
 def test_a_sweep_ends_graces_that_ran_out_with_a_leave() -> None:
