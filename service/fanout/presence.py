@@ -19,15 +19,15 @@ state lives in three MongoDB collections, so every replica answers `GET /api/pre
 Transitions and their events (inserted into `events`, so they travel the one change stream
 like every event: ordered, with ids, resumable, filterable with `events=`):
 
-- arrive (a process gets a user's first connection): `presence_users` documents that exist
-  (online, or leaving within grace) are set back to `online` with no event, all of a flush's
-  arrivals in one `update_many`, before the bulk write; users with no document are joined
-  in bulk (`presence_arrive_many`: inserted marked `joining`, then their `presence_joined`
-  events, each its own insert, then the mark removed), up to 1,000 users in a few
-  operations. Two processes racing to insert meet the unique `_id`: the loser sets the
-  user online and emits nothing. An event's `_id` is made of the user and the document's
-  `since`, so a join written twice (a retry, or a sweep finishing the join of a process that
-  died between the two inserts) is one event; a grace does not end while a join is unwritten.
+- arrive (a process gets a user's first connection): `presence_arrive_many`, 100 users per
+  call, before the process's own documents are written. Each user's document is inserted
+  marked `joining`; a duplicate key is a user who has one (online, or leaving within the
+  grace): set back to `online`, no event. The users inserted get their `presence_joined`
+  (each its own insert), then lose the mark. Two processes racing to insert meet the unique
+  `_id`: the loser sets the user online and emits nothing. An event's `_id` is made of the
+  user and the document's `since`, so a join written twice (a sweep finishing the join of a
+  process that died between the inserts) is one event; a grace does not end while a join is
+  unwritten.
 - depart (a process's last connection of a user closes, or a drain ends): the process's
   document is deleted and the user marked `leaving` (conditional on `online`; all of a
   flush's departures in one `update_many`). No event yet.
@@ -81,8 +81,14 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.25  # transitions are batched this long: one bulk write per tick at most
 STALE_HEARTBEATS = 1.5  # a process silent this many heartbeats is considered dead
 ORPHAN_SWEEPS = 20  # every this many sweeps, look for users online with no process at all
-JOIN_CHUNK = 1000  # new users per `presence_arrive_many`: a 50,000-user connect storm is 50 calls
+# Users per `presence_arrive_many`. SecantusDB holds its storage lock through each command, so
+# the change stream's next round trip waits for the whole of one: 1,000 users per call (a
+# 0.2-0.4 s insert or update each) held every worker's stream up to seconds while 25,000 new
+# users joined (the scaling run's p99 at 1 event/s: 3.3 s); 100 keep each command near 40 ms.
+JOIN_CHUNK = 100
 STEP_TIMEOUT_SECONDS = 5.0  # at least; half a heartbeat when longer (cancelled work is redone)
+BACKOFF_MAX_SECONDS = 8.0  # the longest pause of the steps after failures in a row
+WRITE_CHUNK = 500  # users per `presence_write` (100 per command inside it)
 
 
 class Presence:
@@ -114,6 +120,8 @@ class Presence:
         self._last_refresh = self._started  # monotonic time of the last refresh that succeeded
         self._refreshes = 0
         self._swept = False  # the last heartbeat found this process swept: rewrite everything
+        self._backoff = 0.0  # seconds the loop's steps pause after the last failure (0: none)
+        self._resume_at = 0.0  # monotonic time before which they do not run
         self._look_for_lost = False  # a heartbeat came late: look for users whose document went
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -186,12 +194,12 @@ class Presence:
         take up to its step timeout) must not make the other processes sweep this one."""
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
-            await self._attempt(self._heartbeat)
+            await self._attempt(self._heartbeat, back_off=False)
 
     async def _steps_loop(self) -> None:
         last_sweep = time.monotonic()
         while True:
-            await asyncio.sleep(FLUSH_SECONDS)
+            await asyncio.sleep(max(FLUSH_SECONDS, self._resume_at - time.monotonic()))
             # Independent steps: a flush that keeps failing (a conflict, an outage) must not
             # hold back the sweep or what a heartbeat found to do.
             await self._attempt(self.flush)
@@ -203,14 +211,28 @@ class Presence:
                 self._sweeps += 1
                 await self._attempt(lambda: self._sweep(orphans=self._sweeps % ORPHAN_SWEEPS == 0))
 
-    async def _attempt(self, step: Callable[[], Awaitable[None]]) -> None:
-        """Run one step within STEP_TIMEOUT_SECONDS; a failure is logged and retried next tick
-        (every pending change is kept until written)."""
+    async def _attempt(self, step: Callable[[], Awaitable[None]], *, back_off: bool = True) -> None:
+        """Run one step within STEP_TIMEOUT_SECONDS; a failure is logged and retried (every
+        pending change is kept until written).
+
+        After a failure the loop's steps pause, 0.5 s then twice as long after each further
+        failure up to BACKOFF_MAX_SECONDS: a store that times out is usually overloaded, and
+        MongoDB goes on running what a client gave up on, so retrying every tick adds the same
+        work again and again (a 50,000-user connect storm once kept SecantusDB busy for ten
+        minutes, every request of every worker waiting behind it). The heartbeat, on its own
+        task, does not back off (`back_off=False`): it is one small write per heartbeat.
+        """
         try:
             async with asyncio.timeout(max(STEP_TIMEOUT_SECONDS, self.heartbeat_seconds / 2)):
                 await step()
         except (StoreError, TimeoutError) as exc:
-            log.warning("presence: %s: %s; retrying", type(exc).__name__, exc)
+            if back_off:
+                self._backoff = min(BACKOFF_MAX_SECONDS, max(0.5, self._backoff * 2))
+                self._resume_at = time.monotonic() + self._backoff
+            log.warning("presence: %s: %s; retrying in %.1f s", type(exc).__name__, exc, self._backoff)
+        else:
+            if back_off:
+                self._backoff = 0.0
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -239,16 +261,28 @@ class Presence:
             # Arrivals first: one small update takes a user back from `leaving`, before the bulk
             # write (slow under a restart's load) could let their grace run out.
             await self._steps(now)
-            new = [user_id for user_id in upserts if user_id not in self._written]
-            await self._store.presence_write(self.process_id, upserts, removals, now, new=new)
         except BaseException:  # an error, or the step's timeout: nothing is lost
             self._dirty |= dirty
             raise
-        for user_id in removals:
-            self._arrivals.pop(user_id, None)
-            self._departures.add(user_id)
-        self._written.update(upserts)
-        self._written.difference_update(removals)
+        # WRITE_CHUNK users per call, each kept once written: a store too slow for all of a
+        # connect storm's users within one call's MONGODB_TIMEOUT_MS still makes progress,
+        # where retrying the whole (as before) timed out again every time.
+        users = [*upserts, *removals]
+        for start in range(0, len(users), WRITE_CHUNK):
+            part = users[start : start + WRITE_CHUNK]
+            changed = {user_id: upserts[user_id] for user_id in part if user_id in upserts}
+            gone = [user_id for user_id in part if user_id not in upserts]
+            new = [user_id for user_id in changed if user_id not in self._written]
+            try:
+                await self._store.presence_write(self.process_id, changed, gone, now, new=new)
+            except BaseException:
+                self._dirty.update(users[start:])
+                raise
+            for user_id in gone:
+                self._arrivals.pop(user_id, None)
+                self._departures.add(user_id)
+            self._written.update(changed)
+            self._written.difference_update(gone)
         await self._steps(now)
 
     async def _steps(self, now: datetime) -> None:

@@ -353,3 +353,28 @@ async def test_new_users_are_inserted_and_a_retried_insert_updates(mongo_uri: st
         assert [doc for doc in await store.presence.find({"process": "p"}).sort("userId", 1).to_list()] == docs
     finally:
         await store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_arrival_whose_document_a_sweeper_deletes_meanwhile_joins_as_new(mongo_uri: str) -> None:
+    """The insert of a returning user meets their document (a duplicate key), then a sweeper's
+    leave deletes it before the update sets it online: `_online_again` reports the user gone,
+    and `presence_arrive_many` inserts them again as new, with a `presence_joined`."""
+    store = MongoStore(base_settings(), mongo_uri)
+    try:
+        await store.start()
+        since = datetime.now(UTC) - timedelta(seconds=60)
+        await store.presence_users.insert_many(
+            [
+                {"_id": user, "state": "leaving", "userName": user, "since": since, "leavingSince": since}
+                for user in "ab"
+            ]
+        )
+        await store.presence_users.delete_one({"_id": "b"})  # the sweeper, between insert and update
+        assert await store._online_again(["a", "b"]) == ["b"]
+        assert (await store.presence_users.find_one({"_id": "a"}) or {})["state"] == "online"
+        await store.presence_arrive_many({"b": "ب"}, datetime.now(UTC))
+        assert (await store.presence_users.find_one({"_id": "b"}) or {})["state"] == "online"
+        assert await store.events.count_documents({"type": "presence_joined", "userId": "b"}) == 1
+    finally:
+        await store.close()

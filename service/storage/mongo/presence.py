@@ -20,6 +20,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError
 
 from service.core.config import Settings
+from service.core.errors import StoreError
 from service.core.events import event_document, iso
 from service.core.schema import TransportName
 from service.storage.mongo.client import Document, available, refused
@@ -33,11 +34,21 @@ DUPLICATE_KEY = 11000
 # 1 s; 4,000: 16 s), and presence asked about every user of a process at each heartbeat
 # (12,500 per worker at 50,000 connections: minutes of the one store's time, every 15 s).
 IN_CHUNK = 50
+ARRIVE_ROUNDS = 3  # insert attempts of an arrival whose document a sweeper deletes meanwhile
 
 
-def chunked(ids: list[T]) -> Iterator[list[T]]:
-    for start in range(0, len(ids), IN_CHUNK):
-        yield ids[start : start + IN_CHUNK]
+# Documents per write command: SecantusDB holds its storage lock through a command, and every
+# process's change stream waits behind it (a 12,500-document insert: ~2.5 s).
+WRITE_BATCH = 100
+
+
+def chunked(ids: list[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def batches(items: list[T]) -> Iterator[list[T]]:
+    return chunked(items, WRITE_BATCH)
 
 
 def only_duplicates(exc: BulkWriteError) -> list[dict[str, Any]]:
@@ -106,15 +117,15 @@ class MongoPresence(MongoEvents):
         ]
         ops += [DeleteOne({"_id": doc_id(user_id)}) for user_id in removals]
         async with refused(self.timeout_seconds):
-            if inserts:
+            for chunk in batches(inserts):
                 try:
-                    await self.presence.insert_many(inserts, ordered=False)
+                    await self.presence.insert_many(chunk, ordered=False)
                 except BulkWriteError as exc:  # written before a failure the caller retries
                     for error in only_duplicates(exc):
-                        doc = inserts[error["index"]]
+                        doc = chunk[error["index"]]
                         ops.append(UpdateOne({"_id": doc["_id"]}, {"$set": fields(doc["userId"])}, upsert=True))
-            if ops:
-                await self.presence.bulk_write(ops, ordered=False)
+            for part in batches(ops):
+                await self.presence.bulk_write(part, ordered=False)
 
     async def presence_refresh(self, process: str, now: datetime) -> bool:
         """The heartbeat: one write to the process's document in `presence_processes`; False
@@ -163,28 +174,44 @@ class MongoPresence(MongoEvents):
         a second writer of the same join (the sweep finishing a join whose process died or
         timed out between the inserts) meets a duplicate key instead of writing a second event.
         """
-        if not users:
-            return
         since = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as stored: milliseconds
-        mark = secrets.token_hex(8)
-        docs = [
-            {"_id": user_id, "state": "online", "userName": name, "since": since, JOINING: mark}
-            for user_id, name in users.items()
-        ]
         async with refused(self.timeout_seconds):
-            try:
-                await self.presence_users.insert_many(docs, ordered=False)
-                existing: list[int | str] = []
-            except BulkWriteError as exc:
-                existing = [docs[error["index"]]["_id"] for error in only_duplicates(exc)]
-            for chunk in chunked(existing):
-                await self.presence_users.update_many(
-                    {"_id": {"$in": chunk}}, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
-                )
-            if len(existing) < len(docs):
-                known = set(existing)
-                await self._write_joins([doc for doc in docs if doc["_id"] not in known], now)
-                await self.presence_users.update_many({JOINING: mark}, {"$unset": {JOINING: ""}})
+            # A document that a sweeper deletes (its grace ended) between our insert's duplicate
+            # key and our update is gone: that user goes round again, as a new one.
+            for _ in range(ARRIVE_ROUNDS):
+                if not users:
+                    return
+                mark = secrets.token_hex(8)
+                docs = [
+                    {"_id": user_id, "state": "online", "userName": name, "since": since, JOINING: mark}
+                    for user_id, name in users.items()
+                ]
+                try:
+                    await self.presence_users.insert_many(docs, ordered=False)
+                    existing: list[int | str] = []
+                except BulkWriteError as exc:
+                    existing = [docs[error["index"]]["_id"] for error in only_duplicates(exc)]
+                gone = await self._online_again(existing)
+                if len(existing) < len(docs):
+                    known = set(existing)
+                    await self._write_joins([doc for doc in docs if doc["_id"] not in known], now)
+                    await self.presence_users.update_many({JOINING: mark}, {"$unset": {JOINING: ""}})
+                users = {user_id: users[user_id] for user_id in gone}
+            if users:  # still racing a sweeper: the next flush's arrival, or the heartbeat's check, retries
+                raise StoreError(f"presence: {len(users)} arrivals raced a sweeper {ARRIVE_ROUNDS} times")
+
+    async def _online_again(self, user_ids: list[int | str]) -> list[int | str]:
+        """Set users with a document online again (IN_CHUNK per `update_many`); those whose
+        document was gone by then."""
+        gone: list[int | str] = []
+        for chunk in chunked(user_ids):
+            result = await self.presence_users.update_many(
+                {"_id": {"$in": chunk}}, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
+            )
+            if result.matched_count < len(chunk):
+                found = set(await self.presence_users.distinct("_id", {"_id": {"$in": chunk}}))
+                gone += [user_id for user_id in chunk if user_id not in found]
+        return gone
 
     async def presence_finish_joins(self, now: datetime) -> None:
         """The sweep's part: write the `presence_joined` of every document still `joining`

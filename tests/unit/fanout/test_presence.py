@@ -23,7 +23,14 @@ import pytest
 from metrics.registry import Metrics
 from service.core.errors import StoreError, StoreUnavailable
 from service.core.ports import PresenceStore, Record, UserId
-from service.fanout.presence import FLUSH_SECONDS, JOIN_CHUNK, ORPHAN_SWEEPS, STALE_HEARTBEATS, Presence
+from service.fanout.presence import (
+    FLUSH_SECONDS,
+    JOIN_CHUNK,
+    ORPHAN_SWEEPS,
+    STALE_HEARTBEATS,
+    WRITE_CHUNK,
+    Presence,
+)
 
 T0 = datetime(2030, 3, 17, 12, 0, tzinfo=UTC)
 
@@ -303,7 +310,7 @@ def test_connect_and_disconnect_within_one_tick_writes_no_document() -> None:
     presence.connected(1, "Ahmed", "websocket")
     presence.disconnected(1, "websocket")
     run(presence.flush())
-    assert store.called("presence_write") == [(presence.process_id, {}, [], T0)]
+    assert store.called("presence_write") == []
     assert store.called("presence_arrive_many") == store.called("presence_depart_many") == []
     assert store.users == {}
 
@@ -389,6 +396,51 @@ def test_a_join_storm_is_joined_in_chunks_and_one_cut_off_mid_way_loses_no_join(
     assert sorted(store.joined) == list(range(users)) and len(store.docs) == users
 
 
+def test_a_connect_storm_is_written_in_chunks_and_a_failure_keeps_what_was_written() -> None:
+    """1,200 new users: WRITE_CHUNK users per `presence_write`; the third call fails (the
+    store timed out), the first two stay written, and the next flush writes only the rest."""
+    presence, store, _, _ = make()
+    for user in range(1200):
+        presence.connected(user, f"user {user}", "websocket")
+    calls = 0
+    write = store.presence_write
+
+    async def third_fails(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise StoreUnavailable("timed out")
+        await write(*args, **kwargs)
+
+    store.presence_write = third_fails  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        run(presence.flush())
+    assert [len(users) for _, users, _, _ in store.called("presence_write")] == [WRITE_CHUNK, WRITE_CHUNK]
+    assert len(store.docs) == 2 * WRITE_CHUNK
+    run(presence.flush())
+    assert [len(users) for _, users, _, _ in store.called("presence_write")][2:] == [1200 - 2 * WRITE_CHUNK]
+    assert len(store.docs) == 1200 and store.new[-1] == sorted(store.called("presence_write")[-1][1], key=repr)
+
+
+def test_a_failed_step_pauses_the_loop_longer_each_time_and_a_success_resets_it() -> None:
+    """A store that times out is not asked again at every tick: 0.5 s, 1, 2, ... up to
+    BACKOFF_MAX_SECONDS; the heartbeat (`back_off=False`) never sets the pause."""
+    presence, store, _, _ = make()
+    presence.connected(1, "Ahmed", "websocket")
+    store.failing.add("presence_arrive_many")
+    pauses = []
+    for _ in range(6):
+        run(presence._attempt(presence.flush))
+        pauses.append(presence._backoff)
+    assert pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0] and presence._resume_at > time.monotonic()
+    store.failing.clear()
+    run(presence._attempt(presence.flush))
+    assert presence._backoff == 0.0
+    store.failing.add("presence_refresh")
+    run(presence._attempt(presence._heartbeat, back_off=False))
+    assert presence._backoff == 0.0
+
+
 def test_a_failed_departure_is_retried_by_the_next_flush() -> None:
     presence, store, _, _ = make()
     presence.connected(1, "Ahmed", "websocket")
@@ -459,6 +511,7 @@ def test_stop_writes_the_departures_and_removes_the_process() -> None:
 
     presence, store, _, _ = make()
     presence.connected(1, "Ahmed", "websocket")
+    run(presence.flush())
     store.failing.add("presence_write")
     run(presence.stop())  # no exception
     assert store.called("presence_remove_process") == []
