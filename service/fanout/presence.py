@@ -7,9 +7,9 @@ state lives in three MongoDB collections, so every replica answers `GET /api/pre
   transport. A process writes only user-level transitions (a user's first connection here,
   their last one gone, a changed count), collected by the hub's synchronous hooks and
   flushed as one `bulk_write` per tick (`FLUSH_SECONDS`).
-- `presence_processes`: one heartbeat document per process (`seenAt`), written once per
+- `presence_processes`: one heartbeat document per process (`seenAt`), written twice per
   heartbeat: a process's user documents live as long as it beats, so 10,000 connections
-  cost one write per heartbeat per process, however many users. (Refreshing every user
+  cost two writes per heartbeat per process, however many users. (Refreshing every user
   document instead, as an earlier release did, cost SecantusDB 3 s per 5,000 users per
   heartbeat: at 50,000 connections the one embedded store never caught up.) A fleet that
   died entirely leaves stale heartbeats; the first process to start sweeps them.
@@ -190,10 +190,13 @@ class Presence:
                 await beat
 
     async def _beat(self) -> None:
-        """The heartbeat on its own task: a flush or a sweep slowed by a join storm (each may
-        take up to its step timeout) must not make the other processes sweep this one."""
+        """The heartbeat on its own task, twice per HEARTBEAT_SECONDS (one small write each): a
+        flush or a sweep slowed by a join storm (each may take up to its step timeout) must
+        not make the other processes sweep this one, nor may a beat that the loop runs late
+        on a busy machine (with one beat per heartbeat, 0.5 heartbeats of lateness got a live
+        process swept: its users left and joined again)."""
         while True:
-            await asyncio.sleep(self.heartbeat_seconds)
+            await asyncio.sleep(self.heartbeat_seconds / 2)
             await self._attempt(self._heartbeat, back_off=False)
 
     async def _steps_loop(self) -> None:
@@ -220,7 +223,7 @@ class Presence:
         MongoDB goes on running what a client gave up on, so retrying every tick adds the same
         work again and again (a 50,000-user connect storm once kept SecantusDB busy for ten
         minutes, every request of every worker waiting behind it). The heartbeat, on its own
-        task, does not back off (`back_off=False`): it is one small write per heartbeat.
+        task, does not back off (`back_off=False`): it is one small write per half heartbeat.
         """
         try:
             async with asyncio.timeout(max(STEP_TIMEOUT_SECONDS, self.heartbeat_seconds / 2)):

@@ -8,9 +8,10 @@ published after the fact, which every client sees after anything emitted before 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +70,19 @@ async def until_marker(ws: WsClient, service: Service, seconds: float = 10) -> l
     while (message := await ws.recv(seconds))["type"] != "marker":
         seen.append(message)
     return seen
+
+
+@contextlib.asynccontextmanager
+async def two_stores(mongo_uri: str) -> AsyncIterator[list[MongoStore]]:
+    """Two processes' stores on one fresh database (the first creates the indexes), closed after."""
+    settings = base_settings()
+    stores = [MongoStore(settings, mongo_uri) for _ in range(2)]
+    try:
+        await stores[0].start()
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
 
 
 async def next_presence(ws: WsClient, seconds: float = 10) -> tuple[str, Any]:
@@ -260,10 +274,7 @@ async def test_opting_out_with_events_hides_presence(service: Service) -> None:
 @pytest.mark.gen_test(timeout=60)
 async def test_two_sweepers_settling_one_leave_emit_it_once(mongo_uri: str) -> None:
     """Two stores (two processes' sweepers) settle the same expired grace at once: one `presence_left`."""
-    settings = base_settings()
-    stores = [MongoStore(settings, mongo_uri) for _ in range(2)]
-    try:
-        await stores[0].start()
+    async with two_stores(mongo_uri) as stores:
         since = datetime.now(UTC) - timedelta(seconds=60)
         await stores[0].presence_users.insert_one(
             {"_id": 7, "state": "leaving", "userName": "سارة", "leavingSince": since}
@@ -273,9 +284,6 @@ async def test_two_sweepers_settling_one_leave_emit_it_once(mongo_uri: str) -> N
             results = await asyncio.gather(*(store.presence_settle(7, since, now) for store in stores))
             assert sorted(results) in ([False, True], [False, False])
         assert await stores[0].events.count_documents({"type": "presence_left", "userId": 7}) == 1
-    finally:
-        for store in stores:
-            await store.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -283,10 +291,7 @@ async def test_two_processes_joining_the_same_new_users_at_once_emit_one_join_ea
     """Two stores (two processes) bulk-join the same 300 new users concurrently, 5 times over
     fresh users: every user is online, with exactly one `presence_joined`, each its own event
     (its own insert, so its own id), and no document is left `joining`."""
-    settings = base_settings()
-    stores = [MongoStore(settings, mongo_uri) for _ in range(2)]
-    try:
-        await stores[0].start()
+    async with two_stores(mongo_uri) as stores:
         for round_ in range(5):
             users: dict[int | str, str] = {f"r{round_}u{n}": f"مستخدم {n}" for n in range(300)}
             now = datetime.now(UTC)
@@ -297,9 +302,6 @@ async def test_two_processes_joining_the_same_new_users_at_once_emit_one_join_ea
             docs = await stores[0].presence_users.find({"_id": {"$in": list(users)}}).to_list()
             assert len(docs) == 300 and {doc["state"] for doc in docs} == {"online"}
             assert not any("joining" in doc for doc in docs)
-    finally:
-        for store in stores:
-            await store.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -308,10 +310,7 @@ async def test_a_join_left_half_done_is_finished_by_a_sweep_once_and_before_its_
     `presence_joined`, and the user's grace then ran out: a grace does not end on a join not
     yet written; the sweep's `presence_finish_joins` writes the join (once, though two
     sweepers run it), and only then can the leave be settled, after it in the stream."""
-    settings = base_settings()
-    stores = [MongoStore(settings, mongo_uri) for _ in range(2)]
-    try:
-        await stores[0].start()
+    async with two_stores(mongo_uri) as stores:
         since = datetime.now(UTC) - timedelta(seconds=60)
         await stores[0].presence_users.insert_one(
             {
@@ -330,9 +329,6 @@ async def test_a_join_left_half_done_is_finished_by_a_sweep_once_and_before_its_
         events = await stores[0].events.find({"userId": "half"}).sort("$natural", 1).to_list()
         assert [doc["type"] for doc in events] == ["presence_joined", "presence_left"]
         assert await stores[0].presence_users.count_documents({"_id": "half"}) == 0
-    finally:
-        for store in stores:
-            await store.close()
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -101,16 +101,17 @@ class MongoChangeStream:
         return self._stream.resume_token
 
     async def try_next(self) -> Change | None:
-        # The round trip runs as a task this call waits for at most `bound` seconds; past that it
-        # is cancelled in the background (PyMongo closes its connection, which against a
-        # stopped server takes a while) and the caller gets StoreUnavailable at once. Not
+        # The round trip runs as a task this call waits for at most `bound` seconds; past that
+        # the caller gets StoreUnavailable at once (and closes the stream) while the task ends
+        # in the background. Not
         # pymongo.timeout: under PyMongo's client-side operation timeout every read of a busy
         # stream cost more (25,000 clients at 10 events/s, WORKERS=2: p99 5.1-6.8 s against
         # 3.1-3.7 s without, alternated runs).
         round_trip = asyncio.ensure_future(self._next())
         done, _ = await asyncio.wait({round_trip}, timeout=self.bound)
         if not done:
-            round_trip.cancel()
+            # Left to finish on its own (MongoDB answers, or the driver's monitor resets the
+            # pool): cancelling a PyMongo read mid-way left its socket unclosed.
             round_trip.add_done_callback(_retrieve)
             raise StoreUnavailable(f"MongoDB did not answer a change stream round trip in {self.bound:.1f} s")
         return round_trip.result()
