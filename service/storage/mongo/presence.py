@@ -209,9 +209,15 @@ class MongoPresence(MongoEvents):
                 {"_id": {"$in": chunk}}, {"$set": {"state": "online"}, "$unset": {"leavingSince": ""}}
             )
             if result.matched_count < len(chunk):
-                found = set(await self.presence_users.distinct("_id", {"_id": {"$in": chunk}}))
-                gone += [user_id for user_id in chunk if user_id not in found]
+                gone += await self._without_document(chunk)
         return gone
+
+    async def _without_document(self, user_ids: list[int | str]) -> list[int | str]:
+        """Which of these users have no `presence_users` document (IN_CHUNK ids per `distinct`)."""
+        found: set[Any] = set()
+        for chunk in chunked(user_ids):
+            found.update(await self.presence_users.distinct("_id", {"_id": {"$in": chunk}}))
+        return [user_id for user_id in user_ids if user_id not in found]
 
     async def presence_finish_joins(self, now: datetime) -> None:
         """The sweep's part: write the `presence_joined` of every document still `joining`
@@ -311,11 +317,8 @@ class MongoPresence(MongoEvents):
         """Which of these users have no `presence_users` document."""
         if not user_ids:
             return []
-        found: set[Any] = set()
         async with refused(self.timeout_seconds):
-            for chunk in chunked(user_ids):
-                found.update(await self.presence_users.distinct("_id", {"_id": {"$in": chunk}}))
-        return [user_id for user_id in user_ids if user_id not in found]
+            return await self._without_document(user_ids)
 
     async def presence_count(self) -> int:
         async with refused(self.timeout_seconds):
