@@ -195,13 +195,19 @@ class MongoPublisher(Publisher):
 
     Why not the HTTP route: pipelined POSTs on one connection were seen inserted out of
     publish order under load, which would read as out-of-order delivery; inserting directly
-    (SPEC §5: "another backend may do that directly") keeps the publish order exact.
+    (README "Publishing from another program": any backend may insert directly) keeps the publish order exact.
+
+    Each insert is bounded (`INSERT_TIMEOUT_MS`): a store that stops answering fails the
+    point with PyMongo's timeout instead of holding the run (a stalled insert once held a
+    scaling run for 10 minutes, deaf to SIGTERM).
     """
+
+    INSERT_TIMEOUT_MS = 30_000
 
     def __init__(self, uri: str, database: str) -> None:
         from pymongo import MongoClient
 
-        self.client: MongoClient[dict[str, Any]] = MongoClient(uri)
+        self.client: MongoClient[dict[str, Any]] = MongoClient(uri, timeoutMS=self.INSERT_TIMEOUT_MS)
         self.events = self.client[database]["events"]
 
     def send(self, seq: int) -> None:

@@ -7,8 +7,8 @@ empty list after up to POLL_TIMEOUT_SECONDS. Each answer is one complete JSON bo
 
 Credentials: the Authorization header, the cookie or a ticket, never `?token=`. A poller sends
 its credential on every request, every ~25 s, so a token in the URL would land in every proxy's
-and browser's history; it is refused with 401 `token in URL` (SPEC: polls authenticate "by
-header or cookie"; tickets are single-use, so they may ride in a URL).
+and browser's history; it is refused with 401 `token in URL` (polls authenticate by header or
+cookie; tickets are single-use, so they may ride in a URL).
 """
 
 from __future__ import annotations

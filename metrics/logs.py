@@ -24,7 +24,7 @@ SECRET_NAMES = frozenset({"token", "ticket", "access_token"})
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 access_log = logging.getLogger("service.access")
 log = logging.getLogger(__name__)
-# The `method` label: anything else a client sends is `other` (SPEC §8: closed label sets).
+# The `method` label: anything else a client sends is `other` (closed label sets: README "Metrics").
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER = "other"
 MAX_LOGGED_METHOD = 16  # a method is any token a client likes; the log shows its start

@@ -1,4 +1,4 @@
-"""The service's Prometheus metrics (SPEC §8), held by one object passed into the app.
+"""The service's Prometheus metrics (README "Metrics"), held by one object passed into the app.
 
 With `PROMETHEUS_MULTIPROC_DIR` set (several workers), values live in files in that
 directory and `exposition()` sums them over every worker.
@@ -49,7 +49,7 @@ class Metrics:
         if multiproc_dir is not None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             # prometheus_client picks its storage when a metric is created, from this variable.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
-        # No `<name>_created` gauge beside every counter and histogram: SPEC §8 names the
+        # No `<name>_created` gauge beside every counter and histogram: README "Metrics" names the
         # series, the multiprocess collector never exports them, and they double the count.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)

@@ -1,4 +1,4 @@
-"""JWT verification, the token sources in SPEC order, and one-time tickets (who they name: `service.core.identity`)."""
+"""JWT verification, the token sources in order, and one-time tickets (who they name: `service.core.identity`)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ class Authenticator:
         return Principal(user_id, name or str(user_id), frozenset(roles), float(exp))
 
     async def authenticate(self, credentials: Credentials) -> Principal:
-        """Authenticate from the first source present, in SPEC order.
+        """Authenticate from the first source present, in the order README "Messages" gives (first match wins).
 
         Raises:
             AuthError: `missing token`, `invalid token`, `token expired`, `invalid ticket`.

@@ -10,7 +10,7 @@ from service.core.events import user_id_of
 from service.core.schema import LEEWAY_SECONDS
 
 # The one expiry rule of every transport: a token authenticates while `now < exp + LEEWAY_SECONDS`
-# (clock skew between its issuer and us, SPEC 3). PyJWT applies it to REST requests, connects and
+# (clock skew between its issuer and us). PyJWT applies it to REST requests, connects and
 # polls; `Principal.valid_until` is the same moment for what outlives one check (a stream's
 # TokenClock, a waiting poll, a ticket). Defined in the schema, which documents it.
 __all__ = ["LEEWAY_SECONDS", "Credentials", "Principal"]

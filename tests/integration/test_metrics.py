@@ -1,4 +1,4 @@
-"""`/metrics` (SPEC §8) scraped from a running service, and the JSON log format.
+"""`/metrics` (README "Metrics") scraped from a running service, and the JSON log format.
 
 Each test makes one thing happen on a real service and checks that the metric measuring
 it moves; the scrape is parsed with prometheus_client's own text parser.
@@ -26,8 +26,8 @@ from harness.processes import ROOT, ServiceProcess, as_service, shared_env
 from metrics.registry import LATENCY_BUCKETS
 from service.core.errors import CloseCode
 
-# SPEC §8, as written there: name → (type, label names).
-SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
+# README "Metrics", as written there: name → (type, label names).
+DOCUMENTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "realtime_connections": ("gauge", frozenset({"transport"})),
     "realtime_connections_opened": ("counter", frozenset({"transport"})),
     "realtime_disconnects": ("counter", frozenset({"transport", "code"})),
@@ -41,13 +41,13 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "realtime_resumes": ("counter", frozenset({"transport", "outcome"})),
     "realtime_http_request_duration_seconds": ("histogram", frozenset({"handler", "method", "code"})),
     "realtime_presence_users": ("gauge", frozenset()),
-    # Beyond SPEC §8, for the edge (issue 23): accept() failures and connections refused unserved.
+    # Beyond the core set, for the edge (issue 23): accept() failures and connections refused unserved.
     "realtime_accept_errors": ("counter", frozenset({"reason"})),
     "realtime_connections_refused": ("counter", frozenset({"reason"})),
     # Issue 25: events per fan-out batch (1 for an idle service).
     "realtime_fanout_batch_size": ("histogram", frozenset()),
 }
-SPEC_LATENCY_BUCKETS: tuple[float, ...] = (
+DOCUMENTED_LATENCY_BUCKETS: tuple[float, ...] = (
     *(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05),
     *(0.06, 0.075, 0.1, 0.25, 0.5, 1, 2.5),
 )
@@ -102,7 +102,7 @@ def publisher(service: Service) -> str:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_every_spec_metric_is_exported_with_its_type_and_labels(service: Service) -> None:
-    """Each SPEC §8 metric is in the scrape, with the SPEC's type and exactly its labels."""
+    """Each documented metric is in the scrape, with its documented type and exactly its labels."""
     ws = await service.websocket({"token": service.token(sub=1)})
     await ws.recv_type("connected")
     await service.publish(publisher(service), {"type": "task_created", "n": 1})
@@ -114,19 +114,19 @@ async def test_every_spec_metric_is_exported_with_its_type_and_labels(service: S
     hello = await resumed.recv_type("connected")
     service.ctx.hub.close_slow(service.ctx.hub.get(hello["connectionId"]))
     result = await scrape_until(service, lambda s: s.value("realtime_slow_consumer_disconnects_total") == 1)
-    for name, (kind, labels) in SPEC_METRICS.items():
+    for name, (kind, labels) in DOCUMENTED_METRICS.items():
         assert name in result.families, f"{name} is not exported"
         family = result.families[name]
-        assert family.type == kind, f"{name} is a {family.type}, SPEC says {kind}"
+        assert family.type == kind, f"{name} is a {family.type}, README says {kind}"
         assert family.samples, f"{name} has no samples after the traffic above"
         assert result.label_names(name) == {labels}, f"{name} labels"
     exported = {name for name in result.families if name.startswith("realtime_")}
-    assert exported == set(SPEC_METRICS), "metrics outside SPEC §8"
+    assert exported == set(DOCUMENTED_METRICS), 'metrics outside README "Metrics"'
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_broadcast_latency_buckets_are_exactly_the_spec_list(service: Service) -> None:
-    """`le` of broadcast latency (each transport) and bus lag: .001 … 2.5 from SPEC §8, then +Inf."""
+    """`le` of broadcast latency (each transport) and bus lag: .001 … 2.5 as documented, then +Inf."""
     ws = await service.websocket({"token": service.token()})
     await ws.recv_type("connected")
     sse = await service.sse({"token": service.token()})
@@ -142,13 +142,13 @@ async def test_broadcast_latency_buckets_are_exactly_the_spec_list(service: Serv
             for s in family.samples
             if s.name.endswith("_bucket") and s.labels["transport"] == transport
         ]
-        assert bounds == [*SPEC_LATENCY_BUCKETS, math.inf], transport
+        assert bounds == [*DOCUMENTED_LATENCY_BUCKETS, math.inf], transport
     lag = result.families["realtime_bus_lag_seconds"]
     assert [float(s.labels["le"]) for s in lag.samples if s.name.endswith("_bucket")] == [
-        *SPEC_LATENCY_BUCKETS,
+        *DOCUMENTED_LATENCY_BUCKETS,
         math.inf,
     ]
-    assert LATENCY_BUCKETS == SPEC_LATENCY_BUCKETS
+    assert LATENCY_BUCKETS == DOCUMENTED_LATENCY_BUCKETS
     await ws.close()
     sse.close()
 

@@ -1,4 +1,4 @@
-"""The dashboard at `/` in headless Chromium against real service processes (SPEC §9)."""
+"""The dashboard at `/` in headless Chromium against real service processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""examples/vite-react, installed from web/'s packed tarball, in headless Chromium (SPEC §9).
+"""examples/vite-react, installed from web/'s packed tarball, in headless Chromium.
 
 The app is built with `vite build` and served by `vite preview` on its own port; the service
 runs on another port, so REST and WebSocket are cross-origin, as in the product note's setup

@@ -1,5 +1,5 @@
 /**
- * The service's REST API (SPEC §7) as typed functions; every call sends the Bearer token.
+ * The service's REST API (README "REST API") as typed functions; every call sends the Bearer token.
  *
  * Each change (POST/PATCH/DELETE) is one user action with one `Idempotency-Key`: when the
  * answer is lost (network error) or the service says "not now" (409, 502, 503, 504), the

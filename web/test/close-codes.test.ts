@@ -20,7 +20,7 @@ describe("close-code policy", () => {
     expect(closeAction(code)).toEqual(expected);
   });
 
-  it("matches the SPEC §6 numbers", () => {
+  it("matches the documented close codes", () => {
     expect(CloseCode).toMatchObject({
       NORMAL: 1000,
       MESSAGE_TOO_BIG: 1009,
