@@ -44,8 +44,13 @@ FAULT_TESTS := tests/system/faults/test_faults.py tests/system/faults/test_stall
 # The benchmark's peers need make bench-deps (Pushpin, nchan, npm packages): their own target, make test-bench
 BENCH_TESTS := tests/system/test_bench_peers.py
 
+# Two pytest-xdist workers: the suite mostly waits on processes it started (SecantusDB, services,
+# Chromium), so two share two cores well (11:01 serial against 6:23 on this 2-core machine).
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test-python: $(VENV)/.dev
-	$(PY) -m pytest --ignore=tests/system/deploy/test_image.py $(FAULT_TESTS:%=--ignore=%) $(BENCH_TESTS:%=--ignore=%)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --ignore=tests/system/deploy/test_image.py $(FAULT_TESTS:%=--ignore=%) $(BENCH_TESTS:%=--ignore=%)
 
 ## test-faults: the fault-injection tests (MongoDB restart under idle replicas, deep resumes, rolling
 ## restart, full disk on a tmpfs, stalls, a replay storm), real processes, ~2 min; CI runs it after make test

@@ -91,8 +91,18 @@ def start_service(io_loop: Any, mongo_uri: str) -> Iterator[StartService]:
             io_loop.run_sync(server.stop, timeout=30)
 
     async def settle() -> None:
-        # Transports closed by the test finish closing their sockets on the next loop turns;
-        # let them run before pytest-tornado closes the loop (else: ResourceWarning).
+        # A stopped server may leave one task behind: the change stream read its bus stopped
+        # waiting for (service/storage/mongo/events.py), which a process exit ends. Here the
+        # loop goes on to the next test, so it is cancelled (PyMongo closes its connection)
+        # and awaited. Then transports closed by the test or by that finish closing their
+        # sockets on the next loop turns; they run before pytest-tornado closes the loop
+        # (else: ResourceWarning, at whichever later moment the garbage collector runs).
+        current = asyncio.current_task()
+        leftovers = [task for task in asyncio.all_tasks() if task is not current]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=5)
         for _ in range(3):
             await asyncio.sleep(0)
 

@@ -26,7 +26,10 @@ from service.storage.mongo.store import MongoStore
 from tests.conftest import StartService, base_settings
 
 WATCHED = "presence_joined,presence_left,marker"
-FAST = {"HEARTBEAT_SECONDS": "0.5", "PRESENCE_GRACE_SECONDS": "0.5"}
+# A process whose beat is 1.5 heartbeats late is swept as dead and its users flap (left, then
+# joined again). At 0.5 s that is a 0.75 s stall, which two test workers sharing two cores were
+# seen to cause; 1 s keeps the tests short and their processes alive.
+FAST = {"HEARTBEAT_SECONDS": "1", "PRESENCE_GRACE_SECONDS": "0.5"}
 
 
 @contextmanager
