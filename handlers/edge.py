@@ -4,9 +4,8 @@ survives running out of file descriptors (handlers/accept.py), and whose
 `X-Forwarded-For` / `X-Real-Ip` / `X-Forwarded-Proto` are believed (TRUSTED_PROXIES only).
 
 Besides Tornado's public server hooks (`add_sockets`, `stop`, `handle_stream`, `start_request`,
-`on_close`) it uses two private names, listed in `PRIVATE_NAMES` and checked by
-tests/unit/transports/test_takeover.py together with the takeover's, against the Tornado range pinned in
-requirements.txt.
+`on_close`) it uses two private names, reached through `service.transports.takeover` (the one
+module that touches Tornado's internals, checked by tests/unit/transports/test_takeover.py).
 """
 
 from __future__ import annotations
@@ -19,17 +18,13 @@ from typing import Any
 
 from tornado import httputil, iostream, netutil
 from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
-from tornado.httpserver import HTTPServer, _HTTPRequestContext
+from tornado.httpserver import HTTPServer
 
 from handlers.accept import Acceptor
 from metrics.registry import Metrics
+from service.transports.takeover import RequestContext, register_connection
 
 log = logging.getLogger(__name__)
-
-PRIVATE_NAMES = (
-    ("tornado.httpserver._HTTPRequestContext", "per-connection remote_ip and protocol, what xheaders rewrites"),
-    ("HTTPServer._connections", "the set of live HTTP1ServerConnections that close_all_connections closes"),
-)
 
 # A proxy keeps idle upstream connections for reuse (ingress-nginx: 60 s); closing them
 # sooner races its next request, so trusted proxies get Tornado's former idle timeout.
@@ -103,16 +98,16 @@ class EdgeServer(HTTPServer):
                 return
             self.pending[ip] += 1
             self._pending_streams[stream] = ip
-        context = _HTTPRequestContext(stream, address, self.protocol)
+        context = RequestContext(stream, address, self.protocol)
         conn = HTTP1ServerConnection(stream, self.proxy_params if trusted else self.conn_params, context)
-        self._connections.add(conn)
+        register_connection(self, conn)
         conn.start_serving(self)
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
         stream = getattr(server_conn, "stream", None)
         context = getattr(request_conn, "context", None)
-        trusted = isinstance(context, _HTTPRequestContext) and self.trusted(context.remote_ip)
+        trusted = isinstance(context, RequestContext) and self.trusted(context.remote_ip)
         return _EdgeDelegate(self, delegate, stream, context if trusted else None)
 
     def on_close(self, server_conn: object) -> None:
@@ -137,7 +132,7 @@ class _EdgeDelegate(httputil.HTTPMessageDelegate):
         server: EdgeServer,
         delegate: httputil.HTTPMessageDelegate,
         stream: iostream.IOStream | None,
-        proxy_context: _HTTPRequestContext | None,
+        proxy_context: RequestContext | None,
     ) -> None:
         self.server = server
         self.delegate = delegate
@@ -171,9 +166,7 @@ class _EdgeDelegate(httputil.HTTPMessageDelegate):
             self.context.remote_ip, self.context.protocol = self.saved
 
 
-def apply_forwarded(
-    context: _HTTPRequestContext, headers: httputil.HTTPHeaders, trusted: Callable[[str], bool]
-) -> None:
+def apply_forwarded(context: RequestContext, headers: httputil.HTTPHeaders, trusted: Callable[[str], bool]) -> None:
     """Take the client address and scheme from a trusted proxy's headers.
 
     The client is the right-most `X-Forwarded-For` hop that is not itself a trusted proxy

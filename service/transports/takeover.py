@@ -1,11 +1,17 @@
-"""The one place that reaches into Tornado's private state: taking a socket back from it.
+"""The one place that reaches into Tornado's private state.
 
-Tornado answers the HTTP request (routing, auth, errors); `take_over` then ends its part and
-the transports serve the socket with a lean asyncio protocol. `IOStream` has no public way to
-give its socket back together with what it read ahead, so this module names the private
-attributes it uses (`PRIVATE_ATTRIBUTES`) and the Tornado versions they were checked against
-(`TESTED_TORNADO`, the same range as requirements.txt). tests/unit/transports/test_takeover.py checks both
-first, so a Tornado upgrade that renames them fails there, loudly, not in production.
+- Taking a socket back: Tornado answers the HTTP request (routing, auth, errors); `take_over`
+  then ends its part and the transports serve the socket with a lean asyncio protocol.
+  `IOStream` has no public way to give its socket back together with what it read ahead.
+- The edge server (`handlers/edge.py`) serves accepted streams itself: it builds Tornado's
+  per-connection context (`RequestContext`) and registers the connection the way
+  `HTTPServer.handle_stream` does (`register_connection`), so `close_all_connections` closes it.
+
+This module names every private attribute used (`PRIVATE_ATTRIBUTES`, `PRIVATE_NAMES`) and the
+Tornado versions they were checked against (`TESTED_TORNADO`, the same range as
+requirements.txt). tests/unit/transports/test_takeover.py checks them first, and that no other
+module names a Tornado private, so a Tornado upgrade that renames them fails there, loudly, not
+in production.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import socket
 
 import tornado
+from tornado.http1connection import HTTP1ServerConnection
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
 
@@ -25,6 +33,19 @@ PRIVATE_ATTRIBUTES = (
     ("_read_buffer", "a bytearray of bytes read ahead of the request handler"),
     ("_read_buffer_size", "how many bytes at the start of _read_buffer are unread"),
 )
+# The edge server's private names: (name, what it is).
+PRIVATE_NAMES = (
+    ("tornado.httpserver._HTTPRequestContext", "per-connection remote_ip and protocol, what xheaders rewrites"),
+    ("HTTPServer._connections", "the set of live HTTP1ServerConnections that close_all_connections closes"),
+)
+
+RequestContext = _HTTPRequestContext  # the per-connection context an HTTP1ServerConnection is given
+
+
+def register_connection(server: HTTPServer, connection: HTTP1ServerConnection) -> None:
+    """Count a connection the server serves as its own, as `HTTPServer.handle_stream` does:
+    `close_all_connections` (the stop's first step) then closes it."""
+    server._connections.add(connection)
 
 
 def tornado_tested() -> bool:

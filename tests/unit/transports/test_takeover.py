@@ -1,8 +1,10 @@
 """The Tornado internals `service.transports.takeover` relies on: checked here, by name, so a
-Tornado upgrade that changes them fails this file (and not a live connection).
+Tornado upgrade that changes them fails this file (and not a live connection); and no other
+module of the service names one.
 
-If one of these fails, read takeover.py's PRIVATE_ATTRIBUTES against the new Tornado, fix
-`release`, and move TESTED_TORNADO and the pin in requirements.txt together.
+If one of these fails, read takeover.py's PRIVATE_ATTRIBUTES and PRIVATE_NAMES against the new
+Tornado, fix `release` or `register_connection`, and move TESTED_TORNADO and the pin in
+requirements.txt together.
 """
 
 from __future__ import annotations
@@ -20,10 +22,24 @@ from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from handlers.edge import PRIVATE_NAMES as EDGE_PRIVATE_NAMES
-from service.transports.takeover import PRIVATE_ATTRIBUTES, TESTED_TORNADO, take_over, tornado_tested
+from service.transports.takeover import (
+    PRIVATE_ATTRIBUTES,
+    PRIVATE_NAMES,
+    TESTED_TORNADO,
+    take_over,
+    tornado_tested,
+)
 
-REQUIREMENTS = Path(__file__).resolve().parents[3] / "requirements.txt"
+ROOT = Path(__file__).resolve().parents[3]
+REQUIREMENTS = ROOT / "requirements.txt"
+TAKEOVER = ROOT / "service" / "transports" / "takeover.py"
+# A private Tornado name in code: `from tornado... import _x`, `tornado.x._y`, or one of the
+# attributes listed in takeover.py read off an object.
+PRIVATE_USE = re.compile(
+    r"from tornado[\w.]* import [^\n]*\b_[A-Za-z]"
+    r"|tornado(?:\.\w+)*\._[A-Za-z]"
+    r"|\._(?:connections|write_buffer|read_buffer)\b"
+)
 
 
 def test_installed_tornado_is_in_the_tested_range() -> None:
@@ -62,7 +78,7 @@ def test_the_edge_servers_private_names_exist() -> None:
         context = _HTTPRequestContext(stream, ("127.0.0.1", 1), "http")
         assert isinstance(context.remote_ip, str) and context.protocol == "http"
         assert isinstance(HTTPServer(Application())._connections, set)
-        assert [name for name, _ in EDGE_PRIVATE_NAMES] == [
+        assert [name for name, _ in PRIVATE_NAMES] == [
             "tornado.httpserver._HTTPRequestContext",
             "HTTPServer._connections",
         ]
@@ -123,3 +139,19 @@ def test_take_over_refuses_while_tornado_holds_unsent_bytes() -> None:
     finally:
         stream.close()
         right.close()
+
+
+def test_no_other_module_names_a_tornado_private() -> None:
+    """Every reach into Tornado's internals goes through takeover.py, where the checks above
+    cover it: a new one elsewhere fails here first."""
+    offenders = []
+    for package in ("service", "handlers", "metrics"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == TAKEOVER:
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if PRIVATE_USE.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+    assert PRIVATE_USE.search("from tornado.httpserver import HTTPServer, _HTTPRequestContext")
+    assert PRIVATE_USE.search("server._connections.add(conn)")
