@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import secrets
 import signal
 import sys
@@ -35,7 +36,16 @@ from bench.__main__ import _plans, _recv, batch_histogram, fanout_batches, stop_
 from bench.peers.pushpin_system import PushpinSystem
 from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery, Histogram
-from bench.systems import ROOT, NchanSystem, ServiceSystem, System, add_events_option, cpu_seconds, rss_bytes
+from bench.systems import (
+    ROOT,
+    NchanSystem,
+    ServiceSystem,
+    System,
+    add_events_option,
+    cpu_seconds,
+    machine_busy_seconds,
+    rss_bytes,
+)
 from service.storage.mongo.embedded import EmbeddedMongo
 
 HERE = Path(__file__).resolve().parent
@@ -167,6 +177,9 @@ class Clients:
                 out["websocket_per_second"] = round(count / max(1e-3, last - started), 1)
         return out
 
+    def pids(self) -> list[int]:
+        return [process.pid for process, _ in self.workers if process.pid is not None]
+
     def close(self) -> None:
         stop_load_processes(self.workers)
 
@@ -176,8 +189,8 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     clients.ask("reset", first_seq)
     publisher = system.publisher()
     count = max(1, int(rate * duration))
-    pids = system.server_pids()
-    cpu_before = cpu_seconds(pids)
+    pids, load_pids = system.server_pids(), clients.pids()
+    cpu_before, load_before, busy_before = cpu_seconds(pids), cpu_seconds(load_pids), machine_busy_seconds()
     batches_before = batch_histogram(system)
     started = time.monotonic()
     try:
@@ -192,6 +205,7 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     parts = clients.ask("finish", (last, 120.0))
     clients_done = time.monotonic()
     cpu = cpu_seconds(pids) - cpu_before
+    load_cpu, busy = cpu_seconds(load_pids) - load_before, machine_busy_seconds() - busy_before
     merged = {kind: Delivery() for kind in ("websocket", "sse")}
     for part in parts:
         for kind in merged:
@@ -215,10 +229,19 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     result["duplicated"] = sum(result[k]["duplicated"] for k in merged)
     result["out_of_order"] = sum(result[k]["out_of_order"] for k in merged)
     result["disconnected"] = sum(result[k]["disconnected"] for k in merged)
-    result["deliveries_per_second"] = round(
-        sum(result[k]["received"] for k in merged) / max(1e-3, clients_done - started), 1
-    )
+    wall = max(1e-3, clients_done - started)
+    result["deliveries_per_second"] = round(sum(result[k]["received"] for k in merged) / wall, 1)
     result["slowest_by_third_ms"] = slowest_by_third(merged.values(), first_seq, count)
+    # Where the machine's cores went from the first publish to the last delivery: the server,
+    # the load clients (the same for every system), and the rest (the service's store, the
+    # kernel's softirq work, the runner). A machine near all its cores busy is saturated: the
+    # latency then measures the machine, not the server alone.
+    result["cpu_cores"] = {
+        "server": round(cpu / wall, 2),
+        "load": round(load_cpu / wall, 2),
+        "machine": round(busy / wall, 2),
+        "of": os.cpu_count() or 0,
+    }
     batches = fanout_batches(batches_before, batch_histogram(system))
     if batches is not None:
         result["fanout_batches"] = batches
@@ -382,8 +405,8 @@ def table(document: dict[str, Any]) -> str:
         "| connections | system | workers | rate /s × s | WS p50 / p99 ms | SSE p50 / p99 ms "
         "| lost / dup / out-of-order "
         "| RSS per conn KB | idle CPU % of a core | connects /s (WS alone) | deliveries /s | events per fan-out "
-        "| slowest event by third ms |",
-        "|" + "---|" * 13,
+        "| slowest event by third ms | cores busy: server / load / machine |",
+        "|" + "---|" * 14,
     ]
     for point in document["points"]:
         for rate, phase in point["rates"].items():
@@ -398,9 +421,18 @@ def table(document: dict[str, Any]) -> str:
                 f"| {connect['per_second']:.0f} ({connect.get('websocket_per_second', 0):.0f}) "
                 f"| {phase.get('deliveries_per_second', 0):,.0f} "
                 f"| {phase['fanout_batches']['mean'] if phase.get('fanout_batches') else '–'} "
-                f"| {' / '.join(f'{ms:.0f}' for ms in phase.get('slowest_by_third_ms', [])) or '–'} |"
+                f"| {' / '.join(f'{ms:.0f}' for ms in phase.get('slowest_by_third_ms', [])) or '–'} "
+                f"| {cores_busy(phase)} |"
             )
     out = "\n".join(rows)
+    missing = [
+        f"{entry['system']} {entry['size']:,}: {entry.get('error') or 'skipped, ' + entry['reason']}"
+        for entry in sorted(
+            document.get("failures", []) + document.get("skipped", []), key=lambda e: (e["system"], e["size"])
+        )
+    ]
+    if missing:
+        out += "\n\nNot measured: " + "; ".join(missing) + "."
     if document["points"]:
         out += "\n\n" + sizing_table(document)
     if document.get("connect_runs"):
@@ -424,6 +456,23 @@ def table(document: dict[str, Any]) -> str:
             f"{hb['phase']['out_of_order']}."
         )
     return out
+
+
+def held(point: dict[str, Any]) -> bool:
+    """Whether a system held a point: every client connected and none dropped in a phase. One
+    that did not is not tried at larger sizes in the same run (Pushpin spent 5 minutes failing to
+    connect 25,000, then 5 more at 50,000)."""
+    if point["connect"]["failed"] or point["connect"]["opened"] < point["size"]:
+        return False
+    return not any(phase["disconnected"] for phase in point["rates"].values())
+
+
+def cores_busy(phase: dict[str, Any]) -> str:
+    """`server / load / machine of N` cores busy over a phase ('–' in runs before it was kept)."""
+    cores = phase.get("cpu_cores")
+    if not cores:
+        return "–"
+    return f"{cores['server']:.2f} / {cores['load']:.2f} / {cores['machine']:.2f} of {cores['of']}"
 
 
 def sizing(document: dict[str, Any], system: str = "service") -> dict[str, Any]:
@@ -587,10 +636,16 @@ def main(argv: list[str] | None = None) -> int:
                         say(f"connect {label} {algorithm}: {run}")
                         save(document, args)
             largest = 0
+            could_not_hold: dict[str, int] = {}  # system -> the smallest size it did not hold
             for size in args.sizes:
                 for name in args.systems:
                     if args.deadline and time.monotonic() - began > args.deadline:
                         say(f"deadline: skipping {name} {size}")
+                        continue
+                    if name in could_not_hold and size > could_not_hold[name]:
+                        reason = f"did not hold {could_not_hold[name]:,} connections in this run"
+                        say(f"skipping {name} {size}: {reason}")
+                        document.setdefault("skipped", []).append({"system": name, "size": size, "reason": reason})
                         continue
                     workers = processes_for(size)
                     if name == "service":
@@ -608,10 +663,13 @@ def main(argv: list[str] | None = None) -> int:
                     except Exception as exc:  # a size that cannot be held is a result too
                         say(f"{name} {size} failed: {exc!r}")
                         document.setdefault("failures", []).append({"system": name, "size": size, "error": repr(exc)})
+                        could_not_hold.setdefault(name, size)
                         save(document, args)
                         continue
                     point["system"] = name
                     document["points"].append(point)
+                    if not held(point):
+                        could_not_hold.setdefault(name, size)
                     if name == "service":
                         largest = max(largest, size)
                     save(document, args)

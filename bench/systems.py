@@ -62,6 +62,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy so far: all of /proc/stat's first
+    line but idle and iowait (user, system, interrupts and softirq included, whoever ran)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / ticks
+
+
 def wait_for(condition: Condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
