@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DeleteOne, UpdateOne
@@ -35,6 +35,7 @@ DUPLICATE_KEY = 11000
 # (12,500 per worker at 50,000 connections: minutes of the one store's time, every 15 s).
 IN_CHUNK = 50
 ARRIVE_ROUNDS = 3  # insert attempts of an arrival whose document a sweeper deletes meanwhile
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # below every `seenAt`: a date range's lower bound
 
 
 # Documents per write command: SecantusDB holds its storage lock through a command, and every
@@ -264,9 +265,15 @@ class MongoPresence(MongoEvents):
                 )
 
     async def presence_stale(self, before: datetime) -> list[Document]:
-        """Documents written by an earlier release (one `seenAt` each) that are older than `before`."""
+        """Documents written by an earlier release (one `seenAt` each) that are older than `before`.
+
+        The range is bounded below too: this release's documents have no `seenAt`, and their
+        null keys sort before every date in the index. SecantusDB scans an open-ended `$lt` from
+        the index's start, so the sweep read (every sweep, every process) fetched and rejected
+        every user document: 0.29 s at 5,000 users, the store's busiest read in a quiet fleet.
+        """
         async with refused(self.timeout_seconds):
-            return await self.presence.find({"seenAt": {"$lt": before}}).to_list(length=None)
+            return await self.presence.find({"seenAt": {"$gte": EPOCH, "$lt": before}}).to_list(length=None)
 
     async def presence_claim_stale(self, doc_id: str, seen_at: datetime) -> bool:
         """Delete a dead process's document unless someone did (or it was refreshed) first."""
