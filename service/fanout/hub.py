@@ -167,6 +167,8 @@ class Hub:
         write per connection for all of them, or, with a write delay, after it."""
         if not events:
             return
+        if self.presence is not None:
+            self.presence.saw(events)
         if self.write_delay_seconds <= 0:
             self._fan_out(events)
             return
