@@ -14,6 +14,8 @@ events straight into `events` (the bench's `MongoPublisher`, another process's t
   service), so `e2e − store` is the service's own share.
 
 Then it measures idle CPU of the service and of the store over `--idle` seconds with no event.
+Before all that, `store_round_trips`: `ping` and `insert_one` timed alone against the same store
+(`--round-trips`, 200 each), the floor under any hop.
 `--old DIR` runs another checkout first against the same store (`git worktree add /tmp/old main`).
 
     python -m bench.bus_lag --duration 30
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from websockets.asyncio.client import connect
 
 from bench.systems import HttpPublisher, MongoPublisher, Publisher, ServiceSystem, cpu_seconds
@@ -201,6 +203,30 @@ async def run_phases(
     return {phase.name: phase.report() for phase in phases}
 
 
+def round_trips(uri: str, count: int) -> dict[str, float | None]:
+    """The store's own floor: `ping` and `insert_one` round trips from one client, one at a time
+    10 ms apart (each alone on the store), p50/p99 ms. An event's hop is at least one insert and
+    one getMore answer."""
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    try:
+        scratch = client["bus_lag_floor"]["inserts"]
+        out: dict[str, float | None] = {}
+        for name, call in (("ping", lambda: client.admin.command("ping")), ("insert", lambda: scratch.insert_one({}))):
+            call()  # the connection is open before the clock starts
+            took: list[float] = []
+            for _ in range(count):
+                started = time.perf_counter()
+                call()
+                took.append(time.perf_counter() - started)
+                time.sleep(0.01)
+            out[f"{name}_p50_ms"] = ms(quantile(took, 0.5))
+            out[f"{name}_p99_ms"] = ms(quantile(took, 0.99))
+        client.drop_database("bus_lag_floor")
+        return out
+    finally:
+        client.close()
+
+
 def idle_cpu(pids: list[int], seconds: float) -> float:
     """CPU seconds those processes used per second of wall time while nothing was published."""
     if seconds <= 0:
@@ -251,10 +277,15 @@ def main() -> None:
         help="insert_one into events (default), or POST /api/events (the service inserts, in its own loop)",
     )
     parser.add_argument("--memory", action="store_true", help="an in-memory store (no data directory, no sync)")
+    parser.add_argument(
+        "--round-trips", type=int, default=200, help="ping and insert_one round trips timed first (0: none)"
+    )
     parser.add_argument("--old", type=Path, help="another checkout measured first, against the same store")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     with store(args.memory) as mongo:
+        if args.round_trips:
+            results["store_round_trips"] = round_trips(mongo.uri, args.round_trips)
         if args.old:
             results["old"] = measure(args.old.resolve(), mongo, args)
         results["new"] = measure(ROOT, mongo, args)

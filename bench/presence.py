@@ -3,8 +3,8 @@
 Three scenarios, each against real service processes on one SecantusDB:
 
 - `cost`: N WebSocket clients over U users (several client processes, 127.0.0.x sources),
-  first with PRESENCE=0, then PRESENCE=1, same run. For each: the service's CPU seconds and
-  MongoDB write operations (serverStatus opcounters insert+update+delete) while the clients
+  first with PRESENCE=0, then PRESENCE=1, same run. For each: the service's and the store's
+  CPU seconds and MongoDB write operations (serverStatus opcounters insert+update+delete) while the clients
   connect, and then over a steady window of `--window` seconds (default 4 heartbeats).
 - `kill`: a user connected to A, an observer on B; A is killed with SIGKILL; the time until
   the observer receives `presence_left`, `--runs` times (p50 and max), and how many
@@ -226,28 +226,33 @@ def cost(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]:
         service = ServiceProcess(workdir / mode, env).start()
         fleet = None
         try:
+            store = [args.store_pid]  # the store's CPU: reads (the gauge's count, the sweeps) show only here
             cpu0, w0, started = cpu_seconds([service.pid]), writes(mongo), time.time()
+            store0 = cpu_seconds(store)
             fleet = Fleet([service.port], args.clients, args.users, args.procs, args.sources, args.events)
             connect_s = fleet.wait_connected(args.timeout)
-            if mode == "on":  # every user's join written
-                while mongo[f"presence_cost_{mode}"]["presence_users"].count_documents({}) < args.users:
-                    time.sleep(0.2)
+            if mode == "on":  # every user's join written, and the process's own document of each
+                # (a count reads every document, so once a second: the polling is store load too)
+                for collection in ("presence_users", "presence"):
+                    while mongo[f"presence_cost_{mode}"][collection].count_documents({}) < args.users:
+                        time.sleep(1.0)
                 # ... and every join event through the bus: each is offered to every connection
                 # (filtered out by the clients' events=), part of the connect cost, not of the steady state.
                 while published(service.port, "presence_joined") < args.users:
                     time.sleep(0.2)
             connect_s = time.time() - started
             time.sleep(1.0)
-            cpu1, w1 = cpu_seconds([service.pid]), writes(mongo)
+            cpu1, w1, store1 = cpu_seconds([service.pid]), writes(mongo), cpu_seconds(store)
             drops1 = scraped(service.port, "realtime_disconnects_total")
-            slices, last = [], cpu1
+            slices, store_slices, last, store_last = [], [], cpu1, store1
             for _ in range(int(args.window // 5)):  # CPU per 5 s: a tail of the connect phase shows as a decay
                 time.sleep(5)
-                now_cpu = cpu_seconds([service.pid])
+                now_cpu, now_store = cpu_seconds([service.pid]), cpu_seconds(store)
                 slices.append(round(now_cpu - last, 2))
-                last = now_cpu
+                store_slices.append(round(now_store - store_last, 2))
+                last, store_last = now_cpu, now_store
             time.sleep(args.window % 5)
-            cpu2, w2 = cpu_seconds([service.pid]), writes(mongo)
+            cpu2, w2, store2 = cpu_seconds([service.pid]), writes(mongo), cpu_seconds(store)
             drops = scraped(service.port, "realtime_disconnects_total") - drops1
         finally:
             if fleet is not None:
@@ -263,6 +268,10 @@ def cost(args: argparse.Namespace, uri: str, workdir: Path) -> dict[str, Any]:
             "steady_writes_per_s": round((w2 - w1) / args.window, 3),
             "steady_cpu_percent": round(100 * (cpu2 - cpu1) / args.window, 2),
             "steady_cpu_s_per_5s": slices,
+            "connect_store_cpu_s": round(store1 - store0, 2),
+            "steady_store_cpu_s": round(store2 - store1, 2),
+            "steady_store_cpu_percent": round(100 * (store2 - store1) / args.window, 2),
+            "steady_store_cpu_s_per_5s": store_slices,
             "steady_disconnects": int(drops),  # clients dropped and back: their transitions write
         }
         print(mode, json.dumps(result[mode]), flush=True)
@@ -419,6 +428,7 @@ def main() -> None:
         workdir = args.keep or Path(tmp)  # --keep DIR: the service logs stay there
         mongo = EmbeddedMongo(":memory:")
         uri = mongo.start()
+        args.store_pid = mongo.pid
         try:
             result = {"cost": cost, "kill": kill, "rolling": rolling}[args.scenario](args, uri, workdir)
         finally:
