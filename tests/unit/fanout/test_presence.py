@@ -28,7 +28,7 @@ from service.fanout.hub import Hub
 from service.fanout.presence import (
     FLUSH_SECONDS,
     JOIN_CHUNK,
-    ORPHAN_SWEEPS,
+    LOST_CHECK_BEATS,
     STALE_HEARTBEATS,
     WRITE_CHUNK,
     Presence,
@@ -444,6 +444,29 @@ def test_a_failed_step_pauses_the_loop_longer_each_time_and_a_success_resets_it(
     assert presence._backoff == 0.0
 
 
+def test_a_user_who_leaves_before_their_document_here_is_written_departs() -> None:
+    """The join went through but this process's document did not (the write failed, or a drain
+    cancelled the flush between the two); the user's last connection then closed. Nothing of
+    this process is left to remove, but the user is online fleet-wide: they depart (and leave
+    after the grace), rather than stay online until the next orphan sweep."""
+    presence, store, _, _ = make()
+    presence.connected(4, "ليلى", "sse")
+    store.failing.add("presence_write")
+    with pytest.raises(StoreUnavailable):
+        run(presence.flush())
+    assert store.joined == [4] and store.users[4]["state"] == "online" and not store.docs
+    store.failing.clear()
+    presence.disconnected(4, "sse")
+    run(presence.flush())
+    assert store.users[4]["state"] == "leaving"
+    # Only the write that failed: nothing of this process was written, so nothing to remove.
+    assert store.called("presence_write") == [(presence.process_id, {4: ("ليلى", {"sse": 1})}, [], T0)]
+    store.calls.clear()
+    presence.connected(4, "ليلى", "sse")  # back: a new arrival, written this time
+    run(presence.flush())
+    assert store.users[4]["state"] == "online" and len(store.docs) == 1
+
+
 def test_a_failed_departure_is_retried_by_the_next_flush() -> None:
     presence, store, _, _ = make()
     presence.connected(1, "Ahmed", "websocket")
@@ -560,7 +583,7 @@ def test_a_swept_process_rewrites_its_documents_and_rejoins_users() -> None:
 def test_lost_fleet_documents_are_looked_for_only_when_a_sweep_may_have_taken_them() -> None:
     """`presence_missing` reads every user of the process, so a refresh on time does not ask
     it; one later than the stale bound allows (a sweep may have taken this process's users
-    meanwhile) does, and so does every ORPHAN_SWEEPS-th refresh, against clock skew. A user
+    meanwhile) does, and so does every LOST_CHECK_BEATS-th refresh, against clock skew. A user
     found missing arrives again (a `presence_joined`)."""
     presence, store, _, _ = make(heartbeat=10)
     run(store.presence_refresh(presence.process_id, T0))
@@ -577,7 +600,7 @@ def test_lost_fleet_documents_are_looked_for_only_when_a_sweep_may_have_taken_th
     run(presence.flush())
     assert store.joined == [0, 1, 2, 1]
     store.calls.clear()
-    while presence._refreshes % ORPHAN_SWEEPS:
+    while presence._refreshes % LOST_CHECK_BEATS:
         presence._last_refresh = time.monotonic()
         run(presence._refresh())
     assert len(store.called("presence_missing")) == 1
@@ -657,6 +680,30 @@ def test_orphans_are_looked_for_only_when_asked() -> None:
     assert store.called("presence_mark_orphans") == []
     run(presence._sweep(orphans=True))
     assert store.called("presence_mark_orphans") == [(T0,)]
+
+
+def test_a_sweep_that_claims_a_dead_process_looks_for_its_orphans_at_once() -> None:
+    """A process killed between a user's join (the fleet-wide document) and its own document
+    leaves that user online with no process: the sweep that claims it looks for such users
+    then, not at the next backstop. A sweeper that lost the claim does not read them again."""
+    presence, store, _, _ = make(heartbeat=10.0, grace=30.0)
+    dead_seen = T0 - timedelta(seconds=10.0 * STALE_HEARTBEATS + 1)
+    store.processes["dead"] = dead_seen
+    store.users[5] = {"_id": 5, "state": "online", "userName": "نور"}  # joined, no process document
+    run(presence._sweep())
+    assert store.called("presence_mark_orphans") == [(T0,)]
+    assert store.users[5]["state"] == "leaving"
+    store.calls.clear()
+    store.processes["other"] = dead_seen
+
+    async def lose(process: str, seen_at: datetime) -> list[UserId] | None:
+        store._call("presence_sweep_process", process, seen_at)
+        return None  # another sweeper claimed it first
+
+    store.presence_sweep_process = lose  # type: ignore[method-assign]
+    run(presence._sweep())
+    assert store.called("presence_sweep_process") == [("other", dead_seen)]
+    assert store.called("presence_mark_orphans") == []
 
 
 def encoded(event_type: str, seq: int = 1) -> Encoded:
