@@ -5,7 +5,8 @@ from MongoDB: a change stream resumed from the nearest *position* (a resume toke
 saved for an event at or before the id) reads forward one page at a time until memory covers
 the rest. What a client can make this cost is bounded three ways:
 
-- a page is at most `PAGE_SIZE` events read, filtered for the client before they are
+- a page is at most `PAGE_SIZE` events read after the client's id (those between the saved
+  position and the id are read past, not counted), filtered for the client before they are
   encoded, and handed to it before the next is read (a stream waits until its client has
   taken the page; a poll answers with one page and carries on at the next poll);
 - store replays run through a `ReplayGate`: a few at a time per process, at most
@@ -204,7 +205,8 @@ class StoreReplay(Replay):
             await self.ticket.page()
         events: list[Encoded] = []
         caught_up = False
-        for _ in range(self.page_size):
+        read = 0
+        while read < self.page_size:
             try:
                 change = await self.stream.try_next()
             except StoreUnavailable:
@@ -216,7 +218,13 @@ class StoreReplay(Replay):
                 break
             position = event_id(change.position)
             if position <= self.after:
-                continue  # between the saved position and the client's id
+                # Between the saved position and the client's id: not part of the page. Counted,
+                # a poll (one page each, each from the newest saved position at or before its
+                # id) whose saved position lay a page or more behind got an empty page and the
+                # same id back, for ever; positions are sparse after a burst (the saver keeps
+                # only the newest while a save is in flight).
+                continue
+            read += 1
             self.after = position
             event = event_from_change(change)
             if event is not None and self.wants(event):

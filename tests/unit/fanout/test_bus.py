@@ -176,6 +176,29 @@ def test_a_store_replay_reads_pages_then_switches_to_memory() -> None:
     assert asyncio.run(run()) == [eid(i) for i in range(4, 11)]
 
 
+def test_a_page_is_the_events_after_the_client_however_far_back_the_saved_position() -> None:
+    """The newest saved position lies further behind the client's id than a page (a burst left
+    positions sparse): the events between it and the id are read past, not counted, so a poll's
+    one page still brings the next `page_size` events instead of an empty page for ever."""
+
+    async def run() -> list[list[str]]:
+        bus, _ = store_bus(20, history_size=2, page_size=3)
+        pages = []
+        after = eid(10)
+        for _ in range(2):  # two polls, each one page of a fresh replay from its cursor
+            replay = await bus.open_replay(after, everything, 1)
+            assert replay is not None
+            try:
+                page = await replay.next_page()
+            finally:
+                await replay.close()
+            pages.append(ids(page.events))
+            after = page.position
+        return pages
+
+    assert asyncio.run(run()) == [[eid(11), eid(12), eid(13)], [eid(14), eid(15), eid(16)]]
+
+
 def test_memory_moving_its_boundary_during_a_store_read_loses_no_event() -> None:
     """Live events evicting memory while the store is read (issue 27's boundary race): the replay
     reads on from the store instead of trusting memory it checked before the await."""
