@@ -110,12 +110,20 @@ async def test_admin_disconnects_every_connection_of_a_user(service: Service) ->
     await other.close()
 
 
-# Under pytest-xdist (1 run in 2 of this file with two workers; never serially) this test's
-# teardown reports a socket dropped unclosed, with a local address and no peer: most likely a
-# PyMongo connect that timed out against the SIGSTOPped server's full backlog (not confirmed:
-# runs under tracemalloc did not reproduce it). Tolerated in this test alone, so a leak
-# anywhere else still fails its test.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# PyMongo 4.20.1 leaks a socket when `AsyncMongoClient.close()` (or any cancellation) interrupts
+# a connect still in progress: `pymongo.pool_shared._async_create_connection` closes the socket
+# on a timeout or an OSError, not on `CancelledError` (PYTHON-5867, fixed upstream after 4.20.1).
+# Here the client's monitor is still connecting to the server that was SIGSTOPped (its SYNs were
+# dropped on a full backlog and are retried 1, 2, 4 s later) when the teardown closes the
+# client, in about 1 run in 2 under xdist. Reproduced outside the service: a client whose ping
+# timed out against a listener that never accepts, then closed, warns `unclosed <socket.socket
+# ... laddr=(...)>` with no peer, as here. The socket is closed when collected; nothing of ours
+# holds it. Only that warning is tolerated, and only in this test: any other unraisable
+# exception, or a socket with a peer, still fails it.
+@pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <socket\.socket fd=\d+, family=\d+, type=\d+, proto=\d+, "
+    r"laddr=\('[0-9.]+', \d+\)>:pytest.PytestUnraisableExceptionWarning"
+)
 @pytest.mark.gen_test(timeout=120)
 async def test_mongodb_pause_gives_503_keeps_streams_and_loses_nothing(
     start_service: StartService, tmp_path: Path
