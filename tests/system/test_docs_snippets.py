@@ -1,4 +1,4 @@
-"""The code blocks of README.md, web/README.md and docs/*.md, checked as printed.
+"""The code blocks of README.md, web/README.md, bench/README.md and docs/*.md, checked as printed.
 
 A block's info string says what it is: ```python runs against a real service process,
 ```ts/```tsx/```js are type-checked (`tsc -b`) and built (`vite build`) in a fresh Vite app made
@@ -8,7 +8,9 @@ type-checked as a Node 20 module against that package, `ws` and Node's types ins
 parses, ```promql passes `promtool check rules`, and ```sh names only `make` targets, `python -m`
 modules and flags, `npm run` scripts, tarballs and repository paths that exist. ```text (output,
 diagrams) and any block whose info string says `illustrative` are not run; every other block
-fails the first test, so a new snippet is either checked or explicitly marked.
+fails the first test, so a new snippet is either checked or explicitly marked. Commands quoted
+inline in the text (`python -m bench.scale --sizes ...`, `make bench-scale`) are checked as
+```sh lines are.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from harness.clients import wait_bound
 from harness.processes import ROOT, ServiceProcess, as_service, shared_env
 from tests.system.test_python_client import seed_position
 
-DOCS = [ROOT / "README.md", ROOT / "web" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "web" / "README.md",
+    ROOT / "bench" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 EXAMPLE = ROOT / "examples" / "vite-react"
 INSTALLED = EXAMPLE / "node_modules" / "@realtime-tasks" / "web" / "package.json"
 CHECKED = {"python", "ts", "tsx", "js", "jsonc", "json", "promql", "sh"}
@@ -137,35 +144,37 @@ def help_text(module: str, command: str | None) -> str:
     return result.stdout
 
 
-def shell_checks(block: Block) -> list[str]:
-    """What the block names, each checked; the list of what was checked (empty: nothing)."""
+def shell_checks(where: object, code: str) -> list[str]:
+    """What `code` (a block, or one inline span at `where`) names, each checked; the list of
+    what was checked (empty: nothing)."""
     done: list[str] = []
     web = json.loads((ROOT / "web" / "package.json").read_text())
-    for raw in block.code.splitlines():
+    for raw in code.splitlines():
         line = re.sub(r"(^|\s)#.*$", "", raw)
         for match in re.finditer(r"\bmake((?:\s+[a-z][\w-]*)+)", line):
             for target in match.group(1).split():
-                assert target in make_targets(), f"{block}: `make {target}`: no such target"
+                assert target in make_targets(), f"{where}: `make {target}`: no such target"
                 done.append(f"make {target}")
-        for match in re.finditer(r"python -m ([\w.]+)((?:\s+[^\s|&;)]+)*)", line):
+        for match in re.finditer(r"python -m (\w+(?:\.\w+)*)((?:\s+[^\s|&;)]+)*)", line):
             module, words = match.group(1), match.group(2).split()
             command = words[0] if words and re.fullmatch(r"[a-z]+", words[0]) else None
             text = help_text(module, command)
             if command:
-                assert command in help_text(module, None), f"{block}: `python -m {module} {command}`"
-            for flag in (w.split("=")[0] for w in words if w.startswith("--")):
-                assert re.search(rf"{re.escape(flag)}\b", text), f"{block}: `python -m {module}`: no {flag}"
+                assert command in help_text(module, None), f"{where}: `python -m {module} {command}`"
+            # `[--sse | --poll]`: optional flags, written as a usage line writes them
+            for flag in (w.strip("[]").split("=")[0] for w in words if w.strip("[]").startswith("--")):
+                assert re.search(rf"{re.escape(flag)}\b", text), f"{where}: `python -m {module}`: no {flag}"
             done.append(f"python -m {module} {' '.join(words)}".strip())
         for match in re.finditer(r"\bnpm (?:run (\S+)|(test)\b)", line):
             script = match.group(1) or match.group(2)
-            assert script in web["scripts"], f"{block}: `npm run {script}`: not in web/package.json"
+            assert script in web["scripts"], f"{where}: `npm run {script}`: not in web/package.json"
             done.append(f"npm run {script}")
         for tarball in re.findall(r"[\w.-]+\.tgz", line):
             packed = f"{web['name'].lstrip('@').replace('/', '-')}-{web['version']}.tgz"
-            assert tarball == packed, f"{block}: {tarball}, but `npm pack` writes {packed}"
+            assert tarball == packed, f"{where}: {tarball}, but `npm pack` writes {packed}"
             done.append(tarball)
         for path in re.findall(r"(?<![\w/.~-])((?:k8s|examples|scripts|docs|web|service|tests)/[\w./-]*)", line):
-            assert (ROOT / path).exists(), f"{block}: {path} does not exist"
+            assert (ROOT / path).exists(), f"{where}: {path} does not exist"
             done.append(path)
     return done
 
@@ -173,7 +182,38 @@ def shell_checks(block: Block) -> list[str]:
 def test_shell_blocks_name_only_commands_that_exist() -> None:
     """Every ```sh block's make targets, python -m modules and flags, npm scripts and paths exist."""
     for block in checked("sh"):
-        assert shell_checks(block), f"{block}: names nothing checkable; mark it `sh illustrative`"
+        assert shell_checks(block, block.code), f"{block}: names nothing checkable; mark it `sh illustrative`"
+
+
+def inline_commands() -> list[tuple[str, str]]:
+    """Every inline code span of the docs (outside blocks) that runs something: `python -m ...`
+    or `make <target>`, with where it is. A span may wrap over lines, never over a paragraph."""
+    spans: list[tuple[str, str]] = []
+    for doc in DOCS:
+        lines = doc.read_text(encoding="utf-8").split("\n")
+        inside = False
+        for number, line in enumerate(lines):
+            fence = line.startswith("```")
+            inside ^= fence
+            if inside or fence:
+                lines[number] = ""  # blocks are checked as blocks; their lines end paragraphs here
+        text = "\n".join(lines)
+        for paragraph in re.finditer(r"(?:.+\n?)+", text):
+            for span in re.finditer(r"`([^`]+)`", paragraph.group()):
+                command = " ".join(span.group(1).split())
+                if re.search(r"python -m \w|\bmake [a-z]", command):
+                    number = text.count("\n", 0, paragraph.start() + span.start()) + 1
+                    spans.append((f"{doc.relative_to(ROOT)}:{number}", command))
+    return spans
+
+
+def test_inline_commands_name_only_flags_that_exist() -> None:
+    """The commands quoted in running text (a measurement's command, a flag named in passing) are
+    pasted as often as blocks: their modules, subcommands, flags and make targets exist too."""
+    spans = inline_commands()
+    assert len(spans) > 20  # the docs quote dozens; none found means the scan broke
+    for where, span in spans:
+        shell_checks(where, span)
 
 
 # --- Python: run against a real service -------------------------------------------------------
