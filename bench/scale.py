@@ -1,7 +1,7 @@
 """`python -m bench.scale` (`make bench-scale`): the curve a fleet is sized by.
 
-For each size (total connections, half WebSocket and half SSE) both the service and nginx+nchan
-are started with as many worker processes as keep each under the per-process open-file limit
+For each size (total connections, half WebSocket and half SSE) each system (the service with
+presence on and with `PRESENCE=0`, nginx+nchan, Socket.IO, Pushpin) is started in turn with as many worker processes as keep each under the per-process open-file limit
 (`files_per_process`), and the clients come from as many load processes, spread over 50
 loopback source addresses. On one set of open connections each point measures, in turn: the
 connect rate, idle memory, idle CPU (heartbeats only), then publish→receive latency, loss,
@@ -50,7 +50,10 @@ from service.storage.mongo.embedded import EmbeddedMongo
 
 HERE = Path(__file__).resolve().parent
 SIZES = (1_000, 5_000, 10_000, 25_000, 50_000, 100_000)
-SYSTEMS = ("service", "nchan", "socketio", "pushpin")
+SYSTEMS = ("service", "service-nopresence", "nchan", "socketio", "pushpin")
+# How a system is named in the tables and the plot. Every client is a new user, so the service
+# with presence on also measures N joins at each point; `PRESENCE=0` is its fan-out alone.
+LABELS = {"service-nopresence": "service, PRESENCE=0"}
 FILES_PER_PROCESS = 15_000  # connections per server or load process: 20,000 open files, with room for imbalance
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 
@@ -74,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help=f"any of {','.join(SYSTEMS)} (socketio: WebSocket only; pushpin: one instance, at most ~19k connections)",
+        help=f"any of {','.join(SYSTEMS)} (service-nopresence: the service with PRESENCE=0; socketio: "
+        "WebSocket only; pushpin: one instance, at most ~19k connections)",
     )
     parser.add_argument("--connect-size", type=int, default=10_000, help="WebSocket clients of the connect runs")
     parser.add_argument("--old", type=Path, default=None, help="another checkout: its connect rate beside this one")
@@ -586,6 +590,18 @@ def render(document: dict[str, Any], args: argparse.Namespace) -> None:
         write_readme(markdown, document["command"])
 
 
+def make_system(name: str, workdir: Path, secret: str, workers: int, mongo_uri: str, events: str) -> System:
+    """System `name` of `SYSTEMS` with `workers` processes (Pushpin: always one instance)."""
+    if name in ("service", "service-nopresence"):
+        env = {"PRESENCE": "0"} if name == "service-nopresence" else None
+        return ServiceSystem(workdir, secret, workers=workers, mongo_uri=mongo_uri, events=events, env=env)
+    if name == "socketio":
+        return SocketIoSystem(workdir, secret, workers=workers)
+    if name == "pushpin":  # one instance: condure holds every socket in one process
+        return PushpinSystem(workdir, secret)
+    return NchanSystem(workdir, secret, workers=workers)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
@@ -642,31 +658,22 @@ def main(argv: list[str] | None = None) -> int:
                     if args.deadline and time.monotonic() - began > args.deadline:
                         say(f"deadline: skipping {name} {size}")
                         continue
+                    label = LABELS.get(name, name)
                     if name in could_not_hold and size > could_not_hold[name]:
                         reason = f"did not hold {could_not_hold[name]:,} connections in this run"
                         say(f"skipping {name} {size}: {reason}")
-                        document.setdefault("skipped", []).append({"system": name, "size": size, "reason": reason})
+                        document.setdefault("skipped", []).append({"system": label, "size": size, "reason": reason})
                         continue
-                    workers = processes_for(size)
-                    if name == "service":
-                        system = ServiceSystem(
-                            workdir, secret, workers=workers, mongo_uri=mongo_uri, events=args.events
-                        )
-                    elif name == "socketio":
-                        system = SocketIoSystem(workdir, secret, workers=workers)
-                    elif name == "pushpin":  # one instance: condure holds every socket in one process
-                        system = PushpinSystem(workdir, secret)
-                    else:
-                        system = NchanSystem(workdir, secret, workers=workers)
+                    system = make_system(name, workdir, secret, processes_for(size), mongo_uri, args.events)
                     try:
                         point = run_point(system, size, args, secret)
                     except Exception as exc:  # a size that cannot be held is a result too
                         say(f"{name} {size} failed: {exc!r}")
-                        document.setdefault("failures", []).append({"system": name, "size": size, "error": repr(exc)})
+                        document.setdefault("failures", []).append({"system": label, "size": size, "error": repr(exc)})
                         could_not_hold.setdefault(name, size)
                         save(document, args)
                         continue
-                    point["system"] = name
+                    point["system"] = label
                     document["points"].append(point)
                     if not held(point):
                         could_not_hold.setdefault(name, size)

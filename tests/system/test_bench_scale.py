@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.scale import held, table
+from bench.scale import LABELS, SYSTEMS, held, make_system, parse_args, table
+from bench.systems import ServiceSystem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,3 +80,15 @@ def test_what_was_not_measured_is_said_under_the_table() -> None:
         "Not measured: pushpin 25,000: RuntimeError('did not connect'); "
         "pushpin 50,000: skipped, did not hold 25,000 connections in this run."
     )
+
+
+def test_the_service_runs_with_and_without_presence_in_one_run(tmp_path: Path) -> None:
+    """Both service rows come from the same run by default: with presence on every client is a
+    new user (N joins per point), with PRESENCE=0 the fan-out alone."""
+    assert {"service", "service-nopresence"} <= set(parse_args([]).systems)
+    on = make_system("service", tmp_path, "s", 2, "mongodb://127.0.0.1:1/", "bench")
+    off = make_system("service-nopresence", tmp_path, "s", 2, "mongodb://127.0.0.1:1/", "bench")
+    assert isinstance(on, ServiceSystem) and isinstance(off, ServiceSystem)
+    assert "PRESENCE" not in on.extra_env and off.extra_env["PRESENCE"] == "0"
+    assert LABELS["service-nopresence"] == "service, PRESENCE=0"
+    assert all(LABELS.get(name, name) != "service" for name in SYSTEMS if name != "service")
