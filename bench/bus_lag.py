@@ -11,10 +11,15 @@ events straight into `events` (the bench's `MongoPublisher`, another process's t
 - `e2e`: insert → the client's receipt, stamped exactly: the publisher writes its clock into
   the event (`b`) just before `insert_one`, the client reads the same clock on arrival;
 - `store`: insert → a bare PyMongo change stream in this process has it (the same store, no
-  service), so `e2e − store` is the service's own share.
+  service), so `e2e − store` is the service's own share;
+- `service_cpu_ms_per_event`, `store_cpu_ms_per_event`: each process's CPU from the phase's
+  first insert to the client's last event, less what it spends idle in that time (its idle
+  rate, below), per event. The store's is what one event costs it (the insert, and one
+  notification per change stream: the service's and the bare one), the floor under `store`:
+  SecantusDB does it in Python, one core at a time.
 
-Then it measures idle CPU of the service and of the store over `--idle` seconds with no event.
-Before all that, `store_round_trips`: `ping` and `insert_one` timed alone against the same store
+Before the phases: idle CPU of the service and of the store over `--idle` seconds with no event,
+and before all that `store_round_trips`: `ping` and `insert_one` timed alone against the same store
 (`--round-trips`, 200 each), the floor under any hop.
 `--old DIR` runs another checkout first against the same store (`git worktree add /tmp/old main`).
 
@@ -103,6 +108,7 @@ class Phase:
     bus: dict[str, float | None] = field(default_factory=dict)
     expected: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # the client has every event
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds for its events
 
     def report(self) -> dict[str, Any]:
         received = set(self.seqs)
@@ -118,6 +124,9 @@ class Phase:
             "lost": self.events - len(received),
             "dup": len(self.seqs) - len(received),
             "out_of_order": sum(1 for a, b in zip(self.seqs, self.seqs[1:], strict=False) if b < a),
+            # CPU per event, first publish to last arrival: the store's share is its work per
+            # insert and per notification (the service's stream and this bench's bare one)
+            **{f"{name}_cpu_ms_per_event": round(1000 * s / max(1, self.events), 3) for name, s in self.cpu.items()},
         }
 
 
@@ -131,9 +140,17 @@ def sent_at(fields: dict[str, Any]) -> tuple[int, float] | None:
 
 
 async def run_phases(
-    system: ServiceSystem, rates: list[float], duration: float, burst: int, via: str
+    system: ServiceSystem,
+    rates: list[float],
+    duration: float,
+    burst: int,
+    via: str,
+    pids: dict[str, list[int]] | None = None,
+    idle: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Publish at each rate for `duration` s, then `burst` events back to back; the phases' numbers."""
+    """Publish at each rate for `duration` s, then `burst` events back to back; the phases' numbers
+    (with the CPU of each of `pids`' processes, by name, per event, less its `idle` CPU per second)."""
+    pids, idle = pids or {}, idle or {}
     settings = Settings(jwt_secret=SECRET, jwt_algorithms=("HS256",))
     token = issue_token(settings, sub=1, name="قارئ", roles=("user",))
     publisher: Publisher
@@ -179,6 +196,7 @@ async def run_phases(
                 before = scrape(system.port)
                 count = burst if rate == 0.0 else max(1, round(rate * duration))
                 phase.expected = count
+                cpu_before = {name: cpu_seconds(group) for name, group in pids.items()}
                 start = time.monotonic()
                 for n in range(count):
                     if rate:
@@ -188,6 +206,11 @@ async def run_phases(
                     phase.events += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(phase.arrived.wait(), 5)  # else: counted as lost
+                elapsed = time.monotonic() - start
+                phase.cpu = {
+                    name: cpu_seconds(group) - cpu_before[name] - idle.get(name, 0.0) * elapsed
+                    for name, group in pids.items()
+                }
                 await asyncio.sleep(0.2)  # a duplicate would show here
                 after = scrape(system.port)
                 delta = {bound: after.get(bound, 0.0) - before.get(bound, 0.0) for bound in after}
@@ -258,7 +281,11 @@ def measure(checkout: Path, mongo: EmbeddedMongo, args: argparse.Namespace) -> d
                 "service_cpu_per_s": idle_cpu(system.server_pids(), args.idle),
                 "store_cpu_per_s": idle_cpu([mongo.pid], args.idle),
             }
-            phases = asyncio.run(run_phases(system, args.rates, args.duration, args.burst, args.publish))
+            pids = {"service": system.server_pids(), "store": [mongo.pid]}
+            rates = {"service": idle["service_cpu_per_s"], "store": idle["store_cpu_per_s"]}
+            phases = asyncio.run(
+                run_phases(system, args.rates, args.duration, args.burst, args.publish, pids, rates)
+            )
         finally:
             system.stop()
     return {"checkout": str(checkout), "idle": idle, **phases}
