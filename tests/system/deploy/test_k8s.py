@@ -375,6 +375,19 @@ def test_hpa_scales_the_deployment_on_cpu_and_exported_connections() -> None:
     assert by_type["Pods"]["pods"]["metric"]["name"] in exported_metric_names()
 
 
+def test_the_hpa_target_is_the_one_the_docs_explain() -> None:
+    """README's Sizing derives the connections-per-pod target from the scaling curve, and
+    k8s/README.md names it: both must say the number the manifest sets."""
+    hpa = one(render("base"), "HorizontalPodAutoscaler", "realtime")["spec"]
+    (pods,) = [metric for metric in hpa["metrics"] if metric["type"] == "Pods"]
+    target = pods["pods"]["target"]["averageValue"]
+    readme = (ROOT / "README.md").read_text()
+    explained = re.search(r"\*\*HPA target\*\* \(`k8s/base/hpa\.yaml`.*?averageValue\s+\*\*(\d+)\*\*", readme, re.S)
+    assert explained is not None and explained.group(1) == target
+    named = re.search(r"\((\d+) connections per pod on average", (ROOT / "k8s" / "README.md").read_text())
+    assert named is not None and named.group(1) == target
+
+
 @pytest.mark.parametrize("path", APP_KUSTOMIZATIONS)
 def test_selectors_match_the_pod_labels(path: str) -> None:
     """Service, PDB, NetworkPolicy and ServiceMonitor select the realtime pods."""
