@@ -124,8 +124,8 @@ class Phase:
             "lost": self.events - len(received),
             "dup": len(self.seqs) - len(received),
             "out_of_order": sum(1 for a, b in zip(self.seqs, self.seqs[1:], strict=False) if b < a),
-            # CPU per event, first publish to last arrival: the store's share is its work per
-            # insert and per notification (the service's stream and this bench's bare one)
+            # CPU per event, first publish to last arrival, net of idle: the store's is its work
+            # per insert and per notification (the service's stream and this bench's bare one)
             **{f"{name}_cpu_ms_per_event": round(1000 * s / max(1, self.events), 3) for name, s in self.cpu.items()},
         }
 
@@ -283,9 +283,7 @@ def measure(checkout: Path, mongo: EmbeddedMongo, args: argparse.Namespace) -> d
             }
             pids = {"service": system.server_pids(), "store": [mongo.pid]}
             rates = {"service": idle["service_cpu_per_s"], "store": idle["store_cpu_per_s"]}
-            phases = asyncio.run(
-                run_phases(system, args.rates, args.duration, args.burst, args.publish, pids, rates)
-            )
+            phases = asyncio.run(run_phases(system, args.rates, args.duration, args.burst, args.publish, pids, rates))
         finally:
             system.stop()
     return {"checkout": str(checkout), "idle": idle, **phases}

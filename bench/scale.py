@@ -1,7 +1,8 @@
 """`python -m bench.scale` (`make bench-scale`): the curve a fleet is sized by.
 
 For each size (total connections, half WebSocket and half SSE) each system (the service with
-presence on and with `PRESENCE=0`, nginx+nchan, Socket.IO, Pushpin) is started in turn with as many worker processes as keep each under the per-process open-file limit
+presence on and with `PRESENCE=0`, nginx+nchan, Socket.IO, Pushpin) is started in turn with as
+many worker processes as keep each under the per-process open-file limit
 (`files_per_process`), and the clients come from as many load processes, spread over 50
 loopback source addresses. On one set of open connections each point measures, in turn: the
 connect rate, idle memory, idle CPU (heartbeats only), then publish→receive latency, loss,
