@@ -277,15 +277,12 @@ def measure(checkout: Path, mongo: EmbeddedMongo, args: argparse.Namespace) -> d
         system.start()
         try:
             assert mongo.pid is not None
-            idle = {
-                "service_cpu_per_s": idle_cpu(system.server_pids(), args.idle),
-                "store_cpu_per_s": idle_cpu([mongo.pid], args.idle),
-            }
             pids = {"service": system.server_pids(), "store": [mongo.pid]}
-            rates = {"service": idle["service_cpu_per_s"], "store": idle["store_cpu_per_s"]}
+            rates = {name: idle_cpu(group, args.idle) for name, group in pids.items()}
             phases = asyncio.run(run_phases(system, args.rates, args.duration, args.burst, args.publish, pids, rates))
         finally:
             system.stop()
+    idle = {f"{name}_cpu_per_s": rate for name, rate in rates.items()}
     return {"checkout": str(checkout), "idle": idle, **phases}
 
 
