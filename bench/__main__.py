@@ -131,24 +131,72 @@ def publish(system: System, rate: float, duration: float) -> tuple[int, int]:
     return count, publisher.accepted
 
 
-def batch_histogram(system: System) -> dict[str, float] | None:
-    """The service's `realtime_fanout_batch_size` histogram now, as {le: cumulative count,
-    "sum": events, "count": fan-outs} (summed over workers: with WORKERS > 1 any worker's
-    /metrics reads every worker's files); None for other systems and code without the metric."""
+def scrape(system: System) -> str | None:
+    """The service's /metrics text (summed over workers: with WORKERS > 1 any worker's /metrics
+    reads every worker's files); None for other systems, or when it does not answer."""
     if not isinstance(system, ServiceSystem):
         return None
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{system.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+            text: str = response.read().decode()
+            return text
     except OSError:
         return None
+
+
+def histogram_samples(text: str | None, name: str, **labels: str) -> dict[str, float] | None:
+    """One histogram series of a scrape as {le: cumulative count, "sum": ..., "count": ...};
+    None when the scrape has none (code without the metric)."""
+    if text is None:
+        return None
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
     values: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("realtime_fanout_batch_size_bucket"):
-            values[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith(("realtime_fanout_batch_size_sum", "realtime_fanout_batch_size_count")):
-            values[line.split(" ", 1)[0].rsplit("_", 1)[1]] = float(line.rsplit(" ", 1)[1])
+        if not line.startswith(name) or not all(label in line for label in wanted):
+            continue
+        series, value = line.split(" ", 1)[0], float(line.rsplit(" ", 1)[1])
+        if series.startswith(name + "_bucket"):
+            values[series.split('le="', 1)[1].split('"', 1)[0]] = value
+        elif series.startswith((name + "_sum", name + "_count")):
+            values[series.split("{", 1)[0].rsplit("_", 1)[1]] = value
     return values or None
+
+
+def batch_histogram(system: System) -> dict[str, float] | None:
+    """The service's `realtime_fanout_batch_size` histogram now (see `histogram_samples`)."""
+    return histogram_samples(scrape(system), "realtime_fanout_batch_size")
+
+
+def gc_histograms(system: System) -> dict[str, dict[str, float]] | None:
+    """The service's `realtime_gc_pause_seconds` now, per generation (all workers summed)."""
+    text = scrape(system)
+    by_generation = {g: histogram_samples(text, "realtime_gc_pause_seconds", generation=g) for g in "012"}
+    if any(h is None for h in by_generation.values()):
+        return None
+    return {g: h for g, h in by_generation.items() if h is not None}
+
+
+def gc_pauses(
+    before: dict[str, dict[str, float]] | None, after: dict[str, dict[str, float]] | None
+) -> dict[str, Any] | None:
+    """The garbage-collection pauses between two readings (all workers): full collections
+    (generation 2) by count, total and the bucket their longest reached, and the seconds the
+    young generations (0 and 1) took."""
+    if before is None or after is None:
+        return None
+    full = {key: after["2"][key] - before["2"].get(key, 0.0) for key in after["2"]}
+    count = full.get("count", 0)
+    # The smallest bound every full collection stayed under (None: none ran, or one took longer
+    # than the largest bound).
+    longest = min(
+        (float(le) for le, n in full.items() if le not in ("sum", "count", "+Inf") and n == count), default=None
+    )
+    return {
+        "full": int(count),
+        "full_seconds": round(full.get("sum", 0.0), 3),
+        "full_longest_le_ms": round(longest * 1000, 1) if count and longest is not None else None,
+        "young_seconds": round(sum(after[g].get("sum", 0.0) - before[g].get("sum", 0.0) for g in "01"), 3),
+    }
 
 
 def fanout_batches(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:

@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import load, report
-from bench.__main__ import _plans, _recv, batch_histogram, fanout_batches, stop_load_processes
+from bench.__main__ import (
+    _plans,
+    _recv,
+    batch_histogram,
+    fanout_batches,
+    gc_histograms,
+    gc_pauses,
+    stop_load_processes,
+)
 from bench.peers.pushpin_system import PushpinSystem
 from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery, Histogram
@@ -196,7 +204,7 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     count = max(1, int(rate * duration))
     pids, load_pids = system.server_pids(), clients.pids()
     cpu_before, load_before, busy_before = cpu_seconds(pids), cpu_seconds(load_pids), machine_busy_seconds()
-    batches_before = batch_histogram(system)
+    batches_before, gc_before = batch_histogram(system), gc_histograms(system)
     started = time.monotonic()
     try:
         for i in range(count):
@@ -250,6 +258,9 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     batches = fanout_batches(batches_before, batch_histogram(system))
     if batches is not None:
         result["fanout_batches"] = batches
+    pauses = gc_pauses(gc_before, gc_histograms(system))
+    if pauses is not None:
+        result["gc"] = pauses
     return result
 
 
@@ -290,9 +301,13 @@ def run_point(system: System, size: int, args: argparse.Namespace, secret: str) 
     try:
         base_rss = rss_bytes(system.server_pids())
         clients = Clients(system, size // 2, size - size // 2, processes_for(size), secret)
+        gc_before = gc_histograms(system)
         connect = clients.connect()
         say(f"{system.name} {size}: {connect}")
-        time.sleep(2.0)
+        time.sleep(2.0)  # also lets each worker flush its last GC pauses (once a second)
+        connect_gc = gc_pauses(gc_before, gc_histograms(system))
+        if connect_gc is not None:
+            connect["gc"] = connect_gc
         pids = system.server_pids()
         idle_rss = rss_bytes(pids)
         cpu_before, wall = cpu_seconds(pids), time.monotonic()
@@ -331,8 +346,13 @@ def connect_run(system: System, count: int, secret: str, algorithm: str) -> dict
     clients: Clients | None = None
     try:
         clients = Clients(system, count, 0, 2, secret, algorithm=algorithm)
+        gc_before = gc_histograms(system)
         result = clients.connect()
+        time.sleep(1.5)  # each worker flushes its GC pauses once a second
         result["algorithm"] = algorithm
+        pauses = gc_pauses(gc_before, gc_histograms(system))
+        if pauses is not None:
+            result["gc"] = pauses
         return result
     finally:
         say("connect run: stopping")

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+from metrics.gc_pauses import GENERATIONS
 from service.core.schema import TransportName
 
 # 5 ms steps from 10 to 50 ms, so `histogram_quantile` near the 50 ms objective is off by at
@@ -33,6 +34,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # events per fan-out; 1 is an idle service
+GC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)  # a full collection can pass 50 ms
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ACCEPT_ERROR_REASONS = ("emfile", "enfile", "enobufs", "enomem", "other")  # handlers/accept.py
 REFUSED_REASONS = ("per_address", "no_descriptor")  # handlers/edge.py, handlers/accept.py
@@ -102,6 +104,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "realtime_gc_pause_seconds",
+            "Garbage-collection pauses of a process, by generation (2: a full collection)",
+            ["generation"],
+            buckets=GC_BUCKETS,
+            registry=r,
+        )
         self.slow_consumers = Counter(
             "realtime_slow_consumer_disconnects",
             "Connections closed for unread data",
@@ -139,6 +148,8 @@ class Metrics:
             self.connections_opened.labels(transport)
             self.messages_sent.labels(transport)
             self.slow_consumers.labels(transport)
+        for generation in GENERATIONS:
+            self.gc_pause.labels(generation)
         for reason in ACCEPT_ERROR_REASONS:
             self.accept_errors.labels(reason)
         for reason in REFUSED_REASONS:

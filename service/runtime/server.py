@@ -17,6 +17,7 @@ from tornado.netutil import bind_sockets
 
 from handlers.edge import EdgeServer
 from handlers.routes import make_app
+from metrics.gc_pauses import FLUSH_SECONDS, GcPauses
 from metrics.registry import Metrics
 from service.app.auth import Authenticator
 from service.app.context import AppContext, Lifecycle
@@ -121,6 +122,8 @@ class Server:
         self.http: EdgeServer | None = None
         self.port = 0
         self._heartbeat: PeriodicCallback | None = None
+        self.gc_pauses = GcPauses(ctx.metrics.gc_pause)
+        self._gc_flush: PeriodicCallback | None = None
         self.stopped = asyncio.Event()
         self._tasks: set[asyncio.Future[None]] = set()  # keeps signal-started work alive
 
@@ -162,6 +165,9 @@ class Server:
         ticks = max(1, round(interval / HEARTBEAT_TICK_SECONDS))
         self._heartbeat = PeriodicCallback(lambda: ctx.hub.heartbeat(ticks), interval * 1000 / ticks)
         self._heartbeat.start()
+        self.gc_pauses.start()
+        self._gc_flush = PeriodicCallback(self.gc_pauses.flush, FLUSH_SECONDS * 1000)
+        self._gc_flush.start()
 
     async def drain(self, window: float | None = None) -> None:
         """Refuse new streams, close open ones spread over the window, then stop.
@@ -194,6 +200,9 @@ class Server:
         ctx = self.ctx
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._gc_flush is not None:
+            self._gc_flush.stop()
+        self.gc_pauses.stop()
         if self.http is not None:
             self.http.stop()
         ctx.lifecycle.stopping = True

@@ -7,6 +7,7 @@ it moves; the scrape is parsed with prometheus_client's own text parser.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import subprocess
@@ -46,6 +47,8 @@ DOCUMENTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "realtime_connections_refused": ("counter", frozenset({"reason"})),
     # Issue 25: events per fan-out batch (1 for an idle service).
     "realtime_fanout_batch_size": ("histogram", frozenset()),
+    # How long the process's garbage collections stopped it, by generation.
+    "realtime_gc_pause_seconds": ("histogram", frozenset({"generation"})),
 }
 DOCUMENTED_LATENCY_BUCKETS: tuple[float, ...] = (
     *(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05),
@@ -179,6 +182,20 @@ async def test_zero_series_exist_before_the_first_connection(service: Service) -
             "realtime_slow_consumer_disconnects_total",
         ):
             assert (sample, transport, result.value(sample, transport=transport)) == (sample, transport, 0)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_full_collection_is_scraped_as_a_gc_pause(service: Service) -> None:
+    """A full garbage collection in the serving process shows in realtime_gc_pause_seconds
+    (generation 2) within the once-a-second flush."""
+    before = (await scrape(service)).value("realtime_gc_pause_seconds_count", generation="2")
+    gc.collect()
+    result = await scrape_until(service, lambda s: s.value("realtime_gc_pause_seconds_count", generation="2") > before)
+    assert result.value("realtime_gc_pause_seconds_sum", generation="2") > 0
+    for generation in ("0", "1"):  # exported from the start, like the per-transport series
+        assert ("realtime_gc_pause_seconds_count", generation) in {
+            (s.name, s.labels.get("generation")) for s in result.families["realtime_gc_pause_seconds"].samples
+        }
 
 
 # -- connections ------------------------------------------------------------------------
