@@ -178,25 +178,25 @@ def gc_histograms(system: System) -> dict[str, dict[str, float]] | None:
 
 def gc_pauses(
     before: dict[str, dict[str, float]] | None, after: dict[str, dict[str, float]] | None
-) -> dict[str, Any] | None:
-    """The garbage-collection pauses between two readings (all workers): full collections
-    (generation 2) by count, total and the bucket their longest reached, and the seconds the
-    young generations (0 and 1) took."""
+) -> dict[str, dict[str, Any]] | None:
+    """The garbage-collection pauses between two readings (all workers), per generation ("2":
+    full collections): how many, their total seconds, and the smallest bucket bound the longest
+    stayed under (None: none ran, or one took longer than the largest bound)."""
     if before is None or after is None:
         return None
-    full = {key: after["2"][key] - before["2"].get(key, 0.0) for key in after["2"]}
-    count = full.get("count", 0)
-    # The smallest bound every full collection stayed under (None: none ran, or one took longer
-    # than the largest bound).
-    longest = min(
-        (float(le) for le, n in full.items() if le not in ("sum", "count", "+Inf") and n == count), default=None
-    )
-    return {
-        "full": int(count),
-        "full_seconds": round(full.get("sum", 0.0), 3),
-        "full_longest_le_ms": round(longest * 1000, 1) if count and longest is not None else None,
-        "young_seconds": round(sum(after[g].get("sum", 0.0) - before[g].get("sum", 0.0) for g in "01"), 3),
-    }
+    pauses: dict[str, dict[str, Any]] = {}
+    for generation, now in after.items():
+        diff = {key: value - before[generation].get(key, 0.0) for key, value in now.items()}
+        count = diff.get("count", 0)
+        longest = min(
+            (float(le) for le, n in diff.items() if le not in ("sum", "count", "+Inf") and n == count), default=None
+        )
+        pauses[generation] = {
+            "count": int(count),
+            "seconds": round(diff.get("sum", 0.0), 3),
+            "longest_le_ms": round(longest * 1000, 1) if count and longest is not None else None,
+        }
+    return pauses
 
 
 def fanout_batches(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:

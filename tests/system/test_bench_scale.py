@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.__main__ import gc_pauses, histogram_samples
 from bench.scale import LABELS, SYSTEMS, held, make_system, parse_args, table
 from bench.systems import ServiceSystem
 
@@ -51,6 +52,10 @@ def test_a_point_says_where_the_machines_cores_went(tmp_path: Path) -> None:
     assert cores["server"] + cores["load"] <= cores["machine"] + 0.1
     assert cores["machine"] <= cores["of"] + 0.1
     assert held(point)
+    # The service's garbage collections, per generation, during the connect and the phase.
+    for where in (point["connect"], phase):
+        assert set(where["gc"]) == {"0", "1", "2"}
+        assert all(g["count"] >= 0 and g["seconds"] >= 0 for g in where["gc"].values())
     row = next(line for line in table(document).splitlines() if line.startswith("| 400 | service"))
     assert row.endswith(f"| {cores['server']:.2f} / {cores['load']:.2f} / {cores['machine']:.2f} of {cores['of']} |")
 
@@ -92,3 +97,37 @@ def test_the_service_runs_with_and_without_presence_in_one_run(tmp_path: Path) -
     assert "PRESENCE" not in on.extra_env and off.extra_env["PRESENCE"] == "0"
     assert LABELS["service-nopresence"] == "service, PRESENCE=0"
     assert all(LABELS.get(name, name) != "service" for name in SYSTEMS if name != "service")
+
+
+SCRAPE = """\
+# TYPE realtime_gc_pause_seconds histogram
+realtime_gc_pause_seconds_bucket{generation="2",le="0.1"} 1.0
+realtime_gc_pause_seconds_bucket{generation="2",le="0.25"} 3.0
+realtime_gc_pause_seconds_bucket{generation="2",le="0.5"} 4.0
+realtime_gc_pause_seconds_bucket{generation="2",le="+Inf"} 4.0
+realtime_gc_pause_seconds_count{generation="2"} 4.0
+realtime_gc_pause_seconds_sum{generation="2"} 0.9
+realtime_gc_pause_seconds_bucket{generation="0",le="0.1"} 7.0
+realtime_gc_pause_seconds_bucket{generation="0",le="0.25"} 7.0
+realtime_gc_pause_seconds_bucket{generation="0",le="0.5"} 7.0
+realtime_gc_pause_seconds_bucket{generation="0",le="+Inf"} 7.0
+realtime_gc_pause_seconds_count{generation="0"} 7.0
+realtime_gc_pause_seconds_sum{generation="0"} 0.07
+"""
+
+
+def test_gc_pauses_between_two_scrapes_give_count_seconds_and_the_longest_bucket() -> None:
+    after: dict[str, dict[str, float]] = {}
+    for generation in "02":
+        samples = histogram_samples(SCRAPE, "realtime_gc_pause_seconds", generation=generation)
+        assert samples is not None
+        after[generation] = samples
+    assert after["2"] == {"0.1": 1, "0.25": 3, "0.5": 4, "+Inf": 4, "count": 4, "sum": 0.9}
+    before = {"2": {"0.1": 1, "0.25": 1, "0.5": 1, "+Inf": 1, "count": 1, "sum": 0.05}, "0": dict(after["0"])}
+    pauses = gc_pauses(before, after)
+    # Three full collections since `before`, all between 0.1 and 0.5 s: the longest passed 0.25 s.
+    assert pauses == {
+        "2": {"count": 3, "seconds": 0.85, "longest_le_ms": 500.0},
+        "0": {"count": 0, "seconds": 0.0, "longest_le_ms": None},
+    }
+    assert gc_pauses(None, after) is None  # another system, or code without the metric
