@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from metrics import logs
+from metrics.gc_pauses import tune_collector
 from service.app.auth import issue_token
 from service.core.config import Settings, load_settings
 from service.core.errors import ConfigError, ServiceError
@@ -38,6 +39,9 @@ async def _serve_one(settings: Settings, uri: str, mongo: EmbeddedMongo | None, 
     storage = mongo.storage if mongo is not None else os.environ.get(EMBEDDED_STORAGE_ENV) if worker else None
     ctx = build_context(settings, uri, embedded_storage=Path(storage) if storage else None)
     server = Server(ctx, reuse_port=worker or settings.workers > 1)
+    # What exists now (modules, settings, the MongoDB client) lives as long as the process:
+    # exempt it from every later full collection, before any client can connect.
+    tune_collector()
     try:
         await server.start()
     except ServiceError as exc:

@@ -1,16 +1,21 @@
-"""`GcPauses` and `freeze_startup_heap` (metrics/gc_pauses.py) with the real collector: the hook
+"""`GcPauses` and `tune_collector` (metrics/gc_pauses.py) with the real collector: the hook
 records collections without touching the histogram, a flush observes them by generation, stop
-removes the hook, a flood past the bound is dropped and said, and freezing exempts the startup
-heap from later collections (in a child process, so this test process is not frozen)."""
+removes the hook, a flood past the bound is dropped and said, and `tune_collector` exempts the
+startup heap from later collections and sets the thresholds (in a child process, so this test
+process is left as it is)."""
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
-from metrics.gc_pauses import GcPauses
+from harness.processes import ROOT
+from metrics.gc_pauses import YOUNG_THRESHOLDS, GcPauses
 from metrics.registry import Metrics
 
 
@@ -69,3 +74,24 @@ def test_pauses_past_the_bound_are_dropped_and_said(caplog: pytest.LogCaptureFix
     assert f"{pauses.dropped} garbage-collection pauses not recorded" in caplog.text
     total = sum(metrics.sample("realtime_gc_pause_seconds_count", generation=g) for g in "012")
     assert total == 2
+
+
+FREEZE_PROBE = """
+import gc, json
+import service.runtime.server  # the modules a serving process has imported
+from metrics.gc_pauses import tune_collector
+before = len(gc.get_objects())
+frozen = tune_collector()
+after = len(gc.get_objects())
+print(json.dumps({"before": before, "frozen": frozen, "after": after, "thresholds": gc.get_threshold()}))
+"""
+
+
+def test_a_serving_process_freezes_its_startup_heap_and_collects_young_objects_less_often() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FREEZE_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    counts = json.loads(done.stdout)
+    assert counts["frozen"] > 10_000  # modules, classes, functions: what a full collection no longer scans
+    assert counts["after"] < counts["before"] / 10
+    assert tuple(counts["thresholds"]) == YOUNG_THRESHOLDS
