@@ -43,7 +43,8 @@ GENERATIONS = ("0", "1", "2")
 # collection every few hundred microseconds, promoted requests still in flight, and
 # considered a full collection every 70,000 allocations instead of every million (CPython
 # also waits until the objects that survived a middle collection are a quarter of those the
-# last full one kept). With 700, 10, 100 the storm still ran one full collection of 0.5–0.8 s.
+# last full one kept). With 700, 10, 100 most storms still ran one full collection of
+# 0.47–0.77 s.
 YOUNG_THRESHOLDS = (10_000, 10, 10)
 
 log = logging.getLogger(__name__)

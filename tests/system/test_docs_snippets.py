@@ -106,6 +106,41 @@ def test_every_block_is_checked_or_marked_illustrative() -> None:
     assert checked("python") and checked("ts", "tsx") and checked("sh")
 
 
+def heading_ids(doc: Path) -> set[str]:
+    """The ids GitHub gives `doc`'s headings: lower case, punctuation but `-` and `_` dropped,
+    spaces as `-`, and `-1`, `-2` after a repeat."""
+    ids: set[str] = set()
+    inside = False
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        inside ^= line.startswith("```")
+        if inside or not re.match(r"#{1,6} ", line):
+            continue
+        slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        unique, n = slug, 0
+        while unique in ids:
+            n += 1
+            unique = f"{slug}-{n}"
+        ids.add(unique)
+    return ids
+
+
+def test_links_to_a_heading_find_it() -> None:
+    """Every `[text](#id)` and `[text](path.md#id)` of the docs names a file and a heading in it."""
+    found = 0
+    for doc in DOCS:
+        for target, anchor in re.findall(r"\]\(([^)\s#]*)#([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://")):
+                continue
+            linked = (doc.parent / target) if target else doc
+            assert linked.exists(), f"{doc.relative_to(ROOT)}: link to {target}, which does not exist"
+            if linked.suffix == ".md":
+                assert anchor in heading_ids(linked), (
+                    f"{doc.relative_to(ROOT)}: no heading #{anchor} in {target or doc.name}"
+                )
+                found += 1
+    assert found > 5  # the docs link to their sections a dozen times; none found means the scan broke
+
+
 def test_json_blocks_parse() -> None:
     """Every ```json block is one JSON value or JSON lines."""
     for block in checked("json"):
