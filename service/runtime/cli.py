@@ -40,7 +40,8 @@ async def _serve_one(settings: Settings, uri: str, mongo: EmbeddedMongo | None, 
     ctx = build_context(settings, uri, embedded_storage=Path(storage) if storage else None)
     server = Server(ctx, reuse_port=worker or settings.workers > 1)
     # What exists now (modules, settings, the MongoDB client) lives as long as the process:
-    # exempt it from every later full collection, before any client can connect.
+    # exempt it from every later collection, and collect young objects less often, before any
+    # client can connect (metrics/gc_pauses.py).
     tune_collector()
     try:
         await server.start()

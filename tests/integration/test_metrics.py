@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from harness.clients import Service, wait_bound
 from harness.processes import ROOT, ServiceProcess, as_service, shared_env
+from metrics.gc_pauses import YOUNG_THRESHOLDS
 from metrics.registry import LATENCY_BUCKETS
 from service.core.errors import CloseCode
 
@@ -448,6 +450,11 @@ async def test_json_logs_are_one_object_a_line_with_connection_fields_and_no_tok
     assert disconnected(sse_id)["close_code"] == int(CloseCode.GOING_AWAY)  # type: ignore[index]
     access = [e for e in entries if e["logger"] == "service.access"]
     assert any("/ws?token=[redacted]" in e["message"] for e in access), access
+    # The worker set its collector up before serving, and said so.
+    tuned = [e for e in entries if e["logger"] == "metrics.gc_pauses" and "frozen" in e["message"]]
+    assert len(tuned) == 1 and tuned[0]["level"] == "INFO", tuned
+    frozen = re.fullmatch(r"garbage collector: (\d+) startup objects frozen, thresholds (.+)", tuned[0]["message"])
+    assert frozen is not None and int(frozen.group(1)) > 10_000 and frozen.group(2) == str(YOUNG_THRESHOLDS)
     everything = process.output() + process.stdout_path.read_text()
     for secret in (token, pub, token.split(".")[2], token[:-4] + "AAAA"):
         assert secret not in everything
