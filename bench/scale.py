@@ -24,13 +24,14 @@ import secrets
 import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import load, report
 from bench.__main__ import (
@@ -92,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-size", type=int, default=10_000, help="WebSocket clients of the connect runs")
     parser.add_argument("--old", type=Path, default=None, help="another checkout: its connect rate beside this one")
     parser.add_argument("--connect-reps", type=int, default=2, help="connect runs per code and algorithm, alternated")
+    parser.add_argument(
+        "--storm-watchers",
+        type=int,
+        default=0,
+        help="WebSocket clients connected before each connect run, receiving --storm-rate events/s during it",
+    )
+    parser.add_argument("--storm-rate", type=float, default=10.0, help="events/s to the storm watchers")
     parser.add_argument("--heartbeat-seconds", type=float, default=5.0, help="HEARTBEAT_SECONDS of the heartbeat run")
     parser.add_argument(
         "--heartbeat-rate", type=float, default=2.7, help="events/s of the heartbeat run (not a multiple of its ticks)"
@@ -340,14 +348,64 @@ def run_point(system: System, size: int, args: argparse.Namespace, secret: str) 
         system.stop()
 
 
-def connect_run(system: System, count: int, secret: str, algorithm: str) -> dict[str, Any]:
-    """Only WebSocket clients, only connecting: the authenticated connect rate."""
+T = TypeVar("T")
+
+
+def events_during(system: System, watchers: Clients, rate: float, work: Callable[[], T]) -> tuple[T, dict[str, Any]]:
+    """Publish `rate` events/s to `watchers` (connected already) for as long as `work` runs:
+    what `work` returned, and how late those events reached the watchers."""
+    watchers.ask("reset", 1)
+    publisher = system.publisher()
+    stop = threading.Event()
+    sent = 0
+
+    def publish() -> None:
+        nonlocal sent
+        started = time.monotonic()
+        while not stop.is_set():
+            if stop.wait(max(0.0, started + sent / rate - time.monotonic())):
+                return
+            publisher.send(1 + sent)
+            sent += 1
+
+    thread = threading.Thread(target=publish, name="storm-publisher", daemon=True)
+    thread.start()
+    try:
+        out = work()
+    finally:
+        stop.set()
+        thread.join(30)
+        publisher.close()
+    merged = Delivery()
+    for part in watchers.ask("finish", (sent, 60.0)):
+        merged.merge(part["websocket"])
+    summary = report.delivery_summary(merged)
+    summary.pop("disorder_examples")
+    summary.pop("missing_by_seq")
+    worst = max(merged.worst_by_event.values(), default=0)
+    return out, {"rate": rate, "events": sent, "accepted": publisher.accepted, "slowest_ms": worst / 1000, **summary}
+
+
+def connect_run(
+    system: System, count: int, secret: str, algorithm: str, *, watchers: int = 0, watch_rate: float = 10.0
+) -> dict[str, Any]:
+    """Only WebSocket clients, only connecting: the authenticated connect rate. With `watchers`,
+    that many clients connect first and receive `watch_rate` events/s while the others connect:
+    what a connect storm does to the clients already there."""
     system.start()
     clients: Clients | None = None
+    watching: Clients | None = None
     try:
+        if watchers:
+            watching = Clients(system, watchers, 0, 1, secret, algorithm=algorithm)
+            watching.connect()
         clients = Clients(system, count, 0, 2, secret, algorithm=algorithm)
         gc_before = gc_histograms(system)
-        result = clients.connect()
+        if watching is not None:
+            result, watched = events_during(system, watching, watch_rate, clients.connect)
+            result["watchers"] = watched
+        else:
+            result = clients.connect()
         time.sleep(1.5)  # each worker flushes its GC pauses once a second
         result["algorithm"] = algorithm
         pauses = gc_pauses(gc_before, gc_histograms(system))
@@ -356,8 +414,9 @@ def connect_run(system: System, count: int, secret: str, algorithm: str) -> dict
         return result
     finally:
         say("connect run: stopping")
-        if clients is not None:
-            clients.close()
+        for group in (clients, watching):
+            if group is not None:
+                group.close()
         system.stop()
         say("connect run: stopped")
 
@@ -461,13 +520,24 @@ def table(document: dict[str, Any]) -> str:
     if document["points"]:
         out += "\n\n" + sizing_table(document)
     if document.get("connect_runs"):
-        out += "\n\n| connect run | code | algorithm | log | WebSocket clients | connected / failed | connects /s |\n"
-        out += "|---|---|---|---|---|---|---|\n"
+        out += (
+            "\n\n| connect run | code | algorithm | log | WebSocket clients | connected / failed | connects /s "
+            "| events to clients already connected: p50 / p99 / slowest ms, lost |\n"
+        )
+        out += "|---|---|---|---|---|---|---|---|\n"
         for run in document["connect_runs"]:
+            watched = run.get("watchers")
+            during = "–"
+            if watched:
+                latency = watched["latency"]
+                during = (
+                    f"{latency['p50_ms']:.1f} / {latency['p99_ms']:.1f} / {watched['slowest_ms']:.0f}, "
+                    f"{watched['lost']}"
+                )
             out += (
                 f"| {run['label']} | {run['code']} | {run['algorithm']} | {run.get('log', 'WARNING')} "
                 f"| {run['clients']:,} "
-                f"| {run['opened']} / {run['failed']} | {run['per_second']:.0f} |\n"
+                f"| {run['opened']} / {run['failed']} | {run['per_second']:.0f} | {during} |\n"
             )
     hb = document.get("heartbeat")
     if hb:
@@ -666,7 +736,14 @@ def main(argv: list[str] | None = None) -> int:
                             public_key=public if algorithm == "RS256" else None,
                             env=env,
                         )
-                        run = connect_run(system, args.connect_size, key, algorithm)
+                        run = connect_run(
+                            system,
+                            args.connect_size,
+                            key,
+                            algorithm,
+                            watchers=args.storm_watchers,
+                            watch_rate=args.storm_rate,
+                        )
                         run.update(label="WORKERS=2", code=label, clients=args.connect_size)
                         run["log"] = env.get("LOG_LEVEL", "WARNING") + (" json" if env else "")
                         document["connect_runs"].append(run)

@@ -18,9 +18,10 @@ from bench.systems import ServiceSystem
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_scale(tmp_path: Path, *args: str) -> dict[str, Any]:
+def run_scale(tmp_path: Path, *args: str, connect: bool = False) -> dict[str, Any]:
     out = tmp_path / "scale.json"
-    command = [sys.executable, "-m", "bench.scale", "--no-connect", "--no-heartbeat", "--no-readme"]
+    command = [sys.executable, "-m", "bench.scale", "--no-heartbeat", "--no-readme"]
+    command += [] if connect else ["--no-connect"]
     command += ["--out", str(out), "--plot", str(tmp_path / "scale.png"), *args]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -58,6 +59,29 @@ def test_a_point_says_where_the_machines_cores_went(tmp_path: Path) -> None:
         assert all(g["count"] >= 0 and g["seconds"] >= 0 for g in where["gc"].values())
     row = next(line for line in table(document).splitlines() if line.startswith("| 400 | service"))
     assert row.endswith(f"| {cores['server']:.2f} / {cores['load']:.2f} / {cores['machine']:.2f} of {cores['of']} |")
+
+
+def test_a_connect_run_measures_events_to_the_clients_already_connected(tmp_path: Path) -> None:
+    # Three connect runs of 300 clients (HS256, RS256, HS256 with JSON logs); 20 clients connected
+    # before each take 20 events/s while the others connect. No point after them (--deadline 1).
+    document = run_scale(
+        tmp_path,
+        *("--systems", "service-nopresence", "--sizes", "100", "--deadline", "1", "--connect-size", "300"),
+        *("--connect-reps", "1", "--storm-watchers", "20", "--storm-rate", "20"),
+        connect=True,
+    )
+    runs = document["connect_runs"]
+    assert [run["algorithm"] for run in runs] == ["HS256", "RS256", "HS256"] and not document["points"]
+    rows = [line for line in table(document).splitlines() if line.startswith("| WORKERS=2 | this")]
+    for run, row in zip(runs, rows, strict=True):
+        assert (run["opened"], run["failed"]) == (300, 0)
+        watched = run["watchers"]
+        assert watched["events"] >= 1 and watched["accepted"] == watched["events"]
+        assert watched["clients"] == 20 and watched["received"] == 20 * watched["events"]
+        assert (watched["lost"], watched["duplicated"], watched["out_of_order"]) == (0, 0, 0)
+        assert 0 < watched["latency"]["p99_ms"] <= watched["slowest_ms"] + 1  # histogram buckets round up a little
+        latency = watched["latency"]
+        assert row.endswith(f"| {latency['p50_ms']:.1f} / {latency['p99_ms']:.1f} / {watched['slowest_ms']:.0f}, 0 |")
 
 
 def point(size: int, opened: int, failed: int = 0, disconnected: int = 0) -> dict[str, Any]:
