@@ -117,6 +117,4 @@ def tune_collector() -> int:
     gc.set_threshold(*YOUNG_THRESHOLDS)
     gc.collect()
     gc.freeze()
-    frozen = gc.get_freeze_count()
-    log.info("garbage collector: %d startup objects frozen, thresholds %s", frozen, gc.get_threshold())
-    return frozen
+    return gc.get_freeze_count()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -42,13 +43,15 @@ async def _serve_one(settings: Settings, uri: str, mongo: EmbeddedMongo | None, 
     # What exists now (modules, settings, the MongoDB client) lives as long as the process:
     # exempt it from every later collection, and collect young objects less often, before any
     # client can connect (metrics/gc_pauses.py).
-    tune_collector()
+    frozen = tune_collector()
     try:
         await server.start()
     except ServiceError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         await server.ctx.store.close()
         return 1
+    # Said once serving, so that a failed start stays one line.
+    log.info("garbage collector: %d startup objects frozen, thresholds %s", frozen, gc.get_threshold())
     server.install_signal_handlers()
     watchdog: Watchdog | None = None
     if mongo is not None:
