@@ -87,7 +87,8 @@ def _recv(pipe: Connection, what: str) -> Any:
 
 
 def _plans(system: System, args: argparse.Namespace, secret: str, **extra: Any) -> list[load.Plan]:
-    """One plan per load process; `extra`: more `load.Plan` fields (algorithm, ...)."""
+    """One plan per load process; `extra`: more `load.Plan` fields (algorithm, ...), or other
+    values for those taken from `system` (ws_path, ...)."""
     plans = []
     user = 1
     for i in range(args.procs):
@@ -96,21 +97,19 @@ def _plans(system: System, args: argparse.Namespace, secret: str, **extra: Any) 
         poll = args.poll // args.procs + (1 if i < args.poll % args.procs else 0)
         if system.sse_path is None:  # no SSE transport (Socket.IO): the same connections, all WebSocket
             ws, sse = ws + sse, 0
-        plans.append(
-            load.Plan(
-                port=system.port,
-                ws_path=system.ws_path,
-                sse_path=system.sse_path or "",
-                ws_protocol=system.ws_protocol,
-                ws=ws,
-                sse=sse,
-                poll=poll if system.name.startswith("service") else 0,
-                first_user=user,
-                jwt_secret=secret,
-                greeting=system.greeting,
-                **extra,
-            )
-        )
+        fields: dict[str, Any] = {
+            "port": system.port,
+            "ws_path": system.ws_path,
+            "sse_path": system.sse_path or "",
+            "ws_protocol": system.ws_protocol,
+            "ws": ws,
+            "sse": sse,
+            "poll": poll if system.name.startswith("service") else 0,
+            "first_user": user,
+            "jwt_secret": secret,
+            "greeting": system.greeting,
+        }
+        plans.append(load.Plan(**(fields | extra)))
         user += ws + sse + poll
     return plans
 

@@ -66,6 +66,7 @@ SYSTEMS = ("service", "service-nopresence", "nchan", "socketio", "pushpin")
 LABELS = {"service-nopresence": "service, PRESENCE=0"}
 FILES_PER_PROCESS = 15_000  # connections per server or load process: 20,000 open files, with room for imbalance
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
+STORM_EVENTS = "storm"  # the storm clients' `events=` filter: no system publishes this type
 
 
 def say(text: str) -> None:
@@ -399,7 +400,10 @@ def connect_run(
         if watchers:
             watching = Clients(system, watchers, 0, 1, secret, algorithm=algorithm)
             watching.connect()
-        clients = Clients(system, count, 0, 2, secret, algorithm=algorithm)
+        # While watching, the storm's clients subscribe to a type nobody publishes: the events
+        # go to the watchers alone, and the storm stays a storm of connects.
+        storm = {"ws_path": f"/ws?events={STORM_EVENTS}"} if watching is not None else {}
+        clients = Clients(system, count, 0, 2, secret, algorithm=algorithm, **storm)
         gc_before = gc_histograms(system)
         if watching is not None:
             result, watched = events_during(system, watching, watch_rate, clients.connect)
