@@ -41,6 +41,8 @@ from bench.__main__ import (
     fanout_batches,
     gc_histograms,
     gc_pauses,
+    histogram_samples,
+    scrape,
     stop_load_processes,
 )
 from bench.peers.pushpin_system import PushpinSystem
@@ -101,6 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="WebSocket clients connected before each connect run, receiving --storm-rate events/s during it",
     )
     parser.add_argument("--storm-rate", type=float, default=10.0, help="events/s to the storm watchers")
+    parser.add_argument(
+        "--connect-no-presence",
+        action="store_true",
+        help="connect runs with PRESENCE=0 (default: on, and every client is a new user: a join each)",
+    )
     parser.add_argument("--heartbeat-seconds", type=float, default=5.0, help="HEARTBEAT_SECONDS of the heartbeat run")
     parser.add_argument(
         "--heartbeat-rate", type=float, default=2.7, help="events/s of the heartbeat run (not a multiple of its ticks)"
@@ -356,6 +363,7 @@ def events_during(system: System, watchers: Clients, rate: float, work: Callable
     """Publish `rate` events/s to `watchers` (connected already) for as long as `work` runs:
     what `work` returned, and how late those events reached the watchers."""
     watchers.ask("reset", 1)
+    before = service_latencies(system)
     publisher = system.publisher()
     stop = threading.Event()
     sent = 0
@@ -384,7 +392,38 @@ def events_during(system: System, watchers: Clients, rate: float, work: Callable
     summary.pop("disorder_examples")
     summary.pop("missing_by_seq")
     worst = max(merged.worst_by_event.values(), default=0)
-    return out, {"rate": rate, "events": sent, "accepted": publisher.accepted, "slowest_ms": worst / 1000, **summary}
+    watched = {"rate": rate, "events": sent, "accepted": publisher.accepted, "slowest_ms": worst / 1000, **summary}
+    after = service_latencies(system)
+    if after:
+        # Where the time went, by the service's own clock from the moment an event reached it:
+        # to its change stream (bus lag), and to the last socket write (broadcast latency).
+        watched["service"] = {name: histogram_change(before.get(name, {}), now) for name, now in after.items()}
+    return out, watched
+
+
+def service_latencies(system: System) -> dict[str, dict[str, float]]:
+    """The service's bus-lag and WebSocket broadcast-latency histograms now: none for a peer,
+    and none of either before the service has seen an event."""
+    text = scrape(system)
+    found = {
+        "bus_lag": histogram_samples(text, "realtime_bus_lag_seconds"),
+        "broadcast": histogram_samples(text, "realtime_broadcast_latency_seconds", transport="websocket"),
+    }
+    return {name: samples for name, samples in found.items() if samples is not None}
+
+
+def histogram_change(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What a histogram gained between two readings: count, mean (ms) and the smallest bucket
+    bound (ms) that 99 % stayed under (None past the largest)."""
+    diff = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    count = diff.get("count", 0.0)
+    bounds = sorted((float(le), n) for le, n in diff.items() if le not in ("sum", "count", "+Inf"))
+    p99 = next((le for le, n in bounds if n >= 0.99 * count), None) if count else None
+    return {
+        "count": int(count),
+        "mean_ms": round(diff.get("sum", 0.0) / count * 1000, 1) if count else None,
+        "p99_le_ms": round(p99 * 1000, 1) if p99 is not None else None,
+    }
 
 
 def connect_run(
@@ -728,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
                 # where every connect writes an access line.
                 variants = [("HS256", {}), ("RS256", {}), ("HS256", {"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"})]
                 order = [(c, v) for _ in range(args.connect_reps) for v in variants for c in codes]
+                presence = {"PRESENCE": "0"} if args.connect_no_presence else {}
                 for (label, root), (algorithm, env) in order:
                     if True:
                         key = secret if algorithm == "HS256" else private
@@ -738,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
                             mongo_uri=mongo_uri,
                             root=root,
                             public_key=public if algorithm == "RS256" else None,
-                            env=env,
+                            env=env | presence,
                         )
                         run = connect_run(
                             system,
@@ -749,7 +789,10 @@ def main(argv: list[str] | None = None) -> int:
                             watch_rate=args.storm_rate,
                         )
                         run.update(label="WORKERS=2", code=label, clients=args.connect_size)
-                        run["log"] = env.get("LOG_LEVEL", "WARNING") + (" json" if env else "")
+                        run["log"] = env.get("LOG_LEVEL", "WARNING") + (
+                            " json" if env.get("LOG_FORMAT") == "json" else ""
+                        )
+                        run["presence"] = not args.connect_no_presence
                         document["connect_runs"].append(run)
                         say(f"connect {label} {algorithm}: {run}")
                         save(document, args)
