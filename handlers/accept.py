@@ -36,8 +36,14 @@ log = logging.getLogger(__name__)
 # (metrics/registry.py's ACCEPT_ERROR_REASONS lists the same labels.)
 RESOURCE_ERRORS = {errno.EMFILE: "emfile", errno.ENFILE: "enfile", errno.ENOBUFS: "enobufs", errno.ENOMEM: "enomem"}
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
-# Accepts per readiness callback before other work gets a turn (Tornado's own figure).
-ACCEPTS_PER_TURN = 128
+# Accepts per readiness callback before other work gets a turn: one, as nginx does by default
+# (`multi_accept off`). The listening socket stays readable, so the next loop turn accepts the
+# next connection, after the callbacks already waiting: the change stream's reads and the
+# handshakes under way. Tornado's figure, 128, let a connect storm put hundreds of handshakes
+# ahead of every event: while 20,000 clients connected to two workers, events to the clients
+# already there waited 2.6-11.9 s at p99, and 45-62 ms with one, at the same connect rate
+# (bench/README.md, "Connect storms").
+ACCEPTS_PER_TURN = 1
 PAUSE_SECONDS = 0.05
 MAX_PAUSE_SECONDS = 1.0
 LOG_INTERVAL_SECONDS = 10.0
