@@ -41,8 +41,8 @@ OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # next connection, after the callbacks already waiting: the change stream's reads and the
 # handshakes under way. Tornado's figure, 128, let a connect storm put hundreds of handshakes
 # ahead of every event: while 20,000 clients connected to two workers, events to the clients
-# already there waited 2.6-11.9 s at p99, and 45-62 ms with one, at the same connect rate
-# (bench/README.md, "Connect storms").
+# already there waited 2.8-5.3 s at p99, and 43-83 ms with one, for a connect rate about a
+# tenth lower (bench/README.md, "Connect storms").
 ACCEPTS_PER_TURN = 1
 PAUSE_SECONDS = 0.05
 MAX_PAUSE_SECONDS = 1.0
