@@ -5,7 +5,7 @@ While the collector runs, nothing else in the process does: no event is fanned o
 connection is served. A full collection (generation 2) scans every container object the
 process holds, so it grows with the connections: on this project's 2-core test machine, 20,000
 WebSocket clients connecting to two workers with CPython's default settings set off 18–20 full
-collections, 2.5–3.4 s in all and up to 0.5 s each (bench/README.md, "Garbage collection").
+collections, 2.5–4.0 s in all and up to 0.5 s each (bench/README.md, "Garbage collection").
 `GcPauses` times every collection into `realtime_gc_pause_seconds`, so an operator sees these
 pauses beside the 50 ms latency objective instead of guessing.
 
