@@ -175,6 +175,21 @@ def gc_histograms(system: System) -> dict[str, dict[str, float]] | None:
     return {g: h for g, h in by_generation.items() if h is not None}
 
 
+def histogram_diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What one histogram series (as `histogram_samples` reads it) gained between two readings."""
+    return {key: value - before.get(key, 0.0) for key, value in after.items()}
+
+
+def smallest_bound(diff: dict[str, float], share: float) -> float | None:
+    """The smallest bucket bound that at least `share` of a `histogram_diff`'s observations
+    stayed under (None: there were none, or they went past the largest bound)."""
+    count = diff.get("count", 0.0)
+    return min(
+        (float(le) for le, n in diff.items() if le not in ("sum", "count", "+Inf") and n >= share * count),
+        default=None,
+    )
+
+
 def gc_pauses(
     before: dict[str, dict[str, float]] | None, after: dict[str, dict[str, float]] | None
 ) -> dict[str, dict[str, Any]] | None:
@@ -185,11 +200,9 @@ def gc_pauses(
         return None
     pauses: dict[str, dict[str, Any]] = {}
     for generation, now in after.items():
-        diff = {key: value - before[generation].get(key, 0.0) for key, value in now.items()}
+        diff = histogram_diff(before[generation], now)
         count = diff.get("count", 0)
-        longest = min(
-            (float(le) for le, n in diff.items() if le not in ("sum", "count", "+Inf") and n == count), default=None
-        )
+        longest = smallest_bound(diff, 1.0)
         pauses[generation] = {
             "count": int(count),
             "seconds": round(diff.get("sum", 0.0), 3),
@@ -203,7 +216,7 @@ def fanout_batches(before: dict[str, float] | None, after: dict[str, float] | No
     sent more than one event, and the cumulative distribution by batch size."""
     if before is None or after is None:
         return None
-    diff = {key: int(after[key] - before.get(key, 0.0)) for key in after}
+    diff = {key: int(n) for key, n in histogram_diff(before, after).items()}
     count = diff.get("count", 0)
     if not count:
         return None

@@ -41,8 +41,10 @@ from bench.__main__ import (
     fanout_batches,
     gc_histograms,
     gc_pauses,
+    histogram_diff,
     histogram_samples,
     scrape,
+    smallest_bound,
     stop_load_processes,
 )
 from bench.peers.pushpin_system import PushpinSystem
@@ -415,10 +417,9 @@ def service_latencies(system: System) -> dict[str, dict[str, float]]:
 def histogram_change(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """What a histogram gained between two readings: count, mean (ms) and the smallest bucket
     bound (ms) that 99 % stayed under (None past the largest)."""
-    diff = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    diff = histogram_diff(before, after)
     count = diff.get("count", 0.0)
-    bounds = sorted((float(le), n) for le, n in diff.items() if le not in ("sum", "count", "+Inf"))
-    p99 = next((le for le, n in bounds if n >= 0.99 * count), None) if count else None
+    p99 = smallest_bound(diff, 0.99) if count else None
     return {
         "count": int(count),
         "mean_ms": round(diff.get("sum", 0.0) / count * 1000, 1) if count else None,
