@@ -70,6 +70,13 @@ SYSTEMS = ("service", "service-nopresence", "nchan", "socketio", "pushpin")
 LABELS = {"service-nopresence": "service, PRESENCE=0"}
 FILES_PER_PROCESS = 15_000  # connections per server or load process: 20,000 open files, with room for imbalance
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
+# Connect runs: (algorithm, log settings). The bench's LOG_LEVEL=WARNING, and k8s/base's INFO
+# as JSON, where every connect writes an access line.
+CONNECT_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "hs256": ("HS256", {}),
+    "rs256": ("RS256", {}),
+    "json": ("HS256", {"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"}),
+}
 STORM_EVENTS = "storm"  # the storm clients' `events=` filter: no system publishes this type
 
 
@@ -98,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-size", type=int, default=10_000, help="WebSocket clients of the connect runs")
     parser.add_argument("--old", type=Path, default=None, help="another checkout: its connect rate beside this one")
     parser.add_argument("--connect-reps", type=int, default=2, help="connect runs per code and algorithm, alternated")
+    parser.add_argument(
+        "--connect-variants",
+        default=",".join(CONNECT_VARIANTS),
+        help=f"which connect runs, any of {','.join(CONNECT_VARIANTS)} (json: HS256 with k8s/base's JSON access log)",
+    )
     parser.add_argument(
         "--storm-watchers",
         type=int,
@@ -133,6 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown systems: {', '.join(unknown)}")
+    args.connect_variants = [v.strip() for v in args.connect_variants.split(",") if v.strip()]
+    unknown = sorted(set(args.connect_variants) - set(CONNECT_VARIANTS))
+    if unknown:
+        parser.error(f"unknown connect variants: {', '.join(unknown)}")
     set_files_per_process(args.files_per_process)
     return args
 
@@ -764,9 +780,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_connect:
                 private, public = rsa_keys()
                 codes = [("this", ROOT)] + ([("old", args.old.resolve())] if args.old else [])
-                # (algorithm, log settings): the bench's LOG_LEVEL=WARNING, and k8s/base's INFO as JSON,
-                # where every connect writes an access line.
-                variants = [("HS256", {}), ("RS256", {}), ("HS256", {"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"})]
+                variants = [CONNECT_VARIANTS[name] for name in args.connect_variants]
                 order = [(c, v) for _ in range(args.connect_reps) for v in variants for c in codes]
                 presence = {"PRESENCE": "0"} if args.connect_no_presence else {}
                 for (label, root), (algorithm, env) in order:
