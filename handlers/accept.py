@@ -36,14 +36,20 @@ log = logging.getLogger(__name__)
 # (metrics/registry.py's ACCEPT_ERROR_REASONS lists the same labels.)
 RESOURCE_ERRORS = {errno.EMFILE: "emfile", errno.ENFILE: "enfile", errno.ENOBUFS: "enobufs", errno.ENOMEM: "enomem"}
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
-# Accepts per readiness callback before other work gets a turn: one, as nginx does by default
-# (`multi_accept off`). The listening socket stays readable, so the next loop turn accepts the
-# next connection, after the callbacks already waiting: the change stream's reads and the
-# handshakes under way. Tornado's figure, 128, let a connect storm put hundreds of handshakes
-# ahead of every event: while 20,000 clients connected to two workers, events to the clients
-# already there waited 2.8-5.3 s at p99, and 43-83 ms with one, for a connect rate about a
-# tenth lower (bench/README.md, "Connect storms").
-ACCEPTS_PER_TURN = 1
+# How many connections one readiness callback accepts: one, as nginx does by default
+# (`multi_accept off`), plus a floor rate. The listening socket stays readable, so the next
+# loop turn accepts again, after the callbacks already waiting: the change stream's reads and
+# the handshakes under way. Tornado's figure, 128 a turn, let a connect storm put hundreds of
+# handshakes ahead of every event: while 20,000 clients connected to two workers, events to
+# the clients already there waited 2.8-5.3 s at p99, and 43-83 ms with one a turn. But one a
+# turn ties the connect rate to the loop's turns, and a loop busy with fan-out turns slowly:
+# with 5,000 clients taking 10 events/s, 20,000 connects ran at 166-198/s (100-120 s) against
+# 919-1,141/s. So a turn may also take what ACCEPT_RATE has earned since the last one (a token
+# bucket, at most ACCEPT_BURST): a quick loop still accepts one a turn, a slow one keeps
+# ACCEPT_RATE a second, and the handshakes between two event reads stay few (bench/README.md,
+# "Connect storms").
+ACCEPT_RATE = 500.0  # connections per second per process that a busy loop still accepts
+ACCEPT_BURST = 16  # at most this many in one turn
 PAUSE_SECONDS = 0.05
 MAX_PAUSE_SECONDS = 1.0
 LOG_INTERVAL_SECONDS = 10.0
@@ -74,7 +80,14 @@ class Acceptor:
         on_shed: called with `no_descriptor` for each connection answered 503 and closed.
     """
 
-    def __init__(self, on_connection: OnConnection, *, on_error: OnEvent, on_shed: OnEvent) -> None:
+    def __init__(
+        self,
+        on_connection: OnConnection,
+        *,
+        on_error: OnEvent,
+        on_shed: OnEvent,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.on_connection = on_connection
         self.on_error = on_error
         self.on_shed = on_shed
@@ -87,6 +100,9 @@ class Acceptor:
         self.reported_at: float | None = None
         self.report_due = False
         self.last_other: OSError | None = None
+        self.clock = clock
+        self.tokens = float(ACCEPT_BURST)  # accepts earned beyond one a turn (ACCEPT_RATE)
+        self.earned_at = clock()
 
     def add(self, sock: socket.socket) -> None:
         """Start accepting on a listening socket (non-blocking)."""
@@ -108,8 +124,15 @@ class Acceptor:
             os.close(self.spare)
             self.spare = None
 
+    def turn_allowance(self) -> int:
+        """Accepts this turn may make: one, or the whole tokens earned since the last turn."""
+        now = self.clock()
+        self.tokens = min(float(ACCEPT_BURST), self.tokens + (now - self.earned_at) * ACCEPT_RATE)
+        self.earned_at = now
+        return max(1, int(self.tokens))
+
     def _ready(self, sock: socket.socket, events: int) -> None:
-        for _ in range(ACCEPTS_PER_TURN):
+        for _ in range(self.turn_allowance()):
             if self.closed or self.paused:
                 return
             try:
@@ -122,6 +145,7 @@ class Acceptor:
                 if not self._failed(sock, exc):
                     return
                 continue
+            self.tokens = max(0.0, self.tokens - 1.0)
             self.pause = PAUSE_SECONDS
             self.on_connection(connection, address)
 
