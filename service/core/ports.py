@@ -207,9 +207,10 @@ class PresenceStore(Protocol):
 
     async def presence_remove_process(self, process: str) -> None: ...
 
-    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> None:
+    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> list[UserId]:
         """Users a process has the first connection of: online again when they have a document,
-        otherwise inserted online, each with exactly one `presence_joined`."""
+        otherwise inserted online, each with exactly one `presence_joined`. Returns the users
+        whose `presence_joined` this call wrote."""
 
     async def presence_finish_joins(self, now: datetime) -> None:
         """Write the `presence_joined` of joins a process began and did not finish."""

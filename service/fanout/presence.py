@@ -94,6 +94,14 @@ ORPHAN_HEARTBEATS = 10
 # 0.2-0.4 s insert or update each) held every worker's stream up to seconds while 25,000 new
 # users joined (the scaling run's p99 at 1 event/s: 3.3 s); 100 keep each command near 40 ms.
 JOIN_CHUNK = 100
+# A process writes its next chunk of joins once its change stream has shown it the last chunk's
+# `presence_joined` (or this long after it was written, should one never show): joins go into
+# the one ordered stream, and a join storm written as fast as the store takes it put thousands
+# of them ahead of every other event (20,000 new users connecting to two workers on the embedded
+# store: events to the clients already there waited 8.8-15.6 s at p99). One chunk in flight per
+# process keeps that wait to a chunk's worth, and costs nothing when the stream keeps up.
+JOIN_WAIT_SECONDS = 5.0
+JOINED = "presence_joined"
 STEP_TIMEOUT_SECONDS = 5.0  # at least; half a heartbeat when longer (cancelled work is redone)
 BACKOFF_MAX_SECONDS = 8.0  # the longest pause of the steps after failures in a row
 WRITE_CHUNK = 500  # users per `presence_write` (100 per command inside it)
@@ -137,7 +145,14 @@ class Presence:
         self._backoff = 0.0  # seconds the loop's steps pause after the last failure (0: none)
         self._resume_at = 0.0  # monotonic time before which they do not run
         self._look_for_lost = False  # a heartbeat came late: look for users whose document went
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the stream showed the last joins: write the next ones now
+        # Joins written and not yet seen on the change stream (at most one chunk), since when,
+        # and those seen while a chunk was being written (its events can show before it returns).
+        self._unseen_joins: set[int | str] = set()
+        self._joins_written_at = 0.0
+        self._joining = False
+        self._seen_while_joining: set[int | str] = set()
+        self._backlog: tuple[float, int] | None = None  # arrivals waiting on the stream: (since, joined)
         self._task: asyncio.Task[None] | None = None
         # Whether the fleet's users may have changed since the gauge's last count: a count reads
         # every `presence_users` document (SecantusDB: ~17 µs each, holding its storage lock, so
@@ -172,7 +187,18 @@ class Presence:
 
     def saw(self, events: Iterable[Encoded]) -> None:
         """Events the bus handed the hub: a join or a leave anywhere in the fleet (every process
-        sees every event) means the next sweep counts the users again."""
+        sees every event) means the next sweep counts the users again; this process's own joins
+        seen let it write the next chunk of them."""
+        if self._unseen_joins or self._joining:
+            for encoded in events:
+                if encoded.event.type == JOINED:
+                    user_id = encoded.event.fields.get("userId")
+                    if isinstance(user_id, int | str):
+                        self._unseen_joins.discard(user_id)
+                        if self._joining:
+                            self._seen_while_joining.add(user_id)
+            if not self._unseen_joins and self._arrivals and time.monotonic() >= self._resume_at:
+                self._wake.set()
         if not self._count_stale:
             self._count_stale = any(encoded.event.type in COUNTED_EVENTS for encoded in events)
 
@@ -225,7 +251,11 @@ class Presence:
     async def _steps_loop(self) -> None:
         last_sweep = last_orphans = time.monotonic()
         while True:
-            await asyncio.sleep(max(FLUSH_SECONDS, self._resume_at - time.monotonic()))
+            # A tick, or sooner when the stream has shown the last joins and more wait.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(FLUSH_SECONDS, self._resume_at - time.monotonic())):
+                    await self._wake.wait()
+            self._wake.clear()
             # Independent steps: a flush that keeps failing (a conflict, an outage) must not
             # hold back the sweep or what a heartbeat found to do.
             await self._attempt(self.flush)
@@ -329,16 +359,44 @@ class Presence:
         step is kept until it succeeded.
         """
         store = self._store
-        # JOIN_CHUNK users per call; a step's timeout between calls leaves the rest for the next tick.
+        # JOIN_CHUNK users per call; a step's timeout between calls leaves the rest for the next
+        # tick, and so do joins of the last call that the change stream has not shown yet.
         while self._arrivals:
+            if self._unseen_joins and time.monotonic() - self._joins_written_at < JOIN_WAIT_SECONDS:
+                self._waiting_for_stream()
+                break
             chunk = dict(itertools.islice(self._arrivals.items(), JOIN_CHUNK))
-            await store.presence_arrive_many(chunk, now)
+            self._joining, self._seen_while_joining = True, set()
+            try:
+                joined = await store.presence_arrive_many(chunk, now)
+            finally:
+                self._joining = False
             for user_id in chunk:
                 self._arrivals.pop(user_id, None)
+            self._unseen_joins = set(joined) - self._seen_while_joining
+            self._joins_written_at = time.monotonic()
+            if self._backlog is not None:
+                self._backlog = (self._backlog[0], self._backlog[1] + len(joined))
+        if not self._arrivals and self._backlog is not None:
+            since, joined_count = self._backlog
+            self._backlog = None
+            elapsed = time.monotonic() - since
+            log.info("presence: join backlog written: %d users joined in %.1f s", joined_count, elapsed)
         if self._departures:
             departing = list(self._departures)
             await store.presence_depart_many(departing, now)
             self._departures.difference_update(departing)
+
+    def _waiting_for_stream(self) -> None:
+        """Say once per backlog that arrivals wait for the change stream."""
+        if self._backlog is None:
+            self._backlog = (time.monotonic(), len(self._unseen_joins))
+            log.info(
+                "presence: %d arrivals wait until the change stream shows the last %d joins "
+                "(joins are written as fast as it shows them)",
+                len(self._arrivals),
+                len(self._unseen_joins),
+            )
 
     async def _refresh(self) -> None:
         """The heartbeat, then what it found to do (the loop runs the two apart)."""

@@ -22,6 +22,7 @@ import pytest
 from harness.clients import Service, WsClient, eventually
 from harness.processes import ServiceProcess, as_service, shared_env
 from realtime_client.sse import SseEvent
+from service.fanout.presence import JOIN_CHUNK
 from service.storage.mongo.store import MongoStore
 from tests.conftest import StartService, base_settings
 
@@ -296,18 +297,45 @@ async def test_two_sweepers_settling_one_leave_emit_it_once(mongo_uri: str) -> N
 async def test_two_processes_joining_the_same_new_users_at_once_emit_one_join_each(mongo_uri: str) -> None:
     """Two stores (two processes) bulk-join the same 300 new users concurrently, 5 times over
     fresh users: every user is online, with exactly one `presence_joined`, each its own event
-    (its own insert, so its own id), and no document is left `joining`."""
+    (its own insert, so its own id), and no document is left `joining`. Each store says which
+    joins it wrote: between them, every user once."""
     async with two_stores(mongo_uri) as stores:
         for round_ in range(5):
             users: dict[int | str, str] = {f"r{round_}u{n}": f"مستخدم {n}" for n in range(300)}
             now = datetime.now(UTC)
-            await asyncio.gather(*(store.presence_arrive_many(users, now) for store in stores))
+            wrote = await asyncio.gather(*(store.presence_arrive_many(users, now) for store in stores))
+            assert sorted(wrote[0] + wrote[1]) == sorted(users)
             joined = await stores[0].events.find({"type": "presence_joined", "userId": {"$in": list(users)}}).to_list()
             assert sorted(doc["userId"] for doc in joined) == sorted(users)
             assert {doc["userName"] for doc in joined} == set(users.values())
             docs = await stores[0].presence_users.find({"_id": {"$in": list(users)}}).to_list()
             assert len(docs) == 300 and {doc["state"] for doc in docs} == {"online"}
             assert not any("joining" in doc for doc in docs)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_join_storm_is_written_as_fast_as_the_change_stream_shows_it(start_service: StartService) -> None:
+    """2.5 chunks of new users arrive in one loop turn (the hub's hooks, as that many connects
+    would call them): presence writes a chunk, and the next once the real change stream has
+    shown its joins. Every join reaches a client once, and presence sees every join it wrote
+    (none is left for JOIN_WAIT_SECONDS to release: the joins do not wait on a timeout)."""
+    service = await start_service(presence=True)
+    ctx_presence = service.ctx.hub.presence
+    ws = await observer(service)
+    users = 2 * JOIN_CHUNK + JOIN_CHUNK // 2
+    for n in range(users):
+        ctx_presence.connected(f"storm{n}", f"مستخدم {n}", "websocket")
+    seen: list[Any] = []
+    while len(seen) < users:
+        kind, user_id = await next_presence(ws)
+        if str(user_id).startswith("storm"):
+            assert kind == "presence_joined"
+            seen.append(user_id)
+    assert sorted(seen) == sorted(f"storm{n}" for n in range(users))  # each once
+    # The last chunk's call may still be finishing (its events can show before it returns).
+    await eventually(lambda: not ctx_presence._arrivals, 10, "the last chunk written")
+    assert not ctx_presence._unseen_joins
+    await ws.close()
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -162,9 +162,11 @@ class MongoPresence(MongoEvents):
             await self.presence.delete_many({"process": process})
         return users
 
-    async def presence_arrive_many(self, users: Mapping[int | str, str], now: datetime) -> None:
+    async def presence_arrive_many(self, users: Mapping[int | str, str], now: datetime) -> list[int | str]:
         """Users a process has the first connection of: online again (no event) when they have
         a `presence_users` document, otherwise inserted online with exactly one `presence_joined`.
+        Returns the users whose `presence_joined` this call wrote (presence waits for the change
+        stream to show them before it writes the next chunk).
 
         A few bulk operations for any number of users, no transaction. The documents are
         inserted (one unordered `insert_many`) marked `joining` with this call's own mark; a
@@ -176,12 +178,13 @@ class MongoPresence(MongoEvents):
         timed out between the inserts) meets a duplicate key instead of writing a second event.
         """
         since = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as stored: milliseconds
+        joined: list[int | str] = []
         async with refused(self.timeout_seconds):
             # A document that a sweeper deletes (its grace ended) between our insert's duplicate
             # key and our update is gone: that user goes round again, as a new one.
             for _ in range(ARRIVE_ROUNDS):
                 if not users:
-                    return
+                    return joined
                 mark = secrets.token_hex(8)
                 docs = [
                     {"_id": user_id, "state": "online", "userName": name, "since": since, JOINING: mark}
@@ -196,10 +199,12 @@ class MongoPresence(MongoEvents):
                 if len(existing) < len(docs):
                     known = set(existing)
                     await self._write_joins([doc for doc in docs if doc["_id"] not in known], now)
+                    joined += [user_id for user_id in users if user_id not in known]
                     await self.presence_users.update_many({JOINING: mark}, {"$unset": {JOINING: ""}})
                 users = {user_id: users[user_id] for user_id in gone}
             if users:  # still racing a sweeper: the next flush's arrival, or the heartbeat's check, retries
                 raise StoreError(f"presence: {len(users)} arrivals raced a sweeper {ARRIVE_ROUNDS} times")
+        return joined
 
     async def _online_again(self, user_ids: list[int | str]) -> list[int | str]:
         """Set users with a document online again (IN_CHUNK per `update_many`); those whose

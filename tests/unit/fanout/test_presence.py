@@ -14,7 +14,7 @@ import gc
 import logging
 import time
 import warnings
-from collections.abc import Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from service.fanout.hub import Hub
 from service.fanout.presence import (
     FLUSH_SECONDS,
     JOIN_CHUNK,
+    JOIN_WAIT_SECONDS,
     LOST_CHECK_BEATS,
     STALE_HEARTBEATS,
     WRITE_CHUNK,
@@ -52,6 +53,9 @@ class MemoryPresenceStore:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.failing: set[str] = set()
         self.error: StoreError = StoreUnavailable("connection refused")
+        # The change stream: handed each call's `presence_joined` before the call returns (a
+        # stream that keeps up), or None (one that has not shown them yet).
+        self.stream: Callable[[list[Encoded]], None] | None = None
 
     def _call(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))
@@ -108,8 +112,9 @@ class MemoryPresenceStore:
         self.docs = {key: doc for key, doc in self.docs.items() if doc["process"] != process}
         return users
 
-    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> None:
+    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> list[UserId]:
         self._call("presence_arrive_many", dict(users), now)
+        joined: list[UserId] = []
         for user_id, user_name in users.items():
             if user_id in self.users:
                 self.users[user_id].update(state="online", userName=user_name)
@@ -117,6 +122,10 @@ class MemoryPresenceStore:
             else:
                 self.users[user_id] = {"_id": user_id, "state": "online", "userName": user_name}
                 self.joined.append(user_id)
+                joined.append(user_id)
+        if self.stream is not None:
+            self.stream([joined_event(user_id) for user_id in joined])
+        return joined
 
     async def presence_finish_joins(self, now: datetime) -> None:
         self._call("presence_finish_joins", now)
@@ -198,12 +207,29 @@ class Clock:
 
 
 def make(
-    store: MemoryPresenceStore | None = None, *, heartbeat: float = 10.0, grace: float = 0.0
+    store: MemoryPresenceStore | None = None, *, heartbeat: float = 10.0, grace: float = 0.0, stream: bool = True
 ) -> tuple[Presence, MemoryPresenceStore, Clock, Metrics]:
+    """A presence over `store`; with `stream`, the change stream shows each join at once."""
     store = store or MemoryPresenceStore()
     clock, metrics = Clock(), Metrics()
     presence = Presence(store, metrics, heartbeat_seconds=heartbeat, grace_seconds=grace, clock=clock)
+    if stream:
+        store.stream = presence.saw
     return presence, store, clock, metrics
+
+
+def joined_event(user_id: UserId) -> Encoded:
+    """The `presence_joined` of a user, as the bus hands it to the hub."""
+    return encode_event(
+        Event(
+            id=event_id(Position(1_700_000_000, 1)),
+            type="presence_joined",
+            ts="2030-03-17T12:00:00.000Z",
+            fields={"userId": user_id, "userName": f"user {user_id}"},
+            audience=None,
+            inserted_at=1_700_000_000.0,
+        )
+    )
 
 
 def run(step: Coroutine[Any, Any, object]) -> None:
@@ -361,11 +387,11 @@ class StalledJoins(MemoryPresenceStore):
         self.waiting: list[int] = []  # users per call that waited
         self.chunk_waiting = asyncio.Event()
 
-    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> None:
+    async def presence_arrive_many(self, users: Mapping[UserId, str], now: datetime) -> list[UserId]:
         self.waiting.append(len(users))
         self.chunk_waiting.set()
         await self.go.wait()
-        await super().presence_arrive_many(users, now)
+        return await super().presence_arrive_many(users, now)
 
 
 def test_a_join_storm_is_joined_in_chunks_and_one_cut_off_mid_way_loses_no_join() -> None:
@@ -397,6 +423,64 @@ def test_a_join_storm_is_joined_in_chunks_and_one_cut_off_mid_way_loses_no_join(
     run(presence.flush())
     assert store.waiting == [JOIN_CHUNK, JOIN_CHUNK, 8]
     assert sorted(store.joined) == list(range(users)) and len(store.docs) == users
+
+
+def test_a_join_storm_writes_a_chunk_once_the_stream_showed_the_last(caplog: pytest.LogCaptureFixture) -> None:
+    """Joins travel the one ordered change stream: a process writes its next JOIN_CHUNK of them
+    only once its stream has shown the last chunk's `presence_joined`, so a storm of new users
+    never puts more than a chunk per process ahead of the other events. Meanwhile every
+    user's document (the counts) is written, the backlog is logged when it starts and when it
+    is written, and the stream's showing the last join wakes the loop at once."""
+    presence, store, _, _ = make(stream=False)
+    users = 2 * JOIN_CHUNK + 5
+    for user in range(users):
+        presence.connected(user, f"user {user}", "websocket")
+    with caplog.at_level(logging.INFO, logger="service.fanout.presence"):
+        run(presence.flush())
+        assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK]
+        assert len(store.docs) == users  # the counts do not wait
+        waiting = f"{users - JOIN_CHUNK} arrivals wait until the change stream shows the last {JOIN_CHUNK} joins"
+        assert waiting in caplog.text
+        run(presence.flush())  # nothing shown yet: nothing more written
+        assert len(store.called("presence_arrive_many")) == 1
+        presence.saw([joined_event(user) for user in range(JOIN_CHUNK - 1)] + [encoded("task_created")])
+        assert not presence._wake.is_set()
+        run(presence.flush())
+        assert len(store.called("presence_arrive_many")) == 1  # one join of the chunk still unseen
+        presence.saw([joined_event(JOIN_CHUNK - 1)])
+        assert presence._wake.is_set()  # the loop flushes now, not at its next tick
+        run(presence.flush())
+        presence.saw([joined_event(user) for user in range(JOIN_CHUNK, 2 * JOIN_CHUNK)])
+        run(presence.flush())
+    assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK, JOIN_CHUNK, 5]
+    assert sorted(store.joined) == list(range(users))
+    assert f"join backlog written: {users} users joined in" in caplog.text
+
+
+def test_joins_never_shown_hold_the_next_chunk_for_join_wait_seconds_at_most() -> None:
+    """A join the stream never shows (a resync skipped it) delays the next chunk, not for ever."""
+    presence, store, _, _ = make(stream=False)
+    for user in range(JOIN_CHUNK + 1):
+        presence.connected(user, f"user {user}", "websocket")
+    run(presence.flush())
+    run(presence.flush())
+    assert len(store.called("presence_arrive_many")) == 1
+    presence._joins_written_at -= JOIN_WAIT_SECONDS
+    run(presence.flush())
+    assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK, 1]
+
+
+def test_returning_users_are_not_held_back_a_restart_writes_them_all_at_once() -> None:
+    """Users back within their grace (a restart, a drain) emit no join, so nothing waits on the
+    stream: every chunk is written in one flush, as a restart storm needs."""
+    presence, store, clock, _ = make(stream=False)
+    users = 2 * JOIN_CHUNK + 5
+    for user in range(users):
+        store.users[user] = {"_id": user, "state": "leaving", "userName": "a", "leavingSince": clock.now}
+        presence.connected(user, f"user {user}", "websocket")
+    run(presence.flush())
+    assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK, JOIN_CHUNK, 5]
+    assert store.joined == [] and {user["state"] for user in store.users.values()} == {"online"}
 
 
 def test_a_connect_storm_is_written_in_chunks_and_a_failure_keeps_what_was_written() -> None:
