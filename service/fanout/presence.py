@@ -327,6 +327,14 @@ class Presence:
         except BaseException:  # an error, or the step's timeout: nothing is lost
             self._dirty |= dirty
             raise
+        # A user whose join still waits (for the stream, or after a step cut off) waits for
+        # their document here too, and is written by the flush after their join: a storm of new
+        # users then costs the store no faster than the stream shows their joins, and no listing
+        # counts a connection of a user who has not joined.
+        held = [user_id for user_id in upserts if user_id in self._arrivals]
+        for user_id in held:
+            del upserts[user_id]
+        self._dirty.update(held)
         # WRITE_CHUNK users per call, each kept once written: a store too slow for all of a
         # connect storm's users within one call's MONGODB_TIMEOUT_MS still makes progress,
         # where retrying the whole (as before) timed out again every time.

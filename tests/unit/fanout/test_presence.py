@@ -428,9 +428,10 @@ def test_a_join_storm_is_joined_in_chunks_and_one_cut_off_mid_way_loses_no_join(
 def test_a_join_storm_writes_a_chunk_once_the_stream_showed_the_last(caplog: pytest.LogCaptureFixture) -> None:
     """Joins travel the one ordered change stream: a process writes its next JOIN_CHUNK of them
     only once its stream has shown the last chunk's `presence_joined`, so a storm of new users
-    never puts more than a chunk per process ahead of the other events. Meanwhile every
-    user's document (the counts) is written, the backlog is logged when it starts and when it
-    is written, and the stream's showing the last join wakes the loop at once."""
+    never puts more than a chunk per process ahead of the other events. A user's document here
+    (the counts) waits for their join, so the store is not flooded meanwhile either; the
+    backlog is logged when it starts and when it is written, and the stream's showing the last
+    join wakes the loop at once."""
     presence, store, _, _ = make(stream=False)
     users = 2 * JOIN_CHUNK + 5
     for user in range(users):
@@ -438,7 +439,7 @@ def test_a_join_storm_writes_a_chunk_once_the_stream_showed_the_last(caplog: pyt
     with caplog.at_level(logging.INFO, logger="service.fanout.presence"):
         run(presence.flush())
         assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK]
-        assert len(store.docs) == users  # the counts do not wait
+        assert {doc["userId"] for doc in store.docs.values()} == set(range(JOIN_CHUNK))  # the joined ones
         waiting = f"{users - JOIN_CHUNK} arrivals wait until the change stream shows the last {JOIN_CHUNK} joins"
         assert waiting in caplog.text
         run(presence.flush())  # nothing shown yet: nothing more written
@@ -455,6 +456,8 @@ def test_a_join_storm_writes_a_chunk_once_the_stream_showed_the_last(caplog: pyt
     assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK, JOIN_CHUNK, 5]
     assert sorted(store.joined) == list(range(users))
     assert f"join backlog written: {users} users joined in" in caplog.text
+    run(presence.flush())  # the documents of the last joined
+    assert len(store.docs) == users and sorted(store.new[-1] + store.new[-2]) == list(range(JOIN_CHUNK, users))
 
 
 def test_joins_never_shown_hold_the_next_chunk_for_join_wait_seconds_at_most() -> None:
