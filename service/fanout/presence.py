@@ -20,14 +20,16 @@ Transitions and their events (inserted into `events`, so they travel the one cha
 like every event: ordered, with ids, resumable, filterable with `events=`):
 
 - arrive (a process gets a user's first connection): `presence_arrive_many`, 100 users per
-  call, before the process's own documents are written. Each user's document is inserted
+  call, before the process's own documents of them are written. Each user's document is inserted
   marked `joining`; a duplicate key is a user who has one (online, or leaving within the
   grace): set back to `online`, no event. The users inserted get their `presence_joined`
   (each its own insert), then lose the mark. Two processes racing to insert meet the unique
   `_id`: the loser sets the user online and emits nothing. An event's `_id` is made of the
   user and the document's `since`, so a join written twice (a sweep finishing the join of a
   process that died between the inserts) is one event; a grace does not end while a join is
-  unwritten.
+  unwritten. The next chunk waits until this process's change stream has shown the last
+  chunk's joins (JOIN_WAIT_SECONDS at most), and a new user's document here waits for their
+  join: a storm of new users goes into the stream no faster than it delivers them.
 - depart (a process's last connection of a user closes, or a drain ends): the process's
   document is deleted and the user marked `leaving` (conditional on `online`; all of a
   flush's departures in one `update_many`). No event yet.
