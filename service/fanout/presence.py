@@ -155,6 +155,10 @@ class Presence:
         self._joining = False
         self._seen_while_joining: set[int | str] = set()
         self._backlog: tuple[float, int] | None = None  # arrivals waiting on the stream: (since, joined)
+        # Users whose document here waits for their join (flushed again once it is written;
+        # kept apart from `_dirty`, so a flush does not go through thousands of them each time).
+        self._held: set[int | str] = set()
+        self._arrived: set[int | str] = set()  # of those, the ones whose join is written now
         self._task: asyncio.Task[None] | None = None
         # Whether the fleet's users may have changed since the gauge's last count: a count reads
         # every `presence_users` document (SecantusDB: ~17 µs each, holding its storage lock, so
@@ -315,10 +319,12 @@ class Presence:
                 removals.append(user_id)
             elif user_id in self._unwritten:  # left before its document here was written
                 self._unwritten.discard(user_id)
+                self._held.discard(user_id)
+                self._arrived.discard(user_id)
                 self._arrivals.pop(user_id, None)
                 self._departures.add(user_id)
         for user_id in upserts:
-            if user_id not in self._written:
+            if user_id not in self._written and user_id not in self._arrived:
                 self._arrivals[user_id] = upserts[user_id][0]
                 self._unwritten.add(user_id)
                 self._departures.discard(user_id)
@@ -336,7 +342,7 @@ class Presence:
         held = [user_id for user_id in upserts if user_id in self._arrivals]
         for user_id in held:
             del upserts[user_id]
-        self._dirty.update(held)
+        self._held.update(held)
         # WRITE_CHUNK users per call, each kept once written: a store too slow for all of a
         # connect storm's users within one call's MONGODB_TIMEOUT_MS still makes progress,
         # where retrying the whole (as before) timed out again every time.
@@ -350,6 +356,7 @@ class Presence:
                 await self._store.presence_write(self.process_id, changed, gone, now, new=new)
             except BaseException:
                 self._dirty.update(users[start:])
+                self._arrived.difference_update(users[start:])  # asked again, as after any failed write
                 raise
             for user_id in gone:
                 self._arrivals.pop(user_id, None)
@@ -357,6 +364,7 @@ class Presence:
             self._written.update(changed)
             self._written.difference_update(gone)
             self._unwritten.difference_update(changed)
+            self._arrived.difference_update(changed)
         await self._steps(now)
 
     async def _steps(self, now: datetime) -> None:
@@ -383,6 +391,11 @@ class Presence:
                 self._joining = False
             for user_id in chunk:
                 self._arrivals.pop(user_id, None)
+            released = self._held.intersection(chunk)
+            if released:  # their documents here, at the next flush
+                self._held -= released
+                self._arrived |= released
+                self._dirty |= released
             self._unseen_joins = set(joined) - self._seen_while_joining
             self._joins_written_at = time.monotonic()
             if self._backlog is not None:

@@ -460,6 +460,28 @@ def test_a_join_storm_writes_a_chunk_once_the_stream_showed_the_last(caplog: pyt
     assert len(store.docs) == users and sorted(store.new[-1] + store.new[-2]) == list(range(JOIN_CHUNK, users))
 
 
+def test_a_user_is_arrived_once_when_the_stream_shows_joins_during_the_bulk_write() -> None:
+    """The stream shows the first chunk's joins while the flush writes documents, so the same
+    flush writes the second chunk after its bulk write: those users' documents follow at the
+    next flush, and nobody's arrival is asked twice."""
+    presence, store, _, _ = make(stream=False)
+    users = 2 * JOIN_CHUNK + 5
+    for user in range(users):
+        presence.connected(user, f"user {user}", "websocket")
+    write = store.presence_write
+
+    async def shown_meanwhile(*args: Any, **kwargs: Any) -> None:
+        presence.saw([joined_event(user) for user in store.joined])
+        await write(*args, **kwargs)
+
+    store.presence_write = shown_meanwhile  # type: ignore[method-assign]
+    for _ in range(6):
+        run(presence.flush())
+    arrived = [user for args in store.called("presence_arrive_many") for user in args[0]]
+    assert sorted(arrived) == list(range(users))  # each once
+    assert len(store.docs) == users and sorted(u for new in store.new for u in new) == list(range(users))
+
+
 def test_joins_never_shown_hold_the_next_chunk_for_join_wait_seconds_at_most() -> None:
     """A join the stream never shows (a resync skipped it) delays the next chunk, not for ever."""
     presence, store, _, _ = make(stream=False)
