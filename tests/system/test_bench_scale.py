@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.__main__ import gc_pauses, histogram_samples
 from bench.scale import LABELS, SYSTEMS, held, histogram_change, make_system, parse_args, table
 from bench.systems import ServiceSystem
@@ -109,6 +111,15 @@ def test_what_was_not_measured_is_said_under_the_table() -> None:
         "Not measured: pushpin 25,000: RuntimeError('did not connect'); "
         "pushpin 50,000: skipped, did not hold 25,000 connections in this run."
     )
+
+
+def test_connect_variants_default_to_all_and_a_typo_is_refused() -> None:
+    """`--connect-variants` picks connect runs by name (all three unless told); an unknown name
+    stops the run before anything starts, instead of running nothing for an hour."""
+    assert parse_args([]).connect_variants == ["hs256", "rs256", "json"]
+    assert parse_args(["--connect-variants", "hs256, json"]).connect_variants == ["hs256", "json"]
+    with pytest.raises(SystemExit):
+        parse_args(["--connect-variants", "hs265"])
 
 
 def test_the_service_runs_with_and_without_presence_in_one_run(tmp_path: Path) -> None:
