@@ -148,12 +148,11 @@ class Presence:
         self._resume_at = 0.0  # monotonic time before which they do not run
         self._look_for_lost = False  # a heartbeat came late: look for users whose document went
         self._wake = asyncio.Event()  # the stream showed the last joins: write the next ones now
-        # Joins written and not yet seen on the change stream (at most one chunk), since when,
-        # and those seen while a chunk was being written (its events can show before it returns).
+        # Joins written and not yet seen on the change stream (at most one chunk), and since
+        # when. While a chunk is being written it holds the whole chunk: its events can show
+        # before the call returns, and the call then says which of them were joins.
         self._unseen_joins: set[int | str] = set()
         self._joins_written_at = 0.0
-        self._joining = False
-        self._seen_while_joining: set[int | str] = set()
         self._backlog: tuple[float, int] | None = None  # arrivals waiting on the stream: (since, joined)
         # Users whose document here waits for their join (flushed again once it is written;
         # kept apart from `_dirty`, so a flush does not go through thousands of them each time).
@@ -195,14 +194,12 @@ class Presence:
         """Events the bus handed the hub: a join or a leave anywhere in the fleet (every process
         sees every event) means the next sweep counts the users again; this process's own joins
         seen let it write the next chunk of them."""
-        if self._unseen_joins or self._joining:
+        if self._unseen_joins:
             for encoded in events:
                 if encoded.event.type == JOINED:
                     user_id = encoded.event.fields.get("userId")
                     if isinstance(user_id, int | str):
                         self._unseen_joins.discard(user_id)
-                        if self._joining:
-                            self._seen_while_joining.add(user_id)
             if not self._unseen_joins and self._arrivals and time.monotonic() >= self._resume_at:
                 self._wake.set()
         if not self._count_stale:
@@ -384,11 +381,13 @@ class Presence:
                 self._waiting_for_stream()
                 break
             chunk = dict(itertools.islice(self._arrivals.items(), JOIN_CHUNK))
-            self._joining, self._seen_while_joining = True, set()
+            # The gate above passed: what the set held no longer holds anything back.
+            self._unseen_joins = set(chunk)
             try:
                 joined = await store.presence_arrive_many(chunk, now)
-            finally:
-                self._joining = False
+            except BaseException:
+                self._unseen_joins = set()
+                raise
             for user_id in chunk:
                 self._arrivals.pop(user_id, None)
             released = self._held.intersection(chunk)
@@ -396,7 +395,7 @@ class Presence:
                 self._held -= released
                 self._arrived |= released
                 self._dirty |= released
-            self._unseen_joins = set(joined) - self._seen_while_joining
+            self._unseen_joins.intersection_update(joined)  # those seen meanwhile are gone already
             self._joins_written_at = time.monotonic()
             if self._backlog is not None:
                 self._backlog = (self._backlog[0], self._backlog[1] + len(joined))
