@@ -141,14 +141,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = sorted(set(args.systems) - set(SYSTEMS))
-    if unknown:
-        parser.error(f"unknown systems: {', '.join(unknown)}")
-    args.connect_variants = [v.strip() for v in args.connect_variants.split(",") if v.strip()]
-    unknown = sorted(set(args.connect_variants) - set(CONNECT_VARIANTS))
-    if unknown:
-        parser.error(f"unknown connect variants: {', '.join(unknown)}")
+
+    def names(value: str, known: Iterable[str], what: str) -> list[str]:
+        """A comma-separated list of names, each one of `known` (else the usage error)."""
+        chosen = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            parser.error(f"unknown {what}: {', '.join(unknown)}")
+        return chosen
+
+    args.systems = names(args.systems, SYSTEMS, "systems")
+    args.connect_variants = names(args.connect_variants, CONNECT_VARIANTS, "connect variants")
     set_files_per_process(args.files_per_process)
     return args
 
