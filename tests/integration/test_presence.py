@@ -14,6 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -297,8 +298,8 @@ async def test_two_sweepers_settling_one_leave_emit_it_once(mongo_uri: str) -> N
 async def test_two_processes_joining_the_same_new_users_at_once_emit_one_join_each(mongo_uri: str) -> None:
     """Two stores (two processes) bulk-join the same 300 new users concurrently, 5 times over
     fresh users: every user is online, with exactly one `presence_joined`, each its own event
-    (its own insert, so its own id), and no document is left `joining`. Each store says which
-    joins it wrote: between them, every user once."""
+    (its own insert, so its own id), and no chunk is left unfinished in `presence_joins`. Each
+    store says which joins it wrote: between them, every user once."""
     async with two_stores(mongo_uri) as stores:
         for round_ in range(5):
             users: dict[int | str, str] = {f"r{round_}u{n}": f"مستخدم {n}" for n in range(300)}
@@ -310,7 +311,59 @@ async def test_two_processes_joining_the_same_new_users_at_once_emit_one_join_ea
             assert {doc["userName"] for doc in joined} == set(users.values())
             docs = await stores[0].presence_users.find({"_id": {"$in": list(users)}}).to_list()
             assert len(docs) == 300 and {doc["state"] for doc in docs} == {"online"}
-            assert not any("joining" in doc for doc in docs)
+            assert await stores[0].presence_joins.count_documents({}) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_joining_new_users_writes_no_update(mongo_uri: str) -> None:
+    """A chunk of new users costs the store inserts (their documents and their chunk's in one
+    transaction, then their events) and one delete, but no update of each user's document: an
+    earlier release marked each `joining` and unmarked it afterwards, an update a user that cost
+    SecantusDB as much as both inserts together."""
+    async with two_stores(mongo_uri) as stores:
+        store = stores[0]
+
+        async def opcounters() -> dict[str, int]:
+            status = await store.client.admin.command("serverStatus")
+            return {op: int(status["opcounters"][op]) for op in ("insert", "update", "delete")}
+
+        users: dict[int | str, str] = {f"cheap{n}": f"مستخدم {n}" for n in range(100)}
+        before = await opcounters()
+        assert sorted(await store.presence_arrive_many(users, datetime.now(UTC))) == sorted(users)
+        after = await opcounters()
+        assert after["update"] == before["update"]
+        assert after["delete"] - before["delete"] == 1  # the chunk's `presence_joins` document
+        assert await store.events.count_documents({"type": "presence_joined", "userId": {"$in": list(users)}}) == 100
+        assert await store.presence_joins.count_documents({}) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_chunk_left_half_done_is_finished_by_a_sweep_once_and_before_a_leave(mongo_uri: str) -> None:
+    """A process committed a chunk's transaction (the users' documents and the chunk's
+    `presence_joins` document) and died before the events. A user's grace then ran out: it does
+    not end on a join not yet written; two sweepers' `presence_finish_joins` write each join
+    once and remove the chunk, and only then is the leave settled, after the join in the stream."""
+    async with two_stores(mongo_uri) as stores:
+        since = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
+        users: dict[int | str, str] = {"orphan1": "يتيم", "orphan2": "ثان"}
+        new, existing = await stores[0].transaction(partial(stores[0]._insert_new, users, since, "dead-chunk"))
+        assert (sorted(new), existing) == (sorted(users), [])
+        await stores[0].presence_users.update_one(
+            {"_id": "orphan1"}, {"$set": {"state": "leaving", "leavingSince": since}}
+        )
+        now = datetime.now(UTC)
+        assert await stores[0].presence_settle("orphan1", since, now) is False  # its join is not written yet
+        await asyncio.gather(*(store.presence_finish_joins(now) for store in stores))
+        assert await stores[0].presence_joins.count_documents({}) == 0
+        assert await stores[1].presence_settle("orphan1", since, now) is True
+        events = await stores[0].events.find({"userId": {"$in": list(users)}}).sort("$natural", 1).to_list()
+        assert sorted((doc["userId"], doc["type"]) for doc in events) == [
+            ("orphan1", "presence_joined"),
+            ("orphan1", "presence_left"),
+            ("orphan2", "presence_joined"),
+        ]
+        assert [doc["type"] for doc in events if doc["userId"] == "orphan1"] == ["presence_joined", "presence_left"]
+        assert {doc["userName"] for doc in events} == set(users.values())
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -340,8 +393,8 @@ async def test_a_join_storm_is_written_as_fast_as_the_change_stream_shows_it(sta
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_join_left_half_done_is_finished_by_a_sweep_once_and_before_its_leave(mongo_uri: str) -> None:
-    """A process died between inserting a user's document (`joining`) and the user's
-    `presence_joined`, and the user's grace then ran out: a grace does not end on a join not
+    """A process of an earlier release died between inserting a user's document (`joining`) and
+    the user's `presence_joined`, and the user's grace then ran out: a grace does not end on a join not
     yet written; the sweep's `presence_finish_joins` writes the join (once, though two
     sweepers run it), and only then can the leave be settled, after it in the stream."""
     async with two_stores(mongo_uri) as stores:
