@@ -1,7 +1,7 @@
 """Presence: which users are online anywhere in the fleet, kept in MongoDB, damped and crash-honest.
 
 A user is online while they hold at least one authenticated connection on any process. The
-state lives in three MongoDB collections, so every replica answers `GET /api/presence` the same:
+state lives in MongoDB, so every replica answers `GET /api/presence` the same:
 
 - `presence`: one document per (process, user) with that process's connection counts per
   transport. A process writes only user-level transitions (a user's first connection here,
@@ -15,19 +15,22 @@ state lives in three MongoDB collections, so every replica answers `GET /api/pre
   died entirely leaves stale heartbeats; the first process to start sweeps them.
 - `presence_users`: one document per online user, `state` `online` or `leaving` (+
   `leavingSince`). It is the damped, fleet-wide view that the events describe.
+- `presence_joins`: one document per chunk of new users whose `presence_joined` events are
+  not all written yet (see arrive); empty but for a moment, unless a process died mid-chunk.
 
 Transitions and their events (inserted into `events`, so they travel the one change stream
 like every event: ordered, with ids, resumable, filterable with `events=`):
 
 - arrive (a process gets a user's first connection): `presence_arrive_many`, 100 users per
-  call, before the process's own documents of them are written. Each user's document is inserted
-  marked `joining`; a duplicate key is a user who has one (online, or leaving within the
-  grace): set back to `online`, no event. The users inserted get their `presence_joined`
-  (each its own insert), then lose the mark. Two processes racing to insert meet the unique
-  `_id`: the loser sets the user online and emits nothing. An event's `_id` is made of the
-  user and the document's `since`, so a join written twice (a sweep finishing the join of a
-  process that died between the inserts) is one event; a grace does not end while a join is
-  unwritten. The next chunk waits until this process's change stream has shown the last
+  call, before the process's own documents of them are written. One transaction inserts the
+  documents of the users who have none, and a `presence_joins` document naming them; a user
+  who has one (online, or leaving within the grace) is set back to `online`, no event. The
+  users inserted get their `presence_joined` (each its own insert, outside the transaction),
+  then the `presence_joins` document is deleted. Two processes racing to insert meet the
+  unique `_id`: the loser sets the user online and emits nothing. An event's `_id` is made of
+  the user and the document's `since`, so a join written twice (a sweep finishing the joins of
+  a process that died after its transaction) is one event; a grace does not end while a join
+  is unwritten. The next chunk waits until this process's change stream has shown the last
   chunk's joins (JOIN_WAIT_SECONDS at most), and a new user's document here waits for their
   join: a storm of new users goes into the stream no faster than it delivers them.
 - depart (a process's last connection of a user closes, or a drain ends): the process's

@@ -342,19 +342,23 @@ async def test_a_chunk_left_half_done_is_finished_by_a_sweep_once_and_before_a_l
     """A process committed a chunk's transaction (the users' documents and the chunk's
     `presence_joins` document) and died before the events. A user's grace then ran out: it does
     not end on a join not yet written; two sweepers' `presence_finish_joins` write each join
-    once and remove the chunk, and only then is the leave settled, after the join in the stream."""
+    once and remove the chunk, and only then is the leave settled, after the join in the stream.
+    A chunk begun less than a store timeout ago is left to its writer."""
     async with two_stores(mongo_uri) as stores:
         since = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
         users: dict[int | str, str] = {"orphan1": "يتيم", "orphan2": "ثان"}
         new, existing = await stores[0].transaction(partial(stores[0]._insert_new, users, since, "dead-chunk"))
         assert (sorted(new), existing) == (sorted(users), [])
+        young = partial(stores[0]._insert_new, {"young": "شاب"}, datetime.now(UTC), "young-chunk")
+        assert await stores[0].transaction(young) == (["young"], [])
         await stores[0].presence_users.update_one(
             {"_id": "orphan1"}, {"$set": {"state": "leaving", "leavingSince": since}}
         )
         now = datetime.now(UTC)
         assert await stores[0].presence_settle("orphan1", since, now) is False  # its join is not written yet
         await asyncio.gather(*(store.presence_finish_joins(now) for store in stores))
-        assert await stores[0].presence_joins.count_documents({}) == 0
+        assert await stores[0].presence_joins.distinct("_id") == ["young-chunk"]
+        assert await stores[0].events.count_documents({"userId": "young"}) == 0
         assert await stores[1].presence_settle("orphan1", since, now) is True
         events = await stores[0].events.find({"userId": {"$in": list(users)}}).sort("$natural", 1).to_list()
         assert sorted((doc["userId"], doc["type"]) for doc in events) == [

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -268,11 +268,12 @@ class MongoPresence(MongoEvents):
 
     async def presence_finish_joins(self, now: datetime) -> None:
         """The sweep's part: write the `presence_joined` events of every chunk whose
-        `presence_joins` document is still there (its process died, or timed out, between the
-        transaction and the events; or is writing them right now, which costs a duplicate key),
-        and of every document an earlier release left `joining`."""
+        `presence_joins` document is still there a store timeout after it began (its process
+        died, or timed out, between the transaction and the events; a chunk still being written
+        is left to its writer), and of every document an earlier release left `joining`."""
+        begun_before = now - timedelta(seconds=self.timeout_seconds)
         async with refused(self.timeout_seconds):
-            for batch in await self.presence_joins.find({}).to_list(length=None):
+            for batch in await self.presence_joins.find({"since": {"$lt": begun_before}}).to_list(length=None):
                 docs = [{"_id": user_id, "userName": name, "since": batch["since"]} for user_id, name in batch["users"]]
                 await self._write_joins(docs, now)
                 await self.presence_joins.delete_one({"_id": batch["_id"]})
