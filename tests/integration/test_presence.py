@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
-from harness.clients import Service, WsClient, eventually
+from harness.clients import Service, WsClient, eventually, wait_bound
 from harness.processes import ServiceProcess, as_service, shared_env
 from realtime_client.sse import SseEvent
 from service.fanout.presence import JOIN_CHUNK
@@ -155,6 +157,65 @@ async def test_sigkill_leaves_its_users_once_on_the_other_processes(tmp_path: Pa
         for ws in users:
             await ws.closed()
         assert [u["userId"] for u in (await presence(b, b.token(sub=3)))["users"]] == ["observer"]
+        await watch.close()
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_sigkill_in_a_join_storm_leaves_each_user_one_join_then_one_leave(tmp_path: Path, mongo_uri: str) -> None:
+    """kill -9 of A as soon as a chunk of the 250 new users connecting to it is in
+    `presence_joins` (its documents are committed; its events are being written, or not yet).
+    Whatever A had written when it died, B finishes it: every user ends with no presence event,
+    or one `presence_joined` and then one `presence_left`; nobody stays online, and no chunk is
+    left in `presence_joins`."""
+    db = f"killjoin_{uuid.uuid4().hex[:10]}"
+    with fleet(tmp_path, mongo_uri, 2, MONGODB_DB=db) as processes:
+        a, b = (as_service(p) for p in processes)
+        watch = await observer(b)
+        assert await next_presence(watch) == ("presence_joined", "observer")
+        seen: list[tuple[str, Any]] = []
+
+        async def read_until_marker() -> None:  # read on: a client that stops reading misses its pings
+            while (message := await watch.recv(wait_bound(60)))["type"] != "marker":
+                seen.append((message["type"], message["userId"]))
+
+        reading = asyncio.ensure_future(read_until_marker())
+        users = [f"storm{n}" for n in range(2 * JOIN_CHUNK + JOIN_CHUNK // 2)]
+
+        async def connect(user: str) -> WsClient | None:
+            try:
+                ws = await a.websocket({"token": a.token(sub=user, name=f"مستخدم {user}"), "events": "marker"})
+                await ws.recv_type("connected")
+                return ws
+            except Exception:  # A was killed first
+                return None
+
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+        try:
+            store = client[db]
+            connecting = asyncio.gather(*(connect(user) for user in users))
+            deadline = asyncio.get_running_loop().time() + wait_bound(60)
+            while await store["presence_joins"].find_one({}, {"_id": 1}) is None:
+                assert asyncio.get_running_loop().time() < deadline, "no chunk of joins was written"
+            processes[0].process.kill()  # type: ignore[union-attr]
+            processes[0].wait()
+            clients = [ws for ws in await connecting if ws is not None]
+            while (
+                await store["presence_users"].distinct("_id") != ["observer"]
+                or await store["presence_joins"].count_documents({}) > 0
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "A's users still online, or a chunk unfinished"
+                await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+        await b.publish(b.token(sub="publisher", roles=("publisher",)), {"type": "marker"})
+        await reading
+        by_user: dict[Any, list[str]] = {}
+        for kind, user_id in seen:
+            by_user.setdefault(user_id, []).append(kind)
+        assert set(by_user) <= set(users)
+        assert {tuple(kinds) for kinds in by_user.values()} == {("presence_joined", "presence_left")}
+        for ws in clients:
+            await ws.closed()
         await watch.close()
 
 
