@@ -375,6 +375,44 @@ async def test_two_processes_joining_the_same_new_users_at_once_emit_one_join_ea
             assert await stores[0].presence_joins.count_documents({}) == 0
 
 
+class Racing(MongoStore):
+    """A store whose chunk transaction, once, has another process insert one of its users
+    between the transaction's read of who has a document and its insert."""
+
+    rival: MongoStore
+    raced = False
+
+    async def _insert_new(self, users: Any, since: datetime, mark: str, session: Any) -> Any:
+        if not self.raced:
+            self.raced = True
+            found = await self.presence_users.distinct("_id", {"_id": {"$in": list(users)}}, session=session)
+            assert found == []
+            await self.rival.presence_arrive_many({"raced": "منافس"}, datetime.now(UTC))
+        return await super()._insert_new(users, since, mark, session)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_user_another_process_inserts_during_the_chunk_transaction_joins_once(mongo_uri: str) -> None:
+    """Another process inserts one of a chunk's users after the chunk's transaction read who has
+    a document: the transaction's insert conflicts, PyMongo runs it again, and its read then
+    finds that user: the others join, and the user has one `presence_joined`, the rival's."""
+    settings = base_settings()
+    rival, racing = MongoStore(settings, mongo_uri), Racing(settings, mongo_uri)
+    racing.rival = rival
+    try:
+        await rival.start()
+        users: dict[int | str, str] = {"raced": "منافس", "calm": "هادئ"}
+        assert await racing.presence_arrive_many(users, datetime.now(UTC)) == ["calm"]
+        assert racing.raced
+        joined = await rival.events.find({"type": "presence_joined"}).to_list()
+        assert sorted(doc["userId"] for doc in joined) == ["calm", "raced"]
+        assert await rival.presence_users.count_documents({"state": "online"}) == 2
+        assert await rival.presence_joins.count_documents({}) == 0
+    finally:
+        await racing.close()
+        await rival.close()
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_joining_new_users_writes_no_update(mongo_uri: str) -> None:
     """A chunk of new users costs the store inserts (their documents and their chunk's in one

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DeleteOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import BulkWriteError, CollectionInvalid, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
 from service.core.config import Settings
 from service.core.errors import StoreError
@@ -42,7 +42,7 @@ NAMESPACE_EXISTS = 48
 # 1 s; 4,000: 16 s), and presence asked about every user of a process at each heartbeat
 # (12,500 per worker at 50,000 connections: minutes of the one store's time, every 15 s).
 IN_CHUNK = 50
-ARRIVE_ROUNDS = 3  # tries of an arrival that a sweeper or another process keeps racing
+ARRIVE_ROUNDS = 3  # insert attempts of an arrival whose document a sweeper deletes meanwhile
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # below every `seenAt`: a date range's lower bound
 
 
@@ -201,20 +201,15 @@ class MongoPresence(MongoEvents):
         joined: list[int | str] = []
         async with refused(self.timeout_seconds):
             # A document that a sweeper deletes (its grace ended) between our transaction and
-            # our update is gone: that user goes round again, as a new one. So does a user whose
-            # document another process inserted after our transaction read (a duplicate key).
+            # `_online_again` is gone: that user goes round again, as a new one.
             for _ in range(ARRIVE_ROUNDS):
                 if not users:
                     return joined
+                # Another process inserting one of these users meanwhile is a write conflict
+                # (the transaction's snapshot did not have that document): PyMongo runs the
+                # transaction again, and its read then finds the user.
                 mark = secrets.token_hex(8)
-                try:
-                    new, existing = await self.transaction(partial(self._insert_new, users, since, mark))
-                except (BulkWriteError, DuplicateKeyError) as exc:
-                    if isinstance(exc, BulkWriteError):
-                        only_duplicates(exc)
-                    elif exc.code != DUPLICATE_KEY:
-                        raise
-                    continue  # aborted, nothing written: read again which users have a document
+                new, existing = await self.transaction(partial(self._insert_new, users, since, mark))
                 if new:
                     await self._write_joins(
                         [{"_id": user_id, "userName": users[user_id], "since": since} for user_id in new], now
@@ -223,7 +218,7 @@ class MongoPresence(MongoEvents):
                     joined += new
                 gone = await self._online_again(existing)
                 users = {user_id: users[user_id] for user_id in gone}
-            if users:  # still racing: the next flush's arrival, or the heartbeat's check, retries
+            if users:  # still racing a sweeper: the next flush's arrival, or the heartbeat's check, retries
                 raise StoreError(f"presence: {len(users)} arrivals raced a sweeper {ARRIVE_ROUNDS} times")
         return joined
 
