@@ -26,8 +26,10 @@ from service.core.events import Event, Position, event_id
 from service.core.ports import PresenceStore, Record, UserId
 from service.fanout.hub import Hub
 from service.fanout.presence import (
+    EVENTS_RECENT_SECONDS,
     FLUSH_SECONDS,
     JOIN_CHUNK,
+    JOIN_CHUNK_BEHIND_EVENTS,
     JOIN_WAIT_SECONDS,
     LOST_CHECK_BEATS,
     STALE_HEARTBEATS,
@@ -446,6 +448,7 @@ def test_a_join_storm_writes_a_chunk_once_the_stream_showed_the_last(caplog: pyt
         assert len(store.called("presence_arrive_many")) == 1
         presence.saw([joined_event(user) for user in range(JOIN_CHUNK - 1)] + [encoded("task_created")])
         assert not presence._wake.is_set()
+        presence._events_seen_at -= EVENTS_RECENT_SECONDS  # long ago: the chunks stay full (see below)
         run(presence.flush())
         assert len(store.called("presence_arrive_many")) == 1  # one join of the chunk still unseen
         presence.saw([joined_event(JOIN_CHUNK - 1)])
@@ -458,6 +461,29 @@ def test_a_join_storm_writes_a_chunk_once_the_stream_showed_the_last(caplog: pyt
     assert f"join backlog written: {users} users joined in" in caplog.text
     run(presence.flush())  # the documents of the last joined
     assert len(store.docs) == users and sorted(store.new[-1] + store.new[-2]) == list(range(JOIN_CHUNK, users))
+
+
+def test_joins_yield_to_other_events_with_smaller_chunks_while_those_flow() -> None:
+    """While the stream carries other events (seen within EVENTS_RECENT_SECONDS), a chunk is
+    JOIN_CHUNK_BEHIND_EVENTS joins, so those events wait behind fewer of them; presence events
+    alone (this process's joins, other processes' joins and leaves) keep chunks at JOIN_CHUNK,
+    and so does a stream whose last other event is older."""
+    presence, store, _, _ = make(stream=False)
+    assert presence.join_chunk() == JOIN_CHUNK
+    presence.saw([joined_event("elsewhere"), encoded("presence_left")])
+    assert presence.join_chunk() == JOIN_CHUNK
+    presence.saw([joined_event("elsewhere"), encoded("task_created")])
+    assert presence.join_chunk() == JOIN_CHUNK_BEHIND_EVENTS
+    users = JOIN_CHUNK_BEHIND_EVENTS + JOIN_CHUNK
+    for user in range(users):
+        presence.connected(user, f"user {user}", "websocket")
+    run(presence.flush())
+    presence.saw([joined_event(user) for user in range(JOIN_CHUNK_BEHIND_EVENTS)])
+    presence._events_seen_at -= EVENTS_RECENT_SECONDS  # the other events stopped
+    assert presence.join_chunk() == JOIN_CHUNK
+    run(presence.flush())
+    assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK_BEHIND_EVENTS, JOIN_CHUNK]
+    assert sorted(store.joined) == list(range(users))
 
 
 def test_a_user_is_arrived_once_when_the_stream_shows_joins_during_the_bulk_write() -> None:
