@@ -109,7 +109,7 @@ JOIN_WAIT_SECONDS = 5.0
 # While other events are flowing (any seen in the last EVENTS_RECENT_SECONDS), a chunk is this
 # many joins: the events wait behind at most that many of each process's joins in the stream.
 # 20,000 new users connecting to two workers while 100 clients took 10 events/s: their p50
-# 0.44-0.51 s and p99 1.9-3.2 s with chunks of 20, against 1.7-1.9 s and 5.4-5.9 s with 100.
+# 0.21-0.32 s and p99 0.74-1.83 s, against 0.99-2.0 s and 2.4-6.3 s with chunks of 100 always.
 # Joins alone keep the full chunk: with 20, 10,000 joins on one process took 45-50 s instead of
 # 29-36 s, and half as much of the service's CPU again (each chunk is a fan-out of its own).
 JOIN_CHUNK_BEHIND_EVENTS = 20
