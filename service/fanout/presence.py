@@ -22,9 +22,10 @@ Transitions and their events (inserted into `events`, so they travel the one cha
 like every event: ordered, with ids, resumable, filterable with `events=`):
 
 - arrive (a process gets a user's first connection): `presence_arrive_many`, 100 users per
-  call, before the process's own documents of them are written. One transaction inserts the
-  documents of the users who have none, and a `presence_joins` document naming them; a user
-  who has one (online, or leaving within the grace) is set back to `online`, no event. The
+  call (20 while other events flow and new users join), before the process's own documents of
+  them are written. One transaction inserts the documents of the users who have none, and a
+  `presence_joins` document naming them; a user who has one (online, or leaving within the
+  grace) is set back to `online`, no event. The
   users inserted get their `presence_joined` (each its own insert, outside the transaction),
   then the `presence_joins` document is deleted. Two processes racing to insert meet the
   unique `_id`: the loser sets the user online and emits nothing. An event's `_id` is made of
@@ -106,8 +107,10 @@ JOIN_CHUNK = 100
 # store: events to the clients already there waited 8.8-15.6 s at p99). One chunk in flight per
 # process keeps that wait to a chunk's worth, and costs nothing when the stream keeps up.
 JOIN_WAIT_SECONDS = 5.0
-# While other events are flowing (any seen in the last EVENTS_RECENT_SECONDS), a chunk is this
-# many joins: the events wait behind at most that many of each process's joins in the stream.
+# While other events are flowing (any seen in the last EVENTS_RECENT_SECONDS) and the last
+# chunk wrote joins, a chunk is this many users: the events wait behind at most that many of
+# each process's joins in the stream. (Users back within their grace write no join: a restart
+# keeps chunks of JOIN_CHUNK.)
 # 20,000 new users connecting to two workers while 100 clients took 10 events/s: their p50
 # 0.21-0.32 s and p99 0.74-1.83 s, against 0.99-2.0 s and 2.4-6.3 s with chunks of 100 always.
 # Joins alone keep the full chunk: with 20, 10,000 joins on one process took 45-50 s instead of
@@ -166,6 +169,7 @@ class Presence:
         self._unseen_joins: set[int | str] = set()
         self._joins_written_at = 0.0
         self._events_seen_at = -EVENTS_RECENT_SECONDS  # when the stream last showed an event not of presence
+        self._last_chunk_joined = False  # whether the last `presence_arrive_many` wrote a join
         self._backlog: tuple[float, int] | None = None  # arrivals waiting on the stream: (since, joined)
         # Users whose document here waits for their join (flushed again once it is written;
         # kept apart from `_dirty`, so a flush does not go through thousands of them each time).
@@ -410,6 +414,7 @@ class Presence:
                 self._held -= released
                 self._arrived |= released
                 self._dirty |= released
+            self._last_chunk_joined = bool(joined)
             self._unseen_joins.intersection_update(joined)  # those seen meanwhile are gone already
             self._joins_written_at = time.monotonic()
             if self._backlog is not None:
@@ -425,9 +430,10 @@ class Presence:
             self._departures.difference_update(departing)
 
     def join_chunk(self) -> int:
-        """Joins per `presence_arrive_many`: JOIN_CHUNK, or JOIN_CHUNK_BEHIND_EVENTS while the
-        stream carries other events, which would wait behind a chunk's joins."""
-        if time.monotonic() - self._events_seen_at < EVENTS_RECENT_SECONDS:
+        """Users per `presence_arrive_many`: JOIN_CHUNK, or JOIN_CHUNK_BEHIND_EVENTS while the
+        stream carries other events, which would wait behind a chunk's joins, and the last
+        chunk wrote joins (new users, not a restart's returning ones)."""
+        if self._last_chunk_joined and time.monotonic() - self._events_seen_at < EVENTS_RECENT_SECONDS:
             return JOIN_CHUNK_BEHIND_EVENTS
         return JOIN_CHUNK
 

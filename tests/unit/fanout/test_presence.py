@@ -464,26 +464,42 @@ def test_a_join_storm_writes_a_chunk_once_the_stream_showed_the_last(caplog: pyt
 
 
 def test_joins_yield_to_other_events_with_smaller_chunks_while_those_flow() -> None:
-    """While the stream carries other events (seen within EVENTS_RECENT_SECONDS), a chunk is
-    JOIN_CHUNK_BEHIND_EVENTS joins, so those events wait behind fewer of them; presence events
-    alone (this process's joins, other processes' joins and leaves) keep chunks at JOIN_CHUNK,
-    and so does a stream whose last other event is older."""
+    """While the stream carries other events (seen within EVENTS_RECENT_SECONDS) and the last
+    chunk wrote joins, a chunk is JOIN_CHUNK_BEHIND_EVENTS users, so those events wait behind
+    fewer joins. Presence events alone (this process's joins, other processes' joins and
+    leaves) keep chunks at JOIN_CHUNK, and so does a stream whose last other event is older."""
     presence, store, _, _ = make(stream=False)
-    assert presence.join_chunk() == JOIN_CHUNK
     presence.saw([joined_event("elsewhere"), encoded("presence_left")])
-    assert presence.join_chunk() == JOIN_CHUNK
-    presence.saw([joined_event("elsewhere"), encoded("task_created")])
-    assert presence.join_chunk() == JOIN_CHUNK_BEHIND_EVENTS
-    users = JOIN_CHUNK_BEHIND_EVENTS + JOIN_CHUNK
+    presence.saw([encoded("task_created")])
+    users = JOIN_CHUNK + JOIN_CHUNK_BEHIND_EVENTS + 5
     for user in range(users):
         presence.connected(user, f"user {user}", "websocket")
+    run(presence.flush())  # no chunk has joined anyone yet: a full one
+    presence.saw([joined_event(user) for user in range(JOIN_CHUNK)])
+    assert presence.join_chunk() == JOIN_CHUNK_BEHIND_EVENTS
     run(presence.flush())
-    presence.saw([joined_event(user) for user in range(JOIN_CHUNK_BEHIND_EVENTS)])
+    presence.saw([joined_event("elsewhere"), encoded("presence_left")])
     presence._events_seen_at -= EVENTS_RECENT_SECONDS  # the other events stopped
+    presence.saw([joined_event(user) for user in range(JOIN_CHUNK, JOIN_CHUNK + JOIN_CHUNK_BEHIND_EVENTS)])
     assert presence.join_chunk() == JOIN_CHUNK
     run(presence.flush())
-    assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK_BEHIND_EVENTS, JOIN_CHUNK]
+    sizes = [len(args[0]) for args in store.called("presence_arrive_many")]
+    assert sizes == [JOIN_CHUNK, JOIN_CHUNK_BEHIND_EVENTS, 5]
     assert sorted(store.joined) == list(range(users))
+
+
+def test_a_restart_keeps_full_chunks_while_other_events_flow() -> None:
+    """Users back within their grace write no join, so nothing waits behind them in the
+    stream: with other events flowing, a restart's arrivals still go JOIN_CHUNK per call."""
+    presence, store, clock, _ = make(stream=False)
+    presence.saw([encoded("task_created")])
+    users = 2 * JOIN_CHUNK + 5
+    for user in range(users):
+        store.users[user] = {"_id": user, "state": "leaving", "userName": "a", "leavingSince": clock.now}
+        presence.connected(user, f"user {user}", "websocket")
+    run(presence.flush())
+    assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK, JOIN_CHUNK, 5]
+    assert store.joined == []
 
 
 def test_a_user_is_arrived_once_when_the_stream_shows_joins_during_the_bulk_write() -> None:
