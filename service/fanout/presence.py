@@ -25,15 +25,15 @@ like every event: ordered, with ids, resumable, filterable with `events=`):
   call (20 while other events flow and new users join), before the process's own documents of
   them are written. One transaction inserts the documents of the users who have none, and a
   `presence_joins` document naming them; a user who has one (online, or leaving within the
-  grace) is set back to `online`, no event. The
-  users inserted get their `presence_joined` (each its own insert, outside the transaction),
-  then the `presence_joins` document is deleted. Two processes racing to insert meet the
-  unique `_id`: the loser sets the user online and emits nothing. An event's `_id` is made of
-  the user and the document's `since`, so a join written twice (a sweep finishing the joins of
-  a process that died after its transaction) is one event; a grace does not end while a join
-  is unwritten. The next chunk waits until this process's change stream has shown the last
-  chunk's joins (JOIN_WAIT_SECONDS at most), and a new user's document here waits for their
-  join: a storm of new users goes into the stream no faster than it delivers them.
+  grace) is set back to `online`, no event. The users inserted get their `presence_joined`
+  (each its own insert, outside the transaction), then the `presence_joins` document is
+  deleted. Two processes racing to insert meet the unique `_id`: the loser sets the user
+  online and emits nothing. An event's `_id` is made of the user and the document's `since`,
+  so a join written twice (a sweep finishing the joins of a process that died after its
+  transaction) is one event; a grace does not end while a join is unwritten. The next chunk
+  waits until this process's change stream has shown the last chunk's joins
+  (JOIN_WAIT_SECONDS at most), and a new user's document here waits for their join: a storm
+  of new users goes into the stream no faster than it delivers them.
 - depart (a process's last connection of a user closes, or a drain ends): the process's
   document is deleted and the user marked `leaving` (conditional on `online`; all of a
   flush's departures in one `update_many`). No event yet.

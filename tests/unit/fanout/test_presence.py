@@ -488,20 +488,6 @@ def test_joins_yield_to_other_events_with_smaller_chunks_while_those_flow() -> N
     assert sorted(store.joined) == list(range(users))
 
 
-def test_a_restart_keeps_full_chunks_while_other_events_flow() -> None:
-    """Users back within their grace write no join, so nothing waits behind them in the
-    stream: with other events flowing, a restart's arrivals still go JOIN_CHUNK per call."""
-    presence, store, clock, _ = make(stream=False)
-    presence.saw([encoded("task_created")])
-    users = 2 * JOIN_CHUNK + 5
-    for user in range(users):
-        store.users[user] = {"_id": user, "state": "leaving", "userName": "a", "leavingSince": clock.now}
-        presence.connected(user, f"user {user}", "websocket")
-    run(presence.flush())
-    assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK, JOIN_CHUNK, 5]
-    assert store.joined == []
-
-
 def test_a_user_is_arrived_once_when_the_stream_shows_joins_during_the_bulk_write() -> None:
     """The stream shows the first chunk's joins while the flush writes documents, so the same
     flush writes the second chunk after its bulk write: those users' documents follow at the
@@ -537,10 +523,14 @@ def test_joins_never_shown_hold_the_next_chunk_for_join_wait_seconds_at_most() -
     assert [len(args[0]) for args in store.called("presence_arrive_many")] == [JOIN_CHUNK, 1]
 
 
-def test_returning_users_are_not_held_back_a_restart_writes_them_all_at_once() -> None:
+@pytest.mark.parametrize("events_flowing", [False, True], ids=["quiet", "events-flowing"])
+def test_returning_users_are_not_held_back_a_restart_writes_them_all_at_once(events_flowing: bool) -> None:
     """Users back within their grace (a restart, a drain) emit no join, so nothing waits on the
-    stream: every chunk is written in one flush, as a restart storm needs."""
+    stream: every chunk is written in one flush, as a restart storm needs, and chunks stay full
+    while other events flow (nothing waits behind joins that are not written)."""
     presence, store, clock, _ = make(stream=False)
+    if events_flowing:
+        presence.saw([encoded("task_created")])
     users = 2 * JOIN_CHUNK + 5
     for user in range(users):
         store.users[user] = {"_id": user, "state": "leaving", "userName": "a", "leavingSince": clock.now}
