@@ -227,10 +227,7 @@ class MongoPresence(MongoEvents):
     ) -> tuple[list[int | str], list[int | str]]:
         """In a transaction: insert the documents of the users who have none, and the chunk's
         `presence_joins` document naming them. The users inserted, and the others."""
-        found: set[Any] = set()
-        for chunk in chunked(list(users)):
-            found.update(await self.presence_users.distinct("_id", {"_id": {"$in": chunk}}, session=session))
-        new = [user_id for user_id in users if user_id not in found]
+        new = await self._without_document(list(users), session)
         if new:
             docs = [
                 {"_id": user_id, "state": "online", "userName": users[user_id], "since": since, JOIN: mark}
@@ -240,7 +237,8 @@ class MongoPresence(MongoEvents):
             await self.presence_joins.insert_one(
                 {"_id": mark, "since": since, "users": [[user_id, users[user_id]] for user_id in new]}, session=session
             )
-        return new, [user_id for user_id in users if user_id in found]
+        inserted = set(new)
+        return new, [user_id for user_id in users if user_id not in inserted]
 
     async def _online_again(self, user_ids: list[int | str]) -> list[int | str]:
         """Set users with a document online again (IN_CHUNK per `update_many`); those whose
@@ -254,11 +252,13 @@ class MongoPresence(MongoEvents):
                 gone += await self._without_document(chunk)
         return gone
 
-    async def _without_document(self, user_ids: list[int | str]) -> list[int | str]:
+    async def _without_document(
+        self, user_ids: list[int | str], session: AsyncClientSession | None = None
+    ) -> list[int | str]:
         """Which of these users have no `presence_users` document (IN_CHUNK ids per `distinct`)."""
         found: set[Any] = set()
         for chunk in chunked(user_ids):
-            found.update(await self.presence_users.distinct("_id", {"_id": {"$in": chunk}}))
+            found.update(await self.presence_users.distinct("_id", {"_id": {"$in": chunk}}, session=session))
         return [user_id for user_id in user_ids if user_id not in found]
 
     async def presence_finish_joins(self, now: datetime) -> None:
