@@ -12,7 +12,7 @@ leaves as `StoreError` (or `StoreUnavailable`), so fan-out needs no driver to re
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -211,10 +211,7 @@ class MongoPresence(MongoEvents):
                 mark = secrets.token_hex(8)
                 new, existing = await self.transaction(partial(self._insert_new, users, since, mark))
                 if new:
-                    await self._write_joins(
-                        [{"_id": user_id, "userName": users[user_id], "since": since} for user_id in new], now
-                    )
-                    await self.presence_joins.delete_one({"_id": mark})
+                    await self._finish_chunk(mark, since, [(user_id, users[user_id]) for user_id in new], now)
                     joined += new
                 gone = await self._online_again(existing)
                 users = {user_id: users[user_id] for user_id in gone}
@@ -269,9 +266,7 @@ class MongoPresence(MongoEvents):
         begun_before = now - timedelta(seconds=self.timeout_seconds)
         async with refused(self.timeout_seconds):
             for batch in await self.presence_joins.find({"since": {"$lt": begun_before}}).to_list(length=None):
-                docs = [{"_id": user_id, "userName": name, "since": batch["since"]} for user_id, name in batch["users"]]
-                await self._write_joins(docs, now)
-                await self.presence_joins.delete_one({"_id": batch["_id"]})
+                await self._finish_chunk(batch["_id"], batch["since"], batch["users"], now)
             pending = await self.presence_users.find(
                 {JOINING: {"$exists": True}}, {"userName": 1, "since": 1, JOINING: 1}
             ).to_list(length=None)
@@ -282,6 +277,12 @@ class MongoPresence(MongoEvents):
                 await self.presence_users.update_one(
                     {"_id": doc["_id"], JOINING: doc[JOINING]}, {"$unset": {JOINING: ""}}
                 )
+
+    async def _finish_chunk(self, mark: str, since: datetime, users: Sequence[Sequence[Any]], now: datetime) -> None:
+        """A chunk's `presence_joined` events ((user, name) pairs inserted at `since`), then its
+        `presence_joins` document deleted: by its writer, or by the sweep after its writer died."""
+        await self._write_joins([{"_id": user_id, "userName": name, "since": since} for user_id, name in users], now)
+        await self.presence_joins.delete_one({"_id": mark})
 
     async def _write_joins(self, docs: list[Document], now: datetime) -> None:
         """The `presence_joined` of these `presence_users` documents, each once (see the `_id`)."""
