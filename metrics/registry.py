@@ -120,6 +120,14 @@ class Metrics:
         self.resumes = Counter(
             "realtime_resumes", "Reconnects with a last event id", ["transport", "outcome"], registry=r
         )
+        self.replays = Counter(
+            "realtime_replays",
+            "Resumes replayed, by where the events came from (memory, or a MongoDB read)",
+            ["source"],
+            registry=r,
+        )
+        for source in ("memory", "store"):  # both exported from the start, so rates compare
+            self.replays.labels(source)
         self.http_duration = Histogram(
             "realtime_http_request_duration_seconds",
             "HTTP request duration",

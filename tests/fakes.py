@@ -187,6 +187,10 @@ class MemoryChangeFeed:
         older = [key for key in self.positions if key <= id]
         return self.positions[max(older)] if older else None
 
+    async def positions_before(self, id: str, limit: int) -> list[tuple[str, ResumeToken]]:
+        older = sorted((key for key in self.positions if key < id), reverse=True)[:limit]
+        return [(key, self.positions[key]) for key in older]
+
 
 class MemoryHealth:
     """A `StoreHealth` whose answers a test sets; counts the checks it was asked."""

@@ -180,6 +180,9 @@ class ChangeFeed(Protocol):
     async def position_at_or_before(self, id: str) -> ResumeToken | None:
         """The token saved for the newest event at or before `id`; None if none is."""
 
+    async def positions_before(self, id: str, limit: int) -> list[tuple[str, ResumeToken]]:
+        """The newest `limit` saved positions before `id`, newest first, as (event id, token)."""
+
 
 class PresenceStore(Protocol):
     """Fleet-wide presence (`service.fanout.presence` explains the two collections and the

@@ -42,6 +42,20 @@ POSITION_EVERY = 64
 REPLAY_BATCH = 100
 # The most changes fanned out as one batch: a round trip that read more goes out in several.
 MAX_BATCH_EVENTS = 1000
+# A starting process reads the events before its stream's start back into memory (its
+# "warm-up"), so the clients of the replica it replaces resume from memory instead of each
+# replaying from MongoDB. A warm-up still running after this long is dropped; a resume waits
+# at most WARM_WAIT_SECONDS for it before replaying from MongoDB itself.
+WARM_SECONDS = 60.0
+WARM_WAIT_SECONDS = 10.0
+# Saved positions read per sampled one wanted: room for the others between them (a start and
+# a few forced positions per replica every 4 × POSITION_EVERY events).
+WARM_POSITIONS_PER_SAMPLE = 8
+
+
+def sampled(id: str) -> bool:
+    """Whether an event's position is one every process saves (1 in POSITION_EVERY)."""
+    return zlib.crc32(id.encode()) % POSITION_EVERY == 0
 
 
 class Bus:
@@ -73,6 +87,9 @@ class Bus:
         self._saver: asyncio.Task[None] | None = None
         self._unsaved: tuple[str, ResumeToken] | None = None  # newest position to save
         self._since_saved = 0
+        self._warming: asyncio.Task[None] | None = None
+        self._warm_from: str | None = None  # where the warm-up reads from, once known
+        self._lost = 0  # times history was lost: a warm-up begun before one is dropped
         self.running = False
 
     async def start(self) -> None:
@@ -85,9 +102,11 @@ class Bus:
         stream = await self._open(None)
         self.running = True
         self._task = asyncio.create_task(self._run(stream), name="bus")
+        if self.covered_from is not None and self.history.maxlen:
+            self._warming = asyncio.create_task(self._warm(self.covered_from), name="bus-warm")
 
     async def stop(self) -> None:
-        for task in (self._task, self._saver):
+        for task in (self._warming, self._task, self._saver):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -190,10 +209,103 @@ class Bus:
         for encoded, token in zip(ready, tokens, strict=True):
             self._note_position(encoded.event.id, token)
 
+    async def _warm(self, until: str) -> None:
+        """Read the events up to `until` (where this process's stream began), as many as
+        memory holds, back into memory, from a saved position about HISTORY_SIZE events back.
+
+        Without it a new process's memory starts empty, and every client of the replica it
+        replaces (a rolling deploy, a crash) resumes from MongoDB: N store replays of the same
+        events, 8 at a time, the rest told to come back later. The warm-up is one read, in
+        small batches like a replay's; whatever it cannot do is logged, and memory then
+        covers from `until` as before.
+        """
+        lost = self._lost
+        began = time.monotonic()
+        warm: deque[Encoded] = deque(maxlen=self.history.maxlen)
+        valid = 0
+        try:
+            async with asyncio.timeout(WARM_SECONDS):
+                stream = await self._warm_stream(until)
+                if stream is None:
+                    return  # nothing saved before this process's start: a new database
+                try:
+                    while (change := await stream.try_next()) is not None:
+                        if event_id(change.position) > until:
+                            break  # the live stream has it
+                        event = event_from_change(change)
+                        if event is not None:
+                            warm.append(encode_event(event))
+                            valid += 1
+                finally:
+                    with contextlib.suppress(StoreError):
+                        await stream.close()
+        except HistoryLost:
+            log.info("memory not warmed: every saved position before %s was pruned from the oplog", until)
+            return
+        except (StoreError, TimeoutError) as exc:
+            log.warning("memory not warmed (resumes from before %s replay from MongoDB): %s", until, exc or "timed out")
+            return
+        finally:
+            start, self._warm_from = self._warm_from, None
+        if lost != self._lost or start is None:
+            return  # history was lost meanwhile: memory starts again from the new position
+        kept = self._prepend(warm, start if valid == len(warm) else None)
+        log.info(
+            "memory warmed: %d events from before this process started, read in %.2f s; "
+            "resumes from %s on replay from memory",
+            kept,
+            time.monotonic() - began,
+            self.covered_from,
+        )
+
+    async def _warm_stream(self, until: str) -> ChangeStream | None:
+        """A stream from the saved position about HISTORY_SIZE events before `until` (a newer
+        one when the store has pruned it); None when none is saved before `until`.
+
+        The sampled positions (`sampled`) are POSITION_EVERY events apart on average whatever
+        the number of replicas; the others (each process's start, and the ones a process adds
+        when sampling skipped many events) are not counted.
+
+        Raises:
+            HistoryLost: even the newest saved position before `until` was pruned.
+        """
+        back = (self.history.maxlen or 0) // POSITION_EVERY
+        candidates = await self._feed.positions_before(until, WARM_POSITIONS_PER_SAMPLE * (back + 1))
+        if not candidates:
+            return None
+        marks = [at for at, (id, _) in enumerate(candidates) if sampled(id)]
+        at = marks[back] if back < len(marks) else len(candidates) - 1
+        while True:
+            self._warm_from, token = candidates[at]
+            try:
+                return await self._feed.watch_events(resume_after=token, batch_size=REPLAY_BATCH)
+            except HistoryLost:
+                if not at:
+                    raise
+                at //= 2
+
+    def _prepend(self, warm: deque[Encoded], start: str | None) -> int:
+        """Put the warm-up's events in front of memory, with no await (coverage and memory
+        move together); how many were kept. `start`: the position the warm-up read every
+        event after (None when it had to drop its oldest)."""
+        if self._history_ids:  # the live stream opened before `until`: it may hold some too
+            while warm and warm[-1].event.id >= self._history_ids[0]:
+                warm.pop()
+        room = (self.history.maxlen or 0) - len(self.history)
+        while len(warm) > room:
+            warm.popleft()
+            start = None
+        if not warm:
+            return 0
+        self.history.extendleft(reversed(warm))
+        self._history_ids.extendleft(reversed([e.event.id for e in warm]))
+        self.covered_from = start if start is not None else warm[0].event.id
+        return len(warm)
+
     def _note_position(self, id: str, token: ResumeToken) -> None:
         """Save some positions (see POSITION_EVERY), in the background, newest first."""
         self._since_saved += 1
-        if zlib.crc32(id.encode()) % POSITION_EVERY and self._since_saved < 4 * POSITION_EVERY:
+        if not sampled(id) and self._since_saved < 4 * POSITION_EVERY:
             return
         self._since_saved = 0
         self._unsaved = (id, token)
@@ -209,6 +321,7 @@ class Bus:
                 log.debug("position %s not saved: %s", id, exc)  # a sparser index, nothing lost
 
     def _history_lost(self) -> None:
+        self._lost += 1
         self._hub.flush()  # events held by the write delay go out before the resync
         self.history.clear()
         self._history_ids.clear()
@@ -226,6 +339,11 @@ class Bus:
         """The events in memory after `last_id`, in order."""
         start = bisect.bisect_right(self._history_ids, last_id)
         return list(itertools.islice(self.history, start, None))
+
+    def _warming_covers(self, warming: asyncio.Task[None], last_id: str) -> bool:
+        """Whether the warm-up is still running and will put what follows `last_id` in memory
+        (or may: it does not know its start yet)."""
+        return not warming.done() and (self._warm_from is None or self._warm_from <= last_id)
 
     def expired(self, last_id: str) -> bool:
         """Whether `last_id` is not ours, from the future, or older than HISTORY_TTL_SECONDS."""
@@ -252,8 +370,15 @@ class Bus:
             log.info("resume from %s: resync (not an id of ours, from the future, or past the history TTL)", last_id)
             return None  # following a future id would filter out every live event
         recent = self.recent_since(last_id)
+        warming = self._warming
+        if recent is None and warming is not None and self._warming_covers(warming, last_id):
+            # One read of MongoDB at this process's start serves all the resumes it will bring.
+            await asyncio.wait([warming], timeout=WARM_WAIT_SECONDS)
+            recent = self.recent_since(last_id)
         if recent is not None:
+            self._metrics.replays.labels("memory").inc()
             return MemoryReplay(recent, last_id, wants)
+        self._metrics.replays.labels("store").inc()
         ticket = await self.gate.acquire(user_id)
         try:
             saved = await self._feed.position_at_or_before(last_id)

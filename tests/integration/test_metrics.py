@@ -51,6 +51,8 @@ DOCUMENTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "realtime_fanout_batch_size": ("histogram", frozenset()),
     # How long the process's garbage collections stopped it, by generation.
     "realtime_gc_pause_seconds": ("histogram", frozenset({"generation"})),
+    # Resumes replayed from memory or from a MongoDB read (a restarted process warms its memory).
+    "realtime_replays": ("counter", frozenset({"source"})),
 }
 DOCUMENTED_LATENCY_BUCKETS: tuple[float, ...] = (
     *(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05),

@@ -164,3 +164,35 @@ async def test_a_position_pruned_from_the_oplog_is_resync_not_a_short_replay(sta
         await service.server.stop()
     finally:
         mongo.stop()
+
+
+async def resume_over_websocket(service: Service, token: str, last_id: str, count: int) -> list[int]:
+    """The `n` of the `count` events a WebSocket resuming from `last_id` gets, after `connected`."""
+    ws = await service.websocket({"token": token, "last_event_id": last_id})
+    assert (await ws.recv_type("connected"))["resumed"] is True
+    got = [(await ws.recv())["n"] for _ in range(count)]
+    await ws.close()
+    return got
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_restarted_process_serves_its_predecessors_resumes_from_memory(start_service: StartService) -> None:
+    """The next process reads the events before its start back into memory, so a client of the
+    process it replaced resumes without a MongoDB read of its own. Started again with a smaller
+    HISTORY_SIZE, it keeps what that holds, and an older resume is still whole, from MongoDB."""
+    first = await start_service()
+    token = first.token(sub=23)
+    await seed(first, 300)
+    after = first.ctx.bus.history[19].event.id  # the client had events 0..19
+    await first.server.stop()
+    second = await start_service(mongodb_db=first.settings.mongodb_db)
+    assert await resume_over_websocket(second, token, after, 280) == list(range(20, 300))
+    assert second.ctx.metrics.sample("realtime_replays_total", source="memory") == 1
+    assert second.ctx.metrics.sample("realtime_replays_total", source="store") == 0
+    assert second.ctx.bus.covered_from is not None and second.ctx.bus.covered_from < after
+    await second.server.stop()
+    third = await start_service(mongodb_db=first.settings.mongodb_db, history_size=100)
+    assert await resume_over_websocket(third, token, after, 280) == list(range(20, 300))
+    assert third.ctx.metrics.sample("realtime_replays_total", source="store") == 1
+    await eventually(lambda: len(third.ctx.bus.history) == 100, 10, "memory warmed to HISTORY_SIZE")
+    assert [e.event.fields["n"] for e in third.ctx.bus.history] == list(range(200, 300))

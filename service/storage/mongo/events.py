@@ -217,3 +217,9 @@ class MongoEvents(MongoBase):
             doc = await self.positions.find_one({"_id": {"$lte": id}}, sort=[("_id", DESCENDING)])
         token = doc.get("token") if doc is not None else None
         return token if isinstance(token, Mapping) else None
+
+    async def positions_before(self, id: str, limit: int) -> list[tuple[str, ResumeToken]]:
+        """The newest `limit` saved positions before `id`, newest first: (event id, token)."""
+        async with _feed_errors(self.timeout_seconds):
+            docs = await self.positions.find({"_id": {"$lt": id}}, sort=[("_id", DESCENDING)], limit=limit).to_list()
+        return [(str(doc["_id"]), doc["token"]) for doc in docs if isinstance(doc.get("token"), Mapping)]

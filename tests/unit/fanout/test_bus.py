@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from metrics.registry import Metrics
-from service.core.errors import ReplayBusy
+from service.core.errors import ReplayBusy, StoreUnavailable
 from service.core.events import Change, Position, ResumeToken, event_id
-from service.fanout.bus import Bus
+from service.fanout.bus import POSITION_EVERY, Bus, sampled
 from service.fanout.connection import Connection
 from service.fanout.hub import Hub
 from service.fanout.replay import ReplayGate
@@ -353,5 +353,150 @@ def test_the_gate_bounds_replays_per_user_and_in_all() -> None:
         ticket = await waiting
         assert gate.running == 2 and gate.users() == 2
         ticket.release()
+
+    asyncio.run(run())
+
+
+def warm_bus(events: int, history_size: int, saved: tuple[int, ...]) -> tuple[Bus, MemoryChangeFeed]:
+    """A bus just started after `events` events, its memory empty, with positions saved at
+    `saved` (call it in an event loop)."""
+    oplog = [change(inc) for inc in range(1, events + 1)]
+    store = MemoryChangeFeed(oplog)
+    for inc in saved:
+        store.positions[eid(inc)] = oplog[inc - 1].token
+    metrics = Metrics()
+    bus = Bus(store, Hub(metrics, max_pending_bytes=1024, max_per_user=5), metrics, history_size=history_size)
+    bus.covered_from = eid(events)  # as `start` sets it: its stream sees what comes after
+    return bus, store
+
+
+def test_a_starting_bus_reads_the_events_before_its_start_back_into_memory() -> None:
+    """The warm-up reads from a saved position about HISTORY_SIZE events back up to the stream's
+    start: a resume from before the start is then one memory page, and MongoDB was read once."""
+
+    async def run() -> None:
+        bus, store = warm_bus(300, history_size=500, saved=(1, 100, 200))
+        await bus._warm(eid(300))
+        assert ids(list(bus.history)) == [eid(i) for i in range(2, 301)]
+        assert bus.covered_from == eid(1) and store.opened == [{"_data": "1"}]
+        assert await replay_all(bus, eid(150)) == [eid(i) for i in range(151, 301)]
+        assert store.opened == [{"_data": "1"}]
+        assert bus._metrics.sample("realtime_replays_total", source="memory") == 1
+        assert bus._metrics.sample("realtime_replays_total", source="store") == 0
+
+    asyncio.run(run())
+
+
+def test_a_warm_up_keeps_what_memory_holds_and_coverage_says_so() -> None:
+    """More events than HISTORY_SIZE since the position read from: the newest are kept, and
+    `covered_from` is the first one kept, so an older resume still replays from MongoDB, whole."""
+
+    mark = next(inc for inc in range(200, 1, -1) if sampled(eid(inc)))  # a position every process saves
+
+    async def run() -> None:
+        bus, store = warm_bus(250, history_size=30, saved=(1, mark))
+        await bus._warm(eid(250))
+        assert store.opened == [{"_data": str(mark)}]  # 30 // POSITION_EVERY = 0 back: the newest sampled
+        assert ids(list(bus.history)) == [eid(i) for i in range(221, 251)] and bus.covered_from == eid(221)
+        assert await replay_all(bus, eid(210)) == [eid(i) for i in range(211, 251)]
+        assert bus._metrics.sample("realtime_replays_total", source="store") == 1
+
+    asyncio.run(run())
+
+
+def test_a_warm_up_counts_only_sampled_positions_back() -> None:
+    """Saved positions are denser than the sampled ones (each start, and forced ones; here one
+    every 50 events besides): the warm-up goes back HISTORY_SIZE // POSITION_EVERY sampled
+    positions, not that many saved."""
+    history_size = 2 * POSITION_EVERY
+
+    def layout(until: int) -> tuple[list[int], set[int]]:
+        marks = [inc for inc in range(until - 1, 0, -1) if sampled(eid(inc))]
+        return marks, {*marks, *range(50, until, 50)}
+
+    # An end whose 24 newest saved positions (what is read for 2 back) hold 3 sampled ones, as
+    # they do but for one time in thousands (the ids, hence the sampling, follow the clock).
+    until = next(u for u in range(3000, 4000) if len(set(layout(u)[0][:3]) & set(sorted(layout(u)[1])[-24:])) == 3)
+    marks, saved = layout(until)
+
+    async def run() -> None:
+        bus, store = warm_bus(until, history_size=history_size, saved=tuple(saved))
+        await bus._warm(eid(until))
+        assert store.opened == [{"_data": str(marks[2])}]
+        first = max(marks[2] + 1, until - history_size + 1)
+        assert ids(list(bus.history)) == [eid(i) for i in range(first, until + 1)]
+
+    asyncio.run(run())
+
+
+def test_a_warm_up_merges_with_live_events_each_once() -> None:
+    """The live stream opened before the start position was read, so it may already hold
+    events the warm-up reads too; live events keep arriving while it reads. Memory ends with
+    each event once, in order."""
+
+    async def run() -> None:
+        bus, store = warm_bus(250, history_size=500, saved=(1, 100))
+        bus.handle_batch([change(249), change(250)])  # seen live before the warm-up got there
+        live = iter(range(251, 256))
+
+        def more_live(_: Change) -> None:
+            if (inc := next(live, None)) is not None:
+                bus.handle(change(inc))
+
+        store.on_read = more_live
+        await bus._warm(eid(250))
+        assert ids(list(bus.history)) == [eid(i) for i in range(2, 256)] and bus.covered_from == eid(1)
+
+    asyncio.run(run())
+
+
+def test_a_pruned_position_warms_from_a_newer_one_and_a_failure_only_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """The oldest positions pruned from the oplog: the warm-up tries newer ones. MongoDB gone:
+    a WARNING, and memory covers from the start as without a warm-up."""
+
+    async def run() -> None:
+        bus, store = warm_bus(300, history_size=500, saved=(1, 100, 200))
+        store.pruned_below = 150
+        await bus._warm(eid(300))
+        assert store.opened[-1] == {"_data": "200"} and bus.covered_from == eid(200)
+        assert ids(list(bus.history)) == [eid(i) for i in range(201, 301)]
+
+        bus, store = warm_bus(300, history_size=500, saved=(1, 100))
+
+        async def gone(**_: Any) -> Any:
+            raise StoreUnavailable("connection refused")
+
+        store.watch_events = gone  # type: ignore[method-assign]
+        await bus._warm(eid(300))
+        assert not bus.history and bus.covered_from == eid(300)
+
+    with caplog.at_level(logging.WARNING, logger="service.fanout.bus"):
+        asyncio.run(run())
+    assert [r.getMessage()[:17] for r in caplog.records] == ["memory not warmed"]
+
+
+def test_history_lost_during_a_warm_up_drops_it() -> None:
+    """The live stream's position was pruned while the warm-up read: what it read is not put in
+    front of the memory that starts again."""
+
+    async def run() -> None:
+        bus, store = warm_bus(100, history_size=500, saved=(1,))
+        store.on_read = lambda c: bus._history_lost() if c.position.inc == 50 else None
+        await bus._warm(eid(100))
+        assert not bus.history and bus.covered_from is None
+
+    asyncio.run(run())
+
+
+def test_a_resume_during_the_warm_up_waits_for_it_instead_of_reading_mongodb() -> None:
+    """Resumes that come while the warm-up reads (a replaced replica's clients) are answered
+    from memory once it is done: the warm-up is the only read of MongoDB."""
+
+    async def run() -> None:
+        bus, store = warm_bus(300, history_size=500, saved=(1,))
+        bus._warming = asyncio.create_task(bus._warm(eid(300)))
+        got = await asyncio.gather(*(replay_all(bus, eid(n)) for n in (10, 100, 299)))
+        assert [len(g) for g in got] == [290, 200, 1] and store.opened == [{"_data": "1"}]
+        assert bus._metrics.sample("realtime_replays_total", source="memory") == 3
 
     asyncio.run(run())
