@@ -39,7 +39,7 @@ test: $(VENV)/.dev system-deps web test-example openapi-gen
 	$(MAKE) --no-print-directory lint types test-web test-python
 
 # Fault injection against real processes (~2 min): their own target, so make test stays under 10 min
-FAULT_TESTS := tests/system/faults/test_faults.py tests/system/faults/test_stalls.py tests/system/faults/test_embedded_faults.py tests/system/faults/test_replay_storm.py
+FAULT_TESTS := tests/system/faults/test_faults.py tests/system/faults/test_stalls.py tests/system/faults/test_embedded_faults.py tests/system/faults/test_replay_storm.py tests/system/faults/test_restart_resume.py
 
 # The benchmark's peers need make bench-deps (Pushpin, nchan, npm packages): their own target, make test-bench
 BENCH_TESTS := tests/system/test_bench_peers.py tests/system/test_bench_scale.py

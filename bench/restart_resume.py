@@ -1,0 +1,418 @@
+"""A replica replaced while events flow: do its clients resume from memory or from MongoDB?
+
+N WebSocket clients (one user each, spread over `--procs` processes and 127.0.0.2–51) follow
+one service process while a writer inserts `--rate` numbered events a second straight into
+MongoDB (so it keeps writing while the service is down, as other replicas' REST calls would).
+After `--warmup` seconds the service is stopped (SIGTERM, DRAIN_SECONDS=0: every client gets
+1012 at once) and a new process is started on the same port and database. Each client
+reconnects under the shipped backoff policy (`realtime_client/backoff.py`) with
+`last_event_id=` its last event, as every client we ship does. At the end the writer stops,
+and every client must hold every event from its first on, once and in order.
+
+Reported per run: the time from the new process answering `/healthz` until 50 %, 95 % and
+100 % of the clients had an event written after the restart (caught up), the resumes the new
+process refused (1013: a MongoDB replay not admitted now) and other failed attempts, the new
+process's `realtime_replays_total` by source, and the CPU seconds the new process and MongoDB
+spent from its start until every client had caught up. `--code DIR` runs another checkout's
+service (git worktree) with the same clients; `--rounds` alternates the two.
+
+    python -m bench.restart_resume --clients 5000 --rate 20 --code /tmp/before --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import re
+import statistics
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import jwt
+from pymongo import MongoClient
+
+from bench.systems import cpu_seconds
+from harness.clients import read_frame
+from harness.processes import ROOT, SECRET, ServiceProcess
+from realtime_client.backoff import Backoff
+from realtime_client.schema import BACKOFF
+from service.core.events import event_document
+from service.storage.mongo.embedded import EmbeddedMongo
+
+OPEN_TIMEOUT = 10.0  # the browser client's openTimeoutMs
+TRY_AGAIN_LATER = 1013
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    port: int
+    clients: int
+    first_user: int
+    sources: int
+    seed: int
+    initial_concurrency: int = 100
+
+
+class Client:
+    """One WebSocket client that resumes from its last event after every drop."""
+
+    def __init__(self, plan: Plan, user: int, rng: random.Random) -> None:
+        self.plan = plan
+        self.source = f"127.0.0.{2 + user % plan.sources}"
+        now = int(time.time())
+        claims = {"sub": str(user), "name": "عميل", "roles": ["user"], "iat": now, "exp": now + 7200}
+        self.token = jwt.encode(claims, SECRET, algorithm="HS256")
+        self.backoff = Backoff(BACKOFF["base"], BACKOFF["cap"], BACKOFF["stable"], rng)
+        self.last_id: str | None = None
+        self.numbers: list[int] = []  # `n` of every event received, in arrival order
+        self.watch: int | None = None  # the first event written after the restart's answer
+        self.caught_up_at: float | None = None  # when this client first had it (or a later one)
+        self.refused = 0  # closed 1013 (try again later)
+        self.failed = 0  # other failed attempts: refused connection, timeout, other close
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        query = f"token={self.token}&events=note"
+        if self.last_id is not None:
+            query += f"&last_event_id={self.last_id}"
+        request = (
+            f"GET /ws?{query} HTTP/1.1\r\nHost: 127.0.0.1:{self.plan.port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", self.plan.port, local_addr=(self.source, 0), limit=1 << 20
+                )
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 101"):
+                    raise ConnectionError(head[:12])
+                opcode, payload = await read_frame(reader)
+                if opcode == 0x8 and int.from_bytes(payload[:2], "big") == TRY_AGAIN_LATER:
+                    self.refused += 1
+                    writer.close()
+                    return None
+                if opcode != 0x1 or b'"connected"' not in payload:
+                    raise ConnectionError(payload[:40])
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            if writer is not None:
+                writer.close()
+            self.failed += 1
+            return None
+        self.backoff.connected(time.monotonic())
+        return reader, writer
+
+    async def hold(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        """Read events until the server closes; a 1013 during the replay counts as refused."""
+        reader, writer = connection
+        try:
+            while True:
+                opcode, payload = await read_frame(reader)
+                if opcode == 0x8:
+                    if int.from_bytes(payload[:2], "big") == TRY_AGAIN_LATER:
+                        self.refused += 1
+                    return
+                if opcode != 0x1:
+                    continue
+                message = json.loads(payload)
+                if message.get("type") != "note":
+                    continue
+                self.last_id = message["id"]
+                self.numbers.append(message["n"])
+                self.note(message["n"])
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def run(self, initial: asyncio.Semaphore) -> None:
+        async with initial:
+            connection = await self.open()
+        while True:
+            if connection is not None:
+                await self.hold(connection)
+            await asyncio.sleep(self.backoff.next_delay(time.monotonic()))
+            connection = await self.open()
+
+    def note(self, n: int) -> None:
+        if self.watch is not None and self.caught_up_at is None and n >= self.watch:
+            self.caught_up_at = time.time()
+
+
+async def _serve(plan: Plan, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(plan.seed)
+    clients = [Client(plan, plan.first_user + i, random.Random(rng.random())) for i in range(plan.clients)]
+    initial = asyncio.Semaphore(plan.initial_concurrency)
+    tasks = [asyncio.create_task(client.run(initial)) for client in clients]
+
+    def with_event(n: int) -> int:
+        return sum(1 for c in clients if c.numbers and c.numbers[-1] >= n)
+
+    try:
+        while True:
+            command, arg = await loop.run_in_executor(None, pipe.recv)
+            if command == "count":
+                pipe.send(with_event(arg))
+            elif command == "watch":
+                for c in clients:
+                    c.watch = arg
+                    if c.numbers:
+                        c.note(c.numbers[-1])
+                pipe.send(None)
+            elif command == "caught":
+                pipe.send([c.caught_up_at for c in clients])
+            elif command == "report":
+                pipe.send(
+                    {
+                        "numbers": [c.numbers for c in clients],
+                        "refused": sum(c.refused for c in clients),
+                        "failed": sum(c.failed for c in clients),
+                    }
+                )
+            else:
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _client_process(plan: Plan, pipe: Connection) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(plan, pipe))
+    else:
+        uvloop.run(_serve(plan, pipe))
+
+
+class Writer:
+    """Inserts numbered `note` events at a steady rate, in a thread of the bench process."""
+
+    def __init__(self, uri: str, db: str, rate: float) -> None:
+        self.client: MongoClient[dict[str, Any]] = MongoClient(uri)
+        self.events = self.client[db]["events"]
+        self.rate = rate
+        self.n = 0
+        self.running = True
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while self.running:
+            self.events.insert_one(event_document("note", {"n": self.n}))
+            self.n += 1
+            pause = start + self.n / self.rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+
+
+def answering(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def replays(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        source: float(value)
+        for source, value in re.findall(r'^realtime_replays_total\{source="(\w+)"\} (\S+)$', text, re.M)
+    }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    rank = max(1, int(q * len(sorted_values) + 0.999999))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def one_run(label: str, code: Path, args: argparse.Namespace, mongo: EmbeddedMongo, workdir: Path) -> dict[str, Any]:
+    import threading
+
+    db = f"resume_{uuid.uuid4().hex[:8]}"
+    env = {
+        "MONGODB_URI": mongo.uri,
+        "MONGODB_DB": db,
+        "JWT_SECRET": SECRET,
+        "DEV_MODE": "0",
+        "LOG_LEVEL": "WARNING",
+        "HEARTBEAT_SECONDS": "3600",
+        "DRAIN_SECONDS": "0",
+        "PRESENCE": "0",
+        "WORKERS": "1",
+    }
+    service = ServiceProcess(workdir / label, env, code=code).start()
+    writer = Writer(mongo.uri, db, args.rate)
+    writing = threading.Thread(target=writer.run, daemon=True)
+    context = multiprocessing.get_context("spawn")
+    per = -(-args.clients // args.procs)
+    pipes: list[Connection] = []
+    processes = []
+
+    def ask(command: str, arg: Any = None) -> list[Any]:
+        for pipe in pipes:
+            pipe.send((command, arg))
+        return [pipe.recv() for pipe in pipes]
+
+    try:
+        for p in range(args.procs):
+            count = min(per, args.clients - p * per)
+            plan = Plan(service.port, count, 1 + p * per, args.sources, seed=args.seed * 1000 + p)
+            parent, child = context.Pipe()
+            process = context.Process(target=_client_process, args=(plan, child), daemon=True)
+            process.start()
+            pipes.append(parent)
+            processes.append(process)
+        writing.start()
+        started = time.time()
+        while (n := sum(ask("count", 0))) < args.clients:  # every client has had an event
+            if time.time() - started > args.timeout:
+                raise SystemExit(f"{label}: only {n} of {args.clients} clients had an event in {args.timeout} s")
+            time.sleep(0.5)
+        time.sleep(args.warmup)
+
+        stopped_at = time.time()
+        service.stop()
+        restarted = ServiceProcess(workdir / label, env, port=service.port, code=code)
+        restarted.start(wait=False)
+        service = restarted
+        store_cpu_before = cpu_seconds([mongo.pid or 0])
+        while not answering(service.port):
+            assert service.process is not None and service.process.poll() is None, service.output()
+            time.sleep(0.01)
+        answered_at = time.time()
+        first_after = writer.n  # written after the new process answered
+        ask("watch", first_after)
+        deadline = answered_at + args.timeout
+        while sum(ask("count", first_after)) < args.clients and time.time() < deadline:
+            time.sleep(0.25)
+        done_at = time.time()
+        service_cpu = cpu_seconds([service.pid])
+        store_cpu = cpu_seconds([mongo.pid or 0]) - store_cpu_before
+        by_source = replays(service.port)
+        caught = [t for times in ask("caught") for t in times if t is not None]
+        writer.running = False
+        writing.join()
+        last = writer.n - 1
+        while sum(ask("count", last)) < args.clients and time.time() < deadline + 30:
+            time.sleep(0.25)
+        reports = ask("report")
+    finally:
+        writer.running = False
+        for pipe in pipes:
+            try:
+                pipe.send(("stop", None))
+            except OSError:
+                pass
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+        service.stop()
+        writer.client.close()
+
+    lost = dup = disorder = 0
+    for numbers in (n for r in reports for n in r["numbers"]):
+        expected = list(range(numbers[0], last + 1)) if numbers else []
+        seen = set(numbers)
+        lost += len(set(expected) - seen)
+        dup += len(numbers) - len(seen)
+        disorder += sum(1 for a, b in itertools.pairwise(numbers) if b < a)
+    delays = sorted(t - answered_at for t in caught)
+    result: dict[str, Any] = {
+        "code": label,
+        "clients": args.clients,
+        "rate": args.rate,
+        "caught_up": len(caught),
+        "outage_s": round(answered_at - stopped_at, 2),
+        "refused_1013": sum(r["refused"] for r in reports),
+        "failed_attempts": sum(r["failed"] for r in reports),
+        "replays": by_source,
+        "service_cpu_s": round(service_cpu, 2),
+        "store_cpu_s": round(store_cpu, 2),
+        "until_all_caught_up_s": round(done_at - answered_at, 2),
+        "lost": lost,
+        "dup": dup,
+        "out_of_order": disorder,
+        "events": last + 1,
+    }
+    if delays:
+        for name, q in (("p50", 0.5), ("p95", 0.95), ("p100", 1.0)):
+            result[f"{name}_caught_up_s"] = round(percentile(delays, q), 3)
+        result["mean_caught_up_s"] = round(statistics.fmean(delays), 3)
+    return result
+
+
+def replayed(by_source: dict[str, float]) -> str:
+    """`memory / store`, or – for a service that does not count them."""
+    if not by_source:
+        return "–"
+    return f"{by_source.get('memory', 0):g} / {by_source.get('store', 0):g}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=20, help="events written per second")
+    parser.add_argument("--warmup", type=float, default=10, help="seconds of events before the restart")
+    parser.add_argument("--procs", type=int, default=0, help="client processes (default: one per 2,500 clients)")
+    parser.add_argument("--sources", type=int, default=50)
+    parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument("--code", type=Path, default=None, help="another checkout to run against this one")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default="restart_resume")
+    args = parser.parse_args()
+    args.procs = args.procs or max(1, -(-args.clients // 2500))
+    codes = [("this", ROOT)] + ([("other", args.code.resolve())] if args.code else [])
+    mongo = EmbeddedMongo(":memory:")
+    mongo.start()
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="restart-resume-") as tmp:
+            for round_ in range(args.rounds):
+                for label, code in codes if round_ % 2 == 0 else codes[::-1]:
+                    result = one_run(label, code, args, mongo, Path(tmp) / f"r{round_}")
+                    result["round"] = round_
+                    results.append(result)
+                    print(json.dumps(result, ensure_ascii=False), flush=True)
+    finally:
+        mongo.stop()
+    print()
+    print(
+        "| code | clients | events/s | 50 % / 95 % / 100 % caught up, s | refused 1013 | other failed "
+        "| replays memory / store | service CPU s | MongoDB CPU s | lost / dup / order |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['code']} | {r['clients']} | {r['rate']:g} | {r.get('p50_caught_up_s')} / {r.get('p95_caught_up_s')}"
+            f" / {r.get('p100_caught_up_s')} | {r['refused_1013']} | {r['failed_attempts']} | "
+            f"{replayed(r['replays'])} | {r['service_cpu_s']} | "
+            f"{r['store_cpu_s']} | {r['lost']} / {r['dup']} / {r['out_of_order']} |"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
