@@ -27,6 +27,6 @@ def test_a_replaced_process_serves_its_predecessors_clients_from_memory(tmp_path
     finally:
         mongo.stop()
     assert result["caught_up"] == CLIENTS, result
-    assert (result["lost"], result["dup"], result["out_of_order"]) == (0, 0, 0), result
+    assert (result["behind_at_end"], result["lost"], result["dup"], result["out_of_order"]) == (0, 0, 0, 0), result
     assert result["replays"].get("store") == 0 and result["replays"].get("memory", 0) >= CLIENTS, result
     assert result["refused_1013"] == 0, result
