@@ -51,6 +51,7 @@ WARM_WAIT_SECONDS = 10.0
 # Saved positions read per sampled one wanted: room for the others between them (a start and
 # a few forced positions per replica every 4 × POSITION_EVERY events).
 WARM_POSITIONS_PER_SAMPLE = 8
+WARM_ENCODE_CHUNK = 500  # events encoded per loop turn when the warm-up's read is done
 
 
 def sampled(id: str) -> bool:
@@ -221,8 +222,10 @@ class Bus:
         """
         lost = self._lost
         began = time.monotonic()
-        warm: deque[Encoded] = deque(maxlen=self.history.maxlen)
-        valid = 0
+        # Changes, not events: only those memory keeps are decoded and encoded (a history read
+        # from a sparse position can be several times HISTORY_SIZE).
+        read: deque[Change] = deque(maxlen=self.history.maxlen)
+        dropped = False
         try:
             async with asyncio.timeout(WARM_SECONDS):
                 stream = await self._warm_stream(until)
@@ -232,10 +235,8 @@ class Bus:
                     while (change := await stream.try_next()) is not None:
                         if event_id(change.position) > until:
                             break  # the live stream has it
-                        event = event_from_change(change)
-                        if event is not None:
-                            warm.append(encode_event(event))
-                            valid += 1
+                        dropped = dropped or len(read) == read.maxlen
+                        read.append(change)
                 finally:
                     with contextlib.suppress(StoreError):
                         await stream.close()
@@ -247,9 +248,19 @@ class Bus:
             return
         finally:
             start, self._warm_from = self._warm_from, None
-        if lost != self._lost or start is None:
+        if start is None:
+            return
+        if dropped:  # memory holds fewer than were read: it covers from the first one kept
+            start = event_id(read[0].position)
+        warm: deque[Encoded] = deque()
+        for n, change in enumerate(read, 1):
+            if (event := event_from_change(change)) is not None:
+                warm.append(encode_event(event))
+            if n % WARM_ENCODE_CHUNK == 0:
+                await asyncio.sleep(0)  # live events and connects go on meanwhile
+        if lost != self._lost:
             return  # history was lost meanwhile: memory starts again from the new position
-        kept = self._prepend(warm, start if valid == len(warm) else None)
+        kept = self._prepend(warm, start)
         log.info(
             "memory warmed: %d events from before this process started, read in %.2f s; "
             "resumes from %s on replay from memory",
