@@ -14,7 +14,9 @@ Reported per run: the time from the new process answering `/healthz` until 50 %,
 100 % of the clients had an event written after the restart (caught up), the resumes the new
 process refused (1013: a MongoDB replay not admitted now) and other failed attempts, the new
 process's `realtime_replays_total` by source, and the CPU seconds the new process and MongoDB
-spent from its start until every client had caught up. `--code DIR` runs another checkout's
+spent from its start until every client had caught up. `--history-events N` inserts N events
+first (numbered -1, which the clients ignore: the new process then reads `HISTORY_SIZE` of
+them at start, as a replica with a long history does). `--code DIR` runs another checkout's
 service (git worktree) with the same clients; `--rounds` alternates the two.
 
     python -m bench.restart_resume --clients 5000 --rate 20 --code /tmp/before --rounds 2
@@ -135,8 +137,9 @@ class Client:
                 if message.get("type") != "note":
                     continue
                 self.last_id = message["id"]
-                self.numbers.append(message["n"])
-                self.note(message["n"])
+                if message["n"] >= 0:  # not the deep history inserted before the clients came
+                    self.numbers.append(message["n"])
+                    self.note(message["n"])
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -283,6 +286,9 @@ def one_run(label: str, code: Path, args: argparse.Namespace, mongo: EmbeddedMon
             process.start()
             pipes.append(parent)
             processes.append(process)
+        for at in range(0, args.history_events, 1000):  # a deep history for the new process to read
+            count = min(1000, args.history_events - at)
+            writer.events.insert_many([event_document("note", {"n": -1}) for _ in range(count)])
         writing.start()
         started = time.time()
         while (n := sum(ask("count", 0))) < args.clients:  # every client has had an event
@@ -380,6 +386,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=20, help="events written per second")
     parser.add_argument("--warmup", type=float, default=10, help="seconds of events before the restart")
+    parser.add_argument(
+        "--history-events", type=int, default=0, help="events inserted before the clients connect (a deep history)"
+    )
     parser.add_argument("--procs", type=int, default=0, help="client processes (default: one per 2,500 clients)")
     parser.add_argument("--sources", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=180)

@@ -19,7 +19,9 @@ CLIENTS = 300
 @pytest.mark.timeout(180)
 def test_a_replaced_process_serves_its_predecessors_clients_from_memory(tmp_path: Path) -> None:
     """300 clients, 20 events/s, a restart: 300 replays from memory, none from MongoDB, no 1013."""
-    args = argparse.Namespace(clients=CLIENTS, rate=20.0, warmup=2.0, procs=1, sources=10, timeout=60.0, seed=1)
+    args = argparse.Namespace(
+        clients=CLIENTS, rate=20.0, warmup=2.0, history_events=0, procs=1, sources=10, timeout=60.0, seed=1
+    )
     mongo = EmbeddedMongo(":memory:")
     mongo.start()
     try:
