@@ -262,7 +262,10 @@ class Settings:
         "how long `/poll` waits for an event before answering empty (below common proxy timeouts)",
     )
     history_size: int = setting(
-        "HISTORY_SIZE", integer(minimum=1), 10_000, "events kept in memory per process for resume"
+        "HISTORY_SIZE",
+        integer(minimum=1),
+        10_000,
+        "events kept in memory per process for resume (read back from MongoDB at start)",
     )
     history_ttl_seconds: int = setting(
         "HISTORY_TTL_SECONDS",
