@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import itertools
 import json
-import multiprocessing
-import os
 import random
 import re
 import statistics
@@ -40,12 +37,24 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-import jwt
 from pymongo import MongoClient
 
+from bench.restart_storm import (
+    UPGRADE_FAILED,
+    Opened,
+    percentile,
+    run_loop,
+    shares,
+    spawn_clients,
+    start_answering,
+    stop_clients,
+    upgrade,
+    user_token,
+)
 from bench.systems import cpu_seconds
 from harness.clients import read_frame
 from harness.processes import ROOT, SECRET, ServiceProcess
@@ -54,7 +63,6 @@ from realtime_client.schema import BACKOFF
 from service.core.events import event_document
 from service.storage.mongo.embedded import EmbeddedMongo
 
-OPEN_TIMEOUT = 10.0  # the browser client's openTimeoutMs
 TRY_AGAIN_LATER = 1013
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,9 +83,7 @@ class Client:
     def __init__(self, plan: Plan, user: int, rng: random.Random) -> None:
         self.plan = plan
         self.source = f"127.0.0.{2 + user % plan.sources}"
-        now = int(time.time())
-        claims = {"sub": str(user), "name": "عميل", "roles": ["user"], "iat": now, "exp": now + 7200}
-        self.token = jwt.encode(claims, SECRET, algorithm="HS256")
+        self.token = user_token(user)
         self.backoff = Backoff(BACKOFF["base"], BACKOFF["cap"], BACKOFF["stable"], rng)
         self.last_id: str | None = None
         self.numbers: list[int] = []  # `n` of every event received, in arrival order
@@ -86,37 +92,22 @@ class Client:
         self.refused = 0  # closed 1013 (try again later)
         self.failed = 0  # other failed attempts: refused connection, timeout, other close
 
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        key = base64.b64encode(os.urandom(16)).decode()
+    async def open(self) -> Opened | None:
         query = f"token={self.token}&events=note"
         if self.last_id is not None:
             query += f"&last_event_id={self.last_id}"
-        request = (
-            f"GET /ws?{query} HTTP/1.1\r\nHost: 127.0.0.1:{self.plan.port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(OPEN_TIMEOUT):
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", self.plan.port, local_addr=(self.source, 0), limit=1 << 20
-                )
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                if not head.startswith(b"HTTP/1.1 101"):
-                    raise ConnectionError(head[:12])
-                opcode, payload = await read_frame(reader)
-                if opcode == 0x8 and int.from_bytes(payload[:2], "big") == TRY_AGAIN_LATER:
-                    self.refused += 1
-                    writer.close()
-                    return None
-                if opcode != 0x1 or b'"connected"' not in payload:
-                    raise ConnectionError(payload[:40])
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            if writer is not None:
-                writer.close()
+            (reader, writer), opcode, payload = await upgrade(self.plan.port, self.source, query, limit=1 << 20)
+        except UPGRADE_FAILED:
             self.failed += 1
+            return None
+        if opcode == 0x8 and int.from_bytes(payload[:2], "big") == TRY_AGAIN_LATER:
+            self.refused += 1
+            writer.close()
+            return None
+        if opcode != 0x1 or b'"connected"' not in payload:
+            self.failed += 1
+            writer.close()
             return None
         self.backoff.connected(time.monotonic())
         return reader, writer
@@ -199,12 +190,7 @@ async def _serve(plan: Plan, pipe: Connection) -> None:
 
 
 def _client_process(plan: Plan, pipe: Connection) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(plan, pipe))
-    else:
-        uvloop.run(_serve(plan, pipe))
+    run_loop(_serve(plan, pipe))
 
 
 class Writer:
@@ -227,14 +213,6 @@ class Writer:
                 time.sleep(pause)
 
 
-def answering(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def replays(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -242,11 +220,6 @@ def replays(port: int) -> dict[str, float]:
         source: float(value)
         for source, value in re.findall(r'^realtime_replays_total\{source="(\w+)"\} (\S+)$', text, re.M)
     }
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    rank = max(1, int(q * len(sorted_values) + 0.999999))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def one_run(label: str, code: Path, args: argparse.Namespace, mongo: EmbeddedMongo, workdir: Path) -> dict[str, Any]:
@@ -267,10 +240,8 @@ def one_run(label: str, code: Path, args: argparse.Namespace, mongo: EmbeddedMon
     service = ServiceProcess(workdir / label, env, code=code).start()
     writer = Writer(mongo.uri, db, args.rate)
     writing = threading.Thread(target=writer.run, daemon=True)
-    context = multiprocessing.get_context("spawn")
-    per = -(-args.clients // args.procs)
     pipes: list[Connection] = []
-    processes = []
+    processes: list[BaseProcess] = []
 
     def ask(command: str, arg: Any = None) -> list[Any]:
         for pipe in pipes:
@@ -278,14 +249,11 @@ def one_run(label: str, code: Path, args: argparse.Namespace, mongo: EmbeddedMon
         return [pipe.recv() for pipe in pipes]
 
     try:
-        for p in range(args.procs):
-            count = min(per, args.clients - p * per)
-            plan = Plan(service.port, count, 1 + p * per, args.sources, seed=args.seed * 1000 + p)
-            parent, child = context.Pipe()
-            process = context.Process(target=_client_process, args=(plan, child), daemon=True)
-            process.start()
-            pipes.append(parent)
-            processes.append(process)
+        plans = [
+            Plan(service.port, count, first, args.sources, seed=args.seed * 1000 + p)
+            for p, (first, count) in enumerate(shares(args.clients, args.procs))
+        ]
+        pipes, processes = spawn_clients(_client_process, plans)
         for at in range(0, args.history_events, 1000):  # a deep history for the new process to read
             count = min(1000, args.history_events - at)
             writer.events.insert_many([event_document("note", {"n": -1}) for _ in range(count)])
@@ -299,14 +267,9 @@ def one_run(label: str, code: Path, args: argparse.Namespace, mongo: EmbeddedMon
 
         stopped_at = time.time()
         service.stop()
-        restarted = ServiceProcess(workdir / label, env, port=service.port, code=code)
-        restarted.start(wait=False)
-        service = restarted
+        service = ServiceProcess(workdir / label, env, port=service.port, code=code)
         store_cpu_before = cpu_seconds([mongo.pid or 0])
-        while not answering(service.port):
-            assert service.process is not None and service.process.poll() is None, service.output()
-            time.sleep(0.01)
-        answered_at = time.time()
+        answered_at = start_answering(service)
         first_after = writer.n  # written after the new process answered
         ask("watch", first_after)
         deadline = answered_at + args.timeout
@@ -325,15 +288,7 @@ def one_run(label: str, code: Path, args: argparse.Namespace, mongo: EmbeddedMon
         reports = ask("report")
     finally:
         writer.running = False
-        for pipe in pipes:
-            try:
-                pipe.send(("stop", None))
-            except OSError:
-                pass
-        for process in processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
+        stop_clients(pipes, processes, ("stop", None))
         service.stop()
         writer.client.close()
 

@@ -31,8 +31,10 @@ import random
 import statistics
 import time
 import urllib.request
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -74,43 +76,68 @@ class Plan:
     initial_concurrency: int = 100
 
 
+def user_token(user: int) -> str:
+    """A two-hour HS256 token for one load user (an Arabic name, like the product's users)."""
+    now = int(time.time())
+    claims = {"sub": str(user), "name": "عميل", "roles": ["user"], "iat": now, "exp": now + 7200}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def upgrade(port: int, source: str, query: str, *, limit: int = 1 << 16) -> tuple[Opened, int, bytes]:
+    """A WebSocket to `/ws?query` from `source`, within OPEN_TIMEOUT, and its first frame
+    (opcode, payload); the connection is closed before any error leaves.
+
+    Raises:
+        ConnectionError, OSError, TimeoutError, IncompleteReadError, LimitOverrunError: no 101,
+            or nothing in time.
+    """
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /ws?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(OPEN_TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0), limit=limit)
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(head[:12])
+            opcode, payload = await read_frame(reader)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    return (reader, writer), opcode, payload
+
+
+UPGRADE_FAILED = (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+
+
 class Client:
     """One reconnecting WebSocket client; records when each connection said `connected`."""
 
     def __init__(self, plan: Plan, user: int, rng: random.Random) -> None:
         self.plan = plan
         self.source = f"127.0.0.{2 + user % plan.sources}"
-        now = int(time.time())
-        claims = {"sub": str(user), "name": "عميل", "roles": ["user"], "iat": now, "exp": now + 7200}
-        self.token = jwt.encode(claims, SECRET, algorithm="HS256")
+        self.token = user_token(user)
         self.backoff = Backoff(plan.policy.base, plan.policy.cap, plan.policy.stable, rng)
         self.connected_at: list[float] = []
         self.failures = 0
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Handshake until `connected`; None if the attempt failed (refused, timeout, refusal)."""
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET /ws?token={self.token} HTTP/1.1\r\nHost: 127.0.0.1:{self.plan.port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(OPEN_TIMEOUT):
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", self.plan.port, local_addr=(self.source, 0), limit=1 << 16
-                )
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                if not head.startswith(b"HTTP/1.1 101"):
-                    raise ConnectionError(head[:12])
-                opcode, payload = await read_frame(reader)
-                if opcode != 0x1 or b'"connected"' not in payload:
-                    raise ConnectionError(payload[:40])
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            if writer is not None:
-                writer.close()
+            (reader, writer), opcode, payload = await upgrade(self.plan.port, self.source, f"token={self.token}")
+        except UPGRADE_FAILED:
+            return None
+        if opcode != 0x1 or b'"connected"' not in payload:
+            writer.close()
             return None
         self.connected_at.append(time.time())
         self.backoff.connected(time.monotonic())
@@ -163,12 +190,61 @@ async def _serve(plan: Plan, pipe: Connection) -> None:
 
 
 def _client_process(plan: Plan, pipe: Connection) -> None:
+    run_loop(_serve(plan, pipe))
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run a load process's clients on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(plan, pipe))
+        asyncio.run(main)
     else:
-        uvloop.run(_serve(plan, pipe))
+        uvloop.run(main)
+
+
+def shares(clients: int, procs: int) -> list[tuple[int, int]]:
+    """(first user, count) for each of `procs` load processes sharing `clients` users from 1."""
+    per = -(-clients // procs)
+    return [(1 + p * per, min(per, clients - p * per)) for p in range(procs)]
+
+
+def spawn_clients(
+    target: Callable[[Any, Connection], None], plans: list[Any]
+) -> tuple[list[Connection], list[BaseProcess]]:
+    """One load process per plan (spawned, daemonic), each with the pipe its commands come down."""
+    context = multiprocessing.get_context("spawn")
+    pipes: list[Connection] = []
+    processes: list[BaseProcess] = []
+    for plan in plans:
+        parent, child = context.Pipe()
+        process = context.Process(target=target, args=(plan, child), daemon=True)
+        process.start()
+        pipes.append(parent)
+        processes.append(process)
+    return pipes, processes
+
+
+def stop_clients(pipes: list[Connection], processes: list[BaseProcess], message: Any) -> None:
+    """Tell each load process to stop, wait 10 s for it, then kill it."""
+    for pipe in pipes:
+        try:
+            pipe.send(message)
+        except OSError:
+            pass
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
+def start_answering(service: ServiceProcess) -> float:
+    """Start `service` (on the port it was given) and return when it first answers `/healthz`."""
+    service.start(wait=False)
+    while not answering(service.port):
+        assert service.process is not None and service.process.poll() is None, service.output()
+        time.sleep(0.01)
+    return time.time()
 
 
 def answering(port: int) -> bool:
@@ -199,19 +275,14 @@ def one_policy(name: str, args: argparse.Namespace, mongo_uri: str, workdir: Pat
         "MAX_CONNECTIONS_PER_USER": "5",
     }
     service = ServiceProcess(workdir / name, env).start()
-    context = multiprocessing.get_context("spawn")
-    per = -(-args.clients // args.procs)
     pipes: list[Connection] = []
-    processes = []
+    processes: list[BaseProcess] = []
     try:
-        for p in range(args.procs):
-            count = min(per, args.clients - p * per)
-            plan = Plan(service.port, count, 1 + p * per, args.sources, policy, seed=args.seed * 1000 + p)
-            parent, child = context.Pipe()
-            process = context.Process(target=_client_process, args=(plan, child), daemon=True)
-            process.start()
-            pipes.append(parent)
-            processes.append(process)
+        plans = [
+            Plan(service.port, count, first, args.sources, policy, seed=args.seed * 1000 + p)
+            for p, (first, count) in enumerate(shares(args.clients, args.procs))
+        ]
+        pipes, processes = spawn_clients(_client_process, plans)
 
         def connected_count() -> int:
             for pipe in pipes:
@@ -229,13 +300,8 @@ def one_policy(name: str, args: argparse.Namespace, mongo_uri: str, workdir: Pat
         stopped_at = time.time()
         service.stop()
         time.sleep(args.outage)  # a longer outage: the clients' backoff climbs to its cap
-        restarted = ServiceProcess(workdir / name, env, port=service.port)
-        restarted.start(wait=False)
-        service = restarted
-        while not answering(service.port):
-            assert service.process is not None and service.process.poll() is None, service.output()
-            time.sleep(0.01)
-        answered_at = time.time()
+        service = ServiceProcess(workdir / name, env, port=service.port)
+        answered_at = start_answering(service)
 
         deadline = answered_at + args.timeout
         back = 0
@@ -253,15 +319,7 @@ def one_policy(name: str, args: argparse.Namespace, mongo_uri: str, workdir: Pat
         cpu_after = cpu_seconds([service.pid])
         failures = sum(sum(r["failures"]) for r in reports)
     finally:
-        for pipe in pipes:
-            try:
-                pipe.send("stop")
-            except OSError:
-                pass
-        for process in processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
+        stop_clients(pipes, processes, "stop")
         service.stop()
 
     delays = sorted(t - answered_at for t in times)

@@ -297,8 +297,8 @@ class Bus:
 
     def _prepend(self, warm: deque[Encoded], start: str | None) -> int:
         """Put the warm-up's events in front of memory, with no await (coverage and memory
-        move together); how many were kept. `start`: the position the warm-up read every
-        event after (None when it had to drop its oldest)."""
+        move together); how many were kept. `start`: the position the warm-up has every event
+        after (memory covers from there, or from the first event kept when there is no room)."""
         if self._history_ids:  # the live stream opened before `until`: it may hold some too
             while warm and warm[-1].event.id >= self._history_ids[0]:
                 warm.pop()
