@@ -51,7 +51,8 @@ WARM_WAIT_SECONDS = 10.0
 # Saved positions read per sampled one wanted: room for the others between them (a start and
 # a few forced positions per replica every 4 × POSITION_EVERY events).
 WARM_POSITIONS_PER_SAMPLE = 8
-WARM_ENCODE_CHUNK = 500  # events encoded per loop turn when the warm-up's read is done
+WARM_ENCODE_CHUNK = 500  # events encoded per loop turn when a segment's read is done
+WARM_SEGMENT = 16  # sampled positions per segment of the warm-up (~1,000 events)
 
 
 def sampled(id: str) -> bool:
@@ -89,7 +90,8 @@ class Bus:
         self._unsaved: tuple[str, ResumeToken] | None = None  # newest position to save
         self._since_saved = 0
         self._warming: asyncio.Task[None] | None = None
-        self._warm_from: str | None = None  # where the warm-up reads from, once known
+        self._warm_from: str | None = None  # where the warm-up reads back to, once known
+        self._grown = asyncio.Event()  # set (and replaced) each time the warm-up adds to memory
         self._lost = 0  # times history was lost: a warm-up begun before one is dropped
         self.running = False
 
@@ -212,106 +214,143 @@ class Bus:
 
     async def _warm(self, until: str) -> None:
         """Read the events up to `until` (where this process's stream began), as many as
-        memory holds, back into memory, from a saved position about HISTORY_SIZE events back.
+        memory holds, back into memory: newest first, a segment of about WARM_SEGMENT sampled
+        positions (~1,000 events) at a time, each put in front of memory as soon as it is read.
 
         Without it a new process's memory starts empty, and every client of the replica it
         replaces (a rolling deploy, a crash) resumes from MongoDB: N store replays of the same
-        events, 8 at a time, the rest told to come back later. The warm-up is one read, in
-        small batches like a replay's; whatever it cannot do is logged, and memory then
-        covers from `until` as before.
+        events, 8 at a time, the rest told to come back later. Newest first, the clients that
+        were following live (their ids are recent) are served after the first segment, however
+        long the whole history takes. Whatever it cannot do is logged; memory keeps what was
+        read by then.
         """
         lost = self._lost
         began = time.monotonic()
-        # Changes, not events: only those memory keeps are decoded and encoded (a history read
-        # from a sparse position can be several times HISTORY_SIZE).
+        kept = 0
+        try:
+            async with asyncio.timeout(WARM_SECONDS):
+                candidates, starts = await self._warm_plan(until)
+                if not starts:
+                    return  # nothing saved before this process's start: a new database
+                self._warm_from = candidates[starts[-1]][0]
+                end, newer = until, -1
+                for planned in starts:
+                    opened = await self._open_segment(candidates, planned, newer)
+                    if opened is None:
+                        log.info("memory warmed back to %s only: older positions were pruned from the oplog", end)
+                        break
+                    stream, at = opened
+                    start = candidates[at][0]
+                    read, dropped = await self._read_segment(stream, end)
+                    warm = await self._encode(read)
+                    if lost != self._lost:
+                        return  # history was lost meanwhile: memory starts again from the new position
+                    added, full = self._prepend(warm, event_id(read[0].position) if dropped else start)
+                    kept += added
+                    self._warm_grew()
+                    if full or at != planned:
+                        break  # memory is full, or the older positions are pruned
+                    end, newer = start, at
+        except (StoreError, TimeoutError) as exc:
+            log.warning("memory warm-up stopped (older resumes replay from MongoDB): %s", exc or "timed out")
+        finally:
+            self._warm_from = None
+            self._warm_grew()
+        if kept:
+            log.info(
+                "memory warmed: %d events from before this process started, read in %.2f s; "
+                "resumes from %s on replay from memory",
+                kept,
+                time.monotonic() - began,
+                self.covered_from,
+            )
+
+    async def _warm_plan(self, until: str) -> tuple[list[tuple[str, ResumeToken]], list[int]]:
+        """The saved positions before `until` (newest first), and the indexes among them of the
+        segments' starts, newest first, the last about HISTORY_SIZE events back.
+
+        The sampled positions (`sampled`) are POSITION_EVERY events apart on average whatever
+        the number of replicas; the others (each process's start, and the ones a process adds
+        when sampling skipped many events) are not counted.
+        """
+        back = (self.history.maxlen or 0) // POSITION_EVERY
+        candidates = await self._feed.positions_before(until, WARM_POSITIONS_PER_SAMPLE * (back + 1))
+        if not candidates:
+            return candidates, []
+        marks = [at for at, (id, _) in enumerate(candidates) if sampled(id)]
+        last = marks[back] if back < len(marks) else len(candidates) - 1
+        # Every WARM_SEGMENT sampled positions, but none within half a segment of the last.
+        starts = [marks[n] for n in range(WARM_SEGMENT - 1, min(back - WARM_SEGMENT // 2, len(marks)), WARM_SEGMENT)]
+        return candidates, [*(at for at in starts if at < last), last]
+
+    async def _open_segment(
+        self, candidates: list[tuple[str, ResumeToken]], at: int, newer: int
+    ) -> tuple[ChangeStream, int] | None:
+        """A stream from `candidates[at]`, or, when the store has pruned it, from a newer
+        position still older than `candidates[newer]` (the last segment's start); with the
+        index it opened at. None when each of those was pruned."""
+        while True:
+            try:
+                stream = await self._feed.watch_events(resume_after=candidates[at][1], batch_size=REPLAY_BATCH)
+            except HistoryLost:
+                if at <= newer + 1:
+                    return None
+                at = (newer + 1 + at) // 2
+            else:
+                return stream, at
+
+    async def _read_segment(self, stream: ChangeStream, end: str) -> tuple[deque[Change], bool]:
+        """The changes up to `end`, at most HISTORY_SIZE (the newest; the flag says whether
+        older ones were dropped), kept as changes so that only those memory keeps are encoded."""
         read: deque[Change] = deque(maxlen=self.history.maxlen)
         dropped = False
         try:
-            async with asyncio.timeout(WARM_SECONDS):
-                stream = await self._warm_stream(until)
-                if stream is None:
-                    return  # nothing saved before this process's start: a new database
-                try:
-                    while (change := await stream.try_next()) is not None:
-                        if event_id(change.position) > until:
-                            break  # the live stream has it
-                        dropped = dropped or len(read) == read.maxlen
-                        read.append(change)
-                finally:
-                    with contextlib.suppress(StoreError):
-                        await stream.close()
-        except HistoryLost:
-            log.info("memory not warmed: every saved position before %s was pruned from the oplog", until)
-            return
-        except (StoreError, TimeoutError) as exc:
-            log.warning("memory not warmed (resumes from before %s replay from MongoDB): %s", until, exc or "timed out")
-            return
+            while (change := await stream.try_next()) is not None:
+                if event_id(change.position) > end:
+                    break  # memory has it, or the live stream will
+                dropped = dropped or len(read) == read.maxlen
+                read.append(change)
         finally:
-            start, self._warm_from = self._warm_from, None
-        if start is None:
-            return
-        if dropped:  # memory holds fewer than were read: it covers from the first one kept
-            start = event_id(read[0].position)
+            with contextlib.suppress(StoreError):
+                await stream.close()
+        return read, dropped
+
+    @staticmethod
+    async def _encode(read: deque[Change]) -> deque[Encoded]:
+        """A segment's events, encoded WARM_ENCODE_CHUNK per loop turn (live events and
+        connects go on meanwhile)."""
         warm: deque[Encoded] = deque()
         for n, change in enumerate(read, 1):
             if (event := event_from_change(change)) is not None:
                 warm.append(encode_event(event))
             if n % WARM_ENCODE_CHUNK == 0:
-                await asyncio.sleep(0)  # live events and connects go on meanwhile
-        if lost != self._lost:
-            return  # history was lost meanwhile: memory starts again from the new position
-        kept = self._prepend(warm, start)
-        log.info(
-            "memory warmed: %d events from before this process started, read in %.2f s; "
-            "resumes from %s on replay from memory",
-            kept,
-            time.monotonic() - began,
-            self.covered_from,
-        )
+                await asyncio.sleep(0)
+        return warm
 
-    async def _warm_stream(self, until: str) -> ChangeStream | None:
-        """A stream from the saved position about HISTORY_SIZE events before `until` (a newer
-        one when the store has pruned it); None when none is saved before `until`.
-
-        The sampled positions (`sampled`) are POSITION_EVERY events apart on average whatever
-        the number of replicas; the others (each process's start, and the ones a process adds
-        when sampling skipped many events) are not counted.
-
-        Raises:
-            HistoryLost: even the newest saved position before `until` was pruned.
-        """
-        back = (self.history.maxlen or 0) // POSITION_EVERY
-        candidates = await self._feed.positions_before(until, WARM_POSITIONS_PER_SAMPLE * (back + 1))
-        if not candidates:
-            return None
-        marks = [at for at, (id, _) in enumerate(candidates) if sampled(id)]
-        at = marks[back] if back < len(marks) else len(candidates) - 1
-        while True:
-            self._warm_from, token = candidates[at]
-            try:
-                return await self._feed.watch_events(resume_after=token, batch_size=REPLAY_BATCH)
-            except HistoryLost:
-                if not at:
-                    raise
-                at //= 2
-
-    def _prepend(self, warm: deque[Encoded], start: str | None) -> int:
-        """Put the warm-up's events in front of memory, with no await (coverage and memory
-        move together); how many were kept. `start`: the position the warm-up has every event
-        after (memory covers from there, or from the first event kept when there is no room)."""
-        if self._history_ids:  # the live stream opened before `until`: it may hold some too
+    def _prepend(self, warm: deque[Encoded], start: str) -> tuple[int, bool]:
+        """Put events older than memory's in front of it, with no await (coverage and memory
+        move together): how many were added, and whether memory is now full. `start`: the
+        position the events follow; memory then covers from there (from the first event kept
+        when there is no room for all)."""
+        if self._history_ids:  # the live stream opened before the first segment's end: it may hold some
             while warm and warm[-1].event.id >= self._history_ids[0]:
                 warm.pop()
         room = (self.history.maxlen or 0) - len(self.history)
+        full = len(warm) >= room
         while len(warm) > room:
             warm.popleft()
-            start = None
-        if not warm:
-            return 0
-        self.history.extendleft(reversed(warm))
-        self._history_ids.extendleft(reversed([e.event.id for e in warm]))
-        self.covered_from = start if start is not None else warm[0].event.id
-        return len(warm)
+        if warm:
+            self.history.extendleft(reversed(warm))
+            self._history_ids.extendleft(reversed([e.event.id for e in warm]))
+            self.covered_from = warm[0].event.id if full else start
+        elif not full and self.covered_from is not None and start < self.covered_from:
+            self.covered_from = start  # nothing in between: memory covers from there too
+        return len(warm), full
+
+    def _warm_grew(self) -> None:
+        """Wake the resumes waiting for the warm-up (memory grew, or the warm-up ended)."""
+        self._grown.set()
+        self._grown = asyncio.Event()
 
     def _note_position(self, id: str, token: ResumeToken) -> None:
         """Save some positions (see POSITION_EVERY), in the background, newest first."""
@@ -351,6 +390,16 @@ class Bus:
         start = bisect.bisect_right(self._history_ids, last_id)
         return list(itertools.islice(self.history, start, None))
 
+    async def _wait_for_warm_up(self, warming: asyncio.Task[None], last_id: str) -> list[Encoded] | None:
+        """`recent_since(last_id)` once the warm-up has read back that far (None when it ends
+        first, or after WARM_WAIT_SECONDS)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WARM_WAIT_SECONDS):
+                while (recent := self.recent_since(last_id)) is None and self._warming_covers(warming, last_id):
+                    await self._grown.wait()
+                return recent
+        return self.recent_since(last_id)
+
     def _warming_covers(self, warming: asyncio.Task[None], last_id: str) -> bool:
         """Whether the warm-up is still running and will put what follows `last_id` in memory
         (or may: it does not know its start yet)."""
@@ -384,8 +433,7 @@ class Bus:
         warming = self._warming
         if recent is None and warming is not None and self._warming_covers(warming, last_id):
             # One read of MongoDB at this process's start serves all the resumes it will bring.
-            await asyncio.wait([warming], timeout=WARM_WAIT_SECONDS)
-            recent = self.recent_since(last_id)
+            recent = await self._wait_for_warm_up(warming, last_id)
         if recent is not None:
             self._metrics.replays.labels("memory").inc()
             return MemoryReplay(recent, last_id, wants)

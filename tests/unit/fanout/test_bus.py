@@ -16,7 +16,7 @@ import pytest
 from metrics.registry import Metrics
 from service.core.errors import ReplayBusy, StoreUnavailable
 from service.core.events import Change, Position, ResumeToken, event_id
-from service.fanout.bus import POSITION_EVERY, Bus, sampled
+from service.fanout.bus import POSITION_EVERY, WARM_SEGMENT, Bus, sampled
 from service.fanout.connection import Connection
 from service.fanout.hub import Hub
 from service.fanout.replay import ReplayGate
@@ -472,7 +472,41 @@ def test_a_pruned_position_warms_from_a_newer_one_and_a_failure_only_logs(caplog
 
     with caplog.at_level(logging.WARNING, logger="service.fanout.bus"):
         asyncio.run(run())
-    assert [r.getMessage()[:17] for r in caplog.records] == ["memory not warmed"]
+    assert [r.getMessage()[:22] for r in caplog.records] == ["memory warm-up stopped"]
+
+
+def test_the_warm_up_reads_newest_first_and_a_recent_resume_does_not_wait_for_the_rest() -> None:
+    """HISTORY_SIZE = 2,048 is two segments back (32 sampled positions): the newest ~1,000
+    events land in memory first, and a client that was following live is answered from them
+    while the older segment is still being read; then memory holds both, each event once."""
+    until = 6000
+    marks = [inc for inc in range(until - 1, 0, -1) if sampled(eid(inc))]
+    assert len(marks) > 2 * WARM_SEGMENT
+    released = asyncio.Event()
+
+    async def run() -> None:
+        bus, store = warm_bus(until, history_size=2 * WARM_SEGMENT * POSITION_EVERY, saved=tuple(marks))
+        watch = store.watch_events
+
+        async def second_waits(**kwargs: Any) -> Any:
+            if len(store.opened) == 1:
+                await released.wait()  # the older segment's read has not begun
+            return await watch(**kwargs)
+
+        store.watch_events = second_waits  # type: ignore[method-assign]
+        bus._warming = asyncio.create_task(bus._warm(eid(until)))
+        recent = marks[WARM_SEGMENT - 1] + 10
+        assert await replay_all(bus, eid(recent)) == [eid(i) for i in range(recent + 1, until + 1)]
+        assert not bus._warming.done() and bus.covered_from == eid(marks[WARM_SEGMENT - 1])
+        released.set()
+        await bus._warming
+        oldest = marks[2 * WARM_SEGMENT]  # HISTORY_SIZE // POSITION_EVERY sampled positions back
+        assert store.opened == [{"_data": str(marks[WARM_SEGMENT - 1])}, {"_data": str(oldest)}]
+        first = max(oldest + 1, until - 2 * WARM_SEGMENT * POSITION_EVERY + 1)  # as many as memory holds
+        assert ids(list(bus.history)) == [eid(i) for i in range(first, until + 1)]
+        assert bus.covered_from == (eid(oldest) if first == oldest + 1 else eid(first))
+
+    asyncio.run(run())
 
 
 def test_history_lost_during_a_warm_up_drops_it() -> None:
