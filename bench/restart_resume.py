@@ -44,10 +44,12 @@ from typing import Any
 from pymongo import MongoClient
 
 from bench.restart_storm import (
+    STOP,
     UPGRADE_FAILED,
     Opened,
     percentile,
     run_loop,
+    serve_commands,
     shares,
     spawn_clients,
     start_answering,
@@ -151,42 +153,31 @@ class Client:
 
 
 async def _serve(plan: Plan, pipe: Connection) -> None:
-    loop = asyncio.get_running_loop()
     rng = random.Random(plan.seed)
     clients = [Client(plan, plan.first_user + i, random.Random(rng.random())) for i in range(plan.clients)]
     initial = asyncio.Semaphore(plan.initial_concurrency)
-    tasks = [asyncio.create_task(client.run(initial)) for client in clients]
 
-    def with_event(n: int) -> int:
-        return sum(1 for c in clients if c.numbers and c.numbers[-1] >= n)
+    def answer(message: tuple[str, Any]) -> Any:
+        command, arg = message
+        if command == "count":  # clients that have had event `arg` or a later one
+            return sum(1 for c in clients if c.numbers and c.numbers[-1] >= arg)
+        if command == "watch":
+            for c in clients:
+                c.watch = arg
+                if c.numbers:
+                    c.note(c.numbers[-1])
+            return None
+        if command == "caught":
+            return [c.caught_up_at for c in clients]
+        if command == "report":
+            return {
+                "numbers": [c.numbers for c in clients],
+                "refused": sum(c.refused for c in clients),
+                "failed": sum(c.failed for c in clients),
+            }
+        return STOP
 
-    try:
-        while True:
-            command, arg = await loop.run_in_executor(None, pipe.recv)
-            if command == "count":
-                pipe.send(with_event(arg))
-            elif command == "watch":
-                for c in clients:
-                    c.watch = arg
-                    if c.numbers:
-                        c.note(c.numbers[-1])
-                pipe.send(None)
-            elif command == "caught":
-                pipe.send([c.caught_up_at for c in clients])
-            elif command == "report":
-                pipe.send(
-                    {
-                        "numbers": [c.numbers for c in clients],
-                        "refused": sum(c.refused for c in clients),
-                        "failed": sum(c.failed for c in clients),
-                    }
-                )
-            else:
-                break
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await serve_commands([asyncio.create_task(client.run(initial)) for client in clients], pipe, answer)
 
 
 def _client_process(plan: Plan, pipe: Connection) -> None:

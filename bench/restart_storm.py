@@ -166,27 +166,35 @@ class Client:
             connection = await self.open()
 
 
-async def _serve(plan: Plan, pipe: Connection) -> None:
+STOP = object()  # what a load process's `answer` returns for a command that ends it
+
+
+async def serve_commands(tasks: list[asyncio.Task[None]], pipe: Connection, answer: Callable[[Any], Any]) -> None:
+    """Send back `answer(command)` for each command down the pipe until it is STOP, then
+    cancel the clients' `tasks`."""
     loop = asyncio.get_running_loop()
-    rng = random.Random(plan.seed)
-    clients = [Client(plan, plan.first_user + i, random.Random(rng.random())) for i in range(plan.clients)]
-    initial = asyncio.Semaphore(plan.initial_concurrency)
-    tasks = [asyncio.create_task(client.run(initial)) for client in clients]
     try:
-        while True:
-            command = await loop.run_in_executor(None, pipe.recv)
-            if command == "count":
-                pipe.send(sum(1 for c in clients if c.connected_at))
-            elif command == "report":
-                pipe.send(
-                    {"connected_at": [c.connected_at for c in clients], "failures": [c.failures for c in clients]}
-                )
-            else:
-                break
+        while (reply := answer(await loop.run_in_executor(None, pipe.recv))) is not STOP:
+            pipe.send(reply)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _serve(plan: Plan, pipe: Connection) -> None:
+    rng = random.Random(plan.seed)
+    clients = [Client(plan, plan.first_user + i, random.Random(rng.random())) for i in range(plan.clients)]
+    initial = asyncio.Semaphore(plan.initial_concurrency)
+
+    def answer(command: str) -> Any:
+        if command == "count":
+            return sum(1 for c in clients if c.connected_at)
+        if command == "report":
+            return {"connected_at": [c.connected_at for c in clients], "failures": [c.failures for c in clients]}
+        return STOP
+
+    await serve_commands([asyncio.create_task(client.run(initial)) for client in clients], pipe, answer)
 
 
 def _client_process(plan: Plan, pipe: Connection) -> None:
