@@ -35,7 +35,6 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -44,10 +43,13 @@ from typing import Any
 from pymongo import MongoClient
 
 from bench.restart_storm import (
+    DEFAULT_POLICY,
     STOP,
     UPGRADE_FAILED,
     Opened,
+    Plan,
     percentile,
+    report,
     run_loop,
     serve_commands,
     shares,
@@ -61,22 +63,11 @@ from bench.systems import cpu_seconds
 from harness.clients import read_frame
 from harness.processes import ROOT, SECRET, ServiceProcess
 from realtime_client.backoff import Backoff
-from realtime_client.schema import BACKOFF
+from service.core.errors import CloseCode
 from service.core.events import event_document
 from service.storage.mongo.embedded import EmbeddedMongo
 
-TRY_AGAIN_LATER = 1013
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-@dataclass(frozen=True)
-class Plan:
-    port: int
-    clients: int
-    first_user: int
-    sources: int
-    seed: int
-    initial_concurrency: int = 100
+TRY_AGAIN_LATER = int(CloseCode.TRY_AGAIN_LATER)
 
 
 class Client:
@@ -86,7 +77,7 @@ class Client:
         self.plan = plan
         self.source = f"127.0.0.{2 + user % plan.sources}"
         self.token = user_token(user)
-        self.backoff = Backoff(BACKOFF["base"], BACKOFF["cap"], BACKOFF["stable"], rng)
+        self.backoff = Backoff(plan.policy.base, plan.policy.cap, plan.policy.stable, rng)
         self.last_id: str | None = None
         self.numbers: list[int] = []  # `n` of every event received, in arrival order
         self.watch: int | None = None  # the first event written after the restart's answer
@@ -241,7 +232,7 @@ def one_run(label: str, code: Path, args: argparse.Namespace, mongo: EmbeddedMon
 
     try:
         plans = [
-            Plan(service.port, count, first, args.sources, seed=args.seed * 1000 + p)
+            Plan(service.port, count, first, args.sources, DEFAULT_POLICY, seed=args.seed * 1000 + p)
             for p, (first, count) in enumerate(shares(args.clients, args.procs))
         ]
         pipes, processes = spawn_clients(_client_process, plans)
@@ -358,21 +349,25 @@ def main() -> None:
                     print(json.dumps(result, ensure_ascii=False), flush=True)
     finally:
         mongo.stop()
-    print()
-    print(
-        "| code | clients | events/s | 50 % / 95 % / 100 % caught up, s | refused 1013 | other failed "
-        "| replays memory / store | service CPU s | MongoDB CPU s | behind at the end | lost / dup / order |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(
-            f"| {r['code']} | {r['clients']} | {r['rate']:g} | {r.get('p50_caught_up_s')} / {r.get('p95_caught_up_s')}"
-            f" / {r.get('p100_caught_up_s')} | {r['refused_1013']} | {r['failed_attempts']} | "
-            f"{replayed(r['replays'])} | {r['service_cpu_s']} | "
-            f"{r['store_cpu_s']} | {r['behind_at_end']} | {r['lost']} / {r['dup']} / {r['out_of_order']} |"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+    def row(r: dict[str, Any]) -> list[Any]:
+        return [
+            r["code"],
+            r["clients"],
+            f"{r['rate']:g}",
+            f"{r.get('p50_caught_up_s')} / {r.get('p95_caught_up_s')} / {r.get('p100_caught_up_s')}",
+            r["refused_1013"],
+            r["failed_attempts"],
+            replayed(r["replays"]),
+            r["service_cpu_s"],
+            r["store_cpu_s"],
+            r["behind_at_end"],
+            f"{r['lost']} / {r['dup']} / {r['out_of_order']}",
+        ]
+
+    columns = ["code", "clients", "events/s", "50 % / 95 % / 100 % caught up, s", "refused 1013", "other failed"]
+    columns += ["replays memory / store", "service CPU s", "MongoDB CPU s", "behind at the end", "lost / dup / order"]
+    report(results, columns, row, args.out)
 
 
 if __name__ == "__main__":

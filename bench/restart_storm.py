@@ -386,21 +386,33 @@ def main() -> None:
     finally:
         mongo.stop()
 
-    print()
-    print(
-        "| policy | clients | back | outage s | 50 % / 95 % / 100 % back after /healthz answers, s "
-        "| peak connects/s | failed attempts |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
+    def row(r: dict[str, Any]) -> list[Any]:
         b = r["backoff"]
-        print(
-            f"| {r['policy']} ({b['base']:g} s → {b['cap']:g} s) | {r['clients']} | {r['back']} | {r['outage_s']} | "
-            f"{r.get('p50_back_s')} / {r.get('p95_back_s')} / {r.get('p100_back_s')} | "
-            f"{r['peak_connects_per_s']} | {r['failed_attempts']} |"
-        )
+        return [
+            f"{r['policy']} ({b['base']:g} s → {b['cap']:g} s)",
+            r["clients"],
+            r["back"],
+            r["outage_s"],
+            f"{r.get('p50_back_s')} / {r.get('p95_back_s')} / {r.get('p100_back_s')}",
+            r["peak_connects_per_s"],
+            r["failed_attempts"],
+        ]
+
+    columns = ["policy", "clients", "back", "outage s", "50 % / 95 % / 100 % back after /healthz answers, s"]
+    report(results, [*columns, "peak connects/s", "failed attempts"], row, args.out)
+
+
+def report(
+    results: list[dict[str, Any]], columns: list[str], row: Callable[[dict[str, Any]], list[Any]], out: str
+) -> None:
+    """Print the runs as a Markdown table (one `row` each) and save them as bench/results/`out`.json."""
+    print()
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in results:
+        print("| " + " | ".join(str(cell) for cell in row(r)) + " |")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    (RESULTS / f"{out}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
