@@ -42,7 +42,7 @@ test: $(VENV)/.dev system-deps web test-example openapi-gen
 FAULT_TESTS := tests/system/faults/test_faults.py tests/system/faults/test_stalls.py tests/system/faults/test_embedded_faults.py tests/system/faults/test_replay_storm.py tests/system/faults/test_restart_resume.py
 
 # The benchmark's peers need make bench-deps (Pushpin, nchan, npm packages): their own target, make test-bench
-BENCH_TESTS := tests/system/test_bench_peers.py tests/system/test_bench_scale.py
+BENCH_TESTS := tests/system/test_bench_peers.py tests/system/test_bench_scale.py tests/system/test_bench_cload.py
 
 # Two pytest-xdist workers: the suite mostly waits on processes it started (SecantusDB, services,
 # Chromium), so two share two cores well (11:01 serial against 6:23 on this 2-core machine).
@@ -93,13 +93,13 @@ lint: $(VENV)/.dev
 types: $(VENV)/.dev
 	$(BIN)/mypy
 
-## bench-deps: what the benchmark's peers need: nginx with nchan and Pushpin (Debian), Socket.IO 4.8 (npm ci)
+## bench-deps: what the benchmark's peers need: nginx with nchan and Pushpin (Debian), Socket.IO 4.8 (npm ci), a C compiler (--client c)
 bench-deps:
-	scripts/system-deps.sh pushpin=pushpin /usr/lib/nginx/modules/ngx_nchan_module.so=nginx-light,libnginx-mod-nchan
+	scripts/system-deps.sh pushpin=pushpin /usr/lib/nginx/modules/ngx_nchan_module.so=nginx-light,libnginx-mod-nchan cc=gcc,libc6-dev
 	@test -n "$(NPM)" || { echo "npm is required for bench/peers/socketio (install Node.js 20)"; exit 1; }
 	cd bench/peers/socketio && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; }
 
-## test-bench: each benchmark peer (Socket.IO, Pushpin) started with 20 clients that all get an event (~30 s)
+## test-bench: each benchmark peer (Socket.IO, Pushpin, nchan) with 20 clients in Python and in C that all get an event, the scaling run at a tiny size, the C clients against a scripted server (~2 min)
 test-bench: $(VENV)/.dev bench-deps
 	$(PY) -m pytest $(BENCH_TESTS)
 

@@ -25,7 +25,16 @@ from bench import load, report
 from bench.peers.pushpin_system import PushpinSystem
 from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery, Histogram
-from bench.systems import NaiveSystem, NchanSystem, ServiceSystem, System, add_events_option, cpu_seconds, rss_bytes
+from bench.systems import (
+    NaiveSystem,
+    NchanSystem,
+    ServiceSystem,
+    System,
+    add_client_option,
+    add_events_option,
+    cpu_seconds,
+    rss_bytes,
+)
 from service.storage.mongo.embedded import EmbeddedMongo
 
 SYSTEMS = ("service1", "service2", "naive", "nchan1", "nchan2", "socketio1", "socketio2", "pushpin1")
@@ -56,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="keep server logs and configs here")
     parser.add_argument("--out", default="latest", help="results/<OUT>.json; only `latest` also updates README.md")
     add_events_option(parser)
+    add_client_option(parser)
     parser.add_argument("--no-save", action="store_true", help="print only: leave results/ and README.md alone")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -238,7 +248,7 @@ def run_system(system: System, args: argparse.Namespace, secret: str) -> dict[st
     try:
         pids = system.server_pids()
         base_rss = rss_bytes(pids)
-        for plan in _plans(system, args, secret):
+        for plan in _plans(system, args, secret, client=args.client):
             mine, theirs = ctx.Pipe()
             process = ctx.Process(target=load.main, args=(plan, theirs), daemon=True)
             process.start()

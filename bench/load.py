@@ -52,6 +52,7 @@ class Plan:
     algorithm: str = "HS256"  # RS256: jwt_secret is then the private key (PEM)
     track_heartbeats: bool = False  # record heartbeat arrival times and a histogram per event
     ws_protocol: str = "websocket"  # "engineio": Socket.IO's packets inside the WebSocket frames
+    client: str = "python"  # "c": the same clients in C (bench/cload.c), a fraction of the CPU
 
 
 class Tracker:
@@ -525,6 +526,11 @@ async def _serve(plan: Plan, pipe: Connection) -> None:
 
 def main(plan: Plan, pipe: Connection) -> None:
     """Entry point of a load process (multiprocessing target)."""
+    if plan.client == "c":
+        from bench import cload
+
+        cload.main(plan, pipe)
+        return
     try:
         import uvloop
     except ImportError:

@@ -55,6 +55,7 @@ from bench.systems import (
     NchanSystem,
     ServiceSystem,
     System,
+    add_client_option,
     add_events_option,
     cpu_seconds,
     machine_busy_seconds,
@@ -128,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--heartbeat-size", type=int, default=0, help="its size (default: the largest service point)")
     add_events_option(parser)
+    add_client_option(parser)
     parser.add_argument("--no-connect", action="store_true", help="skip the connect-rate runs")
     parser.add_argument("--no-heartbeat", action="store_true", help="skip the heartbeat run")
     parser.add_argument("--deadline", type=float, default=0, help="start no new point after this many seconds")
@@ -197,6 +199,7 @@ class Clients:
         ctx = multiprocessing.get_context("spawn")
         args = argparse.Namespace(ws=ws, sse=sse, poll=0, procs=procs)
         self.workers: list[tuple[SpawnProcess, Connection]] = []
+        self.children: list[int] = []
         for plan in _plans(system, args, secret, **extra):
             mine, theirs = ctx.Pipe()
             process = ctx.Process(target=load.main, args=(plan, theirs), daemon=True)
@@ -210,6 +213,7 @@ class Clients:
 
     def connect(self) -> dict[str, Any]:
         parts = self.ask("connect")
+        self.children = [p["pid"] for p in parts if "pid" in p]
         started = min(p["started"] for p in parts)
         opened = sum(p["opened"] for p in parts)
         seconds = max(p["finished"] for p in parts) - started
@@ -228,7 +232,9 @@ class Clients:
         return out
 
     def pids(self) -> list[int]:
-        return [process.pid for process, _ in self.workers if process.pid is not None]
+        """The load processes, and the C clients' processes they started (`--client c`)."""
+        pids = [process.pid for process, _ in self.workers if process.pid is not None]
+        return pids + self.children
 
     def close(self) -> None:
         stop_load_processes(self.workers)
@@ -337,7 +343,7 @@ def run_point(system: System, size: int, args: argparse.Namespace, secret: str) 
     clients: Clients | None = None
     try:
         base_rss = rss_bytes(system.server_pids())
-        clients = Clients(system, size // 2, size - size // 2, processes_for(size), secret)
+        clients = Clients(system, size // 2, size - size // 2, processes_for(size), secret, client=args.client)
         gc_before = gc_histograms(system)
         connect = clients.connect()
         say(f"{system.name} {size}: {connect}")

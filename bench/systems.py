@@ -308,6 +308,17 @@ def add_events_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_client_option(parser: argparse.ArgumentParser) -> None:
+    """`--client python|c`: which load clients (bench/load.py's, or the same in C, bench/cload.c)."""
+    parser.add_argument(
+        "--client",
+        choices=("python", "c"),
+        default="python",
+        help="load clients: python (bench/load.py), or c (bench/cload.c: the same requests, pongs and marks "
+        "at a fraction of the CPU; WebSocket and SSE only, built with the system C compiler)",
+    )
+
+
 class ServiceSystem(System):
     """`python -m service` with WORKERS=n against a shared SecantusDB; publishes via POST /api/events."""
 

@@ -1,9 +1,10 @@
-"""The benchmark's peers (Socket.IO one process and two cluster workers, Pushpin): each starts,
-authenticates 20 clients of the bench's own load client, delivers one published event to every
-one of them, refuses a token signed with another key, and stops every process it started.
+"""The benchmark's peers (Socket.IO one process and two cluster workers, Pushpin, nginx+nchan):
+each starts, authenticates 20 clients of the bench's own load clients (Python, and the same in C),
+delivers one published event to every one of them, refuses a token signed with another key, and
+stops every process it started.
 
-Needs `make bench-deps` (Pushpin from Debian, `npm ci` in bench/peers/socketio); run by
-`make test-bench`, not by `make test`. A missing dependency fails with that hint.
+Needs `make bench-deps` (Pushpin and nchan from Debian, `npm ci` in bench/peers/socketio, a C
+compiler); run by `make test-bench`, not by `make test`. A missing dependency fails with that hint.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from bench import load
+from bench import cload, load
 from bench.peers.pushpin_system import PushpinSystem
 from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery
-from bench.systems import System
+from bench.systems import NchanSystem, System
 
 SECRET = secrets.token_urlsafe(32)
 PEERS: dict[str, Callable[[Path], System]] = {
     "socketio1": lambda workdir: SocketIoSystem(workdir, SECRET, workers=1),
     "socketio2": lambda workdir: SocketIoSystem(workdir, SECRET, workers=2),
     "pushpin1": lambda workdir: PushpinSystem(workdir, SECRET),
+    "nchan1": lambda workdir: NchanSystem(workdir, SECRET, workers=1),
 }
 
 
@@ -37,9 +39,8 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(params=sorted(PEERS))
-def peer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
-    system = PEERS[request.param](tmp_path)
+def started(name: str, tmp_path: Path) -> Iterator[System]:
+    system = PEERS[name](tmp_path)
     pids: list[int] = []
     try:
         system.start()
@@ -48,6 +49,16 @@ def peer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
     finally:
         system.stop()
     assert not [pid for pid in pids if running(pid)], f"{system.name} left processes running"
+
+
+@pytest.fixture(params=sorted(PEERS))
+def peer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
+    yield from started(request.param, tmp_path)
+
+
+@pytest.fixture(params=sorted(set(PEERS) - {"nchan1"}))  # nchan authenticates nothing
+def authenticating_peer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
+    yield from started(request.param, tmp_path)
 
 
 def plan(system: System, ws: int, sse: int, secret: str = SECRET) -> load.Plan:
@@ -65,38 +76,56 @@ def plan(system: System, ws: int, sse: int, secret: str = SECRET) -> load.Plan:
     )
 
 
+def publish_one(system: System) -> None:
+    publisher = system.publisher()
+    try:
+        publisher.send(1)
+    finally:
+        publisher.close()
+
+
 async def deliver_one(system: System, clients: load.Load) -> dict[str, Delivery]:
     """Connect the clients, publish event 1, wait (bounded) until each has it."""
     try:
         await asyncio.wait_for(clients.connect(), 60)
-        publisher = system.publisher()
-        await asyncio.get_running_loop().run_in_executor(None, publisher.send, 1)
-        await asyncio.get_running_loop().run_in_executor(None, publisher.close)
+        await asyncio.get_running_loop().run_in_executor(None, publish_one, system)
         return await asyncio.wait_for(clients.finish(1, 30.0), 60)
     finally:
         await clients.close()
 
 
-def test_peer_delivers_an_event_to_all_its_clients(peer: System) -> None:
+def deliver(
+    system: System, client: str, ws: int, sse: int, tmp_path: Path, secret: str = SECRET
+) -> tuple[int, dict[str, Delivery]]:
+    """The clients of `plan` in Python or C: connected, then event 1 published and awaited;
+    (clients that failed to connect, what each transport's clients got)."""
+    the_plan = plan(system, ws, sse, secret)
+    if client == "python":
+        clients = load.Load(the_plan)
+        result = asyncio.run(deliver_one(system, clients))
+        return clients.failed, result
+    native = cload.Clients(the_plan, tmp_path)
+    try:
+        native.connect()
+        publish_one(system)
+        return native.failed, native.finish(1, 30.0)
+    finally:
+        native.close()
+
+
+@pytest.mark.parametrize("client", ["python", "c"])
+def test_peer_delivers_an_event_to_all_its_clients(peer: System, client: str, tmp_path: Path) -> None:
     """20 clients (10 SSE where the peer has SSE) connect, and each gets the one event, once."""
     sse = 10 if peer.sse_path else 0
-    clients = load.Load(plan(peer, 20 - sse, sse))
-    result = asyncio.run(deliver_one(peer, clients))
-    assert clients.failed == 0
+    failed, result = deliver(peer, client, 20 - sse, sse, tmp_path)
+    assert failed == 0
     got = {kind: (d.clients, d.received, d.lost, d.duplicated) for kind, d in result.items() if d.clients}
     expected = {"websocket": (20 - sse, 20 - sse, 0, 0)} | ({"sse": (sse, sse, 0, 0)} if sse else {})
     assert got == expected
 
 
-def test_peer_refuses_a_token_signed_with_another_key(peer: System) -> None:
+@pytest.mark.parametrize("client", ["python", "c"])
+def test_peer_refuses_a_token_signed_with_another_key(authenticating_peer: System, client: str, tmp_path: Path) -> None:
     """A WebSocket client with a forged token is never counted as connected."""
-    clients = load.Load(plan(peer, 1, 0, secret=secrets.token_urlsafe(32)))
-
-    async def connect() -> None:
-        try:
-            await asyncio.wait_for(clients.connect(), 30)
-        finally:
-            await clients.close()
-
-    asyncio.run(connect())
-    assert clients.failed == 1
+    failed, result = deliver(authenticating_peer, client, 1, 0, tmp_path, secret=secrets.token_urlsafe(32))
+    assert (failed, result["websocket"].clients) == (1, 0)

@@ -63,6 +63,23 @@ def test_a_point_says_where_the_machines_cores_went(tmp_path: Path) -> None:
     assert row.endswith(f"| {cores['server']:.2f} / {cores['load']:.2f} / {cores['machine']:.2f} of {cores['of']} |")
 
 
+def test_the_c_clients_count_what_the_python_ones_do_and_their_cpu_is_the_loads(tmp_path: Path) -> None:
+    # The same point with `--client c`: every delivery counted, and the cload processes' CPU in
+    # the load share (the load processes only relay commands).
+    document = run_scale(
+        tmp_path,
+        *("--systems", "service-nopresence", "--sizes", "400", "--rates", "20", "--duration", "2", "--idle", "0.5"),
+        *("--client", "c"),
+    )
+    (point,) = document["points"]
+    phase = point["rates"]["20.0"]
+    assert (phase["lost"], phase["duplicated"], phase["out_of_order"]) == (0, 0, 0)
+    assert phase["websocket"]["received"] + phase["sse"]["received"] == 400 * 40
+    assert phase["websocket"]["clients"] == phase["sse"]["clients"] == 200
+    assert phase["cpu_cores"]["load"] > 0
+    assert "--client c" in document["command"]
+
+
 def test_a_connect_run_measures_events_to_the_clients_already_connected(tmp_path: Path) -> None:
     # Three connect runs of 300 clients (HS256, RS256, HS256 with JSON logs); 20 clients connected
     # before each take 20 events/s while the others connect. No point after them (--deadline 1).
