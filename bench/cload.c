@@ -75,6 +75,11 @@ static int64_t disorder[DISORDER_MAX][3];
 static int ndisorder;
 static int64_t first_seq = 1;
 
+/* why handshakes failed: counted, and the first unexpected status line kept */
+enum reason { REFUSED, STATUS, CLOSED, TIMEOUT, REASONS };
+static const char *REASON_NAMES[REASONS] = {"refused", "status", "closed", "timeout"};
+static int failures[REASONS];
+static char first_status[80];
 /* connect state */
 static int connecting, next_client, inflight, opened, failed;
 static double connect_started, connect_finished, last_established[KINDS];
@@ -211,9 +216,15 @@ static void finish_handshake(client_t *c, int ok) {
         start_next();
 }
 
+static void fail(client_t *c, enum reason why) {
+    if (c->state == OPEN || c->state == DONE)
+        return;
+    failures[why]++;
+    finish_handshake(c, 0);
+}
+
 static void drop(client_t *c) {
-    if (c->state != OPEN)
-        finish_handshake(c, 0);
+    fail(c, CLOSED); /* before the handshake ended: a failure */
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
@@ -327,6 +338,11 @@ static void on_readable(client_t *c) {
         int ok = c->kind == WS ? len >= 12 && !memcmp(buf, "HTTP/1.1 101", 12)
                                : len >= 12 && (!memcmp(buf, "HTTP/1.1 200", 12) || !memcmp(buf, "HTTP/1.0 200", 12));
         if (!ok) {
+            if (!first_status[0]) {
+                const char *eol = memmem(buf, len, "\r\n", 2);
+                snprintf(first_status, sizeof first_status, "%.*s", (int)(eol - buf), buf);
+            }
+            fail(c, STATUS);
             drop(c);
             return;
         }
@@ -360,7 +376,7 @@ static void on_writable(client_t *c) {
         socklen_t size = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &size);
         if (err) {
-            finish_handshake(c, 0);
+            fail(c, REFUSED);
             return;
         }
         c->state = HANDSHAKE;
@@ -370,7 +386,7 @@ static void on_writable(client_t *c) {
         if (n < 0) {
             if (errno == EAGAIN)
                 return;
-            finish_handshake(c, 0);
+            fail(c, CLOSED);
             return;
         }
         c->request_sent += n;
@@ -386,7 +402,7 @@ static void start(client_t *c) {
     inflight++;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
-        finish_handshake(c, 0);
+        fail(c, REFUSED);
         return;
     }
     struct sockaddr_in local = {.sin_family = AF_INET, .sin_addr = c->source, .sin_port = 0};
@@ -394,7 +410,7 @@ static void start(client_t *c) {
     remote.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (bind(c->fd, (struct sockaddr *)&local, sizeof local) < 0 ||
         (connect(c->fd, (struct sockaddr *)&remote, sizeof remote) < 0 && errno != EINPROGRESS)) {
-        finish_handshake(c, 0);
+        fail(c, REFUSED);
         return;
     }
     c->state = CONNECTING;
@@ -413,7 +429,14 @@ static void start_next(void) {
         for (int k = 0; k < KINDS; k++)
             printf("\"%s\": [%d, %.6f], ", KIND_NAMES[k], opened_kind[k],
                    opened_kind[k] ? last_established[k] : connect_started);
-        printf("\"poll\": [0, %.6f]}}\n", connect_started);
+        printf("\"poll\": [0, %.6f]}, \"failures\": {", connect_started);
+        for (int r = 0; r < REASONS; r++)
+            printf("%s\"%s\": %d", r ? ", " : "", REASON_NAMES[r], failures[r]);
+        printf("}, \"first_status\": \"");
+        for (const char *q = first_status; *q; q++)
+            if (*q >= 32 && *q < 127 && *q != '"' && *q != '\\')
+                putchar(*q);
+        printf("\"}\n");
         fflush(stdout);
     }
 }
@@ -423,7 +446,7 @@ static void check_timeouts(void) {
     for (int i = 0; i < next_client; i++) {
         client_t *c = &clients[i];
         if ((c->state == CONNECTING || c->state == HANDSHAKE) && t > c->deadline)
-            finish_handshake(c, 0);
+            fail(c, TIMEOUT);
     }
 }
 
@@ -647,7 +670,7 @@ int main(int argc, char **argv) {
             if (c->fd >= 0 && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && c->state >= HANDSHAKE)
                 on_readable(c);
             else if (c->fd >= 0 && (events[i].events & (EPOLLHUP | EPOLLERR)))
-                finish_handshake(c, 0);
+                fail(c, REFUSED);
         }
         double t = now_s();
         if (t - last_check >= 0.1) { /* each check walks every client: ten times a second at most */

@@ -223,6 +223,9 @@ class Clients:
             "seconds": round(seconds, 3),
             "per_second": round(opened / seconds, 1) if seconds > 0 else 0.0,
         }
+        if out["failed"] and any("failures" in p for p in parts):  # the C clients say why
+            out["failures"] = {why: sum(p["failures"][why] for p in parts) for why in parts[0]["failures"]}
+            out["first_status"] = next((p["first_status"] for p in parts if p["first_status"]), "")
         for kind in ("websocket", "sse"):
             count = sum(p["by_kind"][kind][0] for p in parts)
             last = max(p["by_kind"][kind][1] for p in parts)

@@ -179,14 +179,21 @@ def test_reset_counts_afresh_and_a_missing_event_is_lost(server: int, tmp_path: 
         assert d.missing_examples == {6: 1}
 
 
-@pytest.mark.parametrize("path", ["?refuse=1", "?hangup=1"])
-def test_a_refused_or_dropped_handshake_is_a_failure(server: int, tmp_path: Path, path: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "reason", "status"),
+    [("?refuse=1", "status", "HTTP/1.1 401 Unauthorized"), ("?hangup=1", "closed", "")],
+)
+def test_a_refused_or_dropped_handshake_is_a_failure_with_its_reason(
+    server: int, tmp_path: Path, path: str, reason: str, status: str
+) -> None:
     clients = cload.Clients(plan(server, 2, 1, path), tmp_path)
     try:
         connected = clients.connect()
     finally:
         clients.close()
     assert (connected["opened"], connected["failed"]) == (0, 3)
+    assert connected["failures"] == {"refused": 0, "status": 0, "closed": 0, "timeout": 0} | {reason: 3}
+    assert connected["first_status"] == status
 
 
 def test_nothing_listening_is_a_failure(tmp_path: Path) -> None:
@@ -201,3 +208,4 @@ def test_nothing_listening_is_a_failure(tmp_path: Path) -> None:
         finally:
             clients.close()
     assert (connected["opened"], connected["failed"]) == (0, 2)
+    assert connected["failures"]["refused"] == 2
