@@ -47,24 +47,14 @@ def setup_file(plan: load.Plan, directory: Path) -> Path:
     address and request."""
     if plan.poll or plan.track_heartbeats:
         raise ValueError("the C clients have no long-polling or heartbeat tracking: use --client python")
-    secret: Any = plan.jwt_secret
-    if not plan.algorithm.startswith("HS"):
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        secret = load_pem_private_key(plan.jwt_secret.encode(), password=None)
     ws_kind = KINDS["engineio" if plan.ws_protocol == "engineio" else "websocket"]
     path = directory / "setup"
     with path.open("wb") as out:
         out.write(f"{plan.ws + plan.sse} {plan.port} {plan.concurrency} {plan.connect_timeout * 1000:.0f}".encode())
         out.write(f" {int(plan.greeting)}\n".encode())
-        for n in range(plan.ws + plan.sse):
-            user = plan.first_user + n
-            token = load._token(secret, user, plan.algorithm)
-            if n < plan.ws:
-                kind, request = ws_kind, load._ws_request(plan, token)
-            else:
-                kind, request = KINDS["sse"], load._sse_request(plan, token)
-            out.write(f"{kind} {load.source_address(user)} {len(request)}\n".encode() + request)
+        for kind, user, request in load.client_requests(plan):
+            code = ws_kind if kind == "websocket" else KINDS[kind]
+            out.write(f"{code} {load.source_address(user)} {len(request)}\n".encode() + request)
     return path
 
 

@@ -363,6 +363,20 @@ def _poll_request(plan: Plan, token: str) -> bytes:
     ).encode()
 
 
+def client_requests(plan: Plan) -> list[tuple[str, int, bytes]]:
+    """(kind, user, request) of every client of `plan`: WebSocket, then SSE, then long-polling,
+    one user each from `plan.first_user` on (the Python and the C clients send the same)."""
+    secret: Any = plan.jwt_secret
+    first, alg = plan.first_user, plan.algorithm
+    if not alg.startswith("HS"):  # a PEM private key: parsed once here, not by PyJWT per token
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        secret = load_pem_private_key(plan.jwt_secret.encode(), password=None)
+    build = [("websocket", _ws_request)] * plan.ws + [("sse", _sse_request)] * plan.sse
+    build += [("poll", _poll_request)] * plan.poll
+    return [(kind, first + n, make(plan, _token(secret, first + n, alg))) for n, (kind, make) in enumerate(build)]
+
+
 SOURCE_ADDRESSES = 50  # 127.0.0.2 to 127.0.0.51
 
 
@@ -393,17 +407,8 @@ class Load:
     async def connect(self) -> dict[str, Any]:
         plan = self.plan
         loop = asyncio.get_running_loop()
-        secret: Any = plan.jwt_secret
-        first, alg = plan.first_user, plan.algorithm
-        if not alg.startswith("HS"):  # a PEM private key: parsed once here, not by PyJWT per token
-            from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-            secret = load_pem_private_key(plan.jwt_secret.encode(), password=None)
-        first_user = first
-        requests = [("websocket", _ws_request(plan, _token(secret, first + i, alg))) for i in range(plan.ws)]
-        requests += [("sse", _sse_request(plan, _token(secret, first + plan.ws + i, alg))) for i in range(plan.sse)]
-        first += plan.ws + plan.sse
-        requests += [("poll", _poll_request(plan, _token(secret, first + i, alg))) for i in range(plan.poll)]
+        first_user = plan.first_user
+        requests = [(kind, request) for kind, _, request in client_requests(plan)]
         limit = asyncio.Semaphore(plan.concurrency)
 
         async def open_one(n: int, kind: str, request: bytes) -> None:
