@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown systems: {', '.join(unknown)}")
     args.systems = names
+    if args.client == "c" and args.poll:
+        parser.error("--client c has no long-polling clients: use --client python with --poll")
     return args
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import cload, load
+from bench.__main__ import parse_args
 
 CONNECTED = json.dumps({"type": "connected"}).encode()
 PONG_SEEN: list[bytes] = []
@@ -209,3 +210,10 @@ def test_nothing_listening_is_a_failure(tmp_path: Path) -> None:
             clients.close()
     assert (connected["opened"], connected["failed"]) == (0, 2)
     assert connected["failures"]["refused"] == 2
+
+
+def test_long_polling_clients_are_refused_up_front_with_c_clients(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--client", "c", "--poll", "10"])
+    assert "--client c has no long-polling clients" in capsys.readouterr().err
+    assert parse_args(["--client", "c"]).client == "c"
