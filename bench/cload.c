@@ -1,11 +1,11 @@
 /* A load process's clients in C: WebSocket (plain or Engine.IO) and SSE clients to one server,
- * recording what they receive, at a fraction of what the same clients cost in Python.
+ * recording what they receive, at about two thirds of what the same clients cost in Python.
  *
  * Why: at 25,000 connections and 10 events/s the Python load clients took as much of the two
- * cores as the server did (about 5 us of CPU per delivery, most of it in Python per read), so
+ * cores as the server did (4-5 us of CPU per delivery, most of it in Python per read), so
  * the point measured the machine, not the server. These clients do the same work (the same
  * requests, frames, pongs, SSE blocks and `"b":"<seq>:<sent us>"` marks as bench/load.py) with
- * one epoll loop and no allocation per read.
+ * one epoll loop and one shared read buffer.
  *
  * bench/cload.py builds this file with the system C compiler and drives it:
  *   cload SETUP      SETUP: a line `<clients> <port> <concurrency> <timeout ms> <greeting 0|1>`,

@@ -1,6 +1,6 @@
 """A load process whose clients run in C (`bench/cload.c`), for `--client c`.
 
-The Python clients of `bench.load` cost about 5 µs of CPU per delivery, most of it Python per
+The Python clients of `bench.load` cost 4–5 µs of CPU per delivery, most of it Python per
 read; at 25,000 connections and 10 events/s they took as much of the two cores as the server.
 These clients send the same requests (built here, by `bench.load`), answer the same pings and
 find the same marks, from one epoll loop in C, and answer the runner's commands (`connect`,

@@ -52,7 +52,7 @@ class Plan:
     algorithm: str = "HS256"  # RS256: jwt_secret is then the private key (PEM)
     track_heartbeats: bool = False  # record heartbeat arrival times and a histogram per event
     ws_protocol: str = "websocket"  # "engineio": Socket.IO's packets inside the WebSocket frames
-    client: str = "python"  # "c": the same clients in C (bench/cload.c), a fraction of the CPU
+    client: str = "python"  # "c": the same clients in C (bench/cload.c), two thirds of the CPU
 
 
 class Tracker:

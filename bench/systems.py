@@ -315,7 +315,7 @@ def add_client_option(parser: argparse.ArgumentParser) -> None:
         choices=("python", "c"),
         default="python",
         help="load clients: python (bench/load.py), or c (bench/cload.c: the same requests, pongs and marks "
-        "at a fraction of the CPU; WebSocket and SSE only, built with the system C compiler)",
+        "at about two thirds of the CPU; WebSocket and SSE only, built with the system C compiler)",
     )
 
 
