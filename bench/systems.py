@@ -401,7 +401,7 @@ class NaiveSystem(System):
     name = "naive"
 
     def start(self) -> None:
-        self._spawn([sys.executable, "-m", "bench.naive_server", "--port", str(self.port), "--secret", self.secret])
+        self._spawn([sys.executable, "-m", "bench.naive_server", "--port", str(self.port), f"--secret={self.secret}"])
         wait_for(self._listening, 30, "naive server")
 
     def publisher(self) -> Publisher:

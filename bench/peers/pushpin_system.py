@@ -183,6 +183,6 @@ class _Origin(System):
         self.port = port
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "bench.peers.grip_origin", "--port", str(self.port), "--secret", self.secret]
+        command = [sys.executable, "-m", "bench.peers.grip_origin", "--port", str(self.port), f"--secret={self.secret}"]
         self._spawn(command)
         wait_for(self._listening, 30, "pushpin's origin")

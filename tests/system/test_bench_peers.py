@@ -1,7 +1,7 @@
-"""The benchmark's peers (Socket.IO one process and two cluster workers, Pushpin, nginx+nchan):
-each starts, authenticates 20 clients of the bench's own load clients (Python, and the same in C),
-delivers one published event to every one of them, refuses a token signed with another key, and
-stops every process it started.
+"""The benchmark's peers (Socket.IO one process and two cluster workers, Pushpin, nginx+nchan, the
+naive Tornado server): each starts, authenticates 20 clients of the bench's own load clients
+(Python, and the same in C), delivers one published event to every one of them, refuses a token
+signed with another key, and stops every process it started.
 
 Needs `make bench-deps` (Pushpin and nchan from Debian, `npm ci` in bench/peers/socketio, a C
 compiler); run by `make test-bench`, not by `make test`. A missing dependency fails with that hint.
@@ -20,14 +20,17 @@ from bench import cload, load
 from bench.peers.pushpin_system import PushpinSystem
 from bench.peers.socketio_system import SocketIoSystem
 from bench.stats import Delivery
-from bench.systems import NchanSystem, System
+from bench.systems import NaiveSystem, NchanSystem, System
 
-SECRET = secrets.token_urlsafe(32)
+# A leading '-' as `token_urlsafe` gives one time in 64: a server taking it as `--secret VALUE`
+# read it as an option, and the peer did not start (CI, 2026-12-07).
+SECRET = "-" + secrets.token_urlsafe(32)
 PEERS: dict[str, Callable[[Path], System]] = {
     "socketio1": lambda workdir: SocketIoSystem(workdir, SECRET, workers=1),
     "socketio2": lambda workdir: SocketIoSystem(workdir, SECRET, workers=2),
     "pushpin1": lambda workdir: PushpinSystem(workdir, SECRET),
     "nchan1": lambda workdir: NchanSystem(workdir, SECRET, workers=1),
+    "naive": lambda workdir: NaiveSystem(workdir, SECRET),
 }
 
 
