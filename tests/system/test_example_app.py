@@ -64,7 +64,7 @@ def preview(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     out = tmp_path_factory.mktemp("example") / "dist"
     env = {**os.environ, "VITE_WS_URL": f"ws://127.0.0.1:{SERVICE_PORT}"}
     subprocess.run(
-        [str(VITE), "build", "--outDir", str(out), "--emptyOutDir", "--logLevel", "warn"],
+        [str(VITE), "build", "--outDir", str(out), "--emptyOutDir", "--logLevel", "warn", "--bypass-lock"],
         cwd=EXAMPLE,
         env=env,
         check=True,
@@ -82,6 +82,10 @@ def preview(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--strictPort",
             "--port",
             str(PREVIEW_PORT),
+            # Vite 8 refuses a second build or preview of one project while another runs, and
+            # pytest-xdist may set this module up on both workers (CI, 2026-12-07): each has its
+            # own outDir and port, so the lock guards nothing here.
+            "--bypass-lock",
         ],
         cwd=EXAMPLE,
         env=env,
