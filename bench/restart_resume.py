@@ -48,6 +48,7 @@ from bench.restart_storm import (
     UPGRADE_FAILED,
     Opened,
     Plan,
+    ReconnectingClient,
     percentile,
     report,
     run_loop,
@@ -57,12 +58,10 @@ from bench.restart_storm import (
     start_answering,
     stop_clients,
     upgrade,
-    user_token,
 )
 from bench.systems import cpu_seconds
 from harness.clients import read_frame
 from harness.processes import ROOT, SECRET, ServiceProcess
-from realtime_client.backoff import Backoff
 from service.core.errors import CloseCode
 from service.core.events import event_document
 from service.storage.mongo.embedded import EmbeddedMongo
@@ -70,14 +69,11 @@ from service.storage.mongo.embedded import EmbeddedMongo
 TRY_AGAIN_LATER = int(CloseCode.TRY_AGAIN_LATER)
 
 
-class Client:
+class Client(ReconnectingClient):
     """One WebSocket client that resumes from its last event after every drop."""
 
     def __init__(self, plan: Plan, user: int, rng: random.Random) -> None:
-        self.plan = plan
-        self.source = f"127.0.0.{2 + user % plan.sources}"
-        self.token = user_token(user)
-        self.backoff = Backoff(plan.policy.base, plan.policy.cap, plan.policy.stable, rng)
+        super().__init__(plan, user, rng)
         self.last_id: str | None = None
         self.numbers: list[int] = []  # `n` of every event received, in arrival order
         self.watch: int | None = None  # the first event written after the restart's answer

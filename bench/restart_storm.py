@@ -119,14 +119,22 @@ async def upgrade(port: int, source: str, query: str, *, limit: int = 1 << 16) -
 UPGRADE_FAILED = (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
 
 
-class Client:
-    """One reconnecting WebSocket client; records when each connection said `connected`."""
+class ReconnectingClient:
+    """What a restart bench's client is made of: its plan, its loopback source address, its
+    user's token and its reconnect backoff (the shipped policy's, jittered by `rng`)."""
 
     def __init__(self, plan: Plan, user: int, rng: random.Random) -> None:
         self.plan = plan
         self.source = f"127.0.0.{2 + user % plan.sources}"
         self.token = user_token(user)
         self.backoff = Backoff(plan.policy.base, plan.policy.cap, plan.policy.stable, rng)
+
+
+class Client(ReconnectingClient):
+    """One reconnecting WebSocket client; records when each connection said `connected`."""
+
+    def __init__(self, plan: Plan, user: int, rng: random.Random) -> None:
+        super().__init__(plan, user, rng)
         self.connected_at: list[float] = []
         self.failures = 0
 
