@@ -238,8 +238,9 @@ static void send_bytes(client_t *c, const char *data, size_t len) {
         (void)send(c->fd, data, len, MSG_NOSIGNAL); /* a short pong: the socket buffer has room */
 }
 
-static void masked_text(client_t *c, const char *payload, uint8_t len) {
-    char frame[6 + 125] = {(char)0x81, (char)(0x80 | len), 0, 0, 0, 0}; /* a zero key */
+/* A short client frame (final, `opcode`), masked with a zero key, which leaves the payload as it is. */
+static void masked_frame(client_t *c, uint8_t opcode, const char *payload, uint8_t len) {
+    char frame[6 + 125] = {(char)(0x80 | opcode), (char)(0x80 | len), 0, 0, 0, 0};
     memcpy(frame + 6, payload, len);
     send_bytes(c, frame, 6 + len);
 }
@@ -253,11 +254,11 @@ static void text_frame(client_t *c, const char *p, uint64_t len, int64_t now) {
     if (len >= 2 && p[0] == '4' && p[1] == '2')
         scan(c, p, p + len, now);
     else if (len >= 1 && p[0] == '2')
-        masked_text(c, "3", 1);
+        masked_frame(c, 0x1, "3", 1);
     else if (len >= 2 && p[0] == '4' && p[1] == '0')
         finish_handshake(c, 1);
     else if (len >= 1 && p[0] == '0')
-        masked_text(c, "40", 2);
+        masked_frame(c, 0x1, "40", 2);
     else if ((len >= 2 && p[0] == '4' && p[1] == '4') || (len >= 1 && p[0] == '1'))
         drop(c);
 }
@@ -290,9 +291,7 @@ static int64_t on_websocket(client_t *c, const unsigned char *buf, int64_t len, 
             if (c->state == DONE)
                 return -1;
         } else if (opcode == 0x9 && size < 126) {
-            char frame[6 + 125] = {(char)0x8A, (char)(0x80 | size), 0, 0, 0, 0};
-            memcpy(frame + 6, payload, size);
-            send_bytes(c, frame, 6 + size);
+            masked_frame(c, 0xA, payload, (uint8_t)size); /* the pong carries the ping's payload */
         } else if (opcode == 0x8) {
             drop(c);
             return -1;
