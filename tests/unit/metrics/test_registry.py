@@ -20,9 +20,12 @@ def test_sample_reads_gauges_and_histogram_series() -> None:
     metrics = Metrics()
     metrics.connections.labels("poll").inc()
     metrics.bus_lag.observe(0.02)
+    metrics.bus_lag.observe(0.0018)
     assert metrics.sample("realtime_connections", transport="poll") == 1
-    assert metrics.sample("realtime_bus_lag_seconds_count") == 1
-    assert metrics.sample("realtime_bus_lag_seconds_bucket", le="0.025") == 1
+    assert metrics.sample("realtime_bus_lag_seconds_count") == 2
+    assert metrics.sample("realtime_bus_lag_seconds_bucket", le="0.0015") == 0
+    assert metrics.sample("realtime_bus_lag_seconds_bucket", le="0.002") == 1
+    assert metrics.sample("realtime_bus_lag_seconds_bucket", le="0.025") == 2
 
 
 def test_sample_of_a_name_not_exported_is_an_error_not_zero() -> None:
