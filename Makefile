@@ -42,7 +42,8 @@ test: $(VENV)/.dev system-deps web test-example openapi-gen
 FAULT_TESTS := tests/system/faults/test_faults.py tests/system/faults/test_stalls.py tests/system/faults/test_embedded_faults.py tests/system/faults/test_replay_storm.py tests/system/faults/test_restart_resume.py
 
 # The benchmark's peers need make bench-deps (Pushpin, nchan, npm packages): their own target, make test-bench
-BENCH_TESTS := tests/system/test_bench_peers.py tests/system/test_bench_scale.py tests/system/test_bench_cload.py
+BENCH_TESTS := tests/system/test_bench_peers.py tests/system/test_bench_scale.py tests/system/test_bench_cload.py \
+	tests/system/test_bench_bus_lag.py
 
 # Two pytest-xdist workers: the suite mostly waits on processes it started (SecantusDB, services,
 # Chromium), so two share two cores well (11:01 serial against 6:23 on this 2-core machine).

@@ -7,7 +7,8 @@ events straight into `events` (the bench's `MongoPublisher`, another process's t
 
 - `bus`: `realtime_bus_lag_seconds` from `/metrics` (the difference of two scrapes), p50/p99 as
   Prometheus' `histogram_quantile` reads them: linear inside a bucket, so only as fine as the
-  buckets (1, 2.5, 5 ms near the target);
+  buckets (0.5–1 ms steps up to 5 ms), and `bus_within_2ms`, the share at or under 2 ms, exact
+  (`le="0.002"` is an edge);
 - `e2e`: insert → the client's receipt, stamped exactly: the publisher writes its clock into
   the event (`b`) just before `insert_one`, the client reads the same clock on arrival;
 - `store`: insert → a bare PyMongo change stream in this process has it (the same store, no
@@ -20,7 +21,9 @@ events straight into `events` (the bench's `MongoPublisher`, another process's t
 
 Before the phases: idle CPU of the service and of the store over `--idle` seconds with no event,
 and before all that `store_round_trips`: `ping` and `insert_one` timed alone against the same store
-(`--round-trips`, 200 each), the floor under any hop.
+(`--round-trips`, 200 each), the floor under any hop, and `hop`, the whole hop with no service
+and no thread: insert → a waiting change stream of the same asyncio loop has it, one event every
+10 ms (as many).
 `--old DIR` runs another checkout first against the same store (`git worktree add /tmp/old main`).
 
     python -m bench.bus_lag --duration 30
@@ -33,6 +36,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
+import sys
 import tempfile
 import time
 import urllib.request
@@ -85,6 +90,13 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     return lower
 
 
+def within(buckets: dict[float, float], bound: float) -> float | None:
+    """The share of observations at or under `bound`, one of the histogram's edges (exact, not
+    interpolated); None without observations."""
+    total = buckets.get(float("inf"), 0.0)
+    return buckets[bound] / total if total > 0 and bound in buckets else None
+
+
 def quantile(samples: list[float], q: float) -> float | None:
     if not samples:
         return None
@@ -109,6 +121,7 @@ class Phase:
     expected: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # the client has every event
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds for its events
+    within_2ms: float | None = None  # share of the bus-lag observations at or under 2 ms (le="0.002")
 
     def report(self) -> dict[str, Any]:
         received = set(self.seqs)
@@ -116,6 +129,7 @@ class Phase:
             "events": self.events,
             "bus_p50_ms": ms(self.bus.get("p50")),
             "bus_p99_ms": ms(self.bus.get("p99")),
+            "bus_within_2ms": None if self.within_2ms is None else round(self.within_2ms, 4),
             "e2e_p50_ms": ms(quantile(self.e2e, 0.5)),
             "e2e_p99_ms": ms(quantile(self.e2e, 0.99)),
             "e2e_max_ms": ms(max(self.e2e, default=None)),
@@ -215,6 +229,7 @@ async def run_phases(
                 after = scrape(system.port)
                 delta = {bound: after.get(bound, 0.0) - before.get(bound, 0.0) for bound in after}
                 phase.bus = {"p50": histogram_quantile(0.5, delta), "p99": histogram_quantile(0.99, delta)}
+                phase.within_2ms = within(delta, 0.002)
         finally:
             publisher.close()
             for task in tasks:
@@ -248,6 +263,35 @@ def round_trips(uri: str, count: int) -> dict[str, float | None]:
         return out
     finally:
         client.close()
+
+
+async def hop_floor(uri: str, count: int, gap: float = 0.01) -> dict[str, float | None]:
+    """The store's and the driver's floor for the whole hop, with no service and no thread: one
+    asyncio loop keeps a change stream's getMore waiting, as the service's bus does, and inserts
+    one event every `gap` s; insert call → the stream has it, p50/p99 ms."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+    try:
+        events = client["bus_lag_floor"]["events"]
+        hops: list[float] = []
+        sent: dict[int, float] = {}
+        async with await events.watch([{"$match": {"operationType": "insert"}}]) as stream:
+
+            async def read() -> None:
+                while len(hops) < count:
+                    change = await stream.try_next()
+                    if change is not None:
+                        hops.append(time.perf_counter() - sent[change["fullDocument"]["n"]])
+
+            reader = asyncio.create_task(read())
+            for n in range(count):
+                await asyncio.sleep(gap)
+                sent[n] = time.perf_counter()
+                await events.insert_one({"n": n})
+            await asyncio.wait_for(reader, 10)
+        await client.drop_database("bus_lag_floor")
+        return {"hop_p50_ms": ms(quantile(hops, 0.5)), "hop_p99_ms": ms(quantile(hops, 0.99))}
+    finally:
+        await client.close()
 
 
 def idle_cpu(pids: list[int], seconds: float) -> float:
@@ -304,10 +348,14 @@ def main() -> None:
     )
     parser.add_argument("--old", type=Path, help="another checkout measured first, against the same store")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the service and store stop
     results: dict[str, Any] = {}
     with store(args.memory) as mongo:
         if args.round_trips:
-            results["store_round_trips"] = round_trips(mongo.uri, args.round_trips)
+            results["store_round_trips"] = {
+                **round_trips(mongo.uri, args.round_trips),
+                **asyncio.run(hop_floor(mongo.uri, args.round_trips)),
+            }
         if args.old:
             results["old"] = measure(args.old.resolve(), mongo, args)
         results["new"] = measure(ROOT, mongo, args)
