@@ -100,7 +100,7 @@ bench-deps:
 	@test -n "$(NPM)" || { echo "npm is required for bench/peers/socketio (install Node.js 20)"; exit 1; }
 	cd bench/peers/socketio && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; }
 
-## test-bench: each benchmark peer (Socket.IO, Pushpin, nchan, the naive server) with 20 clients in Python and in C that all get an event, the scaling run at a tiny size, the C clients against a scripted server (~2 min)
+## test-bench: each benchmark peer (Socket.IO, Pushpin, nchan, the naive server) with 20 clients in Python and in C that all get an event, the scaling run at a tiny size, the C clients against a scripted server, a short bus-hop run (~2 min)
 test-bench: $(VENV)/.dev bench-deps
 	$(PY) -m pytest $(BENCH_TESTS)
 

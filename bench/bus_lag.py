@@ -23,7 +23,8 @@ Before the phases: idle CPU of the service and of the store over `--idle` second
 and before all that `store_round_trips`: `ping` and `insert_one` timed alone against the same store
 (`--round-trips`, 200 each), the floor under any hop, and `hop`, the whole hop with no service
 and no thread: insert → a waiting change stream of the same asyncio loop has it, one event every
-10 ms (as many).
+`--floor-gap` s (10 ms; as many). The gap matters: after a second of idle the same hop is slower
+(threads and caches gone cold), so compare the 1/s phase with `--floor-gap 1`.
 `--old DIR` runs another checkout first against the same store (`git worktree add /tmp/old main`).
 
     python -m bench.bus_lag --duration 30
@@ -346,6 +347,9 @@ def main() -> None:
     parser.add_argument(
         "--round-trips", type=int, default=200, help="ping and insert_one round trips timed first (0: none)"
     )
+    parser.add_argument(
+        "--floor-gap", type=float, default=0.01, help="seconds between the hop floor's inserts (1: as at 1 event/s)"
+    )
     parser.add_argument("--old", type=Path, help="another checkout measured first, against the same store")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the service and store stop
@@ -354,7 +358,7 @@ def main() -> None:
         if args.round_trips:
             results["store_round_trips"] = {
                 **round_trips(mongo.uri, args.round_trips),
-                **asyncio.run(hop_floor(mongo.uri, args.round_trips)),
+                **asyncio.run(hop_floor(mongo.uri, args.round_trips, args.floor_gap)),
             }
         if args.old:
             results["old"] = measure(args.old.resolve(), mongo, args)
