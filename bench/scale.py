@@ -251,6 +251,7 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     pids, load_pids = system.server_pids(), clients.pids()
     cpu_before, load_before, busy_before = cpu_seconds(pids), cpu_seconds(load_pids), machine_busy_seconds()
     batches_before, gc_before = batch_histogram(system), gc_histograms(system)
+    lag_before = bus_lag_histogram(system)
     started = time.monotonic()
     try:
         for i in range(count):
@@ -307,7 +308,16 @@ def publish_phase(system: System, clients: Clients, first_seq: int, rate: float,
     pauses = gc_pauses(gc_before, gc_histograms(system))
     if pauses is not None:
         result["gc"] = pauses
+    lag_after = bus_lag_histogram(system)
+    if lag_after is not None:
+        # The store's share of the latency: insert → the service's change stream, by its clock.
+        result["bus_lag"] = histogram_change(lag_before or {}, lag_after)
     return result
+
+
+def bus_lag_histogram(system: System) -> dict[str, float] | None:
+    """The service's `realtime_bus_lag_seconds` now; None for a peer (see `histogram_samples`)."""
+    return histogram_samples(scrape(system), "realtime_bus_lag_seconds")
 
 
 def slowest_by_third(deliveries: Iterable[Delivery], first_seq: int, count: int) -> list[float]:
@@ -444,13 +454,14 @@ def service_latencies(system: System) -> dict[str, dict[str, float]]:
 
 def histogram_change(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """What a histogram gained between two readings: count, mean (ms) and the smallest bucket
-    bound (ms) that 99 % stayed under (None past the largest)."""
+    bounds (ms) that half and 99 % stayed under (None past the largest)."""
     diff = histogram_diff(before, after)
     count = diff.get("count", 0.0)
-    p99 = smallest_bound(diff, 0.99) if count else None
+    p50, p99 = (smallest_bound(diff, share) if count else None for share in (0.5, 0.99))
     return {
         "count": int(count),
         "mean_ms": round(diff.get("sum", 0.0) / count * 1000, 1) if count else None,
+        "p50_le_ms": round(p50 * 1000, 1) if p50 is not None else None,
         "p99_le_ms": round(p99 * 1000, 1) if p99 is not None else None,
     }
 
