@@ -98,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=180.0,
+        help="with presence on, wait at most this long for every client's join to be written before "
+        "the idle measurement and the phases (0: do not wait)",
+    )
+    parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
         help=f"any of {','.join(SYSTEMS)} (service-nopresence: the service with PRESENCE=0; socketio: "
@@ -364,6 +371,11 @@ def run_point(system: System, size: int, args: argparse.Namespace, secret: str) 
         connect_gc = gc_pauses(gc_before, gc_histograms(system))
         if connect_gc is not None:
             connect["gc"] = connect_gc
+        joins = presence_settled(system, connect["opened"], args.settle)
+        if joins is not None:
+            connect["presence"] = joins
+            if joins["settled_s"] is None:
+                say(f"{system.name} {size}: joins not all written after {args.settle:g} s; measuring anyway")
         pids = system.server_pids()
         idle_rss = rss_bytes(pids)
         cpu_before, wall = cpu_seconds(pids), time.monotonic()
@@ -394,6 +406,33 @@ def run_point(system: System, size: int, args: argparse.Namespace, secret: str) 
         if clients is not None:
             clients.close()
         system.stop()
+
+
+def presence_settled(system: System, users: int, limit: float) -> dict[str, Any] | None:
+    """With presence on (every client a new user), wait until the service counts `users` online
+    (`realtime_presence_users`, read at its sweeps: every user's document written, and with it
+    the chunk's `presence_joined` events), for at most `limit` s: steady state, not the tail of
+    the connect storm, is what the idle and publish measurements are for. How long it took
+    (None: not within `limit`); None for a peer, `PRESENCE=0` or `limit` 0."""
+    if not isinstance(system, ServiceSystem) or system.extra_env.get("PRESENCE") == "0" or limit <= 0:
+        return None
+    started = time.monotonic()
+    while True:
+        online = gauge_value(scrape(system), "realtime_presence_users")
+        waited = time.monotonic() - started
+        if online is not None and online >= users:
+            return {"users": users, "settled_s": round(waited, 1)}
+        if waited >= limit:
+            return {"users": users, "settled_s": None, "online": online}
+        time.sleep(0.5)
+
+
+def gauge_value(text: str | None, name: str) -> float | None:
+    """An unlabelled gauge's value in a scrape; None when it is not there."""
+    for line in (text or "").splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 T = TypeVar("T")

@@ -55,6 +55,10 @@ def test_a_point_says_where_the_machines_cores_went(tmp_path: Path) -> None:
     assert cores["server"] + cores["load"] <= cores["machine"] + 0.1
     assert cores["machine"] <= cores["of"] + 0.1
     assert held(point)
+    # Presence is on and every client is a new user: the idle and publish measurements began
+    # once the service counted all 400 online.
+    joins = point["connect"]["presence"]
+    assert joins["users"] == 400 and joins["settled_s"] is not None
     # The store's share, by the service's clock: every event passed the change stream (and a
     # presence event or two may have), each within the histogram's bounds.
     lag = phase["bus_lag"]
