@@ -355,8 +355,11 @@ def room_for(connections: int, longest: float = 150.0) -> None:
         time.sleep(5)
 
 
-def run_point(system: System, size: int, args: argparse.Namespace, secret: str) -> dict[str, Any]:
-    """One system at one size: connect, idle memory and CPU, then each event rate."""
+def run_point(
+    system: System, size: int, args: argparse.Namespace, secret: str, store_pid: int | None = None
+) -> dict[str, Any]:
+    """One system at one size: connect, idle memory and CPU, then each event rate. `store_pid`:
+    the service's MongoDB, which a point with presence on waits to see quiet (`presence_settled`)."""
     room_for(size)
     say(f"{system.name} {size}: starting")
     system.start()
@@ -371,7 +374,7 @@ def run_point(system: System, size: int, args: argparse.Namespace, secret: str) 
         connect_gc = gc_pauses(gc_before, gc_histograms(system))
         if connect_gc is not None:
             connect["gc"] = connect_gc
-        joins = presence_settled(system, connect["opened"], args.settle)
+        joins = presence_settled(system, connect["opened"], args.settle, store_pid)
         if joins is not None:
             connect["presence"] = joins
             if joins["settled_s"] is None:
@@ -408,23 +411,36 @@ def run_point(system: System, size: int, args: argparse.Namespace, secret: str) 
         system.stop()
 
 
-def presence_settled(system: System, users: int, limit: float) -> dict[str, Any] | None:
-    """With presence on (every client a new user), wait until the service counts `users` online
-    (`realtime_presence_users`, read at its sweeps: every user's document written, and with it
-    the chunk's `presence_joined` events), for at most `limit` s: steady state, not the tail of
-    the connect storm, is what the idle and publish measurements are for. How long it took
-    (None: not within `limit`); None for a peer, `PRESENCE=0` or `limit` 0."""
+def presence_settled(system: System, users: int, limit: float, store_pid: int | None = None) -> dict[str, Any] | None:
+    """With presence on (every client a new user), wait for the steady state the idle and publish
+    measurements are for, not the tail of N joins: until the service counts `users` online
+    (`realtime_presence_users`, read at its sweeps: `counted_s`) and then, with `store_pid`, until
+    the store is quiet (under 5 % of a core over 2 s: each process's own presence documents are
+    written after the joins), for at most `limit` s. How long it took (`settled_s`, None: not within
+    `limit`); None for a peer, `PRESENCE=0` or `limit` 0."""
     if not isinstance(system, ServiceSystem) or system.extra_env.get("PRESENCE") == "0" or limit <= 0:
         return None
     started = time.monotonic()
+    counted: float | None = None
+    online: float | None = None
     while True:
-        online = gauge_value(scrape(system), "realtime_presence_users")
-        waited = time.monotonic() - started
-        if online is not None and online >= users:
-            return {"users": users, "settled_s": round(waited, 1)}
-        if waited >= limit:
-            return {"users": users, "settled_s": None, "online": online}
-        time.sleep(0.5)
+        if counted is None:
+            online = gauge_value(scrape(system), "realtime_presence_users")
+            if online is not None and online >= users:
+                counted = round(time.monotonic() - started, 1)
+        if counted is not None and (store_pid is None or quiet(store_pid)):
+            return {"users": users, "counted_s": counted, "settled_s": round(time.monotonic() - started, 1)}
+        if time.monotonic() - started >= limit:
+            return {"users": users, "counted_s": counted, "settled_s": None, "online": online}
+        if counted is None:
+            time.sleep(0.5)
+
+
+def quiet(pid: int, window: float = 2.0, share: float = 0.05) -> bool:
+    """Whether a process used under `share` of a core over the next `window` s."""
+    before = cpu_seconds([pid])
+    time.sleep(window)
+    return cpu_seconds([pid]) - before < share * window
 
 
 def gauge_value(text: str | None, name: str) -> float | None:
@@ -888,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     system = make_system(name, workdir, secret, processes_for(size), mongo_uri, args.events)
                     try:
-                        point = run_point(system, size, args, secret)
+                        point = run_point(system, size, args, secret, mongo.pid)
                     except Exception as exc:  # a size that cannot be held is a result too
                         say(f"{name} {size} failed: {exc!r}")
                         document.setdefault("failures", []).append({"system": label, "size": size, "error": repr(exc)})

@@ -56,9 +56,11 @@ def test_a_point_says_where_the_machines_cores_went(tmp_path: Path) -> None:
     assert cores["machine"] <= cores["of"] + 0.1
     assert held(point)
     # Presence is on and every client is a new user: the idle and publish measurements began
-    # once the service counted all 400 online.
+    # once the service counted all 400 online and then the store was quiet.
     joins = point["connect"]["presence"]
-    assert joins["users"] == 400 and joins["settled_s"] is not None
+    assert joins["users"] == 400
+    assert joins["counted_s"] is not None and joins["settled_s"] is not None
+    assert joins["counted_s"] <= joins["settled_s"]
     # The store's share, by the service's clock: every event passed the change stream (and a
     # presence event or two may have), each within the histogram's bounds.
     lag = phase["bus_lag"]
