@@ -101,8 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--settle",
         type=float,
         default=180.0,
-        help="with presence on, wait at most this long for every client's join to be written before "
-        "the idle measurement and the phases (0: do not wait)",
+        help="with presence on, wait at most this long for every client's join to be written and the "
+        "store to go quiet before the idle measurement and the phases (0: do not wait)",
     )
     parser.add_argument(
         "--systems",
