@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import signal
 import socket
@@ -25,7 +24,6 @@ from harness.clients import Condition
 from service.storage.mongo.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 NOFILE_LIMIT = 20_000  # open files per process on this machine (the hard limit; setrlimit above it fails)
 USER_NAME = "محمد حسن"
@@ -70,28 +68,6 @@ def machine_busy_seconds() -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
     return (sum(fields) - fields[3] - fields[4]) / ticks
-
-
-def unclaimed_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free now and below the kernel's ephemeral range, for a server started later.
-
-    `free_port` hands out a port from that range, which the kernel also gives every outgoing
-    connection as its source port: between the check and the server's bind, one can take it
-    (Pushpin's handler once failed to bind one of its five, while its own parts connected to
-    each other). Nothing takes a port below the range unasked, so one free now stays free."""
-    try:
-        low = int(EPHEMERAL_RANGE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 10_000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue  # someone listens there (or just did)
-            return port
-    return free_port(host)
 
 
 def wait_for(condition: Condition, seconds: float, what: str) -> None:
@@ -273,7 +249,7 @@ class System:
     def __init__(self, workdir: Path, secret: str) -> None:
         self.workdir = workdir
         self.secret = secret
-        self.port = unclaimed_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

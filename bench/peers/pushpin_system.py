@@ -23,9 +23,9 @@ from bench.systems import (
     raise_open_files,
     stop_pid,
     stop_process,
-    unclaimed_port,
     wait_for,
 )
+from service.storage.mongo.embedded import free_port
 
 INTERNAL_CONF = Path("/usr/lib/pushpin/internal.conf")
 
@@ -83,8 +83,8 @@ class PushpinSystem(System):
     def __init__(self, workdir: Path, secret: str) -> None:
         super().__init__(workdir, secret)
         self.name = "pushpin1"
-        self.publish_port = unclaimed_port()
-        self.origin_port = unclaimed_port()
+        self.publish_port = free_port()
+        self.origin_port = free_port()
         self.origin: System | None = None
         self._services: list[tuple[int, str]] = []
 
@@ -104,10 +104,10 @@ class PushpinSystem(System):
                 home=home,
                 port=self.port,
                 maxconn=50_000,
-                pull_port=unclaimed_port(),
-                sub_port=unclaimed_port(),
+                pull_port=free_port(),
+                sub_port=free_port(),
                 publish_port=self.publish_port,
-                command_port=unclaimed_port(),
+                command_port=free_port(),
             )
         )
         self.origin = _Origin(self.workdir, self.secret, self.origin_port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,7 +16,7 @@ import pytest
 from harness.processes import ROOT, SECRET, ServiceProcess, as_service, children_of, pid_alive, running, wait_until
 from service.app.auth import issue_token
 from service.core.config import load_settings
-from service.storage.mongo.embedded import EmbeddedMongo, free_port, server_command
+from service.storage.mongo.embedded import EPHEMERAL_RANGE, EmbeddedMongo, free_port, server_command
 
 
 def dev_token(data_dir: Path, sub: int | str = 1, name: str = "محمد حسن") -> str:
@@ -245,3 +246,16 @@ def test_cli_tail_prints_events_as_json_lines(tmp_path: Path, transport: str) ->
         lines = [json.loads(line) for line in out.splitlines()]
         assert [(m["type"], m["n"], m["text"]) for m in lines] == [("note", 1, "مرحبا"), ("note", 2, "مرحبا")]
         assert tail.returncode == 0
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
+    """Pushpin once failed to bind one of its ports (CI, 2026-12-07): a port of the ephemeral
+    range, which an outgoing connection can take before the server binds it. `free_port`, which
+    the embedded store, the tests' servers and the bench's take theirs from, draws below it."""
+    low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= port < low for port in ports)
+    assert len(ports) > 1  # drawn at random, not one fixed port
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
