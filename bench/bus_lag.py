@@ -50,7 +50,7 @@ from typing import Any
 from pymongo import AsyncMongoClient, MongoClient
 from websockets.asyncio.client import connect
 
-from bench.systems import HttpPublisher, MongoPublisher, Publisher, ServiceSystem, cpu_seconds
+from bench.systems import HttpPublisher, MongoPublisher, Publisher, ServiceSystem, cpu_rate, cpu_seconds
 from harness.processes import ROOT, SECRET
 from service.app.auth import issue_token
 from service.core.config import Settings
@@ -295,15 +295,6 @@ async def hop_floor(uri: str, count: int, gap: float = 0.01) -> dict[str, float 
         await client.close()
 
 
-def idle_cpu(pids: list[int], seconds: float) -> float:
-    """CPU seconds those processes used per second of wall time while nothing was published."""
-    if seconds <= 0:
-        return 0.0
-    before = cpu_seconds(pids)
-    time.sleep(seconds)
-    return round((cpu_seconds(pids) - before) / seconds, 4)
-
-
 @contextlib.contextmanager
 def store(memory: bool) -> Iterator[EmbeddedMongo]:
     """The embedded SecantusDB as the service starts it (data directory, `--sync-on-commit`)."""
@@ -323,7 +314,8 @@ def measure(checkout: Path, mongo: EmbeddedMongo, args: argparse.Namespace) -> d
         try:
             assert mongo.pid is not None
             pids = {"service": system.server_pids(), "store": [mongo.pid]}
-            rates = {name: idle_cpu(group, args.idle) for name, group in pids.items()}
+            # CPU seconds per second of wall time while nothing is published
+            rates = {name: round(cpu_rate(group, args.idle), 4) for name, group in pids.items()}
             phases = asyncio.run(run_phases(system, args.rates, args.duration, args.burst, args.publish, pids, rates))
         finally:
             system.stop()

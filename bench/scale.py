@@ -57,6 +57,7 @@ from bench.systems import (
     System,
     add_client_option,
     add_events_option,
+    cpu_rate,
     cpu_seconds,
     machine_busy_seconds,
     rss_bytes,
@@ -381,9 +382,7 @@ def run_point(
                 say(f"{system.name} {size}: joins not all written after {args.settle:g} s; measuring anyway")
         pids = system.server_pids()
         idle_rss = rss_bytes(pids)
-        cpu_before, wall = cpu_seconds(pids), time.monotonic()
-        time.sleep(args.idle)
-        idle_cpu = (cpu_seconds(pids) - cpu_before) / (time.monotonic() - wall)
+        idle_cpu = cpu_rate(pids, args.idle)
         point: dict[str, Any] = {
             "size": size,
             "workers": system.workers,
@@ -438,9 +437,7 @@ def presence_settled(system: System, users: int, limit: float, store_pid: int | 
 
 def quiet(pid: int, window: float = 2.0, share: float = 0.05) -> bool:
     """Whether a process used under `share` of a core over the next `window` s."""
-    before = cpu_seconds([pid])
-    time.sleep(window)
-    return cpu_seconds([pid]) - before < share * window
+    return cpu_rate([pid], window) < share
 
 
 def gauge_value(text: str | None, name: str) -> float | None:

@@ -62,6 +62,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def cpu_rate(pids: list[int], seconds: float) -> float:
+    """Cores those processes used on average over the next `seconds` (sleeps that long; 0 for 0)."""
+    if seconds <= 0:
+        return 0.0
+    before = cpu_seconds(pids)
+    time.sleep(seconds)
+    return (cpu_seconds(pids) - before) / seconds
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every core of the machine has spent busy so far: all of /proc/stat's first
     line but idle and iowait (user, system, interrupts and softirq included, whoever ran)."""
