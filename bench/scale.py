@@ -141,14 +141,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-connect", action="store_true", help="skip the connect-rate runs")
     parser.add_argument("--no-heartbeat", action="store_true", help="skip the heartbeat run")
     parser.add_argument("--deadline", type=float, default=0, help="start no new point after this many seconds")
-    parser.add_argument("--out", type=Path, default=HERE / "scale-latest.json")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "scale.png")
-    parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the JSON (default: bench/scale-latest.json; with --no-readme, bench/results/scale-<UTC time>.json)",
+    )
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="the plot (default: docs/scale.png; with --no-readme, none)"
+    )
+    parser.add_argument(
+        "--no-readme",
+        action="store_true",
+        help="a side run: leave the curve's files alone (bench/README.md's tables, docs/scale.png, "
+        "bench/scale-latest.json)",
+    )
     parser.add_argument(
         "--files-per-process", type=int, default=FILES_PER_PROCESS, help="connections per worker / load process"
     )
     parser.add_argument("--render", type=Path, default=None, help="only redo the table and plot from this JSON")
     args = parser.parse_args(argv)
+    if args.out is None:
+        stamp = time.strftime("%Y-%m-%d-%H%M%S", time.gmtime())
+        args.out = HERE / "results" / f"scale-{stamp}.json" if args.no_readme else HERE / "scale-latest.json"
+    if args.plot is None and not args.no_readme:
+        args.plot = ROOT / "docs" / "scale.png"
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
 
@@ -616,6 +633,7 @@ def heartbeat_run(size: int, args: argparse.Namespace, workdir: Path, secret: st
 
 
 def save(document: dict[str, Any], args: argparse.Namespace) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -810,7 +828,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
 def render(document: dict[str, Any], args: argparse.Namespace) -> None:
     markdown = table(document)
     print(markdown)
-    if document["points"]:
+    if document["points"] and args.plot is not None:
         plot(document, args.plot)
     if not args.no_readme:
         write_readme(markdown, document["command"])
@@ -926,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
             document["seconds"] = round(time.monotonic() - began, 1)
             save(document, args)
             render(document, args)
+            say(f"JSON: {args.out}" + (f", plot: {args.plot}" if args.plot is not None else ""))
     return 0
 
 
