@@ -120,6 +120,7 @@ def _plans(system: System, args: argparse.Namespace, secret: str, **extra: Any) 
             "first_user": user,
             "jwt_secret": secret,
             "greeting": system.greeting,
+            "concurrency": system.connect_concurrency,
         }
         plans.append(load.Plan(**(fields | extra)))
         user += ws + sse + poll

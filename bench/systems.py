@@ -254,6 +254,7 @@ class System:
     ws_protocol = "websocket"  # or "engineio": Socket.IO's framing inside the WebSocket frames
     greeting = True  # sends `connected` after authenticating
     workers = 1
+    connect_concurrency = 100  # handshakes each load process keeps in flight while connecting
 
     def __init__(self, workdir: Path, secret: str) -> None:
         self.workdir = workdir

@@ -79,6 +79,12 @@ class PushpinSystem(System):
 
     ws_path = "/ws"
     sse_path = "/events"
+    # With 100 handshakes in flight per load process, Pushpin answered 0.5-7 % of them `502`
+    # ("Error while proxying to origin") although its origin answered every one; with 50, none
+    # in 8 bursts of 1,000 and 10,000 (2026-12-08). Its issue "1% of traffic receives 502"
+    # (fastly/pushpin) reports the same under load. Each failed handshake would end the scaling
+    # run's Pushpin column at its first size, so it gets the in-flight count it takes.
+    connect_concurrency = 50
 
     def __init__(self, workdir: Path, secret: str) -> None:
         super().__init__(workdir, secret)

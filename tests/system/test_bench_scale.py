@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from bench.__main__ import gc_pauses, histogram_samples
+from bench.__main__ import _plans, gc_pauses, histogram_samples
+from bench.peers.pushpin_system import PushpinSystem
 from bench.scale import LABELS, SYSTEMS, held, histogram_change, make_system, parse_args, table
-from bench.systems import ServiceSystem
+from bench.systems import NchanSystem, ServiceSystem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,3 +209,26 @@ def test_gc_pauses_between_two_scrapes_give_count_seconds_and_the_longest_bucket
         "p50_le_ms": None,
         "p99_le_ms": None,
     }
+
+
+def test_a_side_run_leaves_the_curves_files_alone() -> None:
+    """`--no-readme` is a side run: the README's tables, the plot and the curve's JSON stay the
+    last full run's (a side run once redrew docs/scale.png with its one point)."""
+    curve = parse_args([])
+    assert (curve.out, curve.plot) == (ROOT / "bench" / "scale-latest.json", ROOT / "docs" / "scale.png")
+    side = parse_args(["--no-readme"])
+    assert side.plot is None
+    assert side.out.parent == ROOT / "bench" / "results" and side.out.name.startswith("scale-")
+    chosen = parse_args(["--no-readme", "--out", "a.json", "--plot", "a.png"])
+    assert (chosen.out, chosen.plot) == (Path("a.json"), Path("a.png"))
+
+
+def test_each_system_gets_its_own_handshakes_in_flight(tmp_path: Path) -> None:
+    """Pushpin answers some handshakes 502 with 100 in flight (bench/README, "What runs"): its
+    load processes keep 50 in flight, every other system's 100."""
+    args = parse_args(["--sizes", "1000"])
+    args.procs, args.ws, args.sse, args.poll = 2, 500, 500, 0
+    pushpin = PushpinSystem(tmp_path, "secret")
+    nchan = NchanSystem(tmp_path, "secret", workers=1)
+    assert {plan.concurrency for plan in _plans(pushpin, args, "secret")} == {50}
+    assert {plan.concurrency for plan in _plans(nchan, args, "secret")} == {100}
