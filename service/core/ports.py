@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from service.core.events import Change, Position, ResumeToken
@@ -225,6 +225,10 @@ class PresenceStore(Protocol):
     async def presence_stale(self, before: datetime) -> list[Record]: ...
 
     async def presence_claim_stale(self, doc_id: str, seen_at: datetime) -> bool: ...
+
+    async def presence_claim_backstop(self, now: datetime, every: timedelta) -> bool:
+        """Whether this process runs the fleet's periodic orphan backstop now (one process per
+        `every`, fleet-wide)."""
 
     async def presence_mark_orphans(self, now: datetime) -> None: ...
 

@@ -17,6 +17,8 @@ state lives in MongoDB, so every replica answers `GET /api/presence` the same:
   `leavingSince`). It is the damped, fleet-wide view that the events describe.
 - `presence_joins`: one document per chunk of new users whose `presence_joined` events are
   not all written yet (see arrive); empty but for a moment, unless a process died mid-chunk.
+- `presence_fleet`: when the fleet's orphan backstop last ran (ORPHAN_HEARTBEATS), so that one
+  process runs it, not each.
 
 Transitions and their events (inserted into `events`, so they travel the one change stream
 like every event: ordered, with ids, resumable, filterable with `events=`):
@@ -93,7 +95,10 @@ LOST_CHECK_BEATS = 20  # every this many beats (two per heartbeat), look for use
 # claimed a dead process (one that died between a user's join and its own document leaves
 # them), and every ORPHAN_HEARTBEATS heartbeats as a backstop. The read covers every user
 # (two `distinct`s: 0.19-0.27 s of the embedded store's lock at 5,000 users); it ran every 20 sweeps
-# of every process, every 50 s with the default 5 s grace.
+# of every process, every 50 s with the default 5 s grace. The backstop runs once per fleet, by
+# whichever process asks first once ORPHAN_HEARTBEATS heartbeats have passed: run by every
+# process, at 50,000 users on 4 workers it stalled every worker's change stream for seconds every
+# ~40 s (1.3 s of `distinct`s and 0.5 s of count each time; paging them did not help).
 ORPHAN_HEARTBEATS = 10
 # Users per `presence_arrive_many`. SecantusDB holds its storage lock through each command, so
 # the change stream's next round trip waits for the whole of one: 1,000 users per call (a
@@ -286,10 +291,10 @@ class Presence:
             now = time.monotonic()
             if now - last_sweep >= self.sweep_seconds:
                 last_sweep = now
-                orphans = now - last_orphans >= ORPHAN_HEARTBEATS * self.heartbeat_seconds
-                if orphans:
+                backstop = now - last_orphans >= ORPHAN_HEARTBEATS * self.heartbeat_seconds
+                if backstop:
                     last_orphans = now
-                await self._attempt(functools.partial(self._sweep, orphans=orphans))
+                await self._attempt(functools.partial(self._sweep, backstop=backstop))
 
     async def _attempt(self, step: Callable[[], Awaitable[None]], *, back_off: bool = True) -> None:
         """Run one step within STEP_TIMEOUT_SECONDS; a failure is logged and retried (every
@@ -487,8 +492,14 @@ class Presence:
                         self._arrivals[user_id] = self._names[user_id]
             self._look_for_lost = False
 
-    async def _sweep(self, *, orphans: bool = False) -> None:
-        """Remove dead processes' users, end graces that ran out, update the gauge."""
+    async def _sweep(self, *, orphans: bool = False, backstop: bool = False) -> None:
+        """Remove dead processes' users, end graces that ran out, update the gauge.
+
+        Args:
+            orphans: look for users online with no process document (a process's start).
+            backstop: this process's periodic look for them is due: it looks if no process of
+                the fleet did in the last ORPHAN_HEARTBEATS heartbeats (`presence_claim_backstop`).
+        """
         store = self._store
         now = self._clock()
         stale_before = now - timedelta(seconds=self.heartbeat_seconds * STALE_HEARTBEATS)
@@ -503,6 +514,10 @@ class Presence:
             if await store.presence_claim_stale(doc["_id"], doc["seenAt"]):
                 await store.presence_depart(doc["userId"], doc["seenAt"])
         await store.presence_finish_joins(now)  # before any grace ends: a join precedes its leave
+        if backstop and not (orphans or claimed):
+            orphans = await store.presence_claim_backstop(
+                now, timedelta(seconds=ORPHAN_HEARTBEATS * self.heartbeat_seconds)
+            )
         if orphans or claimed:
             await store.presence_mark_orphans(now)
         # A process that just started gives clients one grace to come back to it first: after

@@ -607,3 +607,19 @@ async def test_the_sweep_reads_earlier_release_documents_by_a_bounded_date_range
         assert query["seenAt"]["$gte"] <= old["seenAt"] < query["seenAt"]["$lt"]
     finally:
         await store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_one_process_of_the_fleet_claims_each_orphan_backstop(mongo_uri: str) -> None:
+    """`presence_claim_backstop` on the real store: the first process to ask runs the backstop,
+    another asking within `every` does not (its upsert meets the unique `_id`), and once `every`
+    has passed the next to ask runs it again."""
+    every = timedelta(seconds=150)
+    now = datetime.now(UTC)
+    async with two_stores(mongo_uri) as (first, second):
+        assert await first.presence_claim_backstop(now, every) is True
+        assert await second.presence_claim_backstop(now + every / 2, every) is False
+        assert await first.presence_claim_backstop(now + every / 2, every) is False
+        assert await second.presence_claim_backstop(now + every, every) is True
+        assert await first.presence_claim_backstop(now + every, every) is False
+        assert await first.presence_fleet.count_documents({}) == 1

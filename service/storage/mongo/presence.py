@@ -1,7 +1,8 @@
-"""The `presence`, `presence_processes`, `presence_users` and `presence_joins` collections
-(`service.core.ports.PresenceStore`): `presence` holds one document per (process, user),
-`presence_processes` one heartbeat per process, `presence_users` one per online user, and
-`presence_joins` one per chunk of joins whose `presence_joined` events are not all written yet;
+"""The `presence`, `presence_processes`, `presence_users`, `presence_joins` and `presence_fleet`
+collections (`service.core.ports.PresenceStore`): `presence` holds one document per (process,
+user), `presence_processes` one heartbeat per process, `presence_users` one per online user,
+`presence_joins` one per chunk of joins whose `presence_joined` events are not all written yet,
+and `presence_fleet` when the fleet's orphan backstop last ran;
 `service.fanout.presence` explains the transitions and why.
 
 Each call is bounded by MONGODB_TIMEOUT_MS like a request's: presence retries on its next tick,
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DeleteOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
+from pymongo.errors import BulkWriteError, CollectionInvalid, DuplicateKeyError, OperationFailure
 
 from service.core.config import Settings
 from service.core.errors import StoreError
@@ -79,6 +80,7 @@ class MongoPresence(MongoEvents):
         self.presence_users = self.db["presence_users"]
         self.presence_processes = self.db["presence_processes"]
         self.presence_joins = self.db["presence_joins"]
+        self.presence_fleet = self.db["presence_fleet"]
 
     async def create_indexes(self) -> None:
         await super().create_indexes()
@@ -329,6 +331,19 @@ class MongoPresence(MongoEvents):
         async with refused(self.timeout_seconds):
             result = await self.presence.delete_one({"_id": doc_id, "seenAt": seen_at})
         return result.deleted_count == 1
+
+    async def presence_claim_backstop(self, now: datetime, every: timedelta) -> bool:
+        """Whether this process runs the fleet's orphan backstop now: true for the first to ask
+        once `every` has passed since it last ran anywhere (a conditional update of one
+        document; a second process's upsert meets the unique `_id` instead)."""
+        async with refused(self.timeout_seconds):
+            try:
+                await self.presence_fleet.update_one(
+                    {"_id": "orphans", "at": {"$lte": now - every}}, {"$set": {"at": now}}, upsert=True
+                )
+            except DuplicateKeyError:
+                return False  # it ran less than `every` ago
+        return True
 
     async def presence_mark_orphans(self, now: datetime) -> None:
         """Users online with no process document at all (e.g. the whole fleet was stopped)."""

@@ -32,6 +32,7 @@ from service.fanout.presence import (
     JOIN_CHUNK_BEHIND_EVENTS,
     JOIN_WAIT_SECONDS,
     LOST_CHECK_BEATS,
+    ORPHAN_HEARTBEATS,
     STALE_HEARTBEATS,
     WRITE_CHUNK,
     Presence,
@@ -52,6 +53,7 @@ class MemoryPresenceStore:
         self.users: dict[UserId, Record] = {}  # `presence_users`: per user, online or leaving
         self.joined: list[UserId] = []  # `presence_joined` events
         self.left: list[UserId] = []  # `presence_left` events
+        self.backstop_at: datetime | None = None  # `presence_fleet`: when the orphan backstop last ran
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.failing: set[str] = set()
         self.error: StoreError = StoreUnavailable("connection refused")
@@ -155,6 +157,13 @@ class MemoryPresenceStore:
         if doc is None or doc.get("seenAt") != seen_at:
             return False
         del self.docs[doc_id]
+        return True
+
+    async def presence_claim_backstop(self, now: datetime, every: timedelta) -> bool:
+        self._call("presence_claim_backstop", now, every)
+        if self.backstop_at is not None and self.backstop_at > now - every:
+            return False
+        self.backstop_at = now
         return True
 
     async def presence_mark_orphans(self, now: datetime) -> None:
@@ -821,6 +830,31 @@ def test_orphans_are_looked_for_only_when_asked() -> None:
     assert store.called("presence_mark_orphans") == []
     run(presence._sweep(orphans=True))
     assert store.called("presence_mark_orphans") == [(T0,)]
+
+
+def test_the_periodic_backstop_runs_once_per_fleet() -> None:
+    """The backstop reads every user, holding the embedded store's lock for seconds at 50,000:
+    of the processes whose backstop falls due, only the first since the last one anywhere reads
+    them; a start still looks at once."""
+    first, store, clock, _ = make(heartbeat=10.0, grace=30.0)
+    second, _, second_clock, _ = make(store, heartbeat=10.0, grace=30.0)
+    store.users[5] = {"_id": 5, "state": "online", "userName": "نور"}  # joined, no process document
+    run(first._sweep(backstop=True))
+    assert store.called("presence_mark_orphans") == [(T0,)]
+    assert store.users[5]["state"] == "leaving"
+    every = timedelta(seconds=10.0 * ORPHAN_HEARTBEATS)
+    store.calls.clear()
+    second_clock.advance(10.0 * ORPHAN_HEARTBEATS - 1)
+    run(second._sweep(backstop=True))
+    assert store.called("presence_claim_backstop") == [(second_clock.now, every)]
+    assert store.called("presence_mark_orphans") == []
+    run(second._sweep(orphans=True))  # a start does not ask
+    assert store.called("presence_mark_orphans") == [(second_clock.now,)]
+    assert len(store.called("presence_claim_backstop")) == 1
+    store.calls.clear()
+    clock.advance(10.0 * ORPHAN_HEARTBEATS)
+    run(first._sweep(backstop=True))
+    assert store.called("presence_mark_orphans") == [(clock.now,)]
 
 
 def test_a_sweep_that_claims_a_dead_process_looks_for_its_orphans_at_once() -> None:
